@@ -56,6 +56,7 @@ class Dataset:
     samples: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     category_ids: list[int] | None = None
+    repairs: list[tuple[str, str]] = field(default_factory=list)  # (path, what was clipped)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -1,0 +1,206 @@
+"""Pascal VOC annotations: a VOC root or a flat folder of images with same-stem ``.xml``.
+
+VOC's ``<bndbox>`` holds 1-based inclusive pixel corners; here, and only here, they become
+continuous coordinates: ``x1, y1, x2, y2 = xmin - 1, ymin - 1, xmax, ymax`` (the writer does
+the inverse, exactly: reading back what it wrote gives the same float32 boxes). A sample's
+id is the annotation file's stem; class names are the sorted names found unless given.
+
+A VOC root::
+
+    ROOT/Annotations/ID.xml  ROOT/JPEGImages/ID.jpg  ROOT/ImageSets/Main/SPLIT.txt
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from rcnn.datasets.check import Gather, Problem, check_boxes, check_image, exact_number, size_problem, write_atomic
+from rcnn.datasets.core import Dataset, Sample
+from rcnn.errors import DatasetError, ImageError
+from rcnn.progress import progress
+
+__all__ = ["read_voc", "read_voc_folder", "write_voc", "parse_voc_xml", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+_CORNERS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def parse_voc_xml(path) -> tuple[dict, list[Problem]]:
+    """One VOC annotation file as ``{"filename", "size": (w, h) or None, "objects": [(name,
+    [xmin, ymin, xmax, ymax] as in the file, difficult)]}`` plus the problems found in it."""
+    path = Path(path)
+    record = {"filename": None, "size": None, "objects": []}
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        return record, [Problem(str(path), "annotation file not found")]
+    except (ET.ParseError, OSError) as e:
+        return record, [Problem(str(path), f"malformed XML: {e}")]
+    if root.tag != "annotation":
+        return record, [Problem(str(path), f"not a VOC annotation (root element <{root.tag}>)")]
+    problems = []
+    record["filename"] = (root.findtext("filename") or "").strip() or None
+    try:
+        w, h = int(float(root.findtext("size/width"))), int(float(root.findtext("size/height")))
+        record["size"] = (w, h) if w > 0 and h > 0 else None
+    except (TypeError, ValueError):
+        pass  # no usable <size>: taken from the image
+    for i, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        try:
+            corners = [float(obj.findtext(f"bndbox/{k}")) for k in _CORNERS]
+        except (TypeError, ValueError):
+            problems.append(Problem(str(path), f"object {i + 1} '{name}': <bndbox> needs numbers xmin, ymin, xmax, ymax"))
+            continue
+        if not name:
+            problems.append(Problem(str(path), f"object {i + 1}: no <name>"))
+            continue
+        difficult = (obj.findtext("difficult") or "0").strip() not in ("0", "", "false")
+        record["objects"].append((name, corners, difficult))
+    return record, problems
+
+
+def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
+    found = {}
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                found.setdefault(p.stem, []).append(p)
+    return found
+
+
+def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, decode: bool) -> Dataset:
+    """Samples from annotation files, images looked up in `image_dir` by stem (or <filename>)."""
+    images = _images_by_stem(image_dir)
+    known = None if classes is None else set(classes)
+    kept = []
+    for xml_path in progress(xml_paths, desc="reading VOC"):
+        record, problems = parse_voc_xml(xml_path)
+        stem = xml_path.stem
+        candidates = images.get(stem) or []
+        if not candidates and record["filename"] and (image_dir / Path(record["filename"]).name).exists():
+            candidates = [image_dir / Path(record["filename"]).name]
+        image_path = candidates[0] if candidates else image_dir / (record["filename"] or stem + ".jpg")
+        size = record["size"]
+        if len(candidates) > 1:
+            names = ", ".join(p.name for p in candidates)
+            problems.append(Problem(str(xml_path), f"more than one image for sample '{stem}': {names}"))
+        elif not candidates and (check_images or size is None):
+            problems.append(Problem(str(xml_path), f"no image for it in {image_dir} (looked for {stem}.*)", image=True))
+        elif check_images or size is None:
+            actual, image_problems = check_image(image_path, decode)
+            problems += image_problems + size_problem(xml_path, size, actual)
+            size = size or actual
+        objects = record["objects"]
+        if known is not None:
+            for i, (name, _, _) in enumerate(objects):
+                if name not in known:
+                    problems.append(Problem(str(xml_path), f"object {i + 1}: unknown class '{name}'"))
+        boxes = [[x1 - 1, y1 - 1, x2, y2] for _, (x1, y1, x2, y2), _ in objects]
+        if size is not None:
+            what = [f"object {i + 1} '{n}' <bndbox> {' '.join(f'{v:g}' for v in c)}" for i, (n, c, _) in enumerate(objects)]
+            boxes, box_problems = check_boxes(boxes, size[0], size[1], xml_path, what)
+            problems += box_problems
+        if gather.accept(problems):
+            kept.append((stem, image_path, size, boxes, objects))
+    if classes is None:
+        classes = sorted({name for *_, objects in kept for name, _, _ in objects})
+    label = {name: i + 1 for i, name in enumerate(classes)}
+    samples = [
+        Sample(stem, image_path, size[0], size[1], boxes, [label[n] for n, _, _ in objs], [d for _, _, d in objs])
+        for stem, image_path, size, boxes, objs in kept
+    ]
+    return Dataset(list(classes), samples, gather.skipped, repairs=gather.repairs)
+
+
+def read_voc(root, split=None, images=None, classes=None, skip_bad=False, check_images=True, *, gather=None, decode=False):
+    """The VOC root at `root`: ``ImageSets/Main/SPLIT.txt``'s ids, or every ``Annotations/*.xml``
+    when `split` is None. `images` overrides ``JPEGImages/``. With `check_images`, image
+    headers are read to check they exist and match ``<size>`` (`decode`: read fully)."""
+    root = Path(root)
+    gather = gather or Gather(skip_bad)
+    annotations = root / "Annotations"
+    if not annotations.is_dir():
+        raise DatasetError(root, "not a VOC root: no Annotations/ folder")
+    if split is None:
+        xml_paths = sorted(annotations.glob("*.xml"))
+    else:
+        split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+        if not split_file.is_file():
+            have = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
+            raise DatasetError(split_file, f"split '{split}' not found; this root has: {', '.join(have) or 'none'}")
+        xml_paths, seen = [], set()
+        for n, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            sample_id = line.split()[0]
+            if sample_id in seen:
+                gather.accept([Problem(str(split_file), f"line {n}: duplicate id '{sample_id}'")])
+                continue
+            seen.add(sample_id)
+            xml_paths.append(annotations / f"{sample_id}.xml")
+    image_dir = Path(images) if images is not None else root / "JPEGImages"
+    return _read(xml_paths, image_dir, classes, check_images, gather, decode)
+
+
+def read_voc_folder(folder, images=None, classes=None, skip_bad=False, check_images=True, *, gather=None, decode=False):
+    """A flat folder of images, each with a same-stem VOC ``.xml`` beside it (images without
+    one are not samples; `check_dataset` notes them). Arguments as for `read_voc`."""
+    folder = Path(folder)
+    gather = gather or Gather(skip_bad)
+    xml_paths = sorted(folder.glob("*.xml"))
+    if not xml_paths:
+        raise DatasetError(folder, "no VOC .xml annotation files in this folder")
+    image_dir = Path(images) if images is not None else folder
+    return _read(xml_paths, image_dir, classes, check_images, gather, decode)
+
+
+def voc_xml(sample: Sample, classes, filename: str) -> str:
+    """The VOC annotation text of one sample (boxes back to 1-based inclusive corners)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = filename
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", sample.width), ("height", sample.height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for box, label, difficult in zip(sample.boxes, sample.labels, sample.difficult):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = classes[label - 1]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = str(int(difficult))
+        bndbox = ET.SubElement(obj, "bndbox")
+        for key, value, offset in zip(_CORNERS, box, (-1, -1, 0, 0)):
+            ET.SubElement(bndbox, key).text = str(exact_number(value, offset))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_voc(dataset: Dataset, root, split=None, images: str = "copy") -> None:
+    """Write `dataset` as a VOC root at `root` (added to what is there): ``Annotations/ID.xml``,
+    ``JPEGImages/ID.ext`` (a copy or a symbolic link of each image) and, with `split`,
+    ``ImageSets/Main/SPLIT.txt``. COCO's ``iscrowd`` and ``area`` have no VOC form and are dropped."""
+    if images not in ("copy", "link"):
+        raise ValueError(f"images must be 'copy' or 'link', not {images!r}")
+    root = Path(root)
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    for s in progress(dataset, desc="writing VOC", total=len(dataset)):
+        if not s.id or "/" in s.id or os.sep in s.id or s.id.startswith("."):
+            raise DatasetError(s.image_path, f"sample id '{s.id}' cannot be a VOC file name")
+        dst = root / "JPEGImages" / (s.id + s.image_path.suffix)
+        if not (dst.exists() and s.image_path.exists() and os.path.samefile(dst, s.image_path)):
+            if not s.image_path.is_file():
+                raise ImageError(s.image_path, "image file not found (needed to write a VOC root)")
+            dst.unlink(missing_ok=True)
+            if images == "copy":
+                shutil.copyfile(s.image_path, dst)
+            else:
+                os.symlink(os.path.abspath(s.image_path), dst)
+        write_atomic(root / "Annotations" / f"{s.id}.xml", voc_xml(s, dataset.classes, dst.name))
+    if split is not None:
+        write_atomic(root / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{s.id}\n" for s in dataset))
