@@ -1,0 +1,196 @@
+"""COCO-style box AP/AR: the twelve numbers of pycocotools' ``COCOeval(iouType="bbox")``.
+
+Same definitions as pycocotools 2.0 (which the tests use as the oracle), in vectorised numpy:
+
+- IoU thresholds ``np.linspace(.5, .95, 10)``, recall thresholds ``np.linspace(0, 1, 101)``,
+  max detections 1, 10, 100, area ranges all / small < 32² / medium / large > 96² using the
+  annotation's ``area`` for ground truth and ``w * h`` for detections (bounds inclusive).
+- Per image and class, detections are sorted by score (stable) and cut to 100; ground truth
+  is sorted with ignored boxes last. Each detection in turn, at each threshold, takes the
+  free ground truth of highest IoU >= the threshold (on equal IoU the later one in that
+  order), preferring boxes that are not ignored; crowd boxes are never used up. IoU is
+  ``w * h`` without ``+1``; a crowd box's IoU is intersection / detection area.
+- Ignored: crowd boxes, boxes outside the area range, and `difficult` boxes (VOC data; plain
+  IoU, used up like normal boxes). Detections matched to an ignored box, and unmatched ones
+  outside the area range, count neither way.
+- Per class, detections of all images are sorted by score (stable, images in order of their
+  COCO image id as pycocotools sorts them, then rank in the image); precision is made
+  monotone and read at the 101 recall thresholds; recall is the final one. Classes or area
+  ranges with no (non-ignored) ground truth are -1 and left out of the means; a mean with
+  nothing left is -1.
+
+Matching is greedy and so sequential per (image, class), but independent across them: it
+runs as a loop over detection rank (at most 100) with every (image, class) group, all ten
+thresholds and all four area ranges in one numpy operation. Groups are bucketed by their
+number of ground-truth boxes so the padding stays small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rcnn.datasets.core import Dataset, Detections
+from rcnn.evaluation.voc import gather
+
+__all__ = ["evaluate_coco", "coco_accumulate", "STAT_NAMES", "IOU_THRESHOLDS", "RECALL_THRESHOLDS"]
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+MAX_DETS = (1, 10, 100)
+AREA_RANGES = np.array([[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]])
+AREA_NAMES = ("all", "small", "medium", "large")
+STAT_NAMES = ("AP", "AP50", "AP75", "APsmall", "APmedium", "APlarge", "AR1", "AR10", "AR100", "ARsmall", "ARmedium", "ARlarge")
+
+
+def _image_order(dataset: Dataset) -> np.ndarray:
+    """Rank ``[N]`` of each sample in pycocotools' image order (sorted COCO image ids)."""
+    from rcnn.datasets.coco import coco_image_ids
+
+    ids = np.asarray(coco_image_ids(dataset), np.int64)
+    rank = np.empty(len(ids), np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+    return rank
+
+
+def _crowd_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """IoU ``[n, G]`` of detections ``d [n, 4]`` with their groups' ground truth ``g [n, G, 4]``
+    (xyxy float64), as pycocotools' ``bbIou``: a crowd box's union is the detection's area."""
+    d = d[:, None, :]
+    da = (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1])
+    ga = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
+    w = np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0])
+    h = np.minimum(d[..., 3], g[..., 3]) - np.maximum(d[..., 1], g[..., 1])
+    overlap = (w > 0) & (h > 0)
+    inter = w * h
+    union = np.where(crowd, da, da + ga - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(overlap, inter / union, 0.0)
+
+
+def _match(f, g_order, g_ig, d_sel, d_group, g_start, g_count):
+    """Greedy matching of the kept detections ``d_sel`` (grouped, by rank) at every threshold
+    and area range: matched ``[T, A, D]`` and matched-to-ignored ``[T, A, D]`` over ``d_sel``."""
+    T, A, D = len(IOU_THRESHOLDS), len(AREA_RANGES), len(d_sel)
+    thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None, None, None]
+    matched = np.zeros((T, A, D), bool)
+    to_ignored = np.zeros((T, A, D), bool)
+    groups, d_start, d_count = np.unique(d_group, return_index=True, return_counts=True)
+    n_gt = g_count[groups]
+    bucket = np.ceil(np.log2(np.maximum(n_gt, 1))).astype(np.int64)
+    for b in np.unique(bucket[n_gt > 0]):
+        members = np.flatnonzero((bucket == b) & (n_gt > 0))
+        members = members[np.argsort(-d_count[members], kind="stable")]  # most detections first
+        G = int(n_gt[members].max())
+        j = np.arange(G)
+        valid = j < n_gt[members][:, None]  # [n, G]
+        gi = g_order[np.where(valid, g_start[groups[members]][:, None] + j, 0)]
+        g_box = f.g_box[gi]
+        crowd = f.g_crowd[gi] & valid
+        ig = g_ig[:, gi]  # [A, n, G]
+        later = ig * G + j  # position in pycocotools' gt order (ignored last), for ties
+        taken = np.zeros((T, A, len(members), G), bool)
+        for k in range(int(d_count[members].max())):
+            n = int(np.count_nonzero(d_count[members] > k))
+            di = d_start[members[:n]] + k
+            iou = _crowd_iou(f.d_box[d_sel[di]], g_box[:n], crowd[:n])
+            cand = (iou >= thr) & valid[:n] & ~(taken[:, :, :n] & ~crowd[:n])
+            real = cand & ~ig[None, :, :n]
+            cand = np.where(real.any(-1, keepdims=True), real, cand)
+            best = np.where(cand, iou, -1.0).max(-1, keepdims=True)
+            m = np.where(cand & (iou == best), later[None, :, :n], -1).argmax(-1)  # [T, A, n]
+            hit = cand.any(-1)
+            matched[:, :, di] = hit
+            to_ignored[:, :, di] = hit & np.take_along_axis(np.broadcast_to(ig[None, :, :n], cand.shape), m[..., None], -1)[..., 0]
+            taken[:, :, :n] |= (j == m[..., None]) & hit[..., None]
+    return matched, to_ignored
+
+
+def coco_accumulate(dataset: Dataset, detections: dict[str, Detections]):
+    """pycocotools' ``eval["precision"]`` ``[T, R, K, A, M]`` and ``eval["recall"]``
+    ``[T, K, A, M]`` (T=10 IoU thresholds, R=101 recall thresholds, K classes, A=4 area
+    ranges, M=3 max detections; -1 where undefined)."""
+    f = gather(dataset, detections)
+    C = dataset.num_classes
+    T, R, A, M = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES), len(MAX_DETS)
+    lo, hi = AREA_RANGES[:, :1], AREA_RANGES[:, 1:]
+    g_ig = f.g_ignore[None] | (f.g_area[None] < lo) | (f.g_area[None] > hi)  # [A, G]
+
+    # Detections by (image, class) group and decreasing score, cut to the top 100 per group.
+    d_group = f.d_img * (C + 1) + f.d_label
+    order = np.lexsort((f.d_index, -f.d_score, d_group))
+    _, first, counts = np.unique(d_group[order], return_index=True, return_counts=True)
+    rank = np.arange(len(order)) - np.repeat(first, counts)
+    keep = rank < MAX_DETS[-1]
+    d_sel, rank = order[keep], rank[keep]
+
+    g_group = f.g_img * (C + 1) + f.g_label
+    g_order = np.argsort(g_group, kind="stable")
+    g_start = np.searchsorted(g_group[g_order], np.arange((len(dataset) + 1) * (C + 1)))
+    g_count = np.diff(np.append(g_start, len(g_order)))
+    matched, to_ignored = _match(f, g_order, g_ig, d_sel, d_group[d_sel], g_start, g_count)
+    box = f.d_box[d_sel]
+    d_area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    outside = (d_area[None] < lo) | (d_area[None] > hi)  # [A, D]
+    ignored = to_ignored | (~matched & outside[None])
+    tps, fps = matched & ~ignored, ~matched & ~ignored
+
+    npig = np.stack([np.bincount(f.g_label[~g_ig[a]], minlength=C + 1)[1:] for a in range(A)], 1)  # [C, A]
+    precision = -np.ones((T, R, C, A, M))
+    recall = -np.ones((T, C, A, M))
+    image_rank = _image_order(dataset)[f.d_img[d_sel]]
+    label, score = f.d_label[d_sel], f.d_score[d_sel]
+    for c in range(C):
+        idx = np.flatnonzero(label == c + 1)
+        idx = idx[np.lexsort((rank[idx], image_rank[idx], -score[idx]))]
+        for m, max_det in enumerate(MAX_DETS):
+            sel = idx[rank[idx] < max_det]
+            tp_sum = np.cumsum(tps[:, :, sel], axis=2, dtype=np.float64)  # [T, A, n]
+            fp_sum = np.cumsum(fps[:, :, sel], axis=2, dtype=np.float64)
+            nd = len(sel)
+            for a in range(A):
+                if npig[c, a] == 0:
+                    continue
+                rc = tp_sum[:, a] / npig[c, a]
+                pr = tp_sum[:, a] / (fp_sum[:, a] + tp_sum[:, a] + np.spacing(1))
+                recall[:, c, a, m] = rc[:, -1] if nd else 0
+                pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+                for t in range(T):
+                    inds = np.searchsorted(rc[t], RECALL_THRESHOLDS, side="left")
+                    q = np.zeros(R)
+                    ok = inds < nd
+                    q[ok] = pr[t, inds[ok]]
+                    precision[t, :, c, a, m] = q
+    return precision, recall
+
+
+def _mean(s: np.ndarray) -> float:
+    s = s[s > -1]
+    return float(np.mean(s)) if s.size else -1.0
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray) -> dict:
+    """The twelve numbers of ``COCOeval.summarize()`` as ``{name: value}`` (see STAT_NAMES)."""
+    t50, t75 = np.where(IOU_THRESHOLDS == 0.5)[0], np.where(IOU_THRESHOLDS == 0.75)[0]
+    p, r = precision, recall
+    values = [
+        _mean(p[:, :, :, 0, 2]),
+        _mean(p[t50][:, :, :, 0, 2]),
+        _mean(p[t75][:, :, :, 0, 2]),
+        *(_mean(p[:, :, :, a, 2]) for a in (1, 2, 3)),
+        *(_mean(r[:, :, 0, m]) for m in range(3)),
+        *(_mean(r[:, :, a, 2]) for a in (1, 2, 3)),
+    ]
+    return dict(zip(STAT_NAMES, values))
+
+
+def evaluate_coco(dataset: Dataset, detections: dict[str, Detections]) -> dict:
+    """COCO box evaluation of `detections` (``{sample id: Detections}``) against `dataset`.
+
+    Returns the twelve numbers (keys `STAT_NAMES`: AP, AP50, AP75, APsmall, APmedium,
+    APlarge, AR1, AR10, AR100, ARsmall, ARmedium, ARlarge; -1 where undefined) and
+    ``per_class``: ``{name: AP@[.5:.95]}`` over all areas at 100 detections (-1: no ground truth).
+    """
+    precision, recall = coco_accumulate(dataset, detections)
+    out = summarize(precision, recall)
+    out["per_class"] = {name: _mean(precision[:, :, c, 0, 2]) for c, name in enumerate(dataset.classes)}
+    return out
