@@ -26,10 +26,10 @@ def read_image(path) -> np.ndarray:
     if data.size == 0:
         raise ImageError(path, "image file is empty")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ImageError(path, "not a readable image (corrupt or unsupported format)")
     if _is_truncated(path, data):
         raise ImageError(path, "image file is truncated")
+    if image is None:
+        raise ImageError(path, "not a readable image (corrupt or unsupported format)")
     return to_rgb8(image, path)
 
 
@@ -63,13 +63,16 @@ def image_size(path) -> tuple[int, int]:
 
 
 def _is_truncated(path: Path, data: np.ndarray) -> bool:
-    """OpenCV decodes a truncated JPEG or PNG silently (grey fill); catch it by the end marker."""
-    suffix = path.suffix.lower()
-    head = bytes(data[:8])
-    if head[:2] == b"\xff\xd8":  # JPEG ends with EOI, maybe followed by padding
-        tail = bytes(data[-64:]).rstrip(b"\x00\n\r ")
-        return not tail.endswith(b"\xff\xd9")
-    if head == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in bytes(data[-16:])
-    del suffix
+    """OpenCV decodes a truncated JPEG or PNG silently (grey fill); catch it by the end marker.
+
+    JPEG: the last scan (after the last SOS marker) must be followed by EOI; trailing bytes
+    after EOI (some cameras append data) are fine. PNG: the IEND chunk must be present.
+    """
+    del path
+    raw = data.tobytes()
+    if raw[:2] == b"\xff\xd8":
+        sos = raw.rfind(b"\xff\xda")
+        return sos < 0 or raw.find(b"\xff\xd9", sos) < 0
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        return raw.rfind(b"IEND\xaeB`\x82") < 0
     return False
