@@ -42,7 +42,7 @@ def random_case(seed, n_images=30, n_classes=4):
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) * rng.uniform(0.6, 1.0, n)
         crowd = rng.random(n) < 0.1
         difficult = ~crowd & (rng.random(n) < 0.1)
-        samples.append(Sample(str(i + 1), f"{i + 1}.jpg", 400, 400, boxes, labels, difficult, crowd, area))
+        samples.append(Sample(str(i + 1), f"{i + 1}.jpg", 600, 600, boxes, labels, difficult, crowd, area))
         k = rng.choice([0, 2, 10, 130])
         src = rng.integers(0, max(n, 1), k)
         d = boxes[src] if n else rng.uniform(0, 300, (k, 4))
@@ -169,3 +169,28 @@ def test_golden_coco():
         E.accumulate()
         E.summarize()
     assert_same(ours, E)
+
+
+def test_cli_coco_end_to_end(tmp_path, capsys):
+    from rcnn.cli import main
+    from rcnn.datasets import write_coco, write_detections
+
+    dataset, detections = random_case(3, n_images=12)
+    dataset.category_ids = [1, 2, 3, 4]
+    write_coco(dataset, tmp_path / "gt.json")
+    write_detections(tmp_path / "dets.json", detections, dataset)
+    out = tmp_path / "report.json"
+    argv = ["--quiet", "evaluate", "--gt", str(tmp_path / "gt.json"), "--detections", str(tmp_path / "dets.json")]
+    assert main(argv + ["--metric", "coco", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    expected = evaluate_coco(dataset, detections)
+    assert report.keys() == expected.keys()
+    for name in STAT_NAMES:
+        assert report[name] == pytest.approx(expected[name], abs=1e-12)
+    assert report["per_class"] == pytest.approx(expected["per_class"])
+    printed = capsys.readouterr().out
+    assert "AR100" in printed and "c1" in printed
+    # A user mistake is one line and exit 1, not a traceback.
+    assert main(argv + ["--metric", "coco", "--iou", "0.7"]) == 1
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--detections", str(tmp_path / "missing.json")]) == 1
+    assert "missing.json" in capsys.readouterr().err

@@ -173,3 +173,35 @@ def test_golden_voc_case1():
         for thresh, ap in expected[key].items():
             r = evaluate_voc(dataset, dets, float(thresh), use_07, inclusive=True)
             assert r.mAP == pytest.approx(ap, abs=1e-6), (key, thresh)
+
+
+CARDS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cards" / "test"
+
+
+@pytest.mark.skipif(not CARDS.is_dir(), reason="../shared/data/cards/test not present")
+@pytest.mark.parametrize("metric", ["voc", "voc07"])
+def test_cli_voc_end_to_end_on_cards(tmp_path, capsys, metric):
+    """Ground truth from the real VOC folder, detections written to a results file, read back
+    by `rcnn evaluate`: the report equals the library's numbers."""
+    from rcnn.cli import main
+    from rcnn.datasets import load_dataset, write_detections
+
+    dataset = load_dataset(CARDS, check_images=False)
+    rng = np.random.default_rng(0)
+    detections = {}
+    for s in dataset:
+        src = np.repeat(np.arange(len(s.labels)), rng.integers(0, 3, len(s.labels)))  # misses and duplicates
+        boxes = s.boxes[src] + rng.normal(0, 15, (len(src), 4)).astype(np.float32)
+        labels = np.where(rng.random(len(src)) < 0.9, s.labels[src], rng.integers(1, dataset.num_classes + 1, len(src)))
+        detections[s.id] = Detections(boxes, rng.random(len(src)).astype(np.float32), labels)
+    write_detections(tmp_path / "dets.json", detections, dataset)
+    out = tmp_path / "report.json"
+    argv = ["--quiet", "evaluate", "--gt", str(CARDS), "--detections", str(tmp_path / "dets.json")]
+    assert main(argv + ["--metric", metric, "--iou", "0.6", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    expected = evaluate_voc(dataset, detections, 0.6, metric == "voc07").to_dict()
+    assert report["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    assert report["per_class"] == pytest.approx(expected["per_class"], abs=1e-12)
+    assert set(report["per_class"]) == {"nine", "ten", "jack", "queen", "king", "ace"}
+    assert 0.2 < report["mAP"] < 0.95
+    assert "mAP" in capsys.readouterr().out
