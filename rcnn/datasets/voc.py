@@ -28,19 +28,20 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
 
 
-def parse_voc_xml(path) -> tuple[dict, list[Problem]]:
+def parse_voc_xml(path) -> tuple[dict | None, list[Problem]]:
     """One VOC annotation file as ``{"filename", "size": (w, h) or None, "objects": [(name,
-    [xmin, ymin, xmax, ymax] as in the file, difficult)]}`` plus the problems found in it."""
+    [xmin, ymin, xmax, ymax] as in the file, difficult)]}`` (None if unreadable) plus the
+    problems found in it."""
     path = Path(path)
     record = {"filename": None, "size": None, "objects": []}
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
-        return record, [Problem(str(path), "annotation file not found")]
+        return None, [Problem(str(path), "annotation file not found")]
     except (ET.ParseError, OSError) as e:
-        return record, [Problem(str(path), f"malformed XML: {e}")]
+        return None, [Problem(str(path), f"malformed XML: {e}")]
     if root.tag != "annotation":
-        return record, [Problem(str(path), f"not a VOC annotation (root element <{root.tag}>)")]
+        return None, [Problem(str(path), f"not a VOC annotation (root element <{root.tag}>)")]
     problems = []
     record["filename"] = (root.findtext("filename") or "").strip() or None
     try:
@@ -79,6 +80,9 @@ def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, dec
     kept = []
     for xml_path in progress(xml_paths, desc="reading VOC"):
         record, problems = parse_voc_xml(xml_path)
+        if record is None:
+            gather.accept(problems)
+            continue
         stem = xml_path.stem
         candidates = images.get(stem) or []
         if not candidates and record["filename"] and (image_dir / Path(record["filename"]).name).exists():
