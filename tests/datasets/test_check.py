@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from test_voc import image, sample_folder, xml
+from test_voc_io import image, sample_folder, xml
 
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
