@@ -140,25 +140,27 @@ def coco_accumulate(dataset: Dataset, detections: dict[str, Detections]):
     image_rank = _image_order(dataset)[f.d_img[d_sel]]
     label, score = f.d_label[d_sel], f.d_score[d_sel]
     for c in range(C):
+        areas = np.flatnonzero(npig[c] > 0)
+        if areas.size == 0:
+            continue
         idx = np.flatnonzero(label == c + 1)
         idx = idx[np.lexsort((rank[idx], image_rank[idx], -score[idx]))]
+        tp_c, fp_c, rank_c = tps[:, :, idx][:, areas], fps[:, :, idx][:, areas], rank[idx]
         for m, max_det in enumerate(MAX_DETS):
-            sel = idx[rank[idx] < max_det]
-            tp_sum = np.cumsum(tps[:, :, sel], axis=2, dtype=np.float64)  # [T, A, n]
-            fp_sum = np.cumsum(fps[:, :, sel], axis=2, dtype=np.float64)
-            nd = len(sel)
-            for a in range(A):
-                if npig[c, a] == 0:
-                    continue
-                rc = tp_sum[:, a] / npig[c, a]
-                pr = tp_sum[:, a] / (fp_sum[:, a] + tp_sum[:, a] + np.spacing(1))
-                recall[:, c, a, m] = rc[:, -1] if nd else 0
-                pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-                for t in range(T):
-                    inds = np.searchsorted(rc[t], RECALL_THRESHOLDS, side="left")
+            sel = rank_c < max_det
+            tp = np.cumsum(tp_c[:, :, sel], axis=2, dtype=np.int32).astype(np.float64)  # [T, areas, n]
+            fp = np.cumsum(fp_c[:, :, sel], axis=2, dtype=np.int32).astype(np.float64)
+            nd = tp.shape[2]
+            rc = tp / npig[c, areas][None, :, None]
+            pr = tp / (fp + tp + np.spacing(1))
+            recall[:, c, areas, m] = rc[:, :, -1] if nd else 0
+            pr = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1]
+            for t in range(T):
+                for i, a in enumerate(areas):
+                    inds = np.searchsorted(rc[t, i], RECALL_THRESHOLDS, side="left")
                     q = np.zeros(R)
                     ok = inds < nd
-                    q[ok] = pr[t, inds[ok]]
+                    q[ok] = pr[t, i, inds[ok]]
                     precision[t, :, c, a, m] = q
     return precision, recall
 
