@@ -67,15 +67,18 @@ def _crowd_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
         return np.where(overlap, inter / union, 0.0)
 
 
-def _match(f, g_order, g_ig, d_sel, d_group, g_start, g_count):
-    """Greedy matching of the kept detections ``d_sel`` (grouped, by rank) at every threshold
-    and area range: matched ``[T, A, D]`` and matched-to-ignored ``[T, A, D]`` over ``d_sel``."""
+def _match(f, g_ig, d_sel, d_group, g_group):
+    """Greedy matching of the kept detections ``d_sel`` (sorted by group ``d_group``, then
+    rank) at every threshold and area range: matched ``[T, A, D]`` and matched-to-ignored
+    ``[T, A, D]`` over ``d_sel``. ``g_ig [A, G]``: ignored per area range; ``g_group [G]``."""
     T, A, D = len(IOU_THRESHOLDS), len(AREA_RANGES), len(d_sel)
     thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None, None, None]
     matched = np.zeros((T, A, D), bool)
     to_ignored = np.zeros((T, A, D), bool)
     groups, d_start, d_count = np.unique(d_group, return_index=True, return_counts=True)
-    n_gt = g_count[groups]
+    g_order = np.argsort(g_group, kind="stable")  # by group, annotation order inside
+    g_start = np.searchsorted(g_group[g_order], groups, "left")
+    n_gt = np.searchsorted(g_group[g_order], groups, "right") - g_start
     bucket = np.ceil(np.log2(np.maximum(n_gt, 1))).astype(np.int64)
     for b in np.unique(bucket[n_gt > 0]):
         members = np.flatnonzero((bucket == b) & (n_gt > 0))
@@ -83,7 +86,7 @@ def _match(f, g_order, g_ig, d_sel, d_group, g_start, g_count):
         G = int(n_gt[members].max())
         j = np.arange(G)
         valid = j < n_gt[members][:, None]  # [n, G]
-        gi = g_order[np.where(valid, g_start[groups[members]][:, None] + j, 0)]
+        gi = g_order[np.where(valid, g_start[members][:, None] + j, 0)]
         g_box = f.g_box[gi]
         crowd = f.g_crowd[gi] & valid
         ig = g_ig[:, gi]  # [A, n, G]
@@ -123,11 +126,7 @@ def coco_accumulate(dataset: Dataset, detections: dict[str, Detections]):
     keep = rank < MAX_DETS[-1]
     d_sel, rank = order[keep], rank[keep]
 
-    g_group = f.g_img * (C + 1) + f.g_label
-    g_order = np.argsort(g_group, kind="stable")
-    g_start = np.searchsorted(g_group[g_order], np.arange((len(dataset) + 1) * (C + 1)))
-    g_count = np.diff(np.append(g_start, len(g_order)))
-    matched, to_ignored = _match(f, g_order, g_ig, d_sel, d_group[d_sel], g_start, g_count)
+    matched, to_ignored = _match(f, g_ig, d_sel, d_group[d_sel], f.g_img * (C + 1) + f.g_label)
     box = f.d_box[d_sel]
     d_area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
     outside = (d_area[None] < lo) | (d_area[None] > hi)  # [A, D]
