@@ -3,8 +3,8 @@
 Four classes told apart by shape: ``circle`` (ellipses), ``rectangle``, ``star`` (five
 points) and ``triangle``; each of varied size (about 12 to 55 % of the image side), aspect,
 rotation, colour and texture (plain, stripes, checks, gradient), 0 to 5 per image. Later
-shapes may cover earlier ones, but every shape keeps at least `MIN_VISIBLE` of its area in
-view, and its box is the box of its visible pixels. Backgrounds are crops of the sample
+shapes may cover earlier ones, but every shape keeps at least `MIN_VISIBLE` (80 %) of its area
+in view, and its box is the box of its visible pixels. Backgrounds are crops of the sample
 photos bundled with scikit-image; thin lines and small irregular blobs are clutter that is
 not an object. Object colours are picked for contrast with the background beneath them.
 
@@ -29,8 +29,8 @@ from rcnn.progress import progress
 
 CLASSES = ["circle", "rectangle", "star", "triangle"]
 BACKGROUNDS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "brick", "camera", "grass", "gravel", "moon"]
-MIN_VISIBLE = 0.7  # share of a shape's area that must stay in view
-VERSION = 1  # bump when the generator's output changes
+MIN_VISIBLE = 0.8  # share of a shape's area that must stay in view
+VERSION = 2  # bump when the generator's output changes
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0]
 _photos: list[np.ndarray] = []
 
@@ -72,14 +72,16 @@ def _clutter(rng: np.random.Generator, image: np.ndarray) -> None:
         colour = rng.uniform(0, 255, 3).tolist()
         cv2.line(image, tuple(p.tolist()), tuple(q.tolist()), colour, int(rng.integers(1, 3)), cv2.LINE_AA)
     for _ in range(rng.integers(0, 5)):
-        mask = np.zeros(image.shape[:2], np.float32)
-        cx, cy = rng.uniform(0, size, 2)
+        reach = int(0.06 * size) + 8  # a blob stays within this many pixels of its centre
+        cx, cy = rng.integers(reach, size - reach, 2) if size > 2 * reach else (size // 2, size // 2)
+        mask = np.zeros((2 * reach, 2 * reach), np.float32)
         for _ in range(3):
-            centre = (int(cx + rng.uniform(-5, 5)), int(cy + rng.uniform(-5, 5)))
+            centre = (int(reach + rng.uniform(-5, 5)), int(reach + rng.uniform(-5, 5)))
             axes = tuple(np.maximum(rng.uniform(0.01, 0.035, 2) * size, 1).astype(int).tolist())
             cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
         alpha = cv2.GaussianBlur(mask, (0, 0), 1.5)[..., None] * rng.uniform(0.4, 0.8)
-        image[:] = image * (1 - alpha) + alpha * np.array(rng.uniform(0, 255, 3), np.float32)
+        region = image[cy - reach : cy + reach, cx - reach : cx + reach]
+        region[:] = region * (1 - alpha) + alpha * np.array(rng.uniform(0, 255, 3), np.float32)
 
 
 def _outline(rng: np.random.Generator, kind: str) -> np.ndarray:
@@ -98,13 +100,13 @@ def _outline(rng: np.random.Generator, kind: str) -> np.ndarray:
     return np.stack([np.cos(t) * r, np.sin(t) * r], 1)
 
 
-def _texture(rng: np.random.Generator, size: int, colour: np.ndarray) -> np.ndarray:
-    """A ``float32 [size, size, 3]`` fill: the colour, plain or patterned with a darker shade."""
-    dark = colour * rng.uniform(0.5, 0.75)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+def _texture(rng: np.random.Generator, shape: tuple[int, int], colour: np.ndarray) -> np.ndarray:
+    """A ``float32 [h, w, 3]`` fill: the colour, plain or patterned with a darker shade."""
+    dark = colour * rng.uniform(0.6, 0.8)
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     kind = rng.integers(4)
     if kind == 0:  # plain
-        weight = np.zeros((size, size), np.float32)
+        weight = np.zeros(shape, np.float32)
     elif kind == 1:  # stripes
         angle, period = rng.uniform(0, np.pi), rng.uniform(5, 14)
         weight = (np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period) > 0).astype(np.float32)
@@ -115,7 +117,7 @@ def _texture(rng: np.random.Generator, size: int, colour: np.ndarray) -> np.ndar
         angle = rng.uniform(0, 2 * np.pi)
         ramp = x * np.cos(angle) + y * np.sin(angle)
         weight = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
-    noise = rng.normal(0, 6, (size, size, 1)).astype(np.float32)
+    noise = rng.normal(0, 5, (*shape, 1)).astype(np.float32)
     return colour * (1 - weight[..., None]) + dark * weight[..., None] + noise
 
 
@@ -150,8 +152,9 @@ def render(rng: np.random.Generator, size: int = 256):
         else:
             continue  # no room for this shape
         colour = _contrasting_colour(rng, image[solid].mean(0))
-        fill = _texture(rng, size, colour)
-        image[:] = image * (1 - alpha[..., None]) + fill * alpha[..., None]
+        (x0, y0), (x1, y1) = np.floor(points.min(0)).astype(int), np.ceil(points.max(0)).astype(int) + 1
+        region, a = image[y0:y1, x0:x1], alpha[y0:y1, x0:x1, None]
+        region[:] = region * (1 - a) + _texture(rng, a.shape[:2], colour) * a
         for m in masks:
             m["visible"] &= ~solid
         masks.append({"visible": solid, "area": int(solid.sum())})
