@@ -115,6 +115,8 @@ def check_image(path, decode: bool = False):
     """Open the image at `path`: its header only (fast), or fully with `decode` (catches
     truncation and corrupt data). Returns ``((width, height) or None, list of Problem)``."""
     path = Path(path)
+    if not path.is_file():
+        return None, [Problem(str(path), "image file not found", image=True)]
     if decode:
         from rcnn.datasets.images import read_image
 
