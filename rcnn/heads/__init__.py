@@ -7,6 +7,7 @@ every fitted head saves as plain tensors and values (`state_dict` / `from_state_
 from rcnn.heads.data import ImageData
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, class_labels, label_proposals
 from rcnn.heads.regression import BoxRegressor, RegressionConfig
+from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
 from rcnn.heads.svm import SVMConfig, SVMHead
 
 __all__ = [
@@ -21,4 +22,8 @@ __all__ = [
     "SVMHead",
     "RegressionConfig",
     "BoxRegressor",
+    "FinetuneConfig",
+    "FinetuneImage",
+    "Finetuner",
+    "SoftmaxHead",
 ]

@@ -1,0 +1,317 @@
+"""R-CNN's domain-specific fine-tuning: the CNN plus an (C+1)-way softmax head on warped crops.
+
+Each proposal (and each ground-truth box) of a training image is labelled by its best IoU
+with the non-difficult ground truth: IoU >= `positive_iou` (0.5) is that box's class, IoU <
+`background_iou` (0.5) background (0), anything near a difficult box ignored. Every SGD
+batch holds `batch_positives` (32) positives and `batch_negatives` (96) background crops
+drawn at random (seeded), warped by `rcnn.features.warp.warp_crops` with the feature
+extractor's crop size and context padding, optionally flipped left-right.
+
+Crops are warped an "epoch" at a time: the boxes of the next `epoch_iterations` batches
+are drawn together, grouped by image so each image is decoded once, and kept in memory as
+``uint8`` (``epoch_iterations * 128 * S * S * 3`` bytes). A checkpoint (plain state dicts,
+written atomically) is saved every `checkpoint_every` iterations and at the end; a run
+given the same checkpoint path resumes from it and draws the same batches it would have.
+
+The result, `Finetuner`, holds the fine-tuned backbone (its state dict re-extracts features
+for the SVMs) and a `SoftmaxHead`, usable as the classifier itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rcnn.config import to_dict
+from rcnn.datasets.images import read_image
+from rcnn.errors import ModelError
+from rcnn.features.warp import normalize, warp_crops
+from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
+from rcnn.progress import progress
+
+__all__ = ["FinetuneConfig", "FinetuneImage", "Finetuner", "SoftmaxHead"]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning by SGD with momentum (defaults: R-CNN's, except the length).
+
+    `head_lr_mult` multiplies the learning rate of the new softmax layer (R-CNN: 10);
+    `lr_step`: the rate is multiplied by `lr_gamma` every `lr_step` iterations (0: never);
+    `frozen`: parameter-name prefixes left untouched (e.g. ``["features.0.", "features.1."]``
+    for MobileNetV2's stem, cheaper backward passes); `freeze_bn`: batch-norm layers keep their
+    ImageNet statistics (eval mode) while their affine weights still learn.
+    """
+
+    iterations: int = 500
+    batch_positives: int = 32
+    batch_negatives: int = 96
+    lr: float = 0.001
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    lr_step: int = 0
+    lr_gamma: float = 0.1
+    positive_iou: float = 0.5
+    background_iou: float = 0.5
+    flip: bool = True
+    freeze_bn: bool = True
+    frozen: tuple[str, ...] = ()
+    epoch_iterations: int = 20
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.iterations < 0 or self.batch_positives < 1 or self.batch_negatives < 0 or self.epoch_iterations < 1:
+            raise ValueError("need iterations >= 0, batch_positives >= 1, batch_negatives >= 0, epoch_iterations >= 1")
+        if self.lr <= 0 or self.head_lr_mult <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError("need lr > 0, head_lr_mult > 0, 0 <= momentum < 1, weight_decay >= 0")
+        if not 0 < self.background_iou <= self.positive_iou <= 1:
+            raise ValueError(f"need 0 < background_iou <= positive_iou <= 1, got {self.background_iou}, {self.positive_iou}")
+        if self.checkpoint_every < 1 or self.lr_step < 0:
+            raise ValueError("need checkpoint_every >= 1 and lr_step >= 0")
+
+    @property
+    def matcher(self) -> Matcher:
+        if self.background_iou < self.positive_iou:
+            return Matcher([self.background_iou, self.positive_iou], [NEGATIVE, IGNORE, POSITIVE])
+        return Matcher([self.positive_iou], [NEGATIVE, POSITIVE])
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_positives + self.batch_negatives
+
+
+class FinetuneImage(NamedTuple):
+    """One training image: its path, proposals ``float32 [N, 4]`` and ground truth (boxes
+    ``[G, 4]``, labels ``[G]`` in ``1..C``, difficult ``bool [G]`` or None)."""
+
+    image_path: str | os.PathLike
+    proposals: np.ndarray
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+    gt_difficult: np.ndarray | None = None
+
+
+class SoftmaxHead:
+    """A linear layer ``D -> C + 1`` (column 0 background) on backbone features; as a
+    classifier it scores ``[N, C]`` softmax probabilities of labels ``1..C``."""
+
+    def __init__(self, num_classes: int, feature_dim: int):
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+
+    def init(self, seed: int = 0) -> "SoftmaxHead":
+        """Fresh weights: normal (std 0.01) weights, zero bias, as R-CNN's new fc8."""
+        g = torch.Generator().manual_seed(seed)
+        self.weight_ = torch.randn(self.num_classes + 1, self.feature_dim, generator=g) * 0.01
+        self.bias_ = torch.zeros(self.num_classes + 1)
+        return self
+
+    def logits(self, features) -> torch.Tensor:
+        """Logits ``float32 [N, C + 1]`` of features ``[N, D]``."""
+        x = torch.as_tensor(features, dtype=torch.float32)
+        return x @ self.weight_.to(x.device).T + self.bias_.to(x.device)
+
+    def decision_function(self, features):
+        """Probabilities ``float32 [N, C]`` of labels ``1..C`` (numpy in, numpy out)."""
+        p = torch.softmax(self.logits(features), dim=1)[:, 1:]
+        return p.cpu().numpy() if isinstance(features, np.ndarray) else p
+
+    def state_dict(self) -> dict:
+        return {"kind": "softmax", "num_classes": self.num_classes, "feature_dim": self.feature_dim,
+                "weight": self.weight_.detach().cpu().clone(), "bias": self.bias_.detach().cpu().clone()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "SoftmaxHead":
+        try:
+            head = cls(int(d["num_classes"]), int(d["feature_dim"]))
+            head.weight_ = torch.as_tensor(d["weight"], dtype=torch.float32)
+            head.bias_ = torch.as_tensor(d["bias"], dtype=torch.float32)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"softmax head state: {e!r}") from None
+        if head.weight_.shape != (head.num_classes + 1, head.feature_dim) or head.bias_.shape != (head.num_classes + 1,):
+            raise ModelError(f"softmax head state: weight {tuple(head.weight_.shape)} does not fit "
+                             f"{head.num_classes} classes x {head.feature_dim} features")
+        return head
+
+
+class Finetuner:
+    """Fine-tunes a backbone (``[B, 3, S, S]`` normalised crops -> ``[B, D]``) with a softmax head.
+
+    Fitted: `backbone_` (the same module, trained, back in eval mode on the CPU), `head_`
+    (`SoftmaxHead`), `history_` (per iteration: ``loss``, batch ``accuracy``), `pool_`
+    (positives and background boxes available), `resumed_from_` (iteration, 0 when fresh).
+    """
+
+    def __init__(self, num_classes: int, config: FinetuneConfig = FinetuneConfig(), crop_size: int = 224,
+                 padding: int = 16, checkpoint: str | os.PathLike | None = None, device: str = "cpu"):
+        self.num_classes = num_classes
+        self.config = config
+        self.crop_size = crop_size
+        self.padding = padding
+        self.checkpoint = checkpoint
+        self.device = device
+
+    # -- the box pool ------------------------------------------------------------------------------
+    def _pool(self, images: Sequence[FinetuneImage]):
+        """Labelled boxes of every image: image index ``[P]``, boxes ``[P, 4]``, labels ``[P]``."""
+        idx, boxes, labels = [], [], []
+        for i, im in enumerate(progress(images, desc="fine-tuning pool", total=len(images))):
+            im = FinetuneImage(*im)
+            gt = np.asarray(im.gt_boxes, np.float32).reshape(-1, 4)
+            b = np.concatenate([np.asarray(im.proposals, np.float32).reshape(-1, 4), gt])
+            lab, _, _ = label_proposals(b, gt, im.gt_labels, im.gt_difficult, self.config.matcher)
+            keep = lab != IGNORE
+            idx.append(np.full(keep.sum(), i, np.int64))
+            boxes.append(b[keep])
+            labels.append(lab[keep])
+        idx, boxes, labels = np.concatenate(idx), np.concatenate(boxes), np.concatenate(labels)
+        if not (labels > 0).any() or not (labels == 0).any():
+            raise ValueError(f"fine-tuning needs positive and background boxes; found {(labels > 0).sum()} "
+                             f"and {(labels == 0).sum()} in {len(images)} images")
+        return idx, boxes, labels
+
+    def _epoch(self, epoch: int, images, pool):
+        """Crops ``uint8 [E * B, S, S, 3]`` and labels of epoch `epoch`'s batches, batch-major."""
+        cfg, (idx, boxes, labels) = self.config, pool
+        rng = np.random.default_rng([cfg.seed, epoch])
+        pos, neg = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
+        E, P, N = cfg.epoch_iterations, cfg.batch_positives, cfg.batch_negatives
+        pos = rng.choice(pos, E * P, replace=len(pos) < E * P).reshape(E, P)
+        neg = rng.choice(neg, E * N, replace=len(neg) < E * N).reshape(E, N)
+        sel = np.concatenate([pos, neg], axis=1).reshape(-1)  # batch b: rows b*B .. (b+1)*B
+        S = self.crop_size
+        crops = np.empty((len(sel), S, S, 3), np.uint8)
+        for i in progress(np.unique(idx[sel]), desc=f"warping crops (epoch {epoch + 1})", unit="img"):
+            rows = np.flatnonzero(idx[sel] == i)
+            image = read_image(FinetuneImage(*images[i]).image_path)
+            crops[rows] = warp_crops(image, boxes[sel[rows]], S, self.padding)
+        return crops, labels[sel]
+
+    # -- training ----------------------------------------------------------------------------------
+    def fit(self, backbone: nn.Module, feature_dim: int, images: Sequence[FinetuneImage]):
+        """Fine-tune `backbone` (in place) and a new softmax head on `images`; returns self."""
+        cfg, B = self.config, self.config.batch_size
+        pool = self._pool(images)
+        self.pool_ = {"positives": int((pool[2] > 0).sum()), "background": int((pool[2] == 0).sum())}
+        head = SoftmaxHead(self.num_classes, feature_dim).init(cfg.seed)
+        linear = nn.Linear(feature_dim, self.num_classes + 1)
+        with torch.no_grad():
+            linear.weight.copy_(head.weight_)
+            linear.bias.copy_(head.bias_)
+        for name, p in backbone.named_parameters():
+            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
+        trainable = [p for p in backbone.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            [{"params": trainable, "lr_mult": 1.0}, {"params": list(linear.parameters()), "lr_mult": cfg.head_lr_mult}],
+            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        )
+        self.history_ = {"loss": [], "accuracy": []}
+        start = self.resumed_from_ = self._resume(backbone, linear, optimizer, feature_dim)
+        backbone.to(self.device)
+        linear.to(self.device)
+        crops, crop_labels, epoch = None, None, -1
+        bar = progress(total=cfg.iterations * B, initial=min(start, cfg.iterations) * B, desc="fine-tuning", unit="crop")
+        try:
+            for it in range(start, cfg.iterations):
+                e, b = divmod(it, cfg.epoch_iterations)
+                if e != epoch:
+                    crops, crop_labels, epoch = *self._epoch(e, images, pool), e
+                batch = crops[b * B:(b + 1) * B]
+                if cfg.flip:
+                    flip = np.random.default_rng([cfg.seed, e, b, 1]).random(B) < 0.5
+                    batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
+                x = normalize(batch).to(self.device)
+                y = torch.as_tensor(crop_labels[b * B:(b + 1) * B]).to(self.device)
+                for group in optimizer.param_groups:
+                    group["lr"] = self._lr(it) * group["lr_mult"]
+                self._train_mode(backbone)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout (AlexNet, VGG), same on resume
+                    logits = linear(backbone(x))
+                    loss = nn.functional.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                self.history_["loss"].append(loss.item())
+                self.history_["accuracy"].append(float((logits.argmax(1) == y).float().mean()))
+                bar.update(B)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                    self._save(it + 1, backbone, linear, optimizer, feature_dim)
+        finally:
+            bar.close()
+            backbone.cpu().eval()
+            linear.cpu()
+        head.weight_, head.bias_ = linear.weight.detach().clone(), linear.bias.detach().clone()
+        self.head_, self.backbone_ = head, backbone
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+        return self
+
+    def _lr(self, it: int) -> float:
+        cfg = self.config
+        return cfg.lr * (cfg.lr_gamma ** (it // cfg.lr_step) if cfg.lr_step else 1.0)
+
+    def _train_mode(self, backbone: nn.Module):
+        backbone.train()
+        if self.config.freeze_bn:
+            for m in backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _meta(self, feature_dim: int) -> dict:
+        cfg = {k: v for k, v in to_dict(self.config).items() if k not in ("iterations", "checkpoint_every")}
+        return {"config": cfg, "num_classes": self.num_classes, "feature_dim": feature_dim,
+                "crop_size": self.crop_size, "padding": self.padding}
+
+    def _save(self, iteration, backbone, linear, optimizer, feature_dim):
+        if self.checkpoint is None:
+            return
+        path = Path(self.checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "iteration": iteration,
+            "meta": self._meta(feature_dim),
+            "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+            "head": {k: v.detach().cpu() for k, v in linear.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "history": self.history_,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _resume(self, backbone, linear, optimizer, feature_dim) -> int:
+        """Load the checkpoint when there is one; the iteration to go on from."""
+        if self.checkpoint is None or not Path(self.checkpoint).is_file():
+            return 0
+        path = self.checkpoint
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
+            raise ModelError(f"{path}: not a fine-tuning checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or state.get("meta") != self._meta(feature_dim):
+            raise ModelError(f"{path}: checkpoint of another fine-tuning setup; delete it or choose another path")
+        try:
+            backbone.load_state_dict(state["backbone"])
+            linear.load_state_dict(state["head"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ModelError(f"{path}: checkpoint does not fit this backbone ({e})") from None
+        self.history_ = {k: list(v) for k, v in state["history"].items()}
+        return int(state["iteration"])
