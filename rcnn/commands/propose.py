@@ -1,0 +1,53 @@
+"""`rcnn propose`: region proposals for every image of a dataset, cached under --out."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("propose", help="compute region proposals for a dataset (cached, parallel, resumable)")
+    p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, or COCO .json")
+    p.add_argument("--method", choices=["selective_search", "sliding_window"], default="selective_search")
+    p.add_argument("--mode", help="selective search: single | fast | quality | custom (default: the measured custom setting)")
+    p.add_argument("--max-boxes", type=int, help="boxes kept per image (default 2000)")
+    p.add_argument("--longest-side", type=int, help="selective search: shrink longer images to this side (default 500)")
+    p.add_argument("--min-size", type=float, help="smallest box side kept, pixels (default 20)")
+    p.add_argument("--config", metavar="TOML", help="a config file whose [proposals] table sets method and parameters")
+    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
+    p.add_argument("--images", help="image folder, when not the dataset's own")
+    p.add_argument("--skip-bad", action="store_true", help="leave out (and count) unreadable samples instead of failing")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler instead (needs rcnn[dask])")
+    p.add_argument("--out", required=True, metavar="DIR", help="proposal cache folder")
+    p.set_defaults(func=run)
+
+
+def proposer_from_args(args):
+    """The proposer named by --config's [proposals] table, overridden by the options given."""
+    from rcnn.config import load_toml
+    from rcnn.proposals import make_proposer
+
+    params = dict(load_toml(args.config).get("proposals", {})) if args.config else {}
+    method = params.pop("method", None) or args.method
+    options = {"max_boxes": args.max_boxes, "min_size": args.min_size}
+    if method == "selective_search":
+        options.update(mode=args.mode, longest_side=args.longest_side)
+    params.update({k: v for k, v in options.items() if v is not None})
+    return make_proposer(method, **params)
+
+
+def run(args) -> int:
+    from rcnn.datasets import load_dataset
+    from rcnn.proposals import ProposalStore
+
+    proposer = proposer_from_args(args)
+    dataset = load_dataset(args.dataset, args.split, args.images, args.skip_bad)
+    for path, reason in dataset.skipped:
+        print(f"skipped {path}: {reason}")
+    store = ProposalStore(args.out, proposer)
+    stats = store.compute(dataset, workers=args.workers, dask=args.dask)
+    rate = f", {stats['images_per_second']:.2f} img/s" if stats["images_per_second"] else ""
+    print(
+        f"{stats['images']} images: {stats['computed']} computed, {stats['cached']} already cached"
+        f" ({stats['seconds']:.1f} s{rate}); {len(dataset.skipped)} skipped -> {stats['folder']}"
+    )
+    return 0

@@ -1,0 +1,220 @@
+"""Selective Search proposals (Uijlings et al. 2013) through OpenCV's `cv2.ximgproc.segmentation`.
+
+OpenCV does the work: Felzenszwalb graph segmentation of each colour space at each ``k``,
+then hierarchical grouping under each similarity strategy set, then ranking. This module
+adds what a pipeline needs around it: a shrink to a longest side before segmenting (boxes
+are mapped back), a minimum box side, exact-duplicate removal, a cap on the count, and
+deterministic ranking.
+
+Determinism: OpenCV ranks regions by ``level * rand()`` (C library ``rand()``, not
+`cv::theRNG`, so `cv2.setRNGSeed` has no effect; checked on OpenCV 5.0), which makes its
+top-k differ from call to call. We seed the C library's generator with ``srand(seed)``
+right before `process()`, under a lock so threads cannot interleave their draws: the same
+image and parameters give the same ranked boxes in any process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from rcnn.errors import ConfigError, ImageError
+
+MODES = ("single", "fast", "quality", "custom")
+COLOR_SPACES = ("hsv", "lab", "rgb", "gray", "hue", "rgi")
+STRATEGIES = ("color", "fill", "texture", "size")
+
+
+@dataclass(frozen=True)
+class SelectiveSearchConfig:
+    """Selective Search parameters.
+
+    `mode`: OpenCV's presets ``single`` (HSV, k=200, one strategy set), ``fast`` (HSV+Lab,
+    k=150/300/450, two sets) and ``quality`` (5 colour spaces, 5 k, four sets), or ``custom``:
+    `color_spaces` x `ks` graph segmentations (smoothing `sigma`), each grouped under every
+    set in `strategies` (a set is a tuple of ``color/fill/texture/size``, equally weighted).
+    The default is the custom configuration chosen by measurement on cards/test
+    (experiments/bench_proposals.py): as good as OpenCV's fast preset, several times quicker.
+    `longest_side`: images whose longest side exceeds it are shrunk to it before segmenting
+    (0: never). `min_size`: boxes narrower or shorter than this many pixels (original scale)
+    are dropped. `max_boxes`: keep the best this many (0: all). `seed`: ranking seed.
+    """
+
+    mode: str = "custom"
+    color_spaces: tuple = ("hsv", "lab")
+    ks: tuple = (150, 300)
+    strategies: tuple = (("color", "fill", "texture", "size"),)
+    sigma: float = 0.8
+    longest_side: int = 500
+    min_size: float = 20.0
+    max_boxes: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"selective search: unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        bad = [c for c in self.color_spaces if c not in COLOR_SPACES]
+        if bad or not self.color_spaces:
+            raise ConfigError(f"selective search: bad colour space(s) {bad}; known: {', '.join(COLOR_SPACES)}")
+        if not self.ks or any(k <= 0 for k in self.ks):
+            raise ConfigError(f"selective search: ks must be positive numbers, got {self.ks}")
+        sets = [(s,) if isinstance(s, str) else tuple(s) for s in self.strategies]
+        if not sets or any(not s or len(s) > 4 or any(x not in STRATEGIES for x in s) for s in sets):
+            raise ConfigError(f"selective search: bad strategy sets {self.strategies}; each is 1 to 4 of {STRATEGIES}")
+        object.__setattr__(self, "strategies", tuple(sets))
+        if min(self.longest_side, self.min_size, self.max_boxes, self.seed) < 0:
+            raise ConfigError("selective search: longest_side, min_size, max_boxes and seed must be >= 0")
+
+
+def _find_libc():
+    for name in (ctypes.util.find_library("c"), "ucrtbase", None):
+        try:
+            libc = ctypes.CDLL(name)
+            libc.srand  # noqa: B018 - raises AttributeError when absent
+            return libc
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+_LIBC = _find_libc()
+_RAND_LOCK = threading.Lock()
+
+
+def _convert(bgr: np.ndarray, space: str) -> np.ndarray:
+    """The image in one of `COLOR_SPACES` as OpenCV's quality preset builds them."""
+    if space == "hsv":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+    if space == "lab":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2Lab)
+    if space == "rgb":
+        return bgr
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    if space == "gray":
+        return gray
+    if space == "hue":
+        return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[:, :, 0])
+    return cv2.merge([bgr[:, :, 2], bgr[:, :, 1], gray])  # rgi
+
+
+def _strategy(names) -> object:
+    seg = cv2.ximgproc.segmentation
+    make = {
+        "color": seg.createSelectiveSearchSegmentationStrategyColor,
+        "fill": seg.createSelectiveSearchSegmentationStrategyFill,
+        "texture": seg.createSelectiveSearchSegmentationStrategyTexture,
+        "size": seg.createSelectiveSearchSegmentationStrategySize,
+    }
+    return seg.createSelectiveSearchSegmentationStrategyMultiple(*[make[n]() for n in names])
+
+
+def as_rgb(image) -> np.ndarray:
+    """``uint8 [H, W, 3]`` from an RGB, RGBA or grayscale ``uint8`` array (raises `ImageError`)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ImageError(None, f"proposals need a uint8 image, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] in (1, 3, 4):
+        image = image[:, :, :3] if image.shape[2] != 1 else image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(None, f"proposals need an HxWx3 image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def finish_boxes(boxes: np.ndarray, width: int, height: int, min_size: float, max_boxes: int) -> np.ndarray:
+    """Clip ranked boxes ``[N, 4]`` to the image, drop small ones and exact duplicates
+    (keeping the first), cap at `max_boxes` (0: no cap). Order is kept; ``float32 [M, 4]``."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= max(min_size, 1e-6)) & ((boxes[:, 3] - boxes[:, 1]) >= max(min_size, 1e-6))
+    boxes = boxes[keep]
+    _, first = np.unique(boxes, axis=0, return_index=True)
+    boxes = boxes[np.sort(first)]
+    return boxes[:max_boxes] if max_boxes else boxes
+
+
+class SelectiveSearch:
+    """Selective Search proposer: ``proposer(image)`` -> ranked ``float32 [N, 4]`` xyxy boxes
+    (best first) in the image's own pixels, for a ``uint8 [H, W, 3]`` RGB image."""
+
+    method = "selective_search"
+
+    def __init__(self, config: SelectiveSearchConfig | None = None, **params):
+        self.config = config if config is not None else SelectiveSearchConfig(**params)
+
+    def params(self) -> dict:
+        """Everything that determines the boxes (cache key material), OpenCV version included."""
+        from rcnn.config import to_dict
+
+        return {"method": self.method, **to_dict(self.config), "opencv": cv2.__version__}
+
+    def key(self) -> str:
+        from rcnn.cache import params_key
+
+        return params_key(self.params())
+
+    def __repr__(self) -> str:
+        return f"SelectiveSearch({self.config})"
+
+    def __call__(self, image) -> np.ndarray:
+        c = self.config
+        image = as_rgb(image)
+        height, width = image.shape[:2]
+        if min(height, width) < max(c.min_size, 2):  # no box could pass; also keeps OpenCV off 1-px images
+            return np.zeros((0, 4), np.float32)
+        scale = c.longest_side / max(height, width) if c.longest_side and max(height, width) > c.longest_side else 1.0
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        if scale != 1.0:
+            size = (max(2, round(width * scale)), max(2, round(height * scale)))
+            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        rects = self._process(bgr)
+        sh, sw = bgr.shape[:2]
+        boxes = np.asarray(rects, np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # x, y, w, h (whole pixels) -> continuous x1, y1, x2, y2
+        boxes *= np.array([width / sw, height / sh, width / sw, height / sh], np.float32)
+        return finish_boxes(boxes, width, height, c.min_size, c.max_boxes)
+
+    def _process(self, bgr: np.ndarray) -> np.ndarray:
+        c = self.config
+        seg = cv2.ximgproc.segmentation
+        ss = seg.createSelectiveSearchSegmentation()
+        ss.setBaseImage(bgr)
+        if c.mode == "single":
+            ss.switchToSingleStrategy()
+        elif c.mode == "fast":
+            ss.switchToSelectiveSearchFast()
+        elif c.mode == "quality":
+            ss.switchToSelectiveSearchQuality()
+        else:
+            for space in c.color_spaces:
+                ss.addImage(_convert(bgr, space))
+            for k in c.ks:
+                ss.addGraphSegmentation(seg.createGraphSegmentation(sigma=c.sigma, k=float(k)))
+            for names in c.strategies:
+                ss.addStrategy(_strategy(names))
+        with _RAND_LOCK:
+            if _LIBC is not None:
+                _LIBC.srand(ctypes.c_uint((c.seed + 1) & 0xFFFFFFFF))  # glibc treats 0 as 1
+            rects = ss.process()
+        return np.asarray(rects).reshape(-1, 4)
+
+
+def opencv_stock_fast(image) -> np.ndarray:
+    """What a naive user gets: OpenCV's ``switchToSelectiveSearchFast()`` on the full-size
+    image, every box in OpenCV's (unseeded) order, as ``float32 [N, 4]`` xyxy. The reference
+    for experiments and benchmarks, not for the pipeline."""
+    bgr = cv2.cvtColor(as_rgb(image), cv2.COLOR_RGB2BGR)
+    ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+    ss.setBaseImage(bgr)
+    ss.switchToSelectiveSearchFast()
+    boxes = np.asarray(ss.process(), np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
+

@@ -1,0 +1,105 @@
+"""Sliding-window proposals: a multi-scale, multi-aspect grid, the baseline for Selective Search.
+
+Windows have sides ``scale * sqrt(W * H) * (sqrt(a), 1 / sqrt(a))`` for each scale and aspect
+ratio ``a = width / height`` (clipped to the image), placed with a step of `stride` times the
+window's side so that the first and last windows touch the image's edges. When the grid has
+fewer than `max_boxes` windows the stride is made finer until it has enough; a larger grid is
+thinned evenly to exactly `max_boxes`. The order interleaves the grid (bit-reversed index), so
+any first k windows are themselves an even thinning: methods compare at equal budgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rcnn.errors import ConfigError
+from rcnn.proposals.selective_search import as_rgb, finish_boxes
+
+
+@dataclass(frozen=True)
+class SlidingWindowConfig:
+    """`scales`: window sides relative to ``sqrt(W * H)``; `aspect_ratios`: width / height;
+    `stride`: step as a fraction of the window side; `min_size`: smallest side kept (pixels);
+    `max_boxes`: the number of windows (0: the whole grid at `stride`)."""
+
+    scales: tuple = (0.1, 0.14, 0.2, 0.28, 0.4, 0.57, 0.8, 1.0)
+    aspect_ratios: tuple = (0.5, 1.0, 2.0)
+    stride: float = 0.5
+    min_size: float = 20.0
+    max_boxes: int = 2000
+
+    def __post_init__(self):
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"sliding window: scales must be positive, got {self.scales}")
+        if not self.aspect_ratios or any(a <= 0 for a in self.aspect_ratios):
+            raise ConfigError(f"sliding window: aspect ratios must be positive, got {self.aspect_ratios}")
+        if not 0 < self.stride <= 1:
+            raise ConfigError(f"sliding window: stride must be in (0, 1], got {self.stride}")
+        if self.min_size < 0 or self.max_boxes < 0:
+            raise ConfigError("sliding window: min_size and max_boxes must be >= 0")
+
+
+def window_grid(width: int, height: int, scales, aspect_ratios, stride: float) -> np.ndarray:
+    """Every window of the grid, ``float32 [N, 4]`` xyxy, ordered by scale, aspect, row, column."""
+    base = np.sqrt(float(width) * float(height))
+    out = []
+    for s in scales:
+        for a in aspect_ratios:
+            w = min(width, s * base * np.sqrt(a))
+            h = min(height, s * base / np.sqrt(a))
+            nx = int(np.ceil((width - w) / (stride * w) - 1e-6)) + 1  # step <= stride * w, edges touched
+            ny = int(np.ceil((height - h) / (stride * h) - 1e-6)) + 1
+            x, y = np.meshgrid(np.linspace(0, width - w, nx), np.linspace(0, height - h, ny))
+            x, y = x.ravel(), y.ravel()
+            out.append(np.stack([x, y, x + w, y + h], axis=1))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 4), np.float32)
+
+
+def spread_order(n: int) -> np.ndarray:
+    """A permutation of ``range(n)`` by bit-reversed index: every prefix is spread evenly."""
+    if n <= 1:
+        return np.arange(n)
+    bits = (n - 1).bit_length()
+    i = np.arange(n)
+    rev = np.zeros(n, np.int64)
+    for b in range(bits):
+        rev |= ((i >> b) & 1) << (bits - 1 - b)
+    return np.argsort(rev, kind="stable")
+
+
+class SlidingWindows:
+    """Sliding-window proposer: ``proposer(image)`` -> ``float32 [N, 4]`` xyxy windows,
+    ``N = max_boxes`` where the image allows, in an order whose prefixes are even thinnings."""
+
+    method = "sliding_window"
+
+    def __init__(self, config: SlidingWindowConfig | None = None, **params):
+        self.config = config if config is not None else SlidingWindowConfig(**params)
+
+    def params(self) -> dict:
+        from rcnn.config import to_dict
+
+        return {"method": self.method, **to_dict(self.config)}
+
+    def key(self) -> str:
+        from rcnn.cache import params_key
+
+        return params_key(self.params())
+
+    def __repr__(self) -> str:
+        return f"SlidingWindows({self.config})"
+
+    def __call__(self, image) -> np.ndarray:
+        c = self.config
+        height, width = as_rgb(image).shape[:2]
+        stride = c.stride
+        while True:
+            boxes = finish_boxes(window_grid(width, height, c.scales, c.aspect_ratios, stride), width, height, c.min_size, 0)
+            if not c.max_boxes or len(boxes) >= c.max_boxes or stride < 0.01:
+                break
+            stride *= 0.7  # too few windows for the budget: a finer grid
+        if c.max_boxes and len(boxes) > c.max_boxes:
+            boxes = boxes[(np.arange(c.max_boxes) * len(boxes)) // c.max_boxes]
+        return np.ascontiguousarray(boxes[spread_order(len(boxes))])
