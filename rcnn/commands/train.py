@@ -1,0 +1,62 @@
+"""`rcnn train DATASET --out MODEL.pt`: fit an R-CNN and save it."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_config_options(parser) -> None:
+    parser.add_argument("--config", help="experiment TOML file (default: the built-in defaults)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+        help="override one setting, value in TOML syntax, e.g. --set features.crop_size=128 (repeatable)",
+    )
+
+
+def config_from_args(args):
+    """The `DetectorConfig` of `--config` with every `--set` applied."""
+    import tomllib
+
+    from rcnn.detector import load_config
+    from rcnn.errors import ConfigError
+
+    overrides: dict = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected TABLE.KEY=VALUE")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare word: a string
+        *tables, name = key.strip().split(".")
+        target = overrides
+        for t in tables:
+            target = target.setdefault(t, {})
+        target[name] = parsed
+    return load_config(args.config, overrides)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train an R-CNN on a dataset")
+    parser.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
+    parser.add_argument("--split", help="VOC split (ImageSets/Main/SPLIT.txt), e.g. train")
+    parser.add_argument("--images", help="image folder (COCO)")
+    parser.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
+    parser.add_argument("--out", required=True, help="model file to write (.pt)")
+    add_config_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rcnn.datasets import load_dataset
+    from rcnn.detector import RCNN
+
+    config = config_from_args(args)
+    dataset = load_dataset(args.dataset, args.split, args.images, skip_bad=args.skip_bad)
+    if dataset.skipped:
+        print(f"skipped {len(dataset.skipped)} bad sample(s); first: {dataset.skipped[0][0]}: {dataset.skipped[0][1]}")
+    model = RCNN(config).fit(dataset)
+    model.save(args.out)
+    print(json.dumps({"model": args.out, **model.fit_stats_}, indent=2))
+    return 0

@@ -1,0 +1,324 @@
+"""The R-CNN detector (Girshick et al. 2014), built from the stages to its left.
+
+Training (`RCNN.fit`): proposals for every image (cached, parallel) -> optional fine-tuning
+of the CNN with a softmax head on warped crops -> CNN features of every proposal and ground
+truth box (cached) -> per-class linear SVMs with hard negative mining -> per-class ridge box
+regression. Detection (`RCNN.detect`): proposals -> warped crops -> features -> scores
+``[N, C]`` -> class-specific box regression -> clip -> score threshold -> per-class NMS ->
+the best `max_detections`.
+
+A model is one file of tensors and plain values (``torch.load(path, weights_only=True)``):
+format and version, the full config, class names, the backbone weights when they are not
+reproducible from their source (fine-tuned), and the heads' state dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcnn import __version__
+from rcnn.boxes import batched_nms, clip_boxes
+from rcnn.config import from_dict, load_toml, to_dict
+from rcnn.datasets.core import Dataset, Detections, Sample
+from rcnn.datasets.images import read_image
+from rcnn.errors import ConfigError, ModelError
+from rcnn.features.extractor import FeatureConfig, FeatureExtractor
+from rcnn.features.store import FeatureStore
+from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
+from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
+from rcnn.progress import progress
+from rcnn.proposals import ProposalStore, make_proposer
+
+__all__ = ["DetectorConfig", "RCNN", "load_config"]
+
+MODEL_FORMAT = "rcnn-model"
+MODEL_VERSION = 1
+CLASSIFIERS = ("svm", "softmax")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything a detector is built from; an experiment's TOML file fills it.
+
+    `proposals`: the ``[proposals]`` table, ``method`` plus that proposer's parameters
+    (`rcnn.proposals`); `features`, `finetune`, `svm`, `regression`: the stages' tables.
+    `finetune.iterations = 0` skips fine-tuning; `classifier` is ``svm`` or ``softmax`` (the
+    fine-tuned network's own scores; needs fine-tuning); `box_regression` turns the ridge
+    regressors on. At test time: boxes scoring under `score_threshold` (None: -1.0 for SVM
+    margins, 0.01 for softmax probabilities) are dropped, per-class NMS at `nms_threshold`
+    (IoU), then the best `max_detections` per image. `cache_dir` holds proposals and features;
+    `workers`: processes for proposals (0: all cores).
+    """
+
+    proposals: dict = field(default_factory=lambda: {"method": "selective_search"})
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(iterations=0))
+    classifier: str = "svm"
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    box_regression: bool = True
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    nms_threshold: float = 0.3
+    score_threshold: float | None = None
+    max_detections: int = 100
+    cache_dir: str = "cache"
+    workers: int = 0
+
+    def __post_init__(self):
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier {self.classifier!r}: one of {', '.join(CLASSIFIERS)}")
+        if self.classifier == "softmax" and self.finetune.iterations == 0:
+            raise ValueError("classifier 'softmax' needs fine-tuning: set finetune.iterations > 0")
+        if not 0 < self.nms_threshold <= 1 or self.max_detections < 1:
+            raise ValueError("need 0 < nms_threshold <= 1 and max_detections >= 1")
+        make_proposer(**self.proposals)  # validates the table
+
+    @property
+    def min_score(self) -> float:
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return -1.0 if self.classifier == "svm" else 0.01
+
+
+def load_config(path=None, overrides: dict | None = None) -> DetectorConfig:
+    """A `DetectorConfig` from a TOML file (None: the defaults) with `overrides` merged in
+    table by table (``{"features": {"crop_size": 128}}``); bad keys raise `ConfigError`."""
+    values = load_toml(path) if path else {}
+    values.pop("experiment", None)  # experiments keep their own settings in [experiment]
+    for table, changes in (overrides or {}).items():
+        if isinstance(changes, dict):
+            values[table] = {**values.get(table, {}), **changes}
+        else:
+            values[table] = changes
+    return from_dict(DetectorConfig, values, where=str(path or "config"))
+
+
+class RCNN:
+    """R-CNN: ``RCNN(config).fit(dataset)``, then ``detect(image)`` / ``detect_dataset(ds)``.
+
+    Fitted attributes: ``classes_`` (names, label ``i + 1`` is ``classes_[i]``),
+    ``extractor_`` (`FeatureExtractor`), ``classifier_`` (`SVMHead` or `SoftmaxHead`),
+    ``regressor_`` (`BoxRegressor` or None), ``finetuned_`` (backbone state dict or None),
+    ``fit_stats_`` (counts and seconds per stage).
+    """
+
+    def __init__(self, config: DetectorConfig | None = None):
+        self.config = config if config is not None else DetectorConfig()
+
+    # -- training ---------------------------------------------------------------------------
+
+    def proposal_store(self) -> ProposalStore:
+        """The cache of this config's proposals under ``cache_dir/proposals``."""
+        return ProposalStore(Path(self.config.cache_dir) / "proposals", make_proposer(**self.config.proposals))
+
+    def fit(self, dataset: Dataset) -> "RCNN":
+        """Train every stage on `dataset`; returns self."""
+        c = self.config
+        if len(dataset) == 0:
+            raise ConfigError("cannot train on an empty dataset")
+        stats = {"images": len(dataset)}
+        self.classes_ = list(dataset.classes)
+        num_classes = len(self.classes_)
+
+        start = time.perf_counter()
+        proposals = self.proposal_store()
+        proposals.compute(dataset, workers=c.workers or None)
+        stats["proposals_seconds"] = time.perf_counter() - start
+
+        self.extractor_ = FeatureExtractor(c.features)
+        self.finetuned_ = None
+        softmax = None
+        if c.finetune.iterations > 0:
+            start = time.perf_counter()
+            checkpoint = Path(c.cache_dir) / "finetune" / f"{proposals.folder.name}-{_finetune_key(c, dataset)}.pt"
+            tuner = Finetuner(num_classes, c.finetune, c.features.crop_size, c.features.padding, checkpoint=checkpoint)
+            images = [
+                FinetuneImage(s.image_path, proposals.load(s), s.boxes, s.labels, s.difficult) for s in dataset
+            ]
+            tuner.fit(self.extractor_.module, self.extractor_.feature_dim, images)
+            self.finetuned_ = {k: v.detach().clone() for k, v in tuner.backbone_.state_dict().items()}
+            self.extractor_.load_state_dict(self.finetuned_)
+            softmax = tuner.head_
+            stats["finetune_seconds"] = time.perf_counter() - start
+
+        needs_features = c.classifier == "svm" or c.box_regression
+        if needs_features:
+            start = time.perf_counter()
+            features = FeatureStore(Path(c.cache_dir) / "features", self.extractor_)
+
+            def boxes_for(sample: Sample) -> np.ndarray:
+                return np.concatenate([sample.boxes, proposals.load(sample)]).astype(np.float32)
+
+            features.compute(dataset, boxes_for, proposals.folder.name)
+            stats["features_seconds"] = time.perf_counter() - start
+
+            def image_data(i: int) -> ImageData:
+                s = dataset[i]
+                return ImageData(features.load(s, proposals.folder.name), boxes_for(s), s.boxes, s.labels, s.difficult)
+
+        start = time.perf_counter()
+        if c.classifier == "svm":
+            self.classifier_ = SVMHead(num_classes, c.svm).fit(image_data, len(dataset))
+        else:
+            self.classifier_ = softmax
+        self.regressor_ = None
+        if c.box_regression:
+            self.regressor_ = BoxRegressor(num_classes, c.regression).fit(image_data, len(dataset))
+        stats["heads_seconds"] = time.perf_counter() - start
+        self.fit_stats_ = stats
+        return self
+
+    # -- detection --------------------------------------------------------------------------
+
+    def _check_fitted(self):
+        if not hasattr(self, "classifier_"):
+            raise ModelError("this detector is not fitted: call fit() or RCNN.load()")
+
+    def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
+        """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
+
+        `proposals` ``float32 [N, 4]`` replaces the configured proposer; `timings`, when given,
+        is filled with seconds spent in ``proposals, warp, cnn, heads, nms`` (added to).
+        """
+        self._check_fitted()
+        c = self.config
+        clock = _Clock(timings)
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        height, width = image.shape[:2]
+        with clock("proposals"):
+            if proposals is None:
+                proposals = make_proposer(**c.proposals)(image)
+            proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
+        if len(proposals) == 0:
+            return Detections()
+        feats = np.empty((len(proposals), self.extractor_.feature_dim), np.float32)
+        bs = self.extractor_.config.batch_size
+        for i in range(0, len(proposals), bs):
+            with clock("warp"):
+                crops = self.extractor_.crops(image, proposals[i:i + bs])
+            with clock("cnn"):
+                feats[i:i + bs] = self.extractor_.forward(crops).numpy()
+        with clock("heads"):
+            scores = np.asarray(self.classifier_.decision_function(feats), np.float32)  # [N, C]
+            n, num_classes = scores.shape
+            rows, cols = np.nonzero(scores >= c.min_score)
+            labels = cols.astype(np.int64) + 1
+            boxes = proposals[rows]
+            if self.regressor_ is not None and len(rows):
+                boxes = self.regressor_.predict(feats[rows], boxes, labels)
+            boxes = clip_boxes(np.asarray(boxes, np.float32), (height, width))
+            kept_scores = scores[rows, cols]
+            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, kept_scores, labels = boxes[ok], kept_scores[ok], labels[ok]
+        with clock("nms"):
+            keep = batched_nms(boxes, kept_scores, labels, c.nms_threshold)[: c.max_detections]
+        return Detections(boxes[keep], kept_scores[keep], labels[keep])
+
+    def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
+        """Detections for every sample, ``{sample id: Detections}``. With `use_cache`,
+        proposals come from (and go to) the proposal cache, computed in parallel first."""
+        self._check_fitted()
+        store = None
+        if use_cache:
+            store = self.proposal_store()
+            store.compute(dataset, workers=self.config.workers or None)
+        out = {}
+        for sample in progress(dataset.samples, desc="detect"):
+            image = read_image(sample.image_path)
+            out[sample.id] = self.detect(image, store.load(sample) if store else None, timings)
+        return out
+
+    # -- saving -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The fitted model as tensors and plain values (see the module docstring)."""
+        self._check_fitted()
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "rcnn_version": __version__,
+            "config": to_dict(self.config),
+            "classes": list(self.classes_),
+            "weights_source": self.extractor_.weights_source,
+            "backbone": self.finetuned_,
+            "classifier": self.classifier_.state_dict(),
+            "regressor": None if self.regressor_ is None else self.regressor_.state_dict(),
+        }
+
+    def save(self, path) -> Path:
+        """Write the model to `path` atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "RCNN":
+        """A fitted detector from a file written by `save`; a corrupt file or one from another
+        format version raises `ModelError` naming the file."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ModelError(f"{path}: model file not found") from None
+        except Exception as e:  # noqa: BLE001  torch raises many kinds for a bad file
+            raise ModelError(f"{path}: not a readable rcnn model ({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+            raise ModelError(f"{path}: not an rcnn model file")
+        if state.get("version") != MODEL_VERSION:
+            raise ModelError(
+                f"{path}: model format version {state.get('version')} (rcnn {state.get('rcnn_version')}); "
+                f"this rcnn {__version__} reads version {MODEL_VERSION}: retrain the model"
+            )
+        try:
+            config = from_dict(DetectorConfig, state["config"], where=f"{path}: config")
+            model = cls(config)
+            model.classes_ = list(state["classes"])
+            model.extractor_ = FeatureExtractor(config.features)
+            if model.extractor_.weights_source != state["weights_source"]:
+                raise ModelError(
+                    f"{path}: trained on backbone weights {state['weights_source']}, but only "
+                    f"{model.extractor_.weights_source} can be loaded here"
+                )
+            model.finetuned_ = state["backbone"]
+            if model.finetuned_ is not None:
+                model.extractor_.load_state_dict(model.finetuned_, where=str(path))
+            head = SVMHead if config.classifier == "svm" else SoftmaxHead
+            model.classifier_ = head.from_state_dict(state["classifier"])
+            model.regressor_ = None if state["regressor"] is None else BoxRegressor.from_state_dict(state["regressor"])
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise ModelError(f"{path}: damaged model file ({type(e).__name__}: {e})") from None
+        return model
+
+
+def _finetune_key(config: DetectorConfig, dataset: Dataset) -> str:
+    """What a fine-tuning checkpoint depends on: its config, the features and the data."""
+    from rcnn.cache import params_key
+
+    ids = sorted(s.id for s in dataset)
+    return params_key({"finetune": to_dict(config.finetune), "features": to_dict(config.features), "ids": ids})
+
+
+class _Clock:
+    """``with clock("stage"):`` adds the block's seconds to ``timings[stage]`` (if any)."""
+
+    def __init__(self, timings: dict | None):
+        self.timings = timings
+
+    def __call__(self, stage: str):
+        self.stage = stage
+        return self
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if self.timings is not None:
+            self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start

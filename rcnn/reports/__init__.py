@@ -1,0 +1,1 @@
+"""Reports: drawn detections, tables and plots for experiments."""
