@@ -20,7 +20,8 @@ PROPOSERS = {"selective_search": (SelectiveSearch, SelectiveSearchConfig), "slid
 def make_proposer(method: str = "selective_search", **params):
     """A proposer by name (``selective_search`` or ``sliding_window``) with config `params`
     (lists are accepted for tuples, as read from TOML or JSON); unknown ones raise `ConfigError`."""
-    params.pop("opencv", None)  # recorded in params() for cache keys; not a setting
+    params.pop("opencv", None)  # library versions: recorded in params() for cache keys, not settings
+    params.pop("version", None)
     if method not in PROPOSERS:
         raise ConfigError(f"unknown proposal method {method!r}; known: {', '.join(PROPOSERS)}")
     cls, config_cls = PROPOSERS[method]

@@ -28,6 +28,7 @@ from rcnn.errors import ConfigError, ImageError
 MODES = ("single", "fast", "quality", "custom")
 COLOR_SPACES = ("hsv", "lab", "rgb", "gray", "hue", "rgi")
 STRATEGIES = ("color", "fill", "texture", "size")
+VERSION = 1  # bump when the boxes change for the same parameters: cache keys follow it
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,10 @@ class SelectiveSearch:
         self.config = config if config is not None else SelectiveSearchConfig(**params)
 
     def params(self) -> dict:
-        """Everything that determines the boxes (cache key material), OpenCV version included."""
+        """Everything that determines the boxes (cache key material), OpenCV's version and ours too."""
         from rcnn.config import to_dict
 
-        return {"method": self.method, **to_dict(self.config), "opencv": cv2.__version__}
+        return {"method": self.method, **to_dict(self.config), "opencv": cv2.__version__, "version": VERSION}
 
     def key(self) -> str:
         from rcnn.cache import params_key

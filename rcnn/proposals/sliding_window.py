@@ -1,11 +1,12 @@
 """Sliding-window proposals: a multi-scale, multi-aspect grid, the baseline for Selective Search.
 
 Windows have sides ``scale * sqrt(W * H) * (sqrt(a), 1 / sqrt(a))`` for each scale and aspect
-ratio ``a = width / height`` (clipped to the image), placed with a step of `stride` times the
-window's side so that the first and last windows touch the image's edges. When the grid has
-fewer than `max_boxes` windows the stride is made finer until it has enough; a larger grid is
-thinned evenly to exactly `max_boxes`. The order interleaves the grid (bit-reversed index), so
-any first k windows are themselves an even thinning: methods compare at equal budgets.
+ratio ``a = width / height`` (clipped to the image), placed with a step of at most `stride` times
+the window's side so that the first and last windows touch the image's edges. The windows are
+ordered round robin over the (scale, aspect) levels, largest first, each level's own windows in bit-reversed
+order, so that any first k windows are an even thinning of the grid with about as many windows
+per level: methods compare at equal budgets (k = 100, 500, ...). When the grid has fewer than
+`max_boxes` windows the stride is made finer until it has enough.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 
 from rcnn.errors import ConfigError
 from rcnn.proposals.selective_search import as_rgb, finish_boxes
+
+VERSION = 4  # bump when the windows change for the same parameters: cache keys follow it
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,12 @@ class SlidingWindowConfig:
             raise ConfigError("sliding window: min_size and max_boxes must be >= 0")
 
 
-def window_grid(width: int, height: int, scales, aspect_ratios, stride: float) -> np.ndarray:
-    """Every window of the grid, ``float32 [N, 4]`` xyxy, ordered by scale, aspect, row, column."""
+def window_grid(width: int, height: int, scales, aspect_ratios, stride: float) -> list[np.ndarray]:
+    """The grid's windows, one ``float32 [n, 4]`` xyxy array (row by row) per scale (largest
+    first) and aspect ratio."""
     base = np.sqrt(float(width) * float(height))
     out = []
-    for s in scales:
+    for s in sorted(scales, reverse=True):
         for a in aspect_ratios:
             w = min(width, s * base * np.sqrt(a))
             h = min(height, s * base / np.sqrt(a))
@@ -53,8 +57,18 @@ def window_grid(width: int, height: int, scales, aspect_ratios, stride: float) -
             ny = int(np.ceil((height - h) / (stride * h) - 1e-6)) + 1
             x, y = np.meshgrid(np.linspace(0, width - w, nx), np.linspace(0, height - h, ny))
             x, y = x.ravel(), y.ravel()
-            out.append(np.stack([x, y, x + w, y + h], axis=1))
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 4), np.float32)
+            out.append(np.stack([x, y, x + w, y + h], axis=1).astype(np.float32))
+    return out
+
+
+def interleave(levels: list[np.ndarray]) -> np.ndarray:
+    """Windows of all levels, round robin; each level's own windows in `spread_order` from
+    its middle window (so the first window of a level is central, not a corner)."""
+    if not levels:
+        return np.zeros((0, 4), np.float32)
+    rank = np.concatenate([np.argsort((spread_order(len(b)) + len(b) // 2) % len(b)) for b in levels])
+    level = np.concatenate([np.full(len(b), i) for i, b in enumerate(levels)])
+    return np.concatenate(levels)[np.lexsort((level, rank))]
 
 
 def spread_order(n: int) -> np.ndarray:
@@ -81,7 +95,7 @@ class SlidingWindows:
     def params(self) -> dict:
         from rcnn.config import to_dict
 
-        return {"method": self.method, **to_dict(self.config)}
+        return {"method": self.method, **to_dict(self.config), "version": VERSION}
 
     def key(self) -> str:
         from rcnn.cache import params_key
@@ -96,10 +110,9 @@ class SlidingWindows:
         height, width = as_rgb(image).shape[:2]
         stride = c.stride
         while True:
-            boxes = finish_boxes(window_grid(width, height, c.scales, c.aspect_ratios, stride), width, height, c.min_size, 0)
+            levels = window_grid(width, height, c.scales, c.aspect_ratios, stride)
+            boxes = finish_boxes(interleave(levels), width, height, c.min_size, 0)
             if not c.max_boxes or len(boxes) >= c.max_boxes or stride < 0.01:
                 break
             stride *= 0.7  # too few windows for the budget: a finer grid
-        if c.max_boxes and len(boxes) > c.max_boxes:
-            boxes = boxes[(np.arange(c.max_boxes) * len(boxes)) // c.max_boxes]
-        return np.ascontiguousarray(boxes[spread_order(len(boxes))])
+        return np.ascontiguousarray(boxes[: c.max_boxes] if c.max_boxes else boxes)

@@ -3,18 +3,18 @@ import pytest
 
 from rcnn.errors import ConfigError
 from rcnn.proposals import SlidingWindowConfig, SlidingWindows, make_proposer
-from rcnn.proposals.sliding_window import spread_order, window_grid
+from rcnn.proposals.sliding_window import interleave, spread_order, window_grid
 
 
 def test_grid_by_hand():
-    boxes = window_grid(100, 100, scales=(0.5,), aspect_ratios=(1.0,), stride=0.5)
+    (boxes,) = window_grid(100, 100, scales=(0.5,), aspect_ratios=(1.0,), stride=0.5)
     xs = [0, 25, 50]
     expected = [[x, y, x + 50, y + 50] for y in xs for x in xs]
     np.testing.assert_allclose(boxes, expected)
 
 
 def test_grid_aspect_ratio_and_edges():
-    boxes = window_grid(90, 40, scales=(0.5,), aspect_ratios=(2.0,), stride=0.5)
+    (boxes,) = window_grid(90, 40, scales=(0.5,), aspect_ratios=(2.0,), stride=0.5)
     w, h = boxes[0, 2] - boxes[0, 0], boxes[0, 3] - boxes[0, 1]
     assert w / h == pytest.approx(2.0) and w * h == pytest.approx(0.25 * 90 * 40)
     assert boxes[:, 0].min() == 0 and boxes[:, 2].max() == pytest.approx(90) and boxes[:, 3].max() == pytest.approx(40)
@@ -30,12 +30,19 @@ def test_exact_budget_inside_the_image(budget):
 
 
 def test_prefixes_are_spread_over_scales_and_positions():
-    boxes = SlidingWindows(max_boxes=2000)(np.zeros((300, 400, 3), np.uint8))
-    top = boxes[:100]
-    areas = (top[:, 2] - top[:, 0]) * (top[:, 3] - top[:, 1])
-    assert len(np.unique(areas.round())) >= 5  # several scales in the first 100
-    centres = (top[:, :2] + top[:, 2:]) / 2
+    config = SlidingWindowConfig()
+    boxes = SlidingWindows(config)(np.zeros((300, 400, 3), np.uint8))
+    levels = len(config.scales) * len(config.aspect_ratios)
+    shapes = {(round(float(w)), round(float(h))) for w, h in boxes[:levels, 2:] - boxes[:levels, :2]}
+    assert len(shapes) == levels  # one window of every scale and aspect ratio first
+    centres = (boxes[:200, :2] + boxes[:200, 2:]) / 2
     assert centres[:, 0].min() < 100 and centres[:, 0].max() > 300
+
+
+def test_interleave_round_robin():
+    a = np.array([[0, 0, 1, 1]], np.float32)
+    b = np.array([[0, 0, 2, 2], [1, 1, 3, 3], [2, 2, 4, 4]], np.float32)
+    np.testing.assert_array_equal(interleave([a, b]), [a[0], b[1], b[0], b[2]])  # middle first
 
 
 def test_spread_order_is_a_permutation():
