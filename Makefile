@@ -34,5 +34,12 @@ demo: $(STAMP)
 bench-eval: $(STAMP)
 	$(PY) experiments/bench_eval.py
 
+.PHONY: experiment-proposals
+experiment-proposals: $(STAMP)
+	$(PY) experiments/proposals.py
+
+bench-proposals: $(STAMP)
+	$(PY) experiments/bench_proposals.py
+
 clean:
 	rm -rf data/synth cache
