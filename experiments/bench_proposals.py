@@ -33,17 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "../shared/data/cards/test"
 OUT = ROOT / "experiments/results/proposals/bench.json"
 
-STRATEGIES_2 = [["color", "fill", "texture", "size"], ["fill", "texture", "size"]]
-CANDIDATES = {  # name -> make_proposer parameters (selective search)
-    "fast preset, 500 px": {"mode": "fast"},
-    "fast preset, 400 px": {"mode": "fast", "longest_side": 400},
-    "fast preset, 300 px": {"mode": "fast", "longest_side": 300},
-    "fast preset, 250 px": {"mode": "fast", "longest_side": 250},
-    "single preset, 500 px": {"mode": "single"},
-    "quality preset, 250 px": {"mode": "quality", "longest_side": 250},
-    "HSV+Lab k150,300 CFTS, 500 px": {"mode": "custom", "ks": [150, 300], "strategies": STRATEGIES_2[:1]},
-    "HSV+Lab k150,300 CFTS, 400 px": {"mode": "custom", "ks": [150, 300], "strategies": STRATEGIES_2[:1], "longest_side": 400},
-    "default": {},
+ALL, FTS = ["color", "fill", "texture", "size"], ["fill", "texture", "size"]
+CANDIDATES = {  # name -> make_proposer parameters (selective search); the last is our default
+    "fast preset, 500 px": {"mode": "fast", "longest_side": 500},
+    "fast preset, 300 px": {"mode": "fast"},
+    "quality preset, 200 px": {"mode": "quality", "longest_side": 200},
+    "HSV+Lab k150,300,450 {CFTS,F,S}": {"color_spaces": ["hsv", "lab"], "ks": [150, 300, 450]},
+    "HSV+Lab+rgI k150,300,450 {CFTS,FTS,F,S}": {"ks": [150, 300, 450], "strategies": [ALL, FTS, ["fill"], ["size"]]},
+    "HSV+Lab+rgI k150,300,450 {CFTS,F,S}": {"ks": [150, 300, 450]},
+    "same, 250 px": {"ks": [150, 300, 450], "longest_side": 250},
+    "default: HSV+Lab+rgI k100,200,400 {CFTS,F,S}": {},
 }
 
 

@@ -108,6 +108,8 @@ class SlidingWindows:
     def __call__(self, image) -> np.ndarray:
         c = self.config
         height, width = as_rgb(image).shape[:2]
+        if min(height, width) < max(c.min_size, 1):
+            return np.zeros((0, 4), np.float32)
         stride = c.stride
         while True:
             levels = window_grid(width, height, c.scales, c.aspect_ratios, stride)
