@@ -156,16 +156,17 @@ class SVMHead:
         return class_labels(d.boxes, d.gt_boxes, d.gt_labels, self.num_classes, d.gt_difficult, self.config.matcher)
 
     def _mine(self, cache: _Cache, get_image_data, n_images: int, pass_no: int) -> bool:
-        """One hard negative mining pass; False when nothing was added or evicted."""
+        """One hard negative mining pass; False when it added nothing (evicting negatives outside
+        the margin alone leaves the SVM as it is: they carry no loss)."""
         cfg = self.config
-        easy = (cache.roles == NEGATIVE) & (self._scores(cache.x) < cfg.easy_threshold)
+        easy = (cache.roles == NEGATIVE) & (self.decision_function(cache.x) < cfg.easy_threshold)
         cache.roles[easy] = IGNORE
         cache.compact()
         evicted = easy.sum(0)
         added = np.zeros(self.num_classes, np.int64)
         for i in progress(range(n_images), desc=f"SVM mining pass {pass_no}", total=n_images):
             d = as_image_data(get_image_data(i), i)
-            hard = (self._labels(d) == NEGATIVE) & (self._scores(d.features) > cfg.hard_threshold)
+            hard = (self._labels(d) == NEGATIVE) & (self.decision_function(d.features) > cfg.hard_threshold)
             mine = np.flatnonzero((cache.keys >> 32) == i)  # this image's cached rows
             where = np.full(len(d.features), -1, np.int64)
             where[cache.keys[mine] & 0xFFFFFFFF] = mine
@@ -179,12 +180,12 @@ class SVMHead:
                 cache.add(i, fresh, d.features[fresh], np.where(hard[fresh], NEGATIVE, IGNORE).astype(np.int8))
                 added += hard[fresh].sum(0)
             if (cache.negatives() > 2 * cfg.max_negatives).any():
-                self._limit(cache, self._scores(cache.x), cfg.max_negatives)
-        self._limit(cache, self._scores(cache.x), cfg.max_negatives)
+                self._limit(cache, self.decision_function(cache.x), cfg.max_negatives)
+        self._limit(cache, self.decision_function(cache.x), cfg.max_negatives)
         self.history_.append(
             {"pass": pass_no, "negatives": cache.negatives().tolist(), "added": added.tolist(), "evicted": evicted.tolist()}
         )
-        return bool(added.any() or evicted.any())
+        return bool(added.any())
 
     def _limit(self, cache: _Cache, scores: np.ndarray, limit: int):
         """Keep at most `limit` cached negatives per class, the highest scoring (hardest)."""
@@ -193,9 +194,6 @@ class SVMHead:
             drop = negs[np.argsort(-scores[negs, c], kind="stable")[limit:]]
             cache.roles[drop, c] = IGNORE
         cache.compact()
-
-    def _scores(self, x: np.ndarray) -> np.ndarray:
-        return self.decision_function(x)
 
     def _train(self, cache: _Cache):
         cfg = self.config
