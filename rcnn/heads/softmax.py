@@ -207,6 +207,8 @@ class Finetuner:
         with torch.no_grad():
             linear.weight.copy_(head.weight_)
             linear.bias.copy_(head.bias_)
+        backbone.to(self.device)
+        linear.to(self.device)
         for name, p in backbone.named_parameters():
             p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
         trainable = [p for p in backbone.parameters() if p.requires_grad]
@@ -216,8 +218,6 @@ class Finetuner:
         )
         self.history_ = {"loss": [], "accuracy": []}
         start = self.resumed_from_ = self._resume(backbone, linear, optimizer, feature_dim)
-        backbone.to(self.device)
-        linear.to(self.device)
         crops, crop_labels, epoch = None, None, -1
         bar = progress(total=cfg.iterations * B, initial=min(start, cfg.iterations) * B, desc="fine-tuning", unit="crop")
         try:
@@ -291,6 +291,7 @@ class Finetuner:
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(state, f)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
