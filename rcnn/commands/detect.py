@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--draw", help="folder to write images with the detections drawn")
     parser.add_argument("--draw-limit", type=int, default=20, help="draw at most this many images (default 20; 0: all)")
+    parser.add_argument("--draw-min-score", type=float,
+                        help="draw only detections scoring at least this (default: 0 for SVMs, 0.5 for softmax)")
     parser.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def images_as_dataset(path: Path, classes):
 
 
 def run(args) -> int:
-    from rcnn.datasets import load_dataset, read_image
+    from rcnn.datasets import Detections, load_dataset, read_image
     from rcnn.datasets.coco import write_detections
     from rcnn.detector import RCNN
     from rcnn.progress import progress
@@ -49,11 +51,16 @@ def run(args) -> int:
         dataset = images_as_dataset(src, model.classes_)
     detections = {}
     limit = args.draw_limit or len(dataset)
+    min_score = args.draw_min_score
+    if min_score is None:
+        min_score = 0.0 if model.config.classifier == "svm" else 0.5
     for i, sample in enumerate(progress(dataset.samples, desc="detect")):
         image = read_image(sample.image_path)
         detections[sample.id] = d = model.detect(image)
         if args.draw and i < limit:
-            drawn = draw_detections(image, d, model.classes_, sample.boxes if annotated else None)
+            shown = d.scores >= min_score
+            shown = Detections(d.boxes[shown], d.scores[shown], d.labels[shown])
+            drawn = draw_detections(image, shown, model.classes_, sample.boxes if annotated else None)
             save_image(Path(args.draw) / f"{sample.id}.jpg", drawn)
     write_detections(args.out, detections, dataset)
     total = sum(len(d) for d in detections.values())
