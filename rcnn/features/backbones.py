@@ -35,6 +35,7 @@ Source strings: ``torchvision:ResNet50_Weights.IMAGENET1K_V2``, ``file:<sha256 o
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import logging
 import os
@@ -103,14 +104,12 @@ def load_weights(name: str, module: nn.Module, state_dict: dict, where: str) -> 
 
 def weights_hash(state_dict: dict, length: int = 16) -> str:
     """A short SHA-256 over a state dict's names and tensor bytes (keys fine-tuned weights)."""
-    import hashlib
-
     h = hashlib.sha256()
     for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous()
+        t = state_dict[k].detach().cpu()
         h.update(k.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:length]
 
 

