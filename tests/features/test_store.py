@@ -1,0 +1,128 @@
+"""FeatureStore: cache hits, invalidation on any parameter, atomic resumable writes, float16."""
+
+import cv2
+import numpy as np
+import pytest
+
+from rcnn.datasets import Dataset, Sample
+from rcnn.errors import RcnnError
+from rcnn.features import FeatureExtractor, FeatureStore
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return FeatureExtractor(backbone="resnet18", weights="random", crop_size=48, padding=8, frozen=False)
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    samples, boxes = [], {}
+    for i in range(3):
+        path = tmp_path / "images" / f"im{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+        samples.append(Sample(f"im{i}", path, 80, 60))
+        xy = rng.uniform(0, 50, (4 + i, 2))
+        boxes[f"im{i}"] = np.concatenate([xy, xy + rng.uniform(5, 30, (4 + i, 2))], 1).astype(np.float32)
+    return Dataset(["thing"], samples), boxes
+
+
+def entries(root):
+    return sorted(p.name for p in root.rglob("*.npz"))
+
+
+def test_compute_then_load_then_hit(tmp_path, data, extractor):
+    dataset, boxes = data
+    store = FeatureStore(tmp_path / "cache", extractor)
+    assert store.compute(dataset, boxes, "ss-fast") == {"computed": 3, "cached": 0, "crops": 4 + 5 + 6}
+    from rcnn.datasets import read_image
+
+    for sample in dataset:
+        feats = store.load(sample, "ss-fast", boxes=boxes[sample.id])
+        assert feats.dtype == np.float32 and feats.shape == (len(boxes[sample.id]), 512)
+        direct = extractor.extract(read_image(sample.image_path), boxes[sample.id])
+        np.testing.assert_allclose(feats, direct, rtol=1e-3, atol=1e-3 * np.abs(direct).max())
+    # a second run computes nothing; a callable works as well as a dict
+    assert store.compute(dataset, lambda s: boxes[s.id], "ss-fast") == {"computed": 0, "cached": 3, "crops": 0}
+    assert len(entries(tmp_path / "cache")) == 3
+    assert not list((tmp_path / "cache").rglob("*.tmp"))  # no partial files
+    folder = store.folder("ss-fast")
+    assert (folder / "params.json").is_file() and folder.parent == tmp_path / "cache"
+
+
+def test_float16_halves_the_file_and_float32_is_exact(tmp_path, data, extractor):
+    dataset, boxes = data
+    half = FeatureStore(tmp_path / "h", extractor)
+    full = FeatureStore(tmp_path / "f", extractor, dtype="float32")
+    half.compute(dataset, boxes, "p")
+    full.compute(dataset, boxes, "p")
+    s = dataset[2]
+    size = lambda st: st.path(s, "p").stat().st_size  # noqa: E731
+    assert size(half) < 0.6 * size(full)
+    a, b = half.load(s, "p"), full.load(s, "p")
+    assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max()
+    from rcnn.datasets import read_image
+
+    np.testing.assert_array_equal(b, extractor.extract(read_image(s.image_path), boxes[s.id]))
+
+
+def test_any_parameter_change_is_a_miss(tmp_path, data, extractor):
+    dataset, boxes = data
+    root = tmp_path / "cache"
+    FeatureStore(root, extractor).compute(dataset, boxes, "ss-fast")
+    other_size = FeatureExtractor(extractor.config, crop_size=32)
+    other_weights = FeatureExtractor(extractor.config, seed=1)
+    tuned = FeatureExtractor(extractor.config)
+    state = {k: v.clone() for k, v in tuned.module.state_dict().items()}
+    state["layer4.1.bn2.bias"] += 1
+    tuned.load_state_dict(state)
+    for store, key in [(FeatureStore(root, extractor), "ss-quality"), (FeatureStore(root, other_size), "ss-fast"),
+                       (FeatureStore(root, other_weights), "ss-fast"), (FeatureStore(root, tuned), "ss-fast")]:
+        assert store.compute(dataset.subset(["im0"]), boxes, key)["computed"] == 1
+    assert len(entries(root)) == 3 + 4
+    # the image's content is part of the key: a rewritten image is a miss
+    store = FeatureStore(root, extractor)
+    cv2.imwrite(str(dataset[0].image_path), np.zeros((60, 80, 3), np.uint8))
+    assert store.compute(dataset, boxes, "ss-fast") == {"computed": 1, "cached": 2, "crops": 4}
+
+
+def test_interrupted_compute_resumes_without_partial_files(tmp_path, data, extractor):
+    dataset, boxes = data
+    store = FeatureStore(tmp_path / "cache", extractor)
+
+    def boxes_then_fail(sample):
+        if sample.id == "im2":
+            raise KeyboardInterrupt  # the user hits Ctrl-C while the list of work is built
+        return boxes[sample.id]
+
+    with pytest.raises(KeyboardInterrupt):
+        store.compute(dataset, boxes_then_fail, "p")
+    store.compute(dataset.subset(["im0"]), boxes, "p")
+
+    class Flaky:  # an extractor that dies on the second image, as a killed process would
+        key, calls = extractor.key, 0
+
+        def extract(self, image, b):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise KeyboardInterrupt
+            return extractor.extract(image, b)
+
+    with pytest.raises(KeyboardInterrupt):
+        FeatureStore(tmp_path / "cache", Flaky()).compute(dataset, boxes, "p")
+    assert entries(tmp_path / "cache") == sorted([store.path(dataset[0], "p").name, store.path(dataset[1], "p").name])
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    assert store.compute(dataset, boxes, "p") == {"computed": 1, "cached": 2, "crops": 6}
+
+
+def test_load_errors_name_the_problem(tmp_path, data, extractor):
+    dataset, boxes = data
+    store = FeatureStore(tmp_path / "cache", extractor)
+    with pytest.raises(RcnnError, match="no cached features for sample 'im0'.*run FeatureStore.compute"):
+        store.load(dataset[0], "p")
+    store.compute(dataset.subset(["im0"]), boxes, "p")
+    with pytest.raises(RcnnError, match="computed on other boxes"):
+        store.load(dataset[0], "p", boxes=boxes["im0"][:2])
+    with pytest.raises(ValueError):
+        FeatureStore(tmp_path, extractor, dtype="int8")
