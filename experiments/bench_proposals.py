@@ -34,15 +34,18 @@ CARDS = ROOT / "../shared/data/cards/test"
 OUT = ROOT / "experiments/results/proposals/bench.json"
 
 ALL, FTS = ["color", "fill", "texture", "size"], ["fill", "texture", "size"]
+CFTS_F_S = [ALL, ["fill"], ["size"]]
 CANDIDATES = {  # name -> make_proposer parameters (selective search); the last is our default
     "fast preset, 500 px": {"mode": "fast", "longest_side": 500},
     "fast preset, 300 px": {"mode": "fast"},
     "quality preset, 200 px": {"mode": "quality", "longest_side": 200},
-    "HSV+Lab k150,300,450 {CFTS,F,S}": {"color_spaces": ["hsv", "lab"], "ks": [150, 300, 450]},
+    "HSV+Lab k150,300,450 {CFTS,F,S}": {"color_spaces": ["hsv", "lab"], "ks": [150, 300, 450], "strategies": CFTS_F_S},
     "HSV+Lab+rgI k150,300,450 {CFTS,FTS,F,S}": {"ks": [150, 300, 450], "strategies": [ALL, FTS, ["fill"], ["size"]]},
-    "HSV+Lab+rgI k150,300,450 {CFTS,F,S}": {"ks": [150, 300, 450]},
-    "same, 250 px": {"ks": [150, 300, 450], "longest_side": 250},
-    "default: HSV+Lab+rgI k100,200,400 {CFTS,F,S}": {},
+    "HSV+Lab+rgI k150,300,450 {CFTS,F,S}": {"ks": [150, 300, 450], "strategies": CFTS_F_S},
+    "same, 250 px": {"ks": [150, 300, 450], "strategies": CFTS_F_S, "longest_side": 250},
+    "HSV+Lab+rgI k100,300 {CFS,F,S}": {"ks": [100, 300]},
+    "HSV+Lab+rgI k100,200,400 {CFTS,F,S}": {"strategies": CFTS_F_S},
+    "default: HSV+Lab+rgI k100,200,400 {CFS,F,S}": {},
 }
 
 
@@ -126,9 +129,8 @@ def main(argv=None) -> int:
     }
     if args.candidates:
         result["candidates"] = candidates(dataset)
-    if not args.images:
-        write_atomic(OUT, json.dumps(result, indent=1) + "\n")
-        print(f"wrote {OUT.relative_to(ROOT)}")
+    write_atomic(OUT, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
 
 
