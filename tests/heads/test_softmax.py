@@ -9,7 +9,7 @@ from rcnn.features.backbones import build_backbone
 from rcnn.features.warp import normalize, warp_crops
 from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
 
-S, PAD = 32, 2
+S, PAD = 64, 4
 # MobileNetV2: train the last block and the 1x1 conv only, so a few iterations are quick
 FROZEN = tuple(f"features.{i}." for i in range(17))
 
