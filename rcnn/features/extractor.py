@@ -16,6 +16,7 @@ Threads: the constructor calls ``torch.set_num_threads(num_threads or os.cpu_cou
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -61,7 +62,8 @@ class FeatureConfig:
         if self.weights not in WEIGHT_SOURCES and not self.weights.endswith((".pt", ".pth")):
             raise ValueError(f"weights {self.weights!r}: one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path")
         if self.crop_size < 32 or not 0 <= 2 * self.padding < self.crop_size:
-            raise ValueError(f"need crop_size >= 32 and 0 <= padding < crop_size/2, got {self.crop_size}, {self.padding}")
+            raise ValueError(f"need crop_size >= 32 and 0 <= padding < crop_size/2, "
+                             f"got {self.crop_size}, {self.padding}")
         if self.batch_size < 1 or self.num_threads < 0:
             raise ValueError("batch_size must be >= 1 and num_threads >= 0")
         if self.warp not in ("cv2", "roi_align"):
@@ -84,7 +86,8 @@ class FeatureExtractor:
     (keywords override `config`'s fields). Attributes: ``config``, ``module`` (eager
     backbone, eval mode), ``feature_dim`` (D), ``weights_source`` (string), ``finetuned``
     (hash of weights given to `load_state_dict`, or None) and ``key`` (what the features
-    depend on, for caches).
+    depend on, for caches). After changing ``module``'s weights in place, call
+    ``load_state_dict(module.state_dict())`` so that the key and the frozen copy follow.
     """
 
     def __init__(self, config: FeatureConfig | None = None, **params):
@@ -92,7 +95,8 @@ class FeatureExtractor:
         self.config = from_dict(FeatureConfig, {**base, **params}, "features")
         c = self.config
         self.num_threads = set_threads(c.num_threads)
-        self.module, self.feature_dim, self.weights_source = build_backbone(c.backbone, c.weights, c.weights_file, c.seed)
+        built = build_backbone(c.backbone, c.weights, c.weights_file, c.seed)
+        self.module, self.feature_dim, self.weights_source = built
         self.finetuned = None
         self._compiled = None
 
@@ -140,8 +144,6 @@ class FeatureExtractor:
 
 def _freeze(module: torch.nn.Module, example: torch.Tensor, memory_format) -> torch.jit.ScriptModule:
     """A scripted (or traced), frozen, inference-optimised TorchScript copy of `module`."""
-    import copy
-
     module = copy.deepcopy(module).eval().to(memory_format=memory_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but the fastest CPU path here
