@@ -157,7 +157,11 @@ class SelectiveSearch:
         """Everything that determines the boxes (cache key material), OpenCV's version and ours too."""
         from rcnn.config import to_dict
 
-        return {"method": self.method, **to_dict(self.config), "opencv": cv2.__version__, "version": VERSION}
+        params = to_dict(self.config)
+        if self.config.mode != "custom":  # preset modes ignore these: keep their keys stable
+            for name in ("color_spaces", "ks", "strategies", "sigma"):
+                del params[name]
+        return {"method": self.method, **params, "opencv": cv2.__version__, "version": VERSION}
 
     def key(self) -> str:
         from rcnn.cache import params_key

@@ -34,11 +34,11 @@ def test_propose_then_recall(tmp_path, capsys):
 
 def test_config_file_and_errors(tmp_path, capsys):
     root = voc(tmp_path)
-    (tmp_path / "c.toml").write_text('[proposals]\nmethod = "selective_search"\nmode = "single"\nks = [100]\n')
+    (tmp_path / "c.toml").write_text('[proposals]\nmethod = "selective_search"\nmode = "custom"\nks = [100]\n')
     out = str(tmp_path / "p")
     assert main(["propose", str(root), "--config", str(tmp_path / "c.toml"), "--workers", "1", "--out", out]) == 0
     params = json.loads(next((tmp_path / "p").glob("*/params.json")).read_text())
-    assert params["mode"] == "single" and params["ks"] == [100]
+    assert params["mode"] == "custom" and params["ks"] == [100]
     assert main(["propose", str(root), "--mode", "turbo", "--out", out]) == 1
     assert "unknown mode" in capsys.readouterr().err
     assert main(["recall", str(root), "--proposals", str(tmp_path / "nothing")]) == 1

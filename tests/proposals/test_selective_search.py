@@ -141,3 +141,6 @@ def test_config_from_toml_lists_and_key():
     proposer = SelectiveSearch(config)
     assert proposer.key() == make_proposer(**proposer.params()).key()
     assert proposer.key() != SelectiveSearch(from_dict(SelectiveSearchConfig, {"ks": [100]})).key()
+    fast = SelectiveSearch(mode="fast")  # presets ignore the custom settings, and so do their keys
+    assert fast.key() == SelectiveSearch(mode="fast", ks=(5,)).key() != SelectiveSearch(mode="single").key()
+    assert make_proposer(**fast.params()).config == fast.config
