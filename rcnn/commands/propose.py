@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=["selective_search", "sliding_window"], default="selective_search")
     p.add_argument("--mode", help="selective search: single | fast | quality | custom (default: the measured custom setting)")
     p.add_argument("--max-boxes", type=int, help="boxes kept per image (default 2000)")
-    p.add_argument("--longest-side", type=int, help="selective search: shrink longer images to this side (default 500)")
+    p.add_argument("--longest-side", type=int, help="selective search: shrink longer images to this side (default 300; 0: never)")
     p.add_argument("--min-size", type=float, help="smallest box side kept, pixels (default 20)")
     p.add_argument("--config", metavar="TOML", help="a config file whose [proposals] table sets method and parameters")
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
