@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from rcnn.boxes import box_iou
 from rcnn.config import from_dict
 from rcnn.errors import ConfigError, ModelError
 from rcnn.features.backbones import build_backbone
@@ -129,3 +130,22 @@ def test_config_validation_and_empty_pool(tmp_path):
     no_gt = FinetuneImage(im.image_path, im.proposals, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="positive and background"):
         Finetuner(2, _config(), S, PAD).fit(torch.nn.Identity(), 3, [no_gt])
+
+
+def test_batches_hold_the_configured_positives_and_background_and_repeat_by_seed(images):
+    cfg = _config(batch_positives=3, batch_negatives=5, epoch_iterations=4, background_iou=0.3)
+    tuner = Finetuner(2, cfg, S, PAD)
+    pool = tuner._pool(images)
+    crops, labels = tuner._epoch(0, images, pool)
+    assert crops.shape == (4 * 8, S, S, 3) and crops.dtype == np.uint8
+    per_batch = labels.reshape(4, 8)
+    assert (per_batch[:, :3] > 0).all() and (per_batch[:, 3:] == 0).all()
+    # with a grey zone (0.3 <= IoU < 0.5 ignored), no pooled box sits in it
+    idx, boxes, pooled = pool
+    best = np.array([box_iou(b[None], images[i].gt_boxes).max() for i, b in zip(idx, boxes)])
+    assert not ((best >= 0.3) & (best < 0.5)).any()
+    assert ((best >= 0.5) == (pooled > 0)).all()
+    again, _ = tuner._epoch(0, images, pool)
+    np.testing.assert_array_equal(again, crops)
+    other, _ = tuner._epoch(1, images, pool)
+    assert not np.array_equal(other, crops)
