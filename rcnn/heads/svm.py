@@ -223,7 +223,9 @@ class SVMHead:
             weights[:, c], bias[c] = svm.coef_[0], svm.intercept_[0]
             self.n_iter_[c] = int(svm.n_iter_)
         if self.empty_classes_:
-            warnings.warn(f"SVMHead: classes {self.empty_classes_} had only one kind of example; they score a constant")
+            hint = " (positive_iou=None takes the ground-truth boxes themselves: are they among `boxes`?)"
+            warnings.warn(f"SVMHead: classes {self.empty_classes_} had only one kind of example; they score a "
+                          f"constant{hint if self.config.positive_iou is None else ''}")
         self.weights_, self.bias_ = weights, bias
 
     # -- use ---------------------------------------------------------------------------------------
