@@ -153,12 +153,13 @@ class RCNN:
             def boxes_for(sample: Sample) -> np.ndarray:
                 return np.concatenate([sample.boxes, proposals.load(sample)]).astype(np.float32)
 
-            features.compute(dataset, boxes_for, proposals.folder.name)
+            train_key = f"{proposals.folder.name}+gt"
+            features.compute(dataset, boxes_for, train_key)
             stats["features_seconds"] = time.perf_counter() - start
 
             def image_data(i: int) -> ImageData:
                 s = dataset[i]
-                return ImageData(features.load(s, proposals.folder.name), boxes_for(s), s.boxes, s.labels, s.difficult)
+                return ImageData(features.load(s, train_key), boxes_for(s), s.boxes, s.labels, s.difficult)
 
         start = time.perf_counter()
         if c.classifier == "svm":
@@ -203,15 +204,23 @@ class RCNN:
                 crops = self.extractor_.crops(image, proposals[i:i + bs])
             with clock("cnn"):
                 feats[i:i + bs] = self.extractor_.forward(crops).numpy()
+        return self.predict(proposals, feats, (height, width), timings)
+
+    def predict(self, proposals: np.ndarray, features: np.ndarray, image_size, timings: dict | None = None) -> Detections:
+        """Detections from proposals ``[N, 4]`` and their features ``[N, D]`` on an image of
+        ``image_size = (height, width)``: scores, class-specific regression, clipping, the
+        score threshold, per-class NMS and the cap on detections."""
+        self._check_fitted()
+        c = self.config
+        clock = _Clock(timings)
         with clock("heads"):
-            scores = np.asarray(self.classifier_.decision_function(feats), np.float32)  # [N, C]
-            n, num_classes = scores.shape
+            scores = np.asarray(self.classifier_.decision_function(features), np.float32)  # [N, C]
             rows, cols = np.nonzero(scores >= c.min_score)
             labels = cols.astype(np.int64) + 1
-            boxes = proposals[rows]
+            boxes = np.asarray(proposals, np.float32).reshape(-1, 4)[rows]
             if self.regressor_ is not None and len(rows):
-                boxes = self.regressor_.predict(feats[rows], boxes, labels)
-            boxes = clip_boxes(np.asarray(boxes, np.float32), (height, width))
+                boxes = self.regressor_.predict(features[rows], boxes, labels)
+            boxes = clip_boxes(np.asarray(boxes, np.float32), image_size)
             kept_scores = scores[rows, cols]
             ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, kept_scores, labels = boxes[ok], kept_scores[ok], labels[ok]
@@ -221,16 +230,22 @@ class RCNN:
 
     def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``. With `use_cache`,
-        proposals come from (and go to) the proposal cache, computed in parallel first."""
+        proposals and their features come from (and go to) the caches under `cache_dir`, so
+        re-fitted heads are scored in seconds; without, every image runs through `detect`."""
         self._check_fitted()
-        store = None
-        if use_cache:
-            store = self.proposal_store()
-            store.compute(dataset, workers=self.config.workers or None)
         out = {}
-        for sample in progress(dataset.samples, desc="detect"):
-            image = read_image(sample.image_path)
-            out[sample.id] = self.detect(image, store.load(sample) if store else None, timings)
+        if not use_cache:
+            for sample in progress(dataset.samples, desc="detect"):
+                out[sample.id] = self.detect(read_image(sample.image_path), timings=timings)
+            return out
+        store = self.proposal_store()
+        store.compute(dataset, workers=self.config.workers or None)
+        features = FeatureStore(Path(self.config.cache_dir) / "features", self.extractor_)
+        key = store.folder.name
+        features.compute(dataset, store.load, key)
+        for sample in dataset:
+            boxes = store.load(sample)
+            out[sample.id] = self.predict(boxes, features.load(sample, key), (sample.height, sample.width), timings)
         return out
 
     # -- saving -----------------------------------------------------------------------------

