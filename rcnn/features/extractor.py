@@ -41,7 +41,8 @@ class FeatureConfig:
     weights. crop_size ``S`` and padding ``p`` in pixels of the warped crop; batch_size crops
     per forward pass; warp ``cv2`` or ``roi_align``; frozen: run a TorchScript-frozen copy
     (False: eager PyTorch); channels_last: NHWC memory format; num_threads: 0 means
-    ``os.cpu_count()``.
+    ``os.cpu_count()``. pool: 1 for the backbone's global average pool, ``g > 1`` for a
+    ``g x g`` grid of averages (D times ``g * g``; resnets and mobilenet_v2 only).
     """
 
     backbone: str = "mobilenet_v2"
@@ -55,6 +56,7 @@ class FeatureConfig:
     frozen: bool = True
     channels_last: bool = False
     num_threads: int = 0
+    pool: int = 1
 
     def __post_init__(self):
         if self.backbone not in ARCHITECTURES:
@@ -64,6 +66,8 @@ class FeatureConfig:
         if self.crop_size < 32 or not 0 <= 2 * self.padding < self.crop_size:
             raise ValueError(f"need crop_size >= 32 and 0 <= padding < crop_size/2, "
                              f"got {self.crop_size}, {self.padding}")
+        if self.pool < 1 or (self.pool > 1 and self.backbone in ("alexnet", "vgg16")):
+            raise ValueError(f"pool {self.pool}: must be >= 1, and 1 for {self.backbone} (its feature is fc7)")
         if self.batch_size < 1 or self.num_threads < 0:
             raise ValueError("batch_size must be >= 1 and num_threads >= 0")
         if self.warp not in ("cv2", "roi_align"):
@@ -95,7 +99,7 @@ class FeatureExtractor:
         self.config = from_dict(FeatureConfig, {**base, **params}, "features")
         c = self.config
         self.num_threads = set_threads(c.num_threads)
-        built = build_backbone(c.backbone, c.weights, c.weights_file, c.seed)
+        built = build_backbone(c.backbone, c.weights, c.weights_file, c.seed, c.pool)
         self.module, self.feature_dim, self.weights_source = built
         self.finetuned = None
         self._compiled = None
@@ -104,8 +108,11 @@ class FeatureExtractor:
     def key(self) -> dict:
         """JSON-able description of everything the features depend on."""
         c = self.config
-        return {"backbone": c.backbone, "weights": self.weights_source, "finetuned": self.finetuned,
-                "crop_size": c.crop_size, "padding": c.padding, "warp": c.warp}
+        key = {"backbone": c.backbone, "weights": self.weights_source, "finetuned": self.finetuned,
+               "crop_size": c.crop_size, "padding": c.padding, "warp": c.warp}
+        if c.pool != 1:  # pool 1 keeps the key it had before `pool` existed: old caches stay valid
+            key["pool"] = c.pool
+        return key
 
     def load_state_dict(self, state_dict: dict, where: str = "fine-tuned weights") -> "FeatureExtractor":
         """Load (fine-tuned) backbone weights; a full torchvision state dict also fits (its

