@@ -1,0 +1,46 @@
+"""`rcnn report MODEL DATASET [--split S] [--images DIR] --out DIR`: the evaluation report."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="evaluation report: AP tables, PR curves, false-positive types, gallery")
+    p.add_argument("model", help="model file written by `rcnn train`")
+    p.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
+    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
+    p.add_argument("--images", help="image folder (COCO)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, results.json, plots and gallery/")
+    p.add_argument("--detections", metavar="DETS.json", help="report these detections (COCO results) instead of running the model")
+    p.add_argument("--title", help="report title")
+    p.add_argument("--gallery", type=int, default=6, help="best and worst images to draw (default 6 each; 0: none)")
+    p.add_argument("--top-fp", type=int, default=12, help="top-scoring false positives to draw (default 12)")
+    p.add_argument("--threshold", type=float, help="gallery score threshold (default: the one maximising F1)")
+    p.add_argument("--no-cache", action="store_true", help="run every image through the model instead of the caches")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import time
+
+    from rcnn.config import to_dict
+    from rcnn.datasets import load_dataset, read_detections
+    from rcnn.detector import RCNN
+    from rcnn.reports.report import build_report, report_model
+
+    model = RCNN.load(args.model)
+    dataset = load_dataset(args.dataset, args.split, args.images, classes=model.classes_)
+    options = dict(gallery=args.gallery, top_false_positives=args.top_fp, score_threshold=args.threshold)
+    title = args.title or f"R-CNN report: {args.model} on {args.dataset}" + (f" ({args.split})" if args.split else "")
+    extra = {"model": args.model, "dataset": args.dataset, "split": args.split}
+    if args.detections:
+        start = time.perf_counter()
+        detections = read_detections(args.detections, dataset)
+        extra["detections"] = args.detections
+        results = build_report(dataset, detections, args.out, title=title, extra=extra, config=to_dict(model.config),
+                               timings={"read_seconds": time.perf_counter() - start}, **options)
+    else:
+        results = report_model(model, dataset, args.out, title=title, extra=extra, use_cache=not args.no_cache, **options)
+    fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    print(f"mAP VOC07 {fmt(results['voc07']['mAP'])}, VOC {fmt(results['voc']['mAP'])}, "
+          f"COCO AP {fmt(results['coco']['AP'])} on {results['images']} images -> {args.out}/report.md")
+    return 0
