@@ -101,28 +101,24 @@ def rank_false_positives(detections: dict[str, Detections], types: dict[str, np.
     """The false positives (of class `label`, or all) by decreasing score (stable in image,
     then detection order): ``{"id": str [F], "index": int64 [F], "label": int64 [F],
     "type": int8 [F], "score": float64 [F]}``; ``index`` is the row in that image's `Detections`."""
-    ids, index, labels, kinds, scores = [], [], [], [], []
-    for sid, d in detections.items():
-        t = types[sid]
-        keep = (t > TRUE_POSITIVE) & ((d.labels == label) if label is not None else True)
-        rows = np.flatnonzero(keep)
-        ids.append(np.full(len(rows), sid, dtype=object))
-        index.append(rows)
-        labels.append(d.labels[rows])
-        kinds.append(t[rows])
-        scores.append(d.scores[rows].astype(np.float64))
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-    out = {
-        "id": cat(ids, object),
-        "index": cat(index, np.int64),
-        "label": cat(labels, np.int64),
-        "type": cat(kinds, np.int8),
-        "score": cat(scores, np.float64),
+    sids = list(detections)
+    if not sids:
+        empty = {"id": str, "index": np.int64, "label": np.int64, "type": np.int8, "score": np.float64}
+        return {k: np.zeros(0, dtype) for k, dtype in empty.items()}
+    t = np.concatenate([types[k] for k in sids])
+    lab = np.concatenate([detections[k].labels for k in sids])
+    keep = (t > TRUE_POSITIVE) & ((lab == label) if label is not None else True)
+    img = np.repeat(np.arange(len(sids)), [len(detections[k]) for k in sids])[keep]
+    index = np.concatenate([np.arange(len(detections[k])) for k in sids])[keep]
+    score = np.concatenate([detections[k].scores for k in sids]).astype(np.float64)[keep]
+    order = np.argsort(-score, kind="stable")
+    return {
+        "id": np.asarray(sids, str)[img[order]],
+        "index": index[order],
+        "label": lab[keep][order],
+        "type": t[keep][order].astype(np.int8),
+        "score": score[order],
     }
-    order = np.argsort(-out["score"], kind="stable")
-    out = {k: v[order] for k, v in out.items()}
-    out["id"] = out["id"].astype(str)
-    return out
 
 
 def error_shares(fp_types: np.ndarray) -> np.ndarray:
@@ -150,9 +146,10 @@ def error_summary(
     class pooled by score) and per class: ``{"overall": S, "per_class": {name: S}}`` with
     ``S = {"false_positives": F, "counts": {loc, other, bg}, "share_at_top_k": {"k": {loc,
     other, bg}}}`` for each `ks` below ``F`` and for ``F`` itself."""
-    out = {"overall": _summary(rank_false_positives(detections, types)["type"], ks), "per_class": {}}
+    ranked = rank_false_positives(detections, types)
+    out = {"overall": _summary(ranked["type"], ks), "per_class": {}}
     for label, name in enumerate(dataset.classes, 1):
-        out["per_class"][name] = _summary(rank_false_positives(detections, types, label)["type"], ks)
+        out["per_class"][name] = _summary(ranked["type"][ranked["label"] == label], ks)
     return out
 
 

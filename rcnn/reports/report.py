@@ -264,9 +264,10 @@ def build_report(
     errors = error_summary(dataset, detections, types)
 
     plot_pr_curves(voc, out_dir / "pr_curves.png")
-    panels = {"all classes": rank_false_positives(detections, types)["type"]}
+    ranked = rank_false_positives(detections, types)
+    panels = {"all classes": ranked["type"]}
     for label, name in enumerate(dataset.classes, 1):
-        panels[name] = rank_false_positives(detections, types, label)["type"]
+        panels[name] = ranked["type"][ranked["label"] == label]
     plot_false_positives(panels, out_dir / "false_positives.png")
 
     threshold = best_f1_threshold(dataset, detections, types) if score_threshold is None else float(score_threshold)

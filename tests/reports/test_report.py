@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rcnn.cli import main
-from rcnn.datasets import Detections, load_dataset
+from rcnn.datasets import Detections, load_dataset, write_detections
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.detector import RCNN, load_config
 from rcnn.evaluation import evaluate_coco, evaluate_voc
@@ -115,6 +115,14 @@ def test_report_command_on_a_tiny_model(synth, tmp_path, capsys):
     assert on_disk["config"]["features"]["crop_size"] == 32 and '"crop_size": 32' in md
     assert on_disk["meta"]["seconds"]["detect_seconds"] > 0
     assert on_disk["images"] == len(test)
+    # The same detections through a results file: the same numbers.
+    write_detections(tmp_path / "dets.json", detections, test)
+    args = ["--quiet", "report", str(path), str(synth / "synth"), "--split", "test", "--out", str(tmp_path / "from-file")]
+    assert main([*args, "--detections", str(tmp_path / "dets.json"), "--gallery", "0", "--top-fp", "0"]) == 0
+    again = json.loads((tmp_path / "from-file" / "results.json").read_text())
+    assert again["voc"]["per_class"] == pytest.approx(on_disk["voc"]["per_class"])
+    assert again["coco"]["AP"] == pytest.approx(on_disk["coco"]["AP"])
+    assert again["gallery"] is None and again["extra"]["detections"] == str(tmp_path / "dets.json")
 
 
 def test_report_command_errors(tmp_path, capsys):
