@@ -74,6 +74,8 @@ def markdown(results: dict, meta: dict, config_text: str) -> str:
         "(one OpenCV thread). Difficult objects left out. Sliding windows: one even grid of 2000",
         "windows whose first k are an even thinning (equal budgets). OpenCV stock fast:",
         "`switchToSelectiveSearchFast()` on the full-size image, every box, OpenCV's ranking (seeded).",
+        "The machine is shared with other jobs, so s/img moves with their load (each method's",
+        "images ran at different times); `make bench-proposals` times methods in one run.",
         "",
     ]
     for ds_name, reports in results.items():
