@@ -41,5 +41,8 @@ experiment-proposals: $(STAMP)
 bench-proposals: $(STAMP)
 	$(PY) experiments/bench_proposals.py
 
+bench-detect: $(STAMP)
+	$(PY) experiments/bench_detect.py
+
 clean:
 	rm -rf data/synth cache
