@@ -31,13 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def datasets(cfg: dict) -> dict:
-    """``{name: Dataset}``: the synthetic test split (made if missing) and cards/test if present."""
+    """``{name: Dataset}``: the synthetic test split (made unless already there) and cards/test if present."""
     from rcnn.datasets.synthetic import make_synthetic
 
     synth = ROOT / cfg["synth"]
-    if not (synth / "ImageSets" / "Main" / f"{cfg['split']}.txt").is_file():
-        print(f"generating {synth} ({cfg['synth_images']} images, seed {cfg['synth_seed']})")
-        make_synthetic(synth, cfg["synth_images"], cfg["synth_seed"])
+    make_synthetic(synth, cfg["synth_images"], cfg["synth_seed"])  # reuses the folder when it holds this set
     out = {f"synthetic/{cfg['split']}": load_dataset(synth, split=cfg["split"])}
     cards = (ROOT / cfg["cards"]).resolve()
     if cards.is_dir():
