@@ -57,12 +57,14 @@ def train(tmp: Path, crop_size: int, train_images: int) -> tuple[RCNN, list[Path
 
 
 def proposals_for(image: np.ndarray, count: int) -> tuple[np.ndarray, int]:
-    """Default Selective Search boxes topped up with sliding windows to exactly `count`."""
+    """Default Selective Search boxes topped up with sliding windows to exactly `count`, and
+    how many came from Selective Search."""
     boxes = make_proposer("selective_search", max_boxes=count)(image)
-    if len(boxes) < count:
+    found = len(boxes)
+    if found < count:
         windows = make_proposer("sliding_window", max_boxes=count)(image)
         boxes = np.concatenate([boxes, windows])
-    return np.ascontiguousarray(boxes[:count]), min(len(boxes), count)
+    return np.ascontiguousarray(boxes[:count]), found
 
 
 def cnn_only(model: RCNN, image: np.ndarray, boxes: np.ndarray) -> float:
