@@ -86,13 +86,15 @@ def run_record() -> dict:
 
 
 def _clean(x):
-    """JSON-safe copy: NaN becomes None, numpy scalars and arrays plain Python."""
+    """JSON-safe copy: NaN and inf become None, numpy scalars and arrays plain Python, paths str."""
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     if isinstance(x, np.ndarray):
         return _clean(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
