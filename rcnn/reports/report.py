@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import time
 from importlib import metadata
@@ -196,6 +197,11 @@ def _draw(sample, dets: Detections, classes, path) -> str:
     return path.name
 
 
+def _safe(name: str) -> str:
+    """A sample id as a file name part (COCO ids may hold folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-80:]
+
+
 def _gallery(dataset, detections, types, threshold, out_dir: Path, per_kind: int, top_fp: int) -> dict:
     """Draw the best and worst images by F1 and the top-scoring false positives."""
     folder = out_dir / "gallery"
@@ -207,7 +213,7 @@ def _gallery(dataset, detections, types, threshold, out_dir: Path, per_kind: int
     # Best: high F1, then more objects; worst: low F1, then more errors.
     best = np.lexsort((-objects, -f["f1"]))[:per_kind]
     worst = np.lexsort((-(f["fp"] + f["fn"]), f["f1"]))[:per_kind]
-    jobs = [("best", i) for i in best] + [("worst", i) for i in worst if i not in set(best)]
+    jobs = [("best", i) for i in best] + [("worst", i) for i in worst if i not in best]
     ranked = rank_false_positives(detections, types)
     n_fp = min(top_fp, len(ranked["id"]))
     index = {s.id: i for i, s in enumerate(dataset)}
@@ -218,7 +224,7 @@ def _gallery(dataset, detections, types, threshold, out_dir: Path, per_kind: int
         keep = d.scores >= threshold
         rank = len(out[kind]) + 1
         shown = Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
-        name = _draw(s, shown, dataset.classes, folder / f"{kind}_{rank:02d}_{s.id}.jpg")
+        name = _draw(s, shown, dataset.classes, folder / f"{kind}_{rank:02d}_{_safe(s.id)}.jpg")
         counts = {k: int(f[k][i]) for k in ("tp", "fp", "fn")}
         out[kind].append({"file": f"gallery/{name}", "id": s.id, "f1": float(f["f1"][i]), **counts})
     for r in progress(range(n_fp), desc="false positives", unit="fp"):
@@ -226,7 +232,7 @@ def _gallery(dataset, detections, types, threshold, out_dir: Path, per_kind: int
         s, d = dataset[index[sid]], detections[sid]
         kind = ERROR_NAMES[int(ranked["type"][r])]
         one = Detections(d.boxes[row:row + 1], d.scores[row:row + 1], d.labels[row:row + 1])
-        name = _draw(s, one, dataset.classes, folder / f"fp_{r + 1:02d}_{kind}_{sid}.jpg")
+        name = _draw(s, one, dataset.classes, folder / f"fp_{r + 1:02d}_{kind}_{_safe(sid)}.jpg")
         name_of = dataset.classes[int(ranked["label"][r]) - 1]
         out["false_positives"].append(
             {"file": f"gallery/{name}", "id": sid, "class": name_of, "score": float(ranked["score"][r]), "type": kind}
@@ -256,8 +262,8 @@ def build_report(
     `extra`: anything JSON-able the caller wants recorded (an experiment's settings), shown
     as a table; `config`: the detector's config as a dict; `timings`: seconds the caller
     measured (``{"detect_seconds": ...}``), recorded with the report's own. `gallery`: best
-    and worst images drawn (0: no gallery, and images are never read); `top_false_positives`:
-    how many of those to draw; `score_threshold`: the gallery's cut (None: the best-F1 one).
+    and worst images drawn; `top_false_positives`: top-scoring false positives drawn (both 0:
+    no gallery, and images are never read); `score_threshold`: the gallery's cut (None: the best-F1 one).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
