@@ -31,6 +31,11 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	bash experiments/demo.sh
 
+# The evaluation report of the demo model (after `make demo`): data/demo/report/report.md.
+.PHONY: demo-report
+demo-report: $(STAMP)
+	$(RCNN) report data/demo/model.pt data/synth --split test --out data/demo/report
+
 bench-eval: $(STAMP)
 	$(PY) experiments/bench_eval.py
 
