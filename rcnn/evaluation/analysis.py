@@ -98,8 +98,8 @@ def classify_false_positives(
 
 
 def rank_false_positives(detections: dict[str, Detections], types: dict[str, np.ndarray], label: int | None = None) -> dict:
-    """The false positives (of class `label`, or all) by decreasing score (stable in image,
-    then detection order): ``{"id": str [F], "index": int64 [F], "label": int64 [F],
+    """The false positives (of class `label`, or all) by decreasing score (ties keep the
+    order of `detections`, then of each image's detections): ``{"id": str [F], "index": int64 [F], "label": int64 [F],
     "type": int8 [F], "score": float64 [F]}``; ``index`` is the row in that image's `Detections`."""
     sids = list(detections)
     if not sids:
