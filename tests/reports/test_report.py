@@ -113,7 +113,7 @@ def test_report_command_on_a_tiny_model(synth, tmp_path, capsys):
     detections = model.detect_dataset(test)
     on_disk, md = _check_files(out, json.loads((out / "results.json").read_text()), test, detections)
     assert on_disk["config"]["features"]["crop_size"] == 32 and '"crop_size": 32' in md
-    assert on_disk["meta"]["seconds"]["detect_seconds"] > 0
+    assert on_disk["meta"]["seconds"]["detect_seconds_with_caches"] > 0
     assert on_disk["images"] == len(test)
     # The same detections through a results file: the same numbers.
     write_detections(tmp_path / "dets.json", detections, test)
