@@ -35,8 +35,10 @@ Source strings: ``torchvision:ResNet50_Weights.IMAGENET1K_V2``, ``file:<sha256 o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
+import io
 import logging
 import os
 from pathlib import Path
@@ -137,7 +139,13 @@ def weights_hash(state_dict: dict, length: int = 16) -> str:
 
 def _from_torchvision(name, model):
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    state = weights.get_state_dict(progress=False)  # URLError/OSError offline, caught by the caller
+    # torch.hub writes "Downloading: URL" to stderr even without progress; offline that line
+    # would precede every fall-through, so it goes to the log instead.
+    with contextlib.redirect_stderr(io.StringIO()) as said:
+        try:
+            state = weights.get_state_dict(progress=False)  # URLError/OSError offline, caught by the caller
+        finally:
+            log.info("%s", said.getvalue().strip())
     load_weights(name, model, state, f"torchvision {weights}")
     return f"torchvision:{weights}"
 
