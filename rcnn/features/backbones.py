@@ -139,9 +139,9 @@ def weights_hash(state_dict: dict, length: int = 16) -> str:
 
 def _from_torchvision(name, model):
     weights = torchvision.models.get_model_weights(name).DEFAULT
-    # torch.hub writes "Downloading: URL" to stderr even without progress; offline that line
+    # torch.hub writes "Downloading: URL" to stdout even without progress; offline that line
     # would precede every fall-through, so it goes to the log instead.
-    with contextlib.redirect_stderr(io.StringIO()) as said:
+    with contextlib.redirect_stdout(io.StringIO()) as said:
         try:
             state = weights.get_state_dict(progress=False)  # URLError/OSError offline, caught by the caller
         finally:
