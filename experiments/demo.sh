@@ -13,8 +13,9 @@ $RCNN data synth data/synth --images 200 --seed 0
 $RCNN data check data/synth
 
 echo "== 2. Selective Search proposals on the test split, and their recall"
-$RCNN propose data/synth --split test --method selective_search --max-boxes 500 --out data/cache/proposals
-$RCNN recall data/synth --split test --proposals data/cache/proposals --out "$OUT/recall.json"
+# the cache may hold other proposers' folders too: recall reads the one propose names after "->"
+FOLDER=$($RCNN propose data/synth --split test --method selective_search --max-boxes 500 --out data/cache/proposals | tee /dev/stderr | sed -n 's/.*-> //p')
+$RCNN recall data/synth --split test --proposals "$FOLDER" --out "$OUT/recall.json"
 
 echo "== 3. train: proposals, CNN features, SVMs with hard negative mining, box regression"
 $RCNN train data/synth --split train --config "$CONFIG" --out "$OUT/model.pt"
