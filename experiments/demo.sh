@@ -26,4 +26,7 @@ $RCNN detect "$OUT/model.pt" data/synth --split test --out "$OUT/detections.json
 echo "== 5. evaluate"
 $RCNN evaluate --gt data/synth --split test --detections "$OUT/detections.json" --metric voc --out "$OUT/eval-voc.json"
 $RCNN evaluate --gt data/synth --split test --detections "$OUT/detections.json" --metric coco --out "$OUT/eval-coco.json"
-echo "demo done: model $OUT/model.pt, detections $OUT/detections.json, drawings $OUT/drawn/, reports $OUT/eval-*.json"
+
+echo "== 6. report: AP tables, PR curves, false-positive types, gallery (from the caches)"
+$RCNN report "$OUT/model.pt" data/synth --split test --out "$OUT/report" --detections "$OUT/detections.json"
+echo "demo done: model $OUT/model.pt, detections $OUT/detections.json, drawings $OUT/drawn/, reports $OUT/eval-*.json and $OUT/report/report.md"
