@@ -87,7 +87,7 @@ def test_box_regression_on_real_features_moves_boxes_closer(cards_features):
 
 def test_svm_and_regression_at_cards_scale_stay_within_memory():
     """300 images x 2000 proposals x 1280-D, streamed: peak memory stays well under 8 GiB."""
-    script = Path(__file__).with_name("scale_svm.py")
+    script = Path(__file__).resolve().parents[2] / "experiments" / "probe_heads_memory.py"
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
     report = json.loads(run.stdout.strip().splitlines()[-1])
     print(report)
