@@ -8,7 +8,7 @@ class, average precision of scores over boxes labelled as the SVMs label them, g
 left out), for the SVM variants and, after `--iterations` of fine-tuning, for the SVMs on
 fine-tuned features and the softmax head. Prints one line per result.
 
-Run: .venv/bin/python tests/heads/cards_heads.py [--iterations 150] [--train 150] [--test 67]
+Run: .venv/bin/python experiments/probe_heads_cards.py [--iterations 150] [--train 150] [--test 67]
 """
 
 import argparse
@@ -25,7 +25,7 @@ from rcnn.features.extractor import FeatureExtractor
 from rcnn.heads import (BoxRegressor, FinetuneConfig, FinetuneImage, Finetuner, ImageData, RegressionConfig,
                         SVMConfig, SVMHead, class_labels)
 
-CARDS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cards"
+CARDS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cards"
 
 
 def boxes_of(sample, rng, n_random=30):

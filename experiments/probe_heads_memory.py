@@ -2,7 +2,7 @@
 
 300 images x 2000 proposals x 1280-D float32 (about 3 GB if all were held), 6 classes.
 Prints wall time per stage, peak RSS and the hard negative mining history as JSON.
-Run: .venv/bin/python tests/heads/scale_svm.py [n_images] [n_boxes] [dim]
+Run: .venv/bin/python experiments/probe_heads_memory.py [n_images] [n_boxes] [dim]
 """
 
 import json
