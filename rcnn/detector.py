@@ -14,6 +14,7 @@ reproducible from their source (fine-tuned), and the heads' state dicts.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,11 +188,10 @@ class RCNN:
         """
         self._check_fitted()
         c = self.config
-        clock = _Clock(timings)
         if not isinstance(image, np.ndarray):
             image = read_image(image)
         height, width = image.shape[:2]
-        with clock("proposals"):
+        with _timed(timings, "proposals"):
             if proposals is None:
                 proposals = make_proposer(**c.proposals)(image)
             proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
@@ -200,9 +200,9 @@ class RCNN:
         feats = np.empty((len(proposals), self.extractor_.feature_dim), np.float32)
         bs = self.extractor_.config.batch_size
         for i in range(0, len(proposals), bs):
-            with clock("warp"):
+            with _timed(timings, "warp"):
                 crops = self.extractor_.crops(image, proposals[i:i + bs])
-            with clock("cnn"):
+            with _timed(timings, "cnn"):
                 feats[i:i + bs] = self.extractor_.forward(crops).numpy()
         return self.predict(proposals, feats, (height, width), timings)
 
@@ -212,8 +212,7 @@ class RCNN:
         score threshold, per-class NMS and the cap on detections."""
         self._check_fitted()
         c = self.config
-        clock = _Clock(timings)
-        with clock("heads"):
+        with _timed(timings, "heads"):
             scores = np.asarray(self.classifier_.decision_function(features), np.float32)  # [N, C]
             rows, cols = np.nonzero(scores >= c.min_score)
             labels = cols.astype(np.int64) + 1
@@ -224,7 +223,7 @@ class RCNN:
             kept_scores = scores[rows, cols]
             ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, kept_scores, labels = boxes[ok], kept_scores[ok], labels[ok]
-        with clock("nms"):
+        with _timed(timings, "nms"):
             keep = batched_nms(boxes, kept_scores, labels, c.nms_threshold)[: c.max_detections]
         return Detections(boxes[keep], kept_scores[keep], labels[keep])
 
@@ -321,19 +320,12 @@ def _finetune_key(config: DetectorConfig, dataset: Dataset) -> str:
     return params_key({"finetune": to_dict(config.finetune), "features": to_dict(config.features), "ids": ids})
 
 
-class _Clock:
-    """``with clock("stage"):`` adds the block's seconds to ``timings[stage]`` (if any)."""
-
-    def __init__(self, timings: dict | None):
-        self.timings = timings
-
-    def __call__(self, stage: str):
-        self.stage = stage
-        return self
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        if self.timings is not None:
-            self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start
+@contextlib.contextmanager
+def _timed(timings: dict | None, stage: str):
+    """Add the block's seconds to ``timings[stage]`` (when `timings` is given)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
