@@ -38,9 +38,21 @@ demo-report: $(STAMP)
 bench-eval: $(STAMP)
 	$(PY) experiments/bench_eval.py
 
-.PHONY: experiment-proposals
+# Experiments: experiments/configs/NAME.toml -> experiments/results/NAME/ (report.md, PNGs, results.json).
+# Synthetic always, cards when ../shared/data/cards exists, or DATA=path instead of cards.
+# The order shares caches: ablations fits the models that svm-training, budget and
+# windows-vs-proposals reuse.
+EXPERIMENTS := ablations svm-training budget windows-vs-proposals warp proposals
+
+.PHONY: experiments experiment-proposals
+experiments: $(STAMP)
+	for e in $(EXPERIMENTS); do $(MAKE) --no-print-directory experiment-$$e || exit 1; done
+
 experiment-proposals: $(STAMP)
 	$(PY) experiments/proposals.py
+
+experiment-%: $(STAMP)
+	$(PY) experiments/run.py $* $(if $(DATA),--data $(DATA))
 
 bench-proposals: $(STAMP)
 	$(PY) experiments/bench_proposals.py

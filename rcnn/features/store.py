@@ -2,7 +2,8 @@
 
 An entry is ``ROOT/<key>/<image hash>.npz`` holding ``features`` (``[N, D]``, float16 by
 default: half the size, relative error below 1e-3, see ``tests/features/test_store.py``)
-and the ``boxes`` ``float32 [N, 4]`` they were computed on. ``<key>`` is
+the ``boxes`` ``float32 [N, 4]`` they were computed on and the ``seconds`` the warp and CNN
+took (wall clock, for experiments' time per image). ``<key>`` is
 `rcnn.cache.params_key` of the extractor's `key` (backbone, weights source, fine-tuned
 weights hash, crop size, padding, warp), the caller's proposals key and the stored dtype;
 ``ROOT/<key>/params.json`` says which. Files are written atomically (temporary name then
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,8 @@ class FeatureStore:
 
     ``compute(dataset, boxes_for, proposals_key)`` fills the cache (``boxes_for``: a callable
     ``sample -> float32 [N, 4]`` or a dict ``sample id -> boxes``);
-    ``load(sample, proposals_key) -> float32 [N, D]`` reads one entry.
+    ``load(sample, proposals_key) -> float32 [N, D]`` reads one entry, ``seconds(...)`` the
+    time its extraction took.
     """
 
     def __init__(self, root, extractor, dtype: str = "float16"):
@@ -78,11 +81,13 @@ class FeatureStore:
         crops = sum(len(b) for _, _, b in todo)
         with progress(total=crops, desc="features", unit="crop") as bar:
             for sample, path, boxes in todo:
+                start = time.perf_counter()
                 features = self.extractor.extract(read_image(sample.image_path), boxes)
+                seconds = time.perf_counter() - start
                 stored = features.astype(self.dtype)
                 if not np.isfinite(stored).all() and np.isfinite(features).all():
                     raise RcnnError(f"{sample.image_path}: features overflow {self.dtype}; use dtype='float32'")
-                atomic_save_npz(path, features=stored, boxes=boxes)
+                atomic_save_npz(path, features=stored, boxes=boxes, seconds=np.float64(seconds))
                 bar.update(len(boxes))
         return {"computed": len(todo), "cached": cached, "crops": crops}
 
@@ -97,6 +102,13 @@ class FeatureStore:
         if boxes is not None and not np.array_equal(entry["boxes"], np.asarray(boxes, np.float32).reshape(-1, 4)):
             raise RcnnError(f"{path}: cached features of sample {sample.id!r} were computed on other boxes")
         return entry["features"].astype(np.float32)
+
+    def seconds(self, sample, proposals_key: str) -> float | None:
+        """Seconds the warp and CNN took on `sample`'s cached entry (None: not recorded)."""
+        entry = load_npz(self.path(sample, proposals_key))
+        if entry is None or "seconds" not in entry:
+            return None
+        return float(entry["seconds"])
 
     def _write_params(self, proposals_key: str) -> None:
         folder = self.folder(proposals_key)

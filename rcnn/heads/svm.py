@@ -39,7 +39,9 @@ GT_IOU = 0.999  # a box this close to a ground-truth box is that box (R-CNN's "p
 class SVMConfig:
     """Linear SVM training (defaults: R-CNN's). `loss` "hinge" or "squared_hinge"; `pos_weight`
     is the positives' class weight (negatives weigh 1); `intercept_scaling` is liblinear's bias
-    multiplier; `feature_norm` the mean L2 norm features are scaled to (None: no scaling)."""
+    multiplier; `feature_norm` the mean L2 norm features are scaled to (None: no scaling);
+    `positive_iou`: proposals from this IoU with a ground truth are positives too (None, or 0
+    in TOML, which has no null: the ground-truth boxes only)."""
 
     C: float = 0.001
     loss: str = "hinge"
@@ -58,6 +60,8 @@ class SVMConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.positive_iou == 0:  # TOML's way to say None
+            object.__setattr__(self, "positive_iou", None)
         if self.loss not in ("hinge", "squared_hinge"):
             raise ValueError(f"loss must be 'hinge' or 'squared_hinge', not {self.loss!r}")
         if self.C <= 0 or self.pos_weight <= 0 or self.intercept_scaling <= 0:

@@ -1,0 +1,298 @@
+"""What every experiment shares: its datasets, cached detectors, test-time scoring from the
+caches, and the report folder (report.md, results.json, PNG plots).
+
+An experiment script reads ``experiments/configs/NAME.toml``, builds detector configs from a
+per-dataset base config plus its own overrides, and writes ``experiments/results/NAME/``.
+Everything expensive is cached under the configs' ``cache_dir`` (``data/cache``):
+
+- proposals and CNN features (`rcnn.proposals.ProposalStore`, `rcnn.features.FeatureStore`);
+- fine-tuning checkpoints (`rcnn.detector.RCNN.fit`);
+- fitted detectors: ``models/<key>.pt`` beside ``<key>.json`` (fit statistics), keyed by the
+  full detector config, the training images and the rcnn version, so a warm re-run only
+  scores the cached test features.
+
+Datasets (`targets`): the synthetic set (``data/synth``, 200 images, made when missing, as
+`make demo` makes it; base config ``demo.toml``), cards when ``../shared/data/cards`` is
+there (base ``cards.toml``), or instead of cards the dataset given with ``--data PATH`` (a
+folder with ``train/`` and ``test/`` sub-folders, or a VOC root with ``train`` and ``test``
+splits; base ``--base-config``, by default ``cards.toml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rcnn import __version__  # noqa: E402
+from rcnn.cache import params_key  # noqa: E402
+from rcnn.config import load_toml, to_dict  # noqa: E402
+from rcnn.datasets import load_dataset  # noqa: E402
+from rcnn.datasets.check import write_atomic  # noqa: E402
+from rcnn.datasets.core import Dataset  # noqa: E402
+from rcnn.detector import RCNN, DetectorConfig, load_config  # noqa: E402
+from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
+from rcnn.evaluation.recall import proposal_recall  # noqa: E402
+from rcnn.features.store import FeatureStore  # noqa: E402
+from rcnn.proposals import ProposalStore, make_proposer  # noqa: E402
+from rcnn.reports.report import run_record  # noqa: E402
+
+CONFIGS = ROOT / "experiments" / "configs"
+RESULTS = ROOT / "experiments" / "results"
+CARDS = ROOT.parent / "shared" / "data" / "cards"
+SYNTH = ROOT / "data" / "synth"  # the same set `make demo` makes: its caches are shared
+
+
+@dataclass
+class Target:
+    """One dataset an experiment runs on: train and test splits and the base detector config."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    base: Path
+
+
+def parse_args(name: str, doc: str | None = None, argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"experiments {name}", description=doc)
+    parser.add_argument("--config", default=str(CONFIGS / f"{name}.toml"), help="experiment TOML file")
+    parser.add_argument("--out", default=str(RESULTS / name), help="results folder")
+    parser.add_argument("--data", help="a dataset to run on instead of cards: a folder with train/ and test/, or a VOC root")
+    parser.add_argument("--base-config", default=str(CONFIGS / "cards.toml"), help="detector config for --data")
+    parser.add_argument("--only", help="comma-separated dataset names to run (synthetic, cards, or --data's folder name)")
+    args = parser.parse_args(argv)
+    args.name = name
+    return args
+
+
+def _splits(path: Path) -> tuple[Dataset, Dataset]:
+    """Train and test splits of a user dataset: sub-folders train/ and test/, else VOC splits."""
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return load_dataset(path / "train"), load_dataset(path / "test")
+    for train in ("train", "trainval"):
+        if (path / "ImageSets" / "Main" / f"{train}.txt").is_file():
+            return load_dataset(path, split=train), load_dataset(path, split="test")
+    raise SystemExit(f"{path}: expected train/ and test/ folders, or a VOC root with ImageSets/Main/train.txt and test.txt")
+
+
+def targets(args) -> list[Target]:
+    """The datasets to run on (see the module docstring), in order."""
+    from rcnn.datasets.synthetic import make_synthetic
+
+    make_synthetic(SYNTH, 200, 0)  # reuses the folder when it already holds this set
+    out = [Target("synthetic", load_dataset(SYNTH, split="train"), load_dataset(SYNTH, split="test"), CONFIGS / "demo.toml")]
+    if args.data:
+        path = Path(args.data).resolve()
+        out.append(Target(path.name, *_splits(path), Path(args.base_config)))
+    elif CARDS.is_dir():
+        out.append(Target("cards", load_dataset(CARDS / "train"), load_dataset(CARDS / "test"), CONFIGS / "cards.toml"))
+    else:
+        print(f"{CARDS} not found: cards left out")
+    if args.only:
+        wanted = set(args.only.split(","))
+        out = [t for t in out if t.name in wanted]
+    return out
+
+
+def merge(base: dict, *changes: dict | None) -> dict:
+    """`base` with each of `changes` merged in, nested tables merged key by key; a changed
+    proposals ``method`` replaces the whole proposals table (its parameters differ)."""
+    out = copy.deepcopy(base)
+    for change in changes:
+        for key, value in (change or {}).items():
+            if key == "proposals" and value.get("method", out.get(key, {}).get("method")) != out.get(key, {}).get("method"):
+                out[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def detector_config(base: Path, *overrides: dict | None) -> DetectorConfig:
+    """The base config file with `overrides` (nested dicts of TOML tables) merged in."""
+    values = load_toml(base)
+    values.pop("experiment", None)
+    return load_config(None, merge(values, *overrides))
+
+
+def fit_or_load(config: DetectorConfig, train: Dataset) -> tuple[RCNN, dict]:
+    """A detector fitted on `train` with `config`, from the model cache when it was fitted
+    before; also returns the fit statistics (counts and seconds per stage of the first fit)."""
+    ids = sorted(s.id for s in train)
+    key = params_key({"config": to_dict(config), "ids": ids, "n": len(train), "rcnn": __version__}, 16)
+    folder = Path(config.cache_dir) / "models"
+    path, info_path = folder / f"{key}.pt", folder / f"{key}.json"
+    if path.is_file() and info_path.is_file():
+        return RCNN.load(path), {**json.loads(info_path.read_text()), "from_cache": True}
+    start = time.perf_counter()
+    model = RCNN(config).fit(train)
+    info = {**model.fit_stats_, "fit_seconds": time.perf_counter() - start}
+    model.save(path)
+    write_atomic(info_path, json.dumps(info, indent=1) + "\n")
+    return model, {**info, "from_cache": False}
+
+
+class TestSet:
+    """A fitted detector's proposals and features on a test split, cached on disk, scored
+    under any test-time setting: the first `boxes` proposals, an NMS threshold, a score cut."""
+
+    def __init__(self, model: RCNN, test: Dataset, proposals: dict | None = None):
+        c = model.config
+        self.model, self.test = model, test
+        self.params = dict(proposals or c.proposals)
+        self.proposals = ProposalStore(Path(c.cache_dir) / "proposals", make_proposer(**self.params))
+        self.proposals.compute(test, workers=c.workers or None)
+        self.features = FeatureStore(Path(c.cache_dir) / "features", model.extractor_)
+        self.key = self.proposals.folder.name
+        self.features.compute(test, self.proposals.load, self.key)
+
+    def score(self, boxes: int | None = None, nms_threshold: float | None = None,
+              score_threshold: float | None = None) -> tuple[dict, dict]:
+        """``(metrics, detections)``: VOC mAP@0.5 (all-point and VOC07), COCO AP, AP50 and
+        AP75, proposal recall of the boxes used, and seconds per image split into proposals
+        (Selective Search's time does not depend on `boxes`), features (the cached extraction's
+        time scaled to the boxes used) and heads + NMS (measured here)."""
+        model = copy.copy(self.model)
+        changes = {k: v for k, v in (("nms_threshold", nms_threshold), ("score_threshold", score_threshold)) if v is not None}
+        model.config = replace(self.model.config, **changes)
+        detections, timings, secs = {}, {}, {"proposals": [], "features": []}
+        for s in self.test:
+            all_boxes = self.proposals.load(s)
+            n = len(all_boxes) if boxes is None else min(boxes, len(all_boxes))
+            feats = self.features.load(s, self.key)[:n]
+            detections[s.id] = model.predict(all_boxes[:n], feats, (s.height, s.width), timings)
+            secs["proposals"].append(self.proposals.seconds(s))
+            f = self.features.seconds(s, self.key)
+            secs["features"].append(None if f is None else f * n / max(len(all_boxes), 1))
+        voc = evaluate_voc(self.test, detections, 0.5)
+        voc07 = evaluate_voc(self.test, detections, 0.5, use_07_metric=True)
+        coco = evaluate_coco(self.test, detections)
+        k = boxes or max(len(self.proposals.load(s)) for s in self.test)
+        recall = proposal_recall(self.test, self.proposals.load, [k])["overall"][0]
+        per_image = {name: _mean(v) for name, v in secs.items()}
+        per_image["heads_nms"] = sum(timings.values()) / max(len(self.test), 1)
+        total = None if None in per_image.values() else sum(per_image.values())
+        metrics = {
+            "mAP50": voc.mAP, "mAP50_voc07": voc07.mAP, "coco_AP": coco["AP"], "coco_AP50": coco["AP50"],
+            "coco_AP75": coco["AP75"], "per_class_AP50": voc.to_dict()["per_class"],
+            "boxes_per_image": recall["boxes_per_image"], "recall@0.5": recall["recall@0.5"],
+            "recall@0.7": recall["recall@0.7"], "AR": recall["ar"],
+            "seconds_per_image": total, "seconds_split": per_image,
+        }
+        return metrics, detections
+
+
+def _mean(values) -> float | None:
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]], digits: int = 3) -> list[str]:
+    """Markdown table lines of `rows` with `columns` ``[(key, header)]``."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(k), digits) for k, _ in columns) + " |" for r in rows]
+    return lines + [""]
+
+
+def line_plot(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel: str, ylabel: str,
+              logx: bool = False) -> Path:
+    """One panel per key of `panels` (``{panel: {series label: (xs, ys)}}``), lines with markers."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (title, series) in zip(axes, panels.items()):
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def bar_plot(path: Path, panels: dict[str, dict[str, float]], ylabel: str) -> Path:
+    """One panel per key of `panels` (``{panel: {bar label: value}}``), horizontal bars."""
+    from matplotlib.figure import Figure
+
+    n = max(len(bars) for bars in panels.values())
+    fig = Figure(figsize=(5.2 * len(panels), 0.8 + 0.42 * n), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (title, bars) in zip(axes, panels.items()):
+        labels = list(bars)[::-1]
+        values = [np.nan if bars[k] is None else bars[k] for k in labels]
+        ax.barh(labels, values, color="#4c72b0")
+        for y, v in enumerate(values):
+            if not np.isnan(v):
+                ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
+        ax.set(title=title, xlabel=ylabel, xlim=(0, 1.08))
+        ax.tick_params(axis="y", labelsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+class Report:
+    """Collects an experiment's markdown and results; `write` adds the run record (config
+    file, git commit, package versions, machine, run time) and writes both files."""
+
+    def __init__(self, args, title: str, intro: str):
+        self.args, self.title, self.intro = args, title, intro
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.lines: list[str] = []
+        self.results: dict = {}
+        self.start = time.perf_counter()
+
+    def write(self) -> Path:
+        from rcnn.reports.report import _clean
+
+        meta = run_record()
+        meta["seconds"] = time.perf_counter() - self.start
+        meta["config_file"] = os.path.relpath(self.args.config, ROOT)
+        config_text = Path(self.args.config).read_text()
+        lines = [f"# {self.title}", "", self.intro.strip(), "", *self.lines, "## Run", "",
+                 f"- command: `make experiment-{self.args.name}` (`{' '.join(sys.argv)}`)",
+                 f"- run time: {meta['seconds']:.0f} s, with the caches as they were at the start",
+                 f"- git commit: {meta['git_commit'] or 'unknown'}",
+                 "- packages: " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v),
+                 f"- machine: {meta['platform']}, Python {meta['python']}, {meta['cpu_count']} CPUs", "",
+                 f"Config ({meta['config_file']}):", "", "```toml", config_text.strip(), "```", ""]
+        write_atomic(self.out / "results.json", json.dumps(_clean({**self.results, "meta": meta}), indent=1) + "\n")
+        write_atomic(self.out / "report.md", "\n".join(lines))
+        print(f"wrote {self.out / 'report.md'} ({meta['seconds']:.0f} s)")
+        return self.out / "report.md"
+
+
+def base_summary(target: Target) -> str:
+    """One line naming a target's data and base config."""
+    return (f"**{target.name}**: train {len(target.train)} images, test {len(target.test)} images, "
+            f"{len(target.train.classes)} classes; base detector config `{os.path.relpath(target.base, ROOT)}`.")
+
+
+def chdir_root() -> None:
+    """Experiments run from the repository root: the configs' cache_dir is relative to it."""
+    os.chdir(ROOT)
