@@ -90,8 +90,12 @@ def targets(args) -> list[Target]:
     """The datasets to run on (see the module docstring), in order."""
     from rcnn.datasets.synthetic import make_synthetic
 
-    make_synthetic(SYNTH, 200, 0)  # reuses the folder when it already holds this set
-    out = [Target("synthetic", load_dataset(SYNTH, split="train"), load_dataset(SYNTH, split="test"), CONFIGS / "demo.toml")]
+    wanted = set(args.only.split(",")) if args.only else None
+    out = []
+    if wanted is None or "synthetic" in wanted:
+        make_synthetic(SYNTH, 200, 0)  # reuses the folder when it already holds this set
+        out.append(Target("synthetic", load_dataset(SYNTH, split="train"), load_dataset(SYNTH, split="test"),
+                          CONFIGS / "demo.toml"))
     if args.data:
         path = Path(args.data).resolve()
         out.append(Target(path.name, *_splits(path), Path(args.base_config)))
@@ -99,10 +103,7 @@ def targets(args) -> list[Target]:
         out.append(Target("cards", load_dataset(CARDS / "train"), load_dataset(CARDS / "test"), CONFIGS / "cards.toml"))
     else:
         print(f"{CARDS} not found: cards left out")
-    if args.only:
-        wanted = set(args.only.split(","))
-        out = [t for t in out if t.name in wanted]
-    return out
+    return [t for t in out if wanted is None or t.name in wanted]
 
 
 def merge(base: dict, *changes: dict | None) -> dict:
