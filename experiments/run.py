@@ -7,6 +7,7 @@ calls this; `make experiments` runs them all.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
     if not Path(args.config).is_file():
         print(f"no experiment config {args.config}")
         return 2
+    for option in ("config", "out", "data", "base_config"):  # given from the caller's folder, not the root's
+        if getattr(args, option):
+            setattr(args, option, os.path.abspath(getattr(args, option)))
     harness.chdir_root()
     script.run(args)
     return 0
