@@ -49,7 +49,7 @@ experiments: $(STAMP)
 	for e in $(EXPERIMENTS); do $(MAKE) --no-print-directory experiment-$$e || exit 1; done
 
 experiment-proposals: $(STAMP)
-	$(PY) experiments/proposals.py
+	$(PY) experiments/proposals.py $(if $(DATA),--data $(DATA))
 
 experiment-%: $(STAMP)
 	$(PY) experiments/run.py $* $(if $(DATA),--data $(DATA))

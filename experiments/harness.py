@@ -76,7 +76,7 @@ def parse_args(name: str, doc: str | None = None, argv=None) -> argparse.Namespa
     return args
 
 
-def _splits(path: Path) -> tuple[Dataset, Dataset]:
+def splits(path: Path) -> tuple[Dataset, Dataset]:
     """Train and test splits of a user dataset: sub-folders train/ and test/, else VOC splits."""
     if (path / "train").is_dir() and (path / "test").is_dir():
         return load_dataset(path / "train"), load_dataset(path / "test")
@@ -98,7 +98,7 @@ def targets(args) -> list[Target]:
                           CONFIGS / "demo.toml"))
     if args.data:
         path = Path(args.data).resolve()
-        out.append(Target(path.name, *_splits(path), Path(args.base_config)))
+        out.append(Target(path.name, *splits(path), Path(args.base_config)))
     elif CARDS.is_dir():
         out.append(Target("cards", load_dataset(CARDS / "train"), load_dataset(CARDS / "test"), CONFIGS / "cards.toml"))
     else:

@@ -30,15 +30,20 @@ from rcnn.proposals import ProposalStore, make_proposer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def datasets(cfg: dict) -> dict:
-    """``{name: Dataset}``: the synthetic test split (made unless already there) and cards/test if present."""
+def datasets(cfg: dict, data: str | None = None) -> dict:
+    """``{name: Dataset}``: the synthetic test split (made unless already there) and cards/test
+    if present, or instead of cards the test split of `data` (see `harness.splits`)."""
+    from harness import splits
+
     from rcnn.datasets.synthetic import make_synthetic
 
     synth = ROOT / cfg["synth"]
     make_synthetic(synth, cfg["synth_images"], cfg["synth_seed"])  # reuses the folder when it holds this set
     out = {f"synthetic/{cfg['split']}": load_dataset(synth, split=cfg["split"])}
     cards = (ROOT / cfg["cards"]).resolve()
-    if cards.is_dir():
+    if data:
+        out[f"{Path(data).resolve().name}/test"] = splits(Path(data).resolve())[1]
+    elif cards.is_dir():
         out["cards/test"] = load_dataset(cards)
     else:
         print(f"{cards} not found: cards left out")
@@ -121,6 +126,7 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "experiments/configs/proposals.toml"))
+    parser.add_argument("--data", help="a dataset to use instead of cards: a folder with train/ and test/, or a VOC root")
     args = parser.parse_args(argv)
     start = time.time()
     cfg = load_toml(args.config)
@@ -128,7 +134,7 @@ def main(argv=None) -> int:
     out = ROOT / run["out"]
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for ds_name, dataset in datasets(cfg["data"]).items():
+    for ds_name, dataset in datasets(cfg["data"], args.data).items():
         print(f"{ds_name}: {len(dataset)} images")
         results[ds_name] = {name: run_method(name, params, dataset, run) for name, params in cfg["methods"].items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
