@@ -126,3 +126,19 @@ def test_load_errors_name_the_problem(tmp_path, data, extractor):
         store.load(dataset[0], "p", boxes=boxes["im0"][:2])
     with pytest.raises(ValueError):
         FeatureStore(tmp_path, extractor, dtype="int8")
+
+
+def test_features_float16_cannot_hold_are_stored_as_float32(tmp_path, data):
+    """Random MobileNetV2 weights give features near 1e-9, which float16 would flush to zero."""
+    dataset, boxes = data
+    tiny = FeatureExtractor(backbone="mobilenet_v2", weights="random", crop_size=32, padding=2, frozen=False)
+    store = FeatureStore(tmp_path / "cache", tiny)
+    store.compute(dataset, boxes, "p")
+    from rcnn.datasets import read_image
+
+    s = dataset[0]
+    direct = tiny.extract(read_image(s.image_path), boxes[s.id])
+    assert 0 < np.abs(direct).max() < 1e-4  # the case at hand: under float16's normal range
+    loaded = store.load(s, "p")
+    np.testing.assert_allclose(loaded, direct, rtol=0, atol=1e-3 * np.abs(direct).max())
+    assert loaded.std(0).max() > 0  # the boxes still differ
