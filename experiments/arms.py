@@ -21,8 +21,8 @@ from rcnn.config import load_toml, to_dict
 from rcnn.reports.report import build_report
 
 COLUMNS = [("arm", "arm"), ("mAP50", "VOC mAP@0.5"), ("mAP50_voc07", "VOC07 mAP"), ("coco_AP", "COCO AP"),
-           ("coco_AP50", "COCO AP50"), ("boxes_per_image", "boxes/img"), ("fit_seconds", "fit s"),
-           ("seconds_per_image", "detect s/img")]
+           ("coco_AP50", "COCO AP50"), ("boxes_per_image", "boxes/img", 0), ("fit_seconds", "fit s", 0),
+           ("seconds_per_image", "detect s/img", 2)]
 
 
 def slug(name: str) -> str:

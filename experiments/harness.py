@@ -210,10 +210,12 @@ def fmt(x, digits: int = 3) -> str:
     return str(x)
 
 
-def table(rows: list[dict], columns: list[tuple[str, str]], digits: int = 3) -> list[str]:
-    """Markdown table lines of `rows` with `columns` ``[(key, header)]``."""
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
-    lines += ["| " + " | ".join(fmt(r.get(k), digits) for k, _ in columns) + " |" for r in rows]
+def table(rows: list[dict], columns: list[tuple], digits: int = 3) -> list[str]:
+    """Markdown table lines of `rows` with `columns` ``[(key, header)]`` or ``[(key, header,
+    digits)]`` (floats get `digits` decimals unless the column says otherwise)."""
+    columns = [(c[0], c[1], c[2] if len(c) > 2 else digits) for c in columns]
+    lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(k), d) for k, _, d in columns) + " |" for r in rows]
     return lines + [""]
 
 

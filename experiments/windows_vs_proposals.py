@@ -14,9 +14,9 @@ from harness import Report, TestSet, base_summary, detector_config, fit_or_load,
 
 from rcnn.config import load_toml, to_dict
 
-COLUMNS = [("method", "method"), ("k", "boxes/img (k)"), ("boxes_per_image", "mean boxes"), ("mAP50", "VOC mAP@0.5"),
+COLUMNS = [("method", "method"), ("k", "boxes/img (k)"), ("boxes_per_image", "mean boxes", 0), ("mAP50", "VOC mAP@0.5"),
            ("coco_AP", "COCO AP"), ("coco_AP50", "COCO AP50"), ("recall@0.5", "recall@0.5"), ("recall@0.7", "recall@0.7"),
-           ("AR", "AR"), ("seconds_per_image", "s/img"), ("proposal_s", "proposals s/img"), ("feature_s", "CNN s/img")]
+           ("AR", "AR"), ("seconds_per_image", "s/img", 2), ("proposal_s", "proposals s/img"), ("feature_s", "CNN s/img")]
 
 
 def run(args) -> None:
