@@ -17,7 +17,7 @@ from rcnn.config import load_toml, to_dict
 BOX_COLUMNS = [("k", "boxes/img (k)"), ("boxes_per_image", "mean boxes", 0), ("mAP50", "VOC mAP@0.5"), ("coco_AP", "COCO AP"),
                ("recall@0.5", "recall@0.5"), ("seconds_per_image", "s/img", 2), ("proposal_s", "proposals s/img"),
                ("feature_s", "CNN s/img"), ("heads_s", "heads+NMS s/img")]
-NMS_COLUMNS = [("nms", "NMS IoU"), ("mAP50", "VOC mAP@0.5"), ("mAP50_voc07", "VOC07 mAP"), ("coco_AP", "COCO AP"),
+NMS_COLUMNS = [("nms", "NMS IoU", 2), ("mAP50", "VOC mAP@0.5"), ("mAP50_voc07", "VOC07 mAP"), ("coco_AP", "COCO AP"),
                ("coco_AP50", "COCO AP50"), ("coco_AP75", "COCO AP75")]
 
 
