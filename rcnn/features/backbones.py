@@ -81,7 +81,18 @@ class PooledFeatures(nn.Module):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), self.pool), 1)
+        f = self.features(x)
+        p, h, w = self.pool, f.shape[-2], f.shape[-1]
+        if h % p == 0 and w % p == 0:
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(f, p), 1)
+        # adaptive pooling's cells (floor start, ceil end) by hand: the frozen, inference-optimised
+        # TorchScript cannot pool a grid that does not divide the map (e.g. 5 x 5 at 160 px)
+        cells = []
+        for i in range(p):
+            for j in range(p):
+                cell = f[:, :, (i * h) // p:((i + 1) * h + p - 1) // p, (j * w) // p:((j + 1) * w + p - 1) // p]
+                cells.append(cell.mean((2, 3)))
+        return torch.stack(cells, -1).flatten(1)
 
 
 def _new_model(name: str, seed: int, pool: int = 1) -> tuple[nn.Module, int]:

@@ -132,3 +132,19 @@ def test_pool_grid_features_and_cache_key():
     two.load_state_dict(one.module.state_dict())  # fine-tuned weights fit whatever the pool
     with pytest.raises(ValueError, match="pool"):
         FeatureConfig(backbone="alexnet", pool=2)
+
+
+def test_pool_grid_that_does_not_divide_the_map_matches_adaptive_pooling():
+    """160 px crops give MobileNetV2 a 5 x 5 map: a 2 x 2 grid has overlapping cells, which the
+    frozen TorchScript path cannot adaptive-pool; the hand-made cells must equal torch's."""
+    import torch
+
+    frozen = FeatureExtractor(backbone="mobilenet_v2", weights="random", crop_size=160, padding=0, pool=2)
+    eager = FeatureExtractor(backbone="mobilenet_v2", weights="random", crop_size=160, padding=0, pool=2, frozen=False)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.inference_mode():
+        fmap = eager.module.features(x)
+        expected = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap, 2), 1)
+    assert fmap.shape[-1] == 5
+    torch.testing.assert_close(eager.forward(x), expected)
+    torch.testing.assert_close(frozen.forward(x), expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
