@@ -27,6 +27,7 @@ def main(argv=None) -> int:
         names = sorted(p.stem for p in harness.CONFIGS.glob("*.toml") if "[experiment]" in p.read_text())
         print(f"usage: experiments/run.py NAME [--data PATH] [--only DATASETS]; NAME one of: {', '.join(names)}")
         return 2
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log or a pipe as they come
     name, rest = argv[0], argv[1:]
     script = SCRIPTS.get(name, arms)
     args = harness.parse_args(name, script.__doc__, rest)
