@@ -158,6 +158,9 @@ class TestSet:
         self.features = FeatureStore(Path(c.cache_dir) / "features", model.extractor_)
         self.key = self.proposals.folder.name
         self.features.compute(test, self.proposals.load, self.key)
+        # read once: each scoring reuses the boxes and the recorded seconds (an entry's features are MBs)
+        self.boxes = {s.id: self.proposals.load(s) for s in test}
+        self.seconds = {s.id: (self.proposals.seconds(s), self.features.seconds(s, self.key)) for s in test}
 
     def score(self, boxes: int | None = None, nms_threshold: float | None = None,
               score_threshold: float | None = None) -> tuple[dict, dict]:
@@ -170,18 +173,18 @@ class TestSet:
         model.config = replace(self.model.config, **changes)
         detections, timings, secs = {}, {}, {"proposals": [], "features": []}
         for s in self.test:
-            all_boxes = self.proposals.load(s)
+            all_boxes = self.boxes[s.id]
             n = len(all_boxes) if boxes is None else min(boxes, len(all_boxes))
             feats = self.features.load(s, self.key)[:n]
             detections[s.id] = model.predict(all_boxes[:n], feats, (s.height, s.width), timings)
-            secs["proposals"].append(self.proposals.seconds(s))
-            f = self.features.seconds(s, self.key)
+            p, f = self.seconds[s.id]
+            secs["proposals"].append(p)
             secs["features"].append(None if f is None else f * n / max(len(all_boxes), 1))
         voc = evaluate_voc(self.test, detections, 0.5)
         voc07 = evaluate_voc(self.test, detections, 0.5, use_07_metric=True)
         coco = evaluate_coco(self.test, detections)
-        k = boxes or max(len(self.proposals.load(s)) for s in self.test)
-        recall = proposal_recall(self.test, self.proposals.load, [k])["overall"][0]
+        k = boxes or max(len(b) for b in self.boxes.values())
+        recall = proposal_recall(self.test, self.boxes, [k])["overall"][0]
         per_image = {name: _mean(v) for name, v in secs.items()}
         per_image["heads_nms"] = sum(timings.values()) / max(len(self.test), 1)
         total = None if None in per_image.values() else sum(per_image.values())
