@@ -44,8 +44,6 @@ from rcnn.datasets.core import Dataset  # noqa: E402
 from rcnn.detector import RCNN, DetectorConfig, load_config  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
-from rcnn.features.store import FeatureStore  # noqa: E402
-from rcnn.proposals import ProposalStore, make_proposer  # noqa: E402
 from rcnn.reports.report import run_record  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
@@ -153,14 +151,10 @@ class TestSet:
         c = model.config
         self.model, self.test = model, test
         self.params = dict(proposals or c.proposals)
-        self.proposals = ProposalStore(Path(c.cache_dir) / "proposals", make_proposer(**self.params))
-        self.proposals.compute(test, workers=c.workers or None)
-        self.features = FeatureStore(Path(c.cache_dir) / "features", model.extractor_)
-        self.key = self.proposals.folder.name
-        self.features.compute(test, self.proposals.load, self.key)
+        self.regions = replace_proposals(model, self.params).dataset_features(test)
         # read once: each scoring reuses the boxes and the recorded seconds (an entry's features are MBs)
-        self.boxes = {s.id: self.proposals.load(s) for s in test}
-        self.seconds = {s.id: (self.proposals.seconds(s), self.features.seconds(s, self.key)) for s in test}
+        self.boxes = {s.id: self.regions.boxes(s) for s in test}
+        self.seconds = {s.id: self.regions.seconds(s) for s in test}
 
     def score(self, boxes: int | None = None, nms_threshold: float | None = None,
               score_threshold: float | None = None) -> tuple[dict, dict]:
@@ -175,7 +169,7 @@ class TestSet:
         for s in self.test:
             all_boxes = self.boxes[s.id]
             n = len(all_boxes) if boxes is None else min(boxes, len(all_boxes))
-            feats = self.features.load(s, self.key)[:n]
+            feats = self.regions.features(s, all_boxes)[:n]
             detections[s.id] = model.predict(all_boxes[:n], feats, (s.height, s.width), timings)
             p, f = self.seconds[s.id]
             secs["proposals"].append(p)
@@ -196,6 +190,15 @@ class TestSet:
             "seconds_per_image": total, "seconds_split": per_image,
         }
         return metrics, detections
+
+
+def replace_proposals(model: RCNN, params: dict) -> RCNN:
+    """A shallow copy of a fitted `model` whose config proposes with `params`."""
+    if params == dict(model.config.proposals):
+        return model
+    other = copy.copy(model)
+    other.config = replace(model.config, proposals=params)
+    return other
 
 
 def _mean(values) -> float | None:

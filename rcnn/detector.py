@@ -24,12 +24,13 @@ import torch
 
 from rcnn import __version__
 from rcnn.boxes import batched_nms, clip_boxes
+from rcnn.cache import array_hash, atomic_write, params_key
 from rcnn.config import from_dict, load_toml, to_dict
 from rcnn.datasets.core import Dataset, Detections, Sample
 from rcnn.datasets.images import read_image
-from rcnn.errors import ConfigError, ModelError
+from rcnn.errors import ConfigError, DatasetError, ModelError
 from rcnn.features.extractor import FeatureConfig, FeatureExtractor
-from rcnn.features.store import FeatureStore
+from rcnn.features.store import DatasetFeatures, FeatureStore
 from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
 from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
 from rcnn.progress import progress
@@ -116,11 +117,18 @@ class RCNN:
         """The cache of this config's proposals under ``cache_dir/proposals``."""
         return ProposalStore(Path(self.config.cache_dir) / "proposals", make_proposer(**self.config.proposals))
 
+    def dataset_features(self, dataset: Dataset, ground_truth: bool = False) -> DatasetFeatures:
+        """`dataset`'s proposals and this detector's features of them, from (and into) the
+        caches under `cache_dir`; with `ground_truth`, each image's ground-truth boxes come
+        first (the training set of regions)."""
+        c = self.config
+        features = FeatureStore(Path(c.cache_dir) / "features", self.extractor_)
+        return DatasetFeatures(dataset, self.proposal_store(), features, ground_truth, workers=c.workers or None)
+
     def fit(self, dataset: Dataset) -> "RCNN":
         """Train every stage on `dataset`; returns self."""
         c = self.config
-        if len(dataset) == 0:
-            raise ConfigError("cannot train on an empty dataset")
+        check_trainable(dataset)
         stats = {"images": len(dataset)}
         self.classes_ = list(dataset.classes)
         num_classes = len(self.classes_)
@@ -135,7 +143,8 @@ class RCNN:
         softmax = None
         if c.finetune.iterations > 0:
             start = time.perf_counter()
-            checkpoint = Path(c.cache_dir) / "finetune" / f"{proposals.folder.name}-{_finetune_key(c, dataset)}.pt"
+            key = _finetune_key(c, dataset, proposals)
+            checkpoint = Path(c.cache_dir) / "finetune" / f"{proposals.folder.name}-{key}.pt"
             tuner = Finetuner(num_classes, c.finetune, c.features.crop_size, c.features.padding, checkpoint=checkpoint)
             images = [
                 FinetuneImage(s.image_path, proposals.load(s), s.boxes, s.labels, s.difficult) for s in dataset
@@ -146,21 +155,15 @@ class RCNN:
             softmax = tuner.head_
             stats["finetune_seconds"] = time.perf_counter() - start
 
-        needs_features = c.classifier == "svm" or c.box_regression
-        if needs_features:
+        if c.classifier == "svm" or c.box_regression:
             start = time.perf_counter()
-            features = FeatureStore(Path(c.cache_dir) / "features", self.extractor_)
-
-            def boxes_for(sample: Sample) -> np.ndarray:
-                return np.concatenate([sample.boxes, proposals.load(sample)]).astype(np.float32)
-
-            train_key = f"{proposals.folder.name}+gt"
-            features.compute(dataset, boxes_for, train_key)
+            regions = self.dataset_features(dataset, ground_truth=True)
             stats["features_seconds"] = time.perf_counter() - start
 
             def image_data(i: int) -> ImageData:
                 s = dataset[i]
-                return ImageData(features.load(s, train_key), boxes_for(s), s.boxes, s.labels, s.difficult)
+                boxes = regions.boxes(s)
+                return ImageData(regions.features(s, boxes), boxes, s.boxes, s.labels, s.difficult)
 
         start = time.perf_counter()
         if c.classifier == "svm":
@@ -237,14 +240,10 @@ class RCNN:
             for sample in progress(dataset.samples, desc="detect"):
                 out[sample.id] = self.detect(read_image(sample.image_path), timings=timings)
             return out
-        store = self.proposal_store()
-        store.compute(dataset, workers=self.config.workers or None)
-        features = FeatureStore(Path(self.config.cache_dir) / "features", self.extractor_)
-        key = store.folder.name
-        features.compute(dataset, store.load, key)
+        regions = self.dataset_features(dataset)
         for sample in dataset:
-            boxes = store.load(sample)
-            out[sample.id] = self.predict(boxes, features.load(sample, key), (sample.height, sample.width), timings)
+            boxes = regions.boxes(sample)
+            out[sample.id] = self.predict(boxes, regions.features(sample, boxes), (sample.height, sample.width), timings)
         return out
 
     # -- saving -----------------------------------------------------------------------------
@@ -268,9 +267,8 @@ class RCNN:
         """Write the model to `path` atomically (a temporary file, then a rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            torch.save(self.state_dict(), f)
         return path
 
     @classmethod
@@ -282,8 +280,10 @@ class RCNN:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise ModelError(f"{path}: model file not found") from None
+        except IsADirectoryError:
+            raise ModelError(f"{path}: is a folder, not a model file") from None
         except Exception as e:  # noqa: BLE001  torch raises many kinds for a bad file
-            raise ModelError(f"{path}: not a readable rcnn model ({type(e).__name__}: {str(e)[:200]})") from None
+            raise ModelError(f"{path}: not a readable rcnn model ({_load_error(e)})") from None
         if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
             raise ModelError(f"{path}: not an rcnn model file")
         if state.get("version") != MODEL_VERSION:
@@ -307,17 +307,64 @@ class RCNN:
             head = SVMHead if config.classifier == "svm" else SoftmaxHead
             model.classifier_ = head.from_state_dict(state["classifier"])
             model.regressor_ = None if state["regressor"] is None else BoxRegressor.from_state_dict(state["regressor"])
+            _check_heads(model)
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise ModelError(f"{path}: damaged model file ({type(e).__name__}: {e})") from None
         return model
 
 
-def _finetune_key(config: DetectorConfig, dataset: Dataset) -> str:
-    """What a fine-tuning checkpoint depends on: its config, the features and the data."""
-    from rcnn.cache import params_key
+def _load_error(e: Exception) -> str:
+    """A short reason for a file `torch.load(weights_only=True)` refused, without PyTorch's
+    advice to load it with ``weights_only=False`` (never do that with a file you did not write)."""
+    text = str(e)
+    if "weights_only" in text or "Unpickl" in type(e).__name__:
+        return "not a PyTorch file of tensors and plain values"
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else 'truncated or corrupt'}"
 
-    ids = sorted(s.id for s in dataset)
-    return params_key({"finetune": to_dict(config.finetune), "features": to_dict(config.features), "ids": ids})
+
+def _check_heads(model: "RCNN") -> None:
+    """The class list, the heads and the backbone of a loaded model must fit one another."""
+    classes = model.classes_
+    if not classes or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        raise ValueError(f"class list {classes!r} is not a list of distinct names")
+    dim = model.extractor_.feature_dim
+    heads = [("classifier", model.classifier_), ("box regressor", model.regressor_)]
+    for name, head in heads:
+        if head is None:
+            continue
+        if head.num_classes != len(classes):
+            raise ValueError(f"the {name} has {head.num_classes} classes, the class list {len(classes)}")
+        head_dim = getattr(head, "feature_dim", None) or head.weights_.shape[0]
+        if head_dim != dim:
+            raise ValueError(f"the {name} takes {head_dim}-d features, the backbone gives {dim}")
+
+
+def _finetune_key(config: DetectorConfig, dataset: Dataset, proposals: ProposalStore) -> str:
+    """What a fine-tuning checkpoint depends on: its config, the features, and every image's
+    content and annotations (boxes, labels, difficult flags) with the class list. Proposals
+    follow from the images and the proposal folder, which is part of the checkpoint's name."""
+    samples = [
+        (proposals.store.image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset
+    ]
+    return params_key({
+        "finetune": to_dict(config.finetune), "features": to_dict(config.features),
+        "classes": list(dataset.classes), "samples": samples,
+    })
+
+
+def check_trainable(dataset: Dataset, where=None) -> None:
+    """Refuse a dataset that cannot train a detector: no images, no objects, or a class
+    without a single (non-difficult) training object."""
+    if len(dataset) == 0:
+        raise DatasetError(where, "cannot train on an empty dataset (no images)")
+    labels = np.concatenate([s.labels[~s.difficult] for s in dataset] + [np.zeros(0, np.int64)])
+    if len(dataset.classes) == 0 or len(labels) == 0:
+        raise DatasetError(where, f"cannot train: its {len(dataset)} image(s) have no annotated objects")
+    counts = np.bincount(labels, minlength=len(dataset.classes) + 1)[1:]
+    empty = [name for name, n in zip(dataset.classes, counts) if n == 0]
+    if empty:
+        raise DatasetError(where, f"cannot train: no training object of class(es) {', '.join(map(repr, empty))}; "
+                                  "add examples or leave the class out of the class list")
 
 
 @contextlib.contextmanager

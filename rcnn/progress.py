@@ -13,3 +13,9 @@ def progress(iterable=None, desc: str = "", total=None, unit: str = "img", **kwa
     """A tqdm bar showing `unit`/s; disabled with `--quiet` or when stderr is not a terminal."""
     disable = QUIET or not sys.stderr.isatty()
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+def notice(message: str) -> None:
+    """One line on stderr for something the user should know that is not an error (a damaged
+    cache entry recomputed, a skipped image); shown even with `--quiet`."""
+    tqdm.write(f"rcnn: {message}", file=sys.stderr)

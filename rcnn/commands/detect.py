@@ -1,4 +1,10 @@
-"""`rcnn detect MODEL.pt IMAGE|DIR|DATASET --out DETS.json [--draw DIR]`."""
+"""`rcnn detect MODEL.pt IMAGE|DIR|DATASET --out DETS.json [--draw DIR] [--skip-bad]`.
+
+Each image's detections are stored as soon as they are found (`rcnn.cache.ImageStore` in
+``.DETS.json.parts/<model hash>/`` beside the output, keyed by the image's content), so an
+interrupted or failed run keeps its finished images and a re-run with the same model resumes;
+the folder is removed once the results file is written.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--draw", help="folder to write images with the detections drawn")
     parser.add_argument("--draw-limit", type=int, default=20, help="draw at most this many images (default 20; 0: all)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip (count and name) unreadable images instead of failing")
     parser.add_argument("--draw-min-score", type=float,
                         help="draw only detections scoring at least this (default: 0 for SVMs, 0.5 for softmax)")
     parser.set_defaults(func=run)
@@ -29,40 +36,72 @@ def images_as_dataset(path: Path, classes):
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(path, "no images found")
-    stems = [f.stem for f in files]
-    if len(set(stems)) != len(stems):
-        raise DatasetError(path, "two images share a file stem; image ids would clash")
+    first = {}
+    for f in files:
+        if f.stem in first:
+            raise DatasetError(path, f"{first[f.stem].name} and {f.name} share the file stem {f.stem!r}; image ids would clash")
+        first[f.stem] = f
     return Dataset(list(classes), [Sample(f.stem, f, 0, 0) for f in files])
 
 
 def run(args) -> int:
+    import shutil
+
+    from rcnn.cache import ImageStore, file_hash
+    from rcnn.commands.train import report_skipped
     from rcnn.datasets import Detections, load_dataset, read_image
     from rcnn.datasets.coco import write_detections
     from rcnn.detector import RCNN
-    from rcnn.progress import progress
+    from rcnn.errors import ImageError
+    from rcnn.progress import notice, progress
     from rcnn.reports.draw import draw_detections, save_image
 
     model = RCNN.load(args.model)
     src = Path(args.input)
     annotated = src.suffix.lower() == ".json" or (src.is_dir() and (any(src.glob("*.xml")) or (src / "Annotations").is_dir()))
     if annotated:
-        dataset = load_dataset(src, args.split, args.images, classes=model.classes_)
+        dataset = load_dataset(src, args.split, args.images, args.skip_bad, classes=model.classes_)
+        report_skipped(dataset)
     else:
         dataset = images_as_dataset(src, model.classes_)
-    detections = {}
+    out = Path(args.out)
+    model_key = file_hash(args.model)
+    parts = ImageStore(out.parent / f".{out.name}.parts" / model_key, {"model": str(args.model), "model_hash": model_key})
+    detections, skipped, resumed = {}, [], 0
     limit = args.draw_limit or len(dataset)
     min_score = args.draw_min_score
     if min_score is None:
         min_score = 0.0 if model.config.classifier == "svm" else 0.5
     for i, sample in enumerate(progress(dataset.samples, desc="detect")):
-        image = read_image(sample.image_path)
-        detections[sample.id] = d = model.detect(image)
-        if args.draw and i < limit:
-            shown = d.scores >= min_score
-            shown = Detections(d.boxes[shown], d.scores[shown], d.labels[shown])
-            drawn = draw_detections(image, shown, model.classes_, sample.boxes if annotated else None)
-            save_image(Path(args.draw) / f"{sample.id}.jpg", drawn)
-    write_detections(args.out, detections, dataset)
+        try:
+            entry = parts.read(sample.image_path, require=("boxes", "scores", "labels"))
+            image = None
+            if entry is None:
+                image = read_image(sample.image_path)
+                d = model.detect(image)
+                parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+            else:
+                d = Detections(entry["boxes"], entry["scores"], entry["labels"])
+                resumed += 1
+            if args.draw and i < limit:
+                image = read_image(sample.image_path) if image is None else image
+                shown = d.scores >= min_score
+                shown = Detections(d.boxes[shown], d.scores[shown], d.labels[shown])
+                drawn = draw_detections(image, shown, model.classes_, sample.boxes if annotated else None)
+                save_image(Path(args.draw) / f"{sample.id}.jpg", drawn)
+        except ImageError as e:
+            if not args.skip_bad:
+                raise
+            skipped.append(sample.id)
+            notice(f"skipped {e}")
+            continue
+        detections[sample.id] = d
+    write_detections(out, detections, dataset)
+    shutil.rmtree(parts.folder.parent, ignore_errors=True)
     total = sum(len(d) for d in detections.values())
-    print(f"{total} detections on {len(dataset)} image(s) -> {args.out}" + (f"; drawn in {args.draw}" if args.draw else ""))
+    print(f"{total} detections on {len(detections)} image(s) -> {args.out}"
+          + (f" ({resumed} from an interrupted run)" if resumed else "")
+          + (f"; drawn in {args.draw}" if args.draw else ""))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
     return 0

@@ -40,14 +40,17 @@ def run(args) -> int:
     from rcnn.proposals import ProposalStore
 
     proposer = proposer_from_args(args)
-    dataset = load_dataset(args.dataset, args.split, args.images, args.skip_bad)
-    for path, reason in dataset.skipped:
-        print(f"skipped {path}: {reason}")
+    from rcnn.commands.train import report_skipped
+
+    dataset = load_dataset(args.dataset, args.split, args.images, args.skip_bad,
+                           **({"check_images": True, "decode": True} if args.skip_bad else {}))
+    report_skipped(dataset)
     store = ProposalStore(args.out, proposer)
     stats = store.compute(dataset, workers=args.workers, dask=args.dask)
     rate = f", {stats['images_per_second']:.2f} img/s" if stats["images_per_second"] else ""
+    damaged = f" ({stats['damaged']} damaged entries recomputed)" if stats["damaged"] else ""
     print(
-        f"{stats['images']} images: {stats['computed']} computed, {stats['cached']} already cached"
+        f"{stats['images']} images: {stats['computed']} computed, {stats['cached']} already cached{damaged}"
         f" ({stats['seconds']:.1f} s{rate}); {len(dataset.skipped)} skipped -> {stats['folder']}"
     )
     return 0

@@ -37,6 +37,14 @@ def config_from_args(args):
     return load_config(args.config, overrides)
 
 
+def report_skipped(dataset) -> None:
+    """Print how many samples `--skip-bad` left out, and each one with its reason."""
+    if dataset.skipped:
+        print(f"skipped {len(dataset.skipped)} bad sample(s):")
+        for path, reason in dataset.skipped:
+            print(f"  {path}: {reason}")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train an R-CNN on a dataset")
     parser.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
@@ -50,12 +58,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from rcnn.datasets import load_dataset
-    from rcnn.detector import RCNN
+    from rcnn.detector import RCNN, check_trainable
 
     config = config_from_args(args)
-    dataset = load_dataset(args.dataset, args.split, args.images, skip_bad=args.skip_bad)
-    if dataset.skipped:
-        print(f"skipped {len(dataset.skipped)} bad sample(s); first: {dataset.skipped[0][0]}: {dataset.skipped[0][1]}")
+    # --skip-bad decodes every image now, so a truncated or corrupt one is skipped here, not
+    # met (and fatal) minutes later in the proposal stage
+    dataset = load_dataset(args.dataset, args.split, args.images, skip_bad=args.skip_bad,
+                           **({"check_images": True, "decode": True} if args.skip_bad else {}))
+    report_skipped(dataset)
+    check_trainable(dataset, args.dataset)
     model = RCNN(config).fit(dataset)
     model.save(args.out)
     print(json.dumps({"model": args.out, **model.fit_stats_}, indent=2))

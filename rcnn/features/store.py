@@ -1,41 +1,47 @@
-"""On-disk cache of CNN features per image.
+"""On-disk cache of CNN features per image, and a dataset's proposals with their features.
 
-An entry is ``ROOT/<key>/<image hash>.npz`` holding ``features`` (``[N, D]``, float16 by
-default: half the size, relative error below 1e-3, see ``tests/features/test_store.py``;
-float32 for an entry that float16 cannot hold to that error, e.g. features near 1e-9),
-the ``boxes`` ``float32 [N, 4]`` they were computed on and the ``seconds`` the warp and CNN
-took (wall clock, for experiments' time per image). ``<key>`` is
-`rcnn.cache.params_key` of the extractor's `key` (backbone, weights source, fine-tuned
-weights hash, crop size, padding, warp), the caller's proposals key and the stored dtype;
-``ROOT/<key>/params.json`` says which. Files are written atomically (temporary name then
-rename), so an interrupted `compute` leaves whole entries only and a re-run resumes.
+`FeatureStore`: an entry is ``ROOT/<key>/<image hash>-<boxes hash>.npz`` (`rcnn.cache.ImageStore`)
+holding ``features`` (``[N, D]``, float16 by default: half the size, relative error below
+1e-3, see ``tests/features/test_store.py``; float32 for an entry that float16 cannot hold to
+that error, e.g. features near 1e-9), the ``boxes`` ``float32 [N, 4]`` they were computed on
+and the ``seconds`` the warp and CNN took (wall clock). ``<key>`` is `rcnn.cache.params_key`
+of the extractor's `key` (backbone, weights source, fine-tuned weights hash, crop size,
+padding, pool) and the stored dtype; ``ROOT/<key>/params.json`` says which. An entry is thus
+keyed by everything it is computed from: the image's bytes, the boxes (ground truth included,
+for training entries: an edited annotation is a new entry) and the extractor.
+
+`DatasetFeatures`: what `RCNN.fit`, `RCNN.detect_dataset` and the experiments read, a
+dataset's cached proposals and their cached features, computed once.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from rcnn.cache import atomic_save_npz, file_hash, load_npz, params_key
+from rcnn.cache import ImageStore, array_hash, params_key
 from rcnn.datasets.images import read_image
 from rcnn.errors import RcnnError
 from rcnn.progress import progress
 
-__all__ = ["FeatureStore"]
+__all__ = ["FeatureStore", "DatasetFeatures"]
+
+ENTRY = ("features", "boxes", "seconds")
+
+
+def _boxes(boxes) -> np.ndarray:
+    return np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
 class FeatureStore:
     """Features of `extractor` (a `FeatureExtractor`) cached under `root`.
 
-    ``compute(dataset, boxes_for, proposals_key)`` fills the cache (``boxes_for``: a callable
+    ``compute(dataset, boxes_for)`` fills the cache (``boxes_for``: a callable
     ``sample -> float32 [N, 4]`` or a dict ``sample id -> boxes``);
-    ``load(sample, proposals_key) -> float32 [N, D]`` reads one entry, ``seconds(...)`` the
-    time its extraction took.
+    ``load(sample, boxes) -> float32 [N, D]`` reads one entry, ``seconds(sample, boxes)`` the
+    time its extraction took. A damaged entry is reported and recomputed.
     """
 
     def __init__(self, root, extractor, dtype: str = "float16"):
@@ -44,83 +50,99 @@ class FeatureStore:
         self.root = Path(root)
         self.extractor = extractor
         self.dtype = dtype
-        self._hashes: dict[tuple, str] = {}
+        self.store = ImageStore(self.root / params_key(self.params), self.params)
 
-    def params(self, proposals_key: str) -> dict:
-        """Everything an entry depends on besides the image."""
-        return {**self.extractor.key, "proposals": str(proposals_key), "dtype": self.dtype}
+    @property
+    def params(self) -> dict:
+        """Everything an entry depends on besides the image and its boxes."""
+        return {**self.extractor.key, "dtype": self.dtype}
 
-    def folder(self, proposals_key: str) -> Path:
-        return self.root / params_key(self.params(proposals_key))
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
 
-    def path(self, sample, proposals_key: str) -> Path:
-        """Where `sample`'s features for `proposals_key` are (or will be) stored."""
-        return self.folder(proposals_key) / f"{self._image_hash(sample.image_path)}.npz"
+    def path(self, sample, boxes) -> Path:
+        """Where `sample`'s features on `boxes` are (or will be) stored."""
+        return self.store.path(sample.image_path, array_hash(_boxes(boxes)))
 
-    def _image_hash(self, path) -> str:
-        st = os.stat(path)
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        if key not in self._hashes:
-            self._hashes[key] = file_hash(path)
-        return self._hashes[key]
-
-    def compute(self, dataset, boxes_for, proposals_key: str) -> dict:
+    def compute(self, dataset, boxes_for) -> dict:
         """Extract and store the features of every sample not cached yet; a progress bar
-        counts crops/s. Returns counts ``{"computed", "cached", "crops"}``."""
-        def boxes_of(sample):
-            boxes = boxes_for[sample.id] if isinstance(boxes_for, dict) else boxes_for(sample)
-            return np.asarray(boxes, np.float32).reshape(-1, 4)
-
-        self._write_params(proposals_key)
+        counts crops/s. Returns counts ``{"computed", "cached", "crops", "damaged"}``."""
+        damaged = len(self.store.damaged)
         todo, cached = [], 0
         for sample in dataset:
-            path = self.path(sample, proposals_key)
-            if path.is_file():
+            boxes = _boxes(boxes_for[sample.id] if isinstance(boxes_for, dict) else boxes_for(sample))
+            if self.store.has(sample.image_path, array_hash(boxes), ENTRY):
                 cached += 1
             else:
-                todo.append((sample, path, boxes_of(sample)))
-        crops = sum(len(b) for _, _, b in todo)
+                todo.append((sample, boxes))
+        crops = sum(len(b) for _, b in todo)
         with progress(total=crops, desc="features", unit="crop") as bar:
-            for sample, path, boxes in todo:
-                start = time.perf_counter()
-                features = self.extractor.extract(read_image(sample.image_path), boxes)
-                seconds = time.perf_counter() - start
-                stored = features.astype(self.dtype)
-                if self.dtype == "float16" and not _close(stored, features):
-                    stored = features  # out of float16's range (e.g. random weights' vanishing features)
-                atomic_save_npz(path, features=stored, boxes=boxes, seconds=np.float64(seconds))
+            for sample, boxes in todo:
+                self._extract(sample, boxes)
                 bar.update(len(boxes))
-        return {"computed": len(todo), "cached": cached, "crops": crops}
+        return {"computed": len(todo), "cached": cached, "crops": crops, "damaged": len(self.store.damaged) - damaged}
 
-    def load(self, sample, proposals_key: str, boxes=None) -> np.ndarray:
-        """Cached features ``float32 [N, D]`` of `sample`; with `boxes`, checks they are the
-        boxes the features were computed on. A missing entry raises `RcnnError`."""
-        path = self.path(sample, proposals_key)
-        entry = load_npz(path)
-        if entry is None or "features" not in entry:
-            raise RcnnError(f"{path}: no cached features for sample {sample.id!r} "
-                            f"(proposals {proposals_key!r}); run FeatureStore.compute first")
-        if boxes is not None and not np.array_equal(entry["boxes"], np.asarray(boxes, np.float32).reshape(-1, 4)):
-            raise RcnnError(f"{path}: cached features of sample {sample.id!r} were computed on other boxes")
-        return entry["features"].astype(np.float32)
+    def _extract(self, sample, boxes: np.ndarray) -> dict:
+        start = time.perf_counter()
+        features = self.extractor.extract(read_image(sample.image_path), boxes)
+        seconds = time.perf_counter() - start
+        stored = features.astype(self.dtype)
+        if self.dtype == "float16" and not _close(stored, features):
+            stored = features  # out of float16's range (e.g. random weights' vanishing features)
+        entry = {"features": stored, "boxes": boxes, "seconds": np.float64(seconds)}
+        self.store.write(sample.image_path, array_hash(boxes), **entry)
+        return entry
 
-    def seconds(self, sample, proposals_key: str) -> float | None:
-        """Seconds the warp and CNN took on `sample`'s cached entry (None: not recorded)."""
-        entry = load_npz(self.path(sample, proposals_key))
-        if entry is None or "seconds" not in entry:
-            return None
-        return float(entry["seconds"])
+    def _entry(self, sample, boxes) -> dict:
+        boxes = _boxes(boxes)
+        damaged = len(self.store.damaged)
+        entry = self.store.read(sample.image_path, array_hash(boxes), ENTRY)
+        if entry is None and len(self.store.damaged) > damaged:
+            entry = self._extract(sample, boxes)  # damaged: recomputed (and reported by the store)
+        if entry is None:
+            raise RcnnError(f"{self.path(sample, boxes)}: no cached features for sample {sample.id!r} "
+                            f"on these {len(boxes)} boxes; run FeatureStore.compute first")
+        if not np.array_equal(entry["boxes"], boxes):  # a hash collision, or a hand-edited cache
+            raise RcnnError(f"{self.path(sample, boxes)}: cached features of sample {sample.id!r} were computed on other boxes")
+        return entry
 
-    def _write_params(self, proposals_key: str) -> None:
-        folder = self.folder(proposals_key)
-        target = folder / "params.json"
-        if target.is_file():
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".params.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.params(proposals_key), f, indent=1, sort_keys=True)
-        os.replace(tmp, target)
+    def load(self, sample, boxes) -> np.ndarray:
+        """Cached features ``float32 [N, D]`` of `sample` on `boxes` ``[N, 4]``; a missing
+        entry raises `RcnnError`, a damaged one is recomputed."""
+        return self._entry(sample, boxes)["features"].astype(np.float32)
+
+    def seconds(self, sample, boxes) -> float:
+        """Seconds the warp and CNN took on `sample`'s cached entry."""
+        return float(self._entry(sample, boxes)["seconds"])
+
+
+class DatasetFeatures:
+    """A dataset's proposals (`ProposalStore`) and their features (`FeatureStore`), both
+    computed (or found in the caches) on construction.
+
+    With `ground_truth`, each image's boxes are its ground-truth boxes followed by its
+    proposals (R-CNN's training set of regions). ``boxes(sample) -> float32 [N, 4]``,
+    ``features(sample) -> float32 [N, D]``, ``seconds(sample) -> (proposals, features)``.
+    """
+
+    def __init__(self, dataset, proposals, features: FeatureStore, ground_truth: bool = False,
+                 workers: int | None = None):
+        self.dataset, self.proposals, self.store, self.ground_truth = dataset, proposals, features, ground_truth
+        self.proposal_stats = proposals.compute(dataset, workers=workers)
+        self.feature_stats = features.compute(dataset, self.boxes)
+
+    def boxes(self, sample) -> np.ndarray:
+        boxes = self.proposals.load(sample)
+        if self.ground_truth:
+            boxes = np.concatenate([sample.boxes, boxes])
+        return _boxes(boxes)
+
+    def features(self, sample, boxes=None) -> np.ndarray:
+        return self.store.load(sample, self.boxes(sample) if boxes is None else boxes)
+
+    def seconds(self, sample) -> tuple[float, float]:
+        return self.proposals.seconds(sample), self.store.seconds(sample, self.boxes(sample))
 
 
 def _close(stored: np.ndarray, features: np.ndarray) -> bool:

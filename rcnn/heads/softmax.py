@@ -20,7 +20,6 @@ for the SVMs) and a `SoftmaxHead`, usable as the classifier itself.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -29,12 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from rcnn.cache import atomic_write
 from rcnn.config import to_dict
 from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.warp import normalize, warp_crops
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
-from rcnn.progress import progress
+from rcnn.progress import notice, progress
 
 __all__ = ["FinetuneConfig", "FinetuneImage", "Finetuner", "SoftmaxHead"]
 
@@ -287,25 +287,20 @@ class Finetuner:
             "optimizer": optimizer.state_dict(),
             "history": self.history_,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            torch.save(state, f)
 
     def _resume(self, backbone, linear, optimizer, feature_dim) -> int:
-        """Load the checkpoint when there is one; the iteration to go on from."""
+        """Load the checkpoint when there is one; the iteration to go on from. An unreadable
+        checkpoint (truncated, corrupt) is reported and training starts over."""
         if self.checkpoint is None or not Path(self.checkpoint).is_file():
             return 0
         path = self.checkpoint
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
-            raise ModelError(f"{path}: not a fine-tuning checkpoint ({type(e).__name__}: {e})") from None
+            notice(f"{path}: unreadable fine-tuning checkpoint ({type(e).__name__}), starting over")
+            return 0
         if not isinstance(state, dict) or state.get("meta") != self._meta(feature_dim):
             raise ModelError(f"{path}: checkpoint of another fine-tuning setup; delete it or choose another path")
         try:

@@ -1,10 +1,12 @@
 """Proposals of a whole dataset, computed in parallel and cached on disk.
 
-Layout: ``ROOT/<method>-<params key>/params.json`` and one ``<image content hash>.npz`` per
-image holding ``boxes`` (``float32 [N, 4]``) and ``seconds`` (time to propose). Files are
-written to a temporary name and renamed (`rcnn.cache`), so a killed run leaves whole files
-only and a re-run computes just what is missing; changed parameters give a new folder.
-Work runs in joblib worker processes, or on a Dask cluster through joblib's Dask backend.
+Layout (`rcnn.cache.ImageStore`): ``ROOT/<method>-<params key>/params.json`` and one
+``<image content hash>.npz`` per image holding ``boxes`` (``float32 [N, 4]``) and ``seconds``
+(time to propose). Files are written atomically, so a killed run leaves whole files only and
+a re-run computes just what is missing; a damaged entry is reported and recomputed; changed
+parameters give a new folder. Work runs in joblib worker processes, or on a Dask cluster
+through joblib's Dask backend. Concurrent runs on one cache share the work: each image is
+locked while it is proposed, and a run waits for the images another run holds.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from rcnn.cache import atomic_save_npz, file_hash, load_npz
+from rcnn.cache import ImageStore
 from rcnn.errors import DatasetError, RcnnError
 from rcnn.progress import progress
 
 DASK_TIMEOUT = 30  # seconds to reach a Dask scheduler
+ENTRY = ("boxes", "seconds")
+BUSY = "busy"  # a worker's answer for an image another run is proposing
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,21 +36,51 @@ def _proposer(params_json: str):
     return make_proposer(**json.loads(params_json))
 
 
-def _propose_file(params_json: str, image_path: str, out_path: str):
-    """Worker: propose for one image file and save it; ``(n boxes, seconds)`` or ``(path, error)``."""
+_watchdog = None
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a worker process started by `parent_pid`: exit as soon as that parent is gone (a
+    killed `rcnn propose` must not leave its workers running). Idempotent."""
+    global _watchdog
+    if _watchdog is not None or os.getpid() == parent_pid or os.getppid() != parent_pid:
+        return  # in-process, or on a Dask worker (another parent): nothing to watch
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    _watchdog = threading.Thread(target=watch, name="rcnn-parent-watchdog", daemon=True)
+    _watchdog.start()
+
+
+def _propose_file(params_json: str, image_path: str, folder: str, parent_pid: int, wait: bool = False):
+    """Worker: propose for one image file and store it. Returns ``(n boxes, seconds)``,
+    ``(None, error text)``, or ``(BUSY, None)`` when another run holds the image (not `wait`)."""
     import cv2
 
     from rcnn.datasets.images import read_image
 
+    _exit_with_parent(parent_pid)
     cv2.setNumThreads(1)  # one image per core: parallel across images, not inside OpenCV
+    store = ImageStore(folder, json.loads(params_json))
     try:
-        image = read_image(image_path)
-        start = time.perf_counter()
-        boxes = _proposer(params_json)(image)
-        seconds = time.perf_counter() - start
+        out = store.path(image_path)
+        with store.claim(out, wait=wait) as mine:
+            if not mine:
+                return BUSY, None
+            if store.has(image_path, require=ENTRY):  # another run finished it meanwhile
+                entry = store.read(image_path, require=ENTRY)
+                if entry is not None:
+                    return len(entry["boxes"]), float(entry["seconds"])
+            image = read_image(image_path)
+            start = time.perf_counter()
+            boxes = _proposer(params_json)(image)
+            seconds = time.perf_counter() - start
+            store.write(image_path, boxes=np.asarray(boxes, np.float32).reshape(-1, 4), seconds=np.float64(seconds))
     except RcnnError as e:  # rcnn errors do not survive pickling between processes: send the text
         return None, str(getattr(e, "message", e))
-    atomic_save_npz(out_path, boxes=np.asarray(boxes, np.float32).reshape(-1, 4), seconds=np.float64(seconds))
     return len(boxes), seconds
 
 
@@ -58,8 +93,15 @@ class ProposalStore:
     def __init__(self, root, proposer):
         self.root = Path(root)
         self.proposer = proposer
-        self.folder = self.root / f"{proposer.method}-{proposer.key()}"
-        self._hashes: dict = {}
+        self.store = ImageStore(self.root / f"{proposer.method}-{proposer.key()}", proposer.params())
+
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
+
+    @folder.setter
+    def folder(self, value) -> None:
+        self.store.folder = Path(value)
 
     @classmethod
     def open(cls, root, key: str | None = None) -> "ProposalStore":
@@ -81,21 +123,20 @@ class ProposalStore:
 
     def path(self, sample) -> Path:
         """The cache file of a sample (or an image path)."""
-        image_path = Path(getattr(sample, "image_path", sample))
-        try:
-            st = image_path.stat()
-        except OSError as e:
-            raise DatasetError(image_path, f"cannot read image: {e.strerror or e}") from None
-        memo = (str(image_path), st.st_size, st.st_mtime_ns)
-        if memo not in self._hashes:
-            self._hashes[memo] = file_hash(image_path)
-        return self.folder / f"{self._hashes[memo]}.npz"
+        return self.store.path(getattr(sample, "image_path", sample))
 
     def _entry(self, sample) -> dict:
-        data = load_npz(self.path(sample))
-        if data is None or "boxes" not in data:
-            raise RcnnError(f"{self.folder}: no proposals for {getattr(sample, 'image_path', sample)}; run compute first")
-        return data
+        image_path = getattr(sample, "image_path", sample)
+        damaged = len(self.store.damaged)
+        entry = self.store.read(image_path, require=ENTRY)
+        if entry is None and len(self.store.damaged) > damaged:  # damaged: recompute it here
+            n, info = _propose_file(self._params_json(), str(image_path), str(self.folder), os.getpid(), wait=True)
+            if n is None:
+                raise DatasetError(image_path, info)
+            entry = self.store.read(image_path, require=ENTRY)
+        if entry is None:
+            raise RcnnError(f"{self.folder}: no proposals for {image_path}; run compute first")
+        return entry
 
     def load(self, sample) -> np.ndarray:
         """Ranked proposals of a computed sample, ``float32 [N, 4]``."""
@@ -105,29 +146,39 @@ class ProposalStore:
         """Seconds the proposer took on this sample's image."""
         return float(self._entry(sample)["seconds"])
 
+    def _params_json(self) -> str:
+        return json.dumps(self.proposer.params(), sort_keys=True)
+
     def compute(self, dataset, workers: int | None = None, dask: str | None = None) -> dict:
         """Propose for every sample not cached yet. `workers`: processes (None: all cores;
         1: in this process); `dask`: a scheduler address to run on instead. Returns counts
-        (``images``, ``computed``, ``cached``), ``seconds`` and ``images_per_second``."""
+        (``images``, ``computed``, ``cached``, ``damaged``: unreadable entries recomputed),
+        ``seconds`` and ``images_per_second``."""
         import joblib
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        params_json = json.dumps(self.proposer.params(), sort_keys=True)
-        if not (self.folder / "params.json").is_file():
-            tmp = self.folder / f".params.json.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(self.proposer.params(), indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, self.folder / "params.json")
+        self.store.write_params()
+        damaged = len(self.store.damaged)
+        params_json = self._params_json()
         todo = {}
         for sample in dataset:
-            out = self.path(sample)
-            if str(out) not in todo and load_npz(out) is None:
-                todo[str(out)] = str(sample.image_path)
-        jobs = [joblib.delayed(_propose_file)(params_json, image, out) for out, image in todo.items()]
+            out = str(self.path(sample))
+            if out not in todo and not self.store.has(sample.image_path, require=ENTRY):
+                todo[out] = str(sample.image_path)
+        parent = os.getpid()
+        jobs = [joblib.delayed(_propose_file)(params_json, image, str(self.folder), parent) for image in todo.values()]
         start = time.perf_counter()
         if jobs:
-            bar = progress(total=len(jobs), desc=f"proposals ({self.proposer.method})")
-            with bar:
+            with progress(total=len(jobs), desc=f"proposals ({self.proposer.method})") as bar:
+                busy = []
                 for (n, info), image in zip(self._run(jobs, workers, dask), todo.values()):
+                    if n is None:
+                        raise DatasetError(image, info)
+                    if n == BUSY:
+                        busy.append(image)
+                        continue
+                    bar.update(1)
+                for image in busy:  # held by another run: wait for it (or take over if it died)
+                    n, info = _propose_file(params_json, image, str(self.folder), parent, wait=True)
                     if n is None:
                         raise DatasetError(image, info)
                     bar.update(1)
@@ -136,6 +187,7 @@ class ProposalStore:
             "images": len(dataset),
             "computed": len(jobs),
             "cached": len(dataset) - len(jobs),
+            "damaged": len(self.store.damaged) - damaged,
             "seconds": seconds,
             "images_per_second": len(jobs) / seconds if jobs and seconds > 0 else None,
             "folder": str(self.folder),

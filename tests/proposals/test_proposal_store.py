@@ -68,17 +68,24 @@ def test_key_follows_content_not_file_name(tmp_path):
     assert store.compute(ds, workers=1)["computed"] == 1
 
 
-def test_broken_file_is_recomputed_and_unfinished_never_read(tmp_path):
+def test_broken_file_is_recomputed_and_unfinished_never_read(tmp_path, capsys):
     ds = make_images(tmp_path / "images", 2)
     store = ProposalStore(tmp_path / "cache", make_proposer(**PROPOSER))
     store.compute(ds, workers=1)
     good = store.load(ds[0])
     path = store.path(ds[0])
-    path.write_bytes(path.read_bytes()[:50])  # as if cut off by a crash
-    with pytest.raises(RcnnError, match="run compute first"):
-        store.load(ds[0])
-    assert store.compute(ds, workers=1)["computed"] == 1
+    raw = path.read_bytes()
+    path.write_bytes(raw[:50])  # as if cut off by a crash: load reports it and recomputes it
     np.testing.assert_array_equal(store.load(ds[0]), good)
+    assert "damaged cache entry" in capsys.readouterr().err
+    path.write_bytes(raw[:-20])  # compute counts it as damaged and recomputes it
+    fresh = ProposalStore(tmp_path / "cache", make_proposer(**PROPOSER))
+    stats = fresh.compute(ds, workers=1)
+    assert (stats["computed"], stats["cached"], stats["damaged"]) == (1, 1, 1)
+    np.testing.assert_array_equal(fresh.load(ds[0]), good)
+    path.unlink()  # a missing entry is a caller's mistake: load says so
+    with pytest.raises(RcnnError, match="run compute first"):
+        fresh.load(ds[0])
 
 
 def test_killed_run_resumes(tmp_path):
