@@ -50,7 +50,8 @@ def run(args) -> int:
     rate = f", {stats['images_per_second']:.2f} img/s" if stats["images_per_second"] else ""
     damaged = f" ({stats['damaged']} damaged entries recomputed)" if stats["damaged"] else ""
     print(
-        f"{stats['images']} images: {stats['computed']} computed, {stats['cached']} already cached{damaged}"
+        f"{stats['images']} images: {stats['computed']} computed, {stats['cached']} already cached, "
+        f"{stats['by_another_run']} by a concurrent run{damaged}"
         f" ({stats['seconds']:.1f} s{rate}); {len(dataset.skipped)} skipped -> {stats['folder']}"
     )
     return 0

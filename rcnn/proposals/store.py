@@ -36,33 +36,26 @@ def _proposer(params_json: str):
     return make_proposer(**json.loads(params_json))
 
 
-_watchdog = None
-
-
 def _exit_with_parent(parent_pid: int) -> None:
-    """In a worker process started by `parent_pid`: exit as soon as that parent is gone (a
-    killed `rcnn propose` must not leave its workers running). Idempotent."""
-    global _watchdog
-    if _watchdog is not None or os.getpid() == parent_pid or os.getppid() != parent_pid:
-        return  # in-process, or on a Dask worker (another parent): nothing to watch
+    """Initializer of each worker process started by `parent_pid`: exit as soon as that
+    parent is gone (a killed `rcnn propose` must not leave its workers running)."""
 
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(0.5)
         os._exit(1)
 
-    _watchdog = threading.Thread(target=watch, name="rcnn-parent-watchdog", daemon=True)
-    _watchdog.start()
+    threading.Thread(target=watch, name="rcnn-parent-watchdog", daemon=True).start()
 
 
-def _propose_file(params_json: str, image_path: str, folder: str, parent_pid: int, wait: bool = False):
-    """Worker: propose for one image file and store it. Returns ``(n boxes, seconds)``,
-    ``(None, error text)``, or ``(BUSY, None)`` when another run holds the image (not `wait`)."""
+def _propose_file(params_json: str, image_path: str, folder: str, wait: bool = False):
+    """Worker: propose for one image file and store it. Returns ``(n boxes, seconds)``;
+    ``(n boxes, None)`` when another run stored it meanwhile; ``(None, error text)``; or
+    ``(BUSY, None)`` when another run holds the image (and not `wait`)."""
     import cv2
 
     from rcnn.datasets.images import read_image
 
-    _exit_with_parent(parent_pid)
     cv2.setNumThreads(1)  # one image per core: parallel across images, not inside OpenCV
     store = ImageStore(folder, json.loads(params_json))
     try:
@@ -73,7 +66,7 @@ def _propose_file(params_json: str, image_path: str, folder: str, parent_pid: in
             if store.has(image_path, require=ENTRY):  # another run finished it meanwhile
                 entry = store.read(image_path, require=ENTRY)
                 if entry is not None:
-                    return len(entry["boxes"]), float(entry["seconds"])
+                    return len(entry["boxes"]), None
             image = read_image(image_path)
             start = time.perf_counter()
             boxes = _proposer(params_json)(image)
@@ -130,7 +123,7 @@ class ProposalStore:
         damaged = len(self.store.damaged)
         entry = self.store.read(image_path, require=ENTRY)
         if entry is None and len(self.store.damaged) > damaged:  # damaged: recompute it here
-            n, info = _propose_file(self._params_json(), str(image_path), str(self.folder), os.getpid(), wait=True)
+            n, info = _propose_file(self._params_json(), str(image_path), str(self.folder), wait=True)
             if n is None:
                 raise DatasetError(image_path, info)
             entry = self.store.read(image_path, require=ENTRY)
@@ -152,7 +145,8 @@ class ProposalStore:
     def compute(self, dataset, workers: int | None = None, dask: str | None = None) -> dict:
         """Propose for every sample not cached yet. `workers`: processes (None: all cores;
         1: in this process); `dask`: a scheduler address to run on instead. Returns counts
-        (``images``, ``computed``, ``cached``, ``damaged``: unreadable entries recomputed),
+        (``images``, ``computed``, ``cached``, ``by_another_run``: stored by a concurrent run
+        while this one ran, ``damaged``: unreadable entries recomputed),
         ``seconds`` and ``images_per_second``."""
         import joblib
 
@@ -164,9 +158,8 @@ class ProposalStore:
             out = str(self.path(sample))
             if out not in todo and not self.store.has(sample.image_path, require=ENTRY):
                 todo[out] = str(sample.image_path)
-        parent = os.getpid()
-        jobs = [joblib.delayed(_propose_file)(params_json, image, str(self.folder), parent) for image in todo.values()]
-        start = time.perf_counter()
+        jobs = [joblib.delayed(_propose_file)(params_json, image, str(self.folder)) for image in todo.values()]
+        start, shared = time.perf_counter(), 0
         if jobs:
             with progress(total=len(jobs), desc=f"proposals ({self.proposer.method})") as bar:
                 busy = []
@@ -176,17 +169,20 @@ class ProposalStore:
                     if n == BUSY:
                         busy.append(image)
                         continue
+                    shared += info is None
                     bar.update(1)
                 for image in busy:  # held by another run: wait for it (or take over if it died)
-                    n, info = _propose_file(params_json, image, str(self.folder), parent, wait=True)
+                    n, info = _propose_file(params_json, image, str(self.folder), wait=True)
                     if n is None:
                         raise DatasetError(image, info)
+                    shared += info is None
                     bar.update(1)
         seconds = time.perf_counter() - start
         return {
             "images": len(dataset),
-            "computed": len(jobs),
+            "computed": len(jobs) - shared,
             "cached": len(dataset) - len(jobs),
+            "by_another_run": shared,
             "damaged": len(self.store.damaged) - damaged,
             "seconds": seconds,
             "images_per_second": len(jobs) / seconds if jobs and seconds > 0 else None,
@@ -214,4 +210,6 @@ class ProposalStore:
             for fn, args, kwargs in jobs:
                 yield fn(*args, **kwargs)
             return
-        yield from joblib.Parallel(n_jobs=workers or -1, return_as="generator")(jobs)
+        # each worker watches this process from its start, so none outlives a killed run
+        with joblib.parallel_config(backend="loky", initializer=_exit_with_parent, initargs=(os.getpid(),)):
+            yield from joblib.Parallel(n_jobs=workers or -1, return_as="generator")(jobs)
