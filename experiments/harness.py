@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from rcnn import __version__  # noqa: E402
 from rcnn.cache import params_key  # noqa: E402
-from rcnn.config import load_toml, to_dict  # noqa: E402
+from rcnn.config import merge as merge_config  # noqa: E402
+from rcnn.config import to_dict  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402
 from rcnn.datasets.check import write_atomic  # noqa: E402
 from rcnn.datasets.core import Dataset  # noqa: E402
@@ -105,25 +106,15 @@ def targets(args) -> list[Target]:
 
 
 def merge(base: dict, *changes: dict | None) -> dict:
-    """`base` with each of `changes` merged in, nested tables merged key by key; a changed
-    proposals ``method`` replaces the whole proposals table (its parameters differ)."""
-    out = copy.deepcopy(base)
-    for change in changes:
-        for key, value in (change or {}).items():
-            if key == "proposals" and value.get("method", out.get(key, {}).get("method")) != out.get(key, {}).get("method"):
-                out[key] = copy.deepcopy(value)
-            elif isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merge(out[key], value)
-            else:
-                out[key] = copy.deepcopy(value)
-    return out
+    """`base` with each of `changes` merged in: `rcnn.config.merge` over a detector config, the
+    rule `rcnn train --set` follows too (nested tables merged key by key; a changed proposals
+    ``method`` replaces the whole proposals table, dropping the old method's settings)."""
+    return merge_config(base, *changes, cls=DetectorConfig)
 
 
 def detector_config(base: Path, *overrides: dict | None) -> DetectorConfig:
-    """The base config file with `overrides` (nested dicts of TOML tables) merged in."""
-    values = load_toml(base)
-    values.pop("experiment", None)
-    return load_config(None, merge(values, *overrides))
+    """The base config file with `overrides` (nested dicts of TOML tables) merged in, in order."""
+    return load_config(base, overrides)
 
 
 def fit_or_load(config: DetectorConfig, train: Dataset) -> tuple[RCNN, dict]:

@@ -1,17 +1,66 @@
 """Configuration: small frozen dataclasses per stage, filled from TOML and overridable.
 
 An experiment is a TOML file whose tables name stages (``[proposals]``, ``[features]``, ...).
-`from_dict` fills one dataclass from one table and rejects unknown keys with `ConfigError`.
+`from_dict` fills one dataclass from one table, checking every value against its field's
+type annotation before anything is built, and `merge` lays overrides (``--set``, an
+experiment's arms) over a table by the one rule every caller shares. Errors are
+`ConfigError`s of one line naming the source, the key, the value and what was expected::
+
+    experiments/x.toml: features.crop_size = 64.7: expected an integer
+
+Types understood (`from_dict`, from the annotations via `typing.get_type_hints`):
+``int`` (not ``bool``), ``float`` (an int or a float, finite; not ``bool``; ints are kept as
+ints so that cache keys of existing settings do not change), ``bool``, ``str``, ``dict``,
+``X | None``, unions, ``Literal[...]``, ``tuple`` (bare: any list, nested lists become
+tuples), ``tuple[X, ...]``, ``tuple[X, Y]``, nested dataclasses (a table), and *tagged
+unions*: a union of dataclasses each with a ``Literal`` field of the same name (the tag,
+e.g. ``method``), filled as the member the table's tag names (no tag: the first member).
+Ranges are the dataclasses' own business (`__post_init__`, raising `FieldError` through
+`require` so that the message can name the key).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import json
+import math
 import tomllib
+import types
 import typing
 from pathlib import Path
 
 from rcnn.errors import ConfigError
+
+__all__ = ["FieldError", "from_dict", "load_toml", "merge", "override", "require", "to_dict"]
+
+
+class FieldError(ConfigError, ValueError):
+    """A config field's value is out of range: `name` (the field), `value`, `expected`.
+
+    Raised by the dataclasses' `__post_init__` (through `require`); `from_dict` re-raises
+    it as a `ConfigError` naming the file and the table. A `ValueError` too, as the range
+    checks raised before."""
+
+    def __init__(self, name: str, value, expected: str):
+        self.name, self.value, self.expected = name, value, expected
+        super().__init__(f"{name} = {show(value)}: expected {expected}")
+
+
+def require(config, name: str, ok: bool, expected: str) -> None:
+    """Raise `FieldError` for field `name` of `config` (its value and `expected`) unless `ok`."""
+    if not ok:
+        raise FieldError(name, getattr(config, name), expected)
+
+
+def show(value) -> str:
+    """A value as TOML would spell it (near enough: JSON), cut to one short line."""
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_toml(path) -> dict:
@@ -26,30 +75,70 @@ def load_toml(path) -> dict:
         raise ConfigError(f"{path}: malformed TOML: {e}") from None
 
 
-def from_dict(cls, values: dict | None, where: str = ""):
-    """An instance of dataclass `cls` from `values`; unknown keys raise `ConfigError`.
+def from_dict(cls, values: dict | None, where: str = "", table: str = ""):
+    """An instance of dataclass `cls` (or of a member of a tagged union of dataclasses) from
+    `values`, every value checked against its field's annotation first.
 
-    Nested dataclass fields are filled from nested tables; lists become tuples so the
-    result stays hashable.
+    `where` names the source in messages (a file; default the class name) and `table` the
+    dotted path of `values` within it (``features``). Unknown keys, values of the wrong type
+    and values out of range raise `ConfigError`. Nested dataclass fields are filled from
+    nested tables; lists become tuples so the result stays hashable.
     """
-    values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    where = where or getattr(cls, "__name__", "config")
+    if _tagged(cls) is not None:
+        return _convert({} if values is None else values, cls, where, table)
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {table or 'config'} = {show(values)}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints.get(name)
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, f"{where}.{name}" if where else name)
-        elif isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        kwargs[name] = value
+        raise ConfigError(f"{where}: {table + ': ' if table else ''}unknown key(s) {', '.join(map(str, unknown))}; "
+                          f"known: {', '.join(fields)}")
+    hints = _hints(cls)
+    kwargs = {name: _convert(value, hints.get(name), where, _join(table, name)) for name, value in values.items()}
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+    except FieldError as e:
+        raise ConfigError(f"{where}: {_join(table, e.name)} = {show(e.value)}: expected {e.expected}") from None
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {table + ': ' if table else ''}{e}") from None
+
+
+def merge(values: dict | None, *changes: dict | None, cls=None) -> dict:
+    """A new dict: `values` with each of `changes` laid over it in turn (inputs untouched).
+
+    Tables (dicts on both sides) merge key by key; anything else replaces. The one rule
+    for tagged tables (`cls`'s fields whose type is a tagged union, such as
+    ``[proposals]``, told apart by ``method``): a change whose tag differs from the tag of
+    the table it lands on (a table without the tag has the union's first member's, e.g.
+    ``selective_search``) *replaces* the table. Every setting of the old method is
+    dropped, shared names such as ``max_boxes`` included, so the new method starts from
+    its own defaults plus the change's settings; a change with the same tag, or none,
+    merges key by key. Without `cls` no table is tagged.
+    """
+    out = copy.deepcopy(dict(values or {}))
+    for change in changes:
+        if change is not None:
+            out = _merge(out, change, cls)
+    return out
+
+
+def _merge(base, change, hint):
+    tagged = _tagged(hint)
+    if tagged is not None and isinstance(base, dict) and isinstance(change, dict):
+        tag, variants = tagged
+        old = base.get(tag, next(iter(variants)))
+        if change.get(tag, old) != old:
+            return copy.deepcopy(change)
+        hint = variants.get(old)
+    if not (isinstance(base, dict) and isinstance(change, dict)):
+        return copy.deepcopy(change)
+    hints = _hints(hint) if dataclasses.is_dataclass(hint) else {}
+    out = copy.deepcopy(base)
+    for key, value in change.items():
+        out[key] = _merge(out[key], value, hints.get(key)) if isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
 
 
 def to_dict(config) -> dict:
@@ -69,3 +158,140 @@ def override(config, **changes):
     """A copy of a frozen config with some fields replaced (validated like `from_dict`)."""
     merged = {**to_dict(config), **changes}
     return from_dict(type(config), merged)
+
+
+# -- type checking ------------------------------------------------------------------------------
+
+_NOUNS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}
+_PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings", dict: "tables"}
+
+
+def _join(table: str, name) -> str:
+    return f"{table}.{name}" if table else str(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _is_union(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+@functools.lru_cache(maxsize=None)
+def _tagged(hint) -> tuple[str, dict] | None:
+    """``(tag, {tag value: dataclass})`` when `hint` is a union of dataclasses that each have
+    a ``Literal`` field named `tag` with one value (members in the union's order), else None."""
+    if not _is_union(hint):
+        return None
+    members = typing.get_args(hint)
+    if not all(isinstance(m, type) and dataclasses.is_dataclass(m) for m in members):
+        return None
+    tags = None
+    for m in members:
+        own = {name: typing.get_args(h)[0] for name, h in _hints(m).items()
+               if typing.get_origin(h) is typing.Literal and len(typing.get_args(h)) == 1}
+        tags = own if tags is None else {k: v for k, v in tags.items() if k in own}
+    for tag in tags or {}:
+        variants = {}
+        for m in members:
+            variants[typing.get_args(_hints(m)[tag])[0]] = m
+        if len(variants) == len(members):
+            return tag, variants
+    return None
+
+
+def _describe(hint) -> str:
+    """What a value of type `hint` is, in words (``an integer``, ``a list of strings``)."""
+    if hint in _NOUNS:
+        return _NOUNS[hint]
+    if hint is type(None):
+        return "nothing"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return show(args[0]) if len(args) == 1 else "one of " + ", ".join(show(a) for a in args)
+    if _is_union(hint):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) or "nothing"
+    if hint is tuple or origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            item = args[0]
+            return f"a list of {_PLURALS[item]}" if item in _PLURALS else f"a list, each item {_describe(item)}"
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})" if args else "a list"
+    if dataclasses.is_dataclass(hint) or origin is dict:
+        return "a table"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _convert(value, hint, where: str, path: str):
+    """`value` checked against `hint` (lists become tuples, tables dataclasses), or `ConfigError`."""
+
+    def fail(expected: str | None = None):
+        raise ConfigError(f"{where}: {path} = {show(value)}: expected {expected or _describe(hint)}")
+
+    if hint is None or hint is typing.Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return value if isinstance(value, bool) else fail()
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail()
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            fail()
+        return value if math.isfinite(value) else fail("a finite number")
+    if hint is str:
+        return value if isinstance(value, str) else fail()
+    if hint is type(None):
+        return value if value is None else fail()
+    if origin is typing.Literal:
+        for allowed in args:
+            if value == allowed and type(value) is type(allowed):
+                return value
+        fail()
+    tagged = _tagged(hint)
+    if tagged is not None:
+        tag, variants = tagged
+        if isinstance(value, tuple(variants.values())):
+            return value
+        if not isinstance(value, dict):
+            fail("a table")
+        name = value.get(tag, next(iter(variants)))
+        if not isinstance(name, str) or name not in variants:
+            raise ConfigError(f"{where}: {_join(path, tag)} = {show(name)}: expected one of "
+                              f"{', '.join(show(v) for v in variants)}")
+        return from_dict(variants[name], value, where, path)
+    if _is_union(hint):
+        if value is None and type(None) in args:
+            return None
+        for member in args:
+            if member is type(None):
+                continue
+            try:
+                return _convert(value, member, where, path)
+            except ConfigError:
+                continue
+        fail()
+    if hint is tuple or origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            fail()
+        if not args:
+            return _tuples(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], where, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            fail()
+        return tuple(_convert(v, a, where, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        return from_dict(hint, value, where, path) if isinstance(value, dict) else fail()
+    if hint is dict or origin is dict:
+        return value if isinstance(value, dict) else fail()
+    if isinstance(hint, type):
+        return value if isinstance(value, hint) else fail()
+    return value
+
+
+def _tuples(value):
+    return tuple(_tuples(v) if isinstance(v, (list, tuple)) else v for v in value)

@@ -25,7 +25,7 @@ import torch
 from rcnn import __version__
 from rcnn.boxes import batched_nms, clip_boxes
 from rcnn.cache import array_hash, atomic_write, params_key
-from rcnn.config import from_dict, load_toml, to_dict
+from rcnn.config import from_dict, load_toml, merge, require, to_dict
 from rcnn.datasets.core import Dataset, Detections, Sample
 from rcnn.datasets.images import read_image
 from rcnn.errors import ConfigError, DatasetError, ModelError
@@ -34,7 +34,7 @@ from rcnn.features.store import DatasetFeatures, FeatureStore
 from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
 from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
 from rcnn.progress import progress
-from rcnn.proposals import ProposalStore, make_proposer
+from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
 
 __all__ = ["DetectorConfig", "RCNN", "load_config"]
 
@@ -47,8 +47,9 @@ CLASSIFIERS = ("svm", "softmax")
 class DetectorConfig:
     """Everything a detector is built from; an experiment's TOML file fills it.
 
-    `proposals`: the ``[proposals]`` table, ``method`` plus that proposer's parameters
-    (`rcnn.proposals`); `features`, `finetune`, `svm`, `regression`: the stages' tables.
+    `proposals`: the ``[proposals]`` table, ``method`` plus that proposer's parameters: the
+    config of the proposer `method` names (`rcnn.proposals.PROPOSERS`; a plain dict given
+    here is converted); `features`, `finetune`, `svm`, `regression`: the stages' tables.
     `finetune.iterations = 0` skips fine-tuning; `classifier` is ``svm`` or ``softmax`` (the
     fine-tuned network's own scores; needs fine-tuning); `box_regression` turns the ridge
     regressors on. At test time: boxes scoring under `score_threshold` (None: -1.0 for SVM
@@ -57,7 +58,7 @@ class DetectorConfig:
     `workers`: processes for proposals (0: all cores).
     """
 
-    proposals: dict = field(default_factory=lambda: {"method": "selective_search"})
+    proposals: ProposalsConfig = field(default_factory=SelectiveSearchConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(iterations=0))
     classifier: str = "svm"
@@ -71,13 +72,15 @@ class DetectorConfig:
     workers: int = 0
 
     def __post_init__(self):
-        if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier {self.classifier!r}: one of {', '.join(CLASSIFIERS)}")
-        if self.classifier == "softmax" and self.finetune.iterations == 0:
-            raise ValueError("classifier 'softmax' needs fine-tuning: set finetune.iterations > 0")
-        if not 0 < self.nms_threshold <= 1 or self.max_detections < 1:
-            raise ValueError("need 0 < nms_threshold <= 1 and max_detections >= 1")
-        make_proposer(**self.proposals)  # validates the table
+        if isinstance(self.proposals, dict):  # a plain [proposals] table, as before typed configs
+            object.__setattr__(self, "proposals", proposals_config(self.proposals, "DetectorConfig", "proposals"))
+        require(self, "classifier", self.classifier in CLASSIFIERS, f"one of {', '.join(CLASSIFIERS)}")
+        require(self, "classifier", self.classifier != "softmax" or self.finetune.iterations > 0,
+                "\"svm\" (softmax needs fine-tuning: set finetune.iterations > 0)")
+        require(self, "nms_threshold", 0 < self.nms_threshold <= 1, "an IoU in (0, 1]")
+        require(self, "max_detections", self.max_detections >= 1, "an integer >= 1")
+        require(self, "workers", self.workers >= 0, "an integer >= 0 (0: all cores)")
+        require(self, "cache_dir", bool(self.cache_dir), "a folder name")
 
     @property
     def min_score(self) -> float:
@@ -86,17 +89,18 @@ class DetectorConfig:
         return -1.0 if self.classifier == "svm" else 0.01
 
 
-def load_config(path=None, overrides: dict | None = None) -> DetectorConfig:
-    """A `DetectorConfig` from a TOML file (None: the defaults) with `overrides` merged in
-    table by table (``{"features": {"crop_size": 128}}``); bad keys raise `ConfigError`."""
+def load_config(path=None, overrides: dict | list | tuple | None = None) -> DetectorConfig:
+    """A `DetectorConfig` from a TOML file (None: the defaults) with `overrides` (one dict of
+    tables, ``{"features": {"crop_size": 128}}``, or a sequence of them, in order) merged in
+    by `rcnn.config.merge` (tables key by key; a different ``proposals.method`` replaces the
+    table). Every value is checked before anything runs: unknown keys, wrong types and values
+    out of range raise `ConfigError` naming the file (and the overrides), key and value."""
     values = load_toml(path) if path else {}
     values.pop("experiment", None)  # experiments keep their own settings in [experiment]
-    for table, changes in (overrides or {}).items():
-        if isinstance(changes, dict):
-            values[table] = {**values.get(table, {}), **changes}
-        else:
-            values[table] = changes
-    return from_dict(DetectorConfig, values, where=str(path or "config"))
+    if isinstance(overrides, dict) or overrides is None:
+        overrides = [overrides]
+    where = str(path or "defaults") + (" + overrides" if any(overrides) else "")
+    return from_dict(DetectorConfig, merge(values, *overrides, cls=DetectorConfig), where=where)
 
 
 class RCNN:
@@ -115,7 +119,7 @@ class RCNN:
 
     def proposal_store(self) -> ProposalStore:
         """The cache of this config's proposals under ``cache_dir/proposals``."""
-        return ProposalStore(Path(self.config.cache_dir) / "proposals", make_proposer(**self.config.proposals))
+        return ProposalStore(Path(self.config.cache_dir) / "proposals", make_proposer(self.config.proposals))
 
     def dataset_features(self, dataset: Dataset, ground_truth: bool = False) -> DatasetFeatures:
         """`dataset`'s proposals and this detector's features of them, from (and into) the
@@ -196,7 +200,7 @@ class RCNN:
         height, width = image.shape[:2]
         with _timed(timings, "proposals"):
             if proposals is None:
-                proposals = make_proposer(**c.proposals)(image)
+                proposals = make_proposer(c.proposals)(image)
             proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
         if len(proposals) == 0:
             return Detections()

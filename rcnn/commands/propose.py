@@ -6,7 +6,8 @@ from __future__ import annotations
 def register(subparsers) -> None:
     p = subparsers.add_parser("propose", help="compute region proposals for a dataset (cached, parallel, resumable)")
     p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, or COCO .json")
-    p.add_argument("--method", choices=["selective_search", "sliding_window"], default="selective_search")
+    p.add_argument("--method", choices=["selective_search", "sliding_window"],
+                   help="default: --config's, else selective_search; a change of method drops the config's other settings")
     p.add_argument("--mode", help="selective search: single | fast | quality | custom (default: the measured custom setting)")
     p.add_argument("--max-boxes", type=int, help="boxes kept per image (default 2000)")
     p.add_argument("--longest-side", type=int, help="selective search: shrink longer images to this side (default 300; 0: never)")
@@ -22,17 +23,20 @@ def register(subparsers) -> None:
 
 
 def proposer_from_args(args):
-    """The proposer named by --config's [proposals] table, overridden by the options given."""
-    from rcnn.config import load_toml
-    from rcnn.proposals import make_proposer
+    """The proposer named by --config's [proposals] table, overridden by the options given
+    (merged by `rcnn.config.merge`'s rule: a different --method drops the table's settings)."""
+    from rcnn.config import load_toml, merge
+    from rcnn.proposals import ProposalsConfig, make_proposer, proposals_config
 
-    params = dict(load_toml(args.config).get("proposals", {})) if args.config else {}
-    method = params.pop("method", None) or args.method
-    options = {"max_boxes": args.max_boxes, "min_size": args.min_size}
-    if method == "selective_search":
-        options.update(mode=args.mode, longest_side=args.longest_side)
-    params.update({k: v for k, v in options.items() if v is not None})
-    return make_proposer(method, **params)
+    options = {"method": args.method, "max_boxes": args.max_boxes, "min_size": args.min_size,
+               "mode": args.mode, "longest_side": args.longest_side}
+    options = {k: v for k, v in options.items() if v is not None}
+    if not args.config:
+        return make_proposer(proposals_config(options, where="command line"))
+    table = load_toml(args.config).get("proposals", {})
+    proposals_config(table, where=args.config, table="proposals")  # the file's own mistakes, named as in the file
+    merged = merge(table, options, cls=ProposalsConfig)
+    return make_proposer(proposals_config(merged, where=f"{args.config} + command line", table="proposals"))
 
 
 def run(args) -> int:

@@ -14,7 +14,9 @@ def add_config_options(parser) -> None:
 
 
 def config_from_args(args):
-    """The `DetectorConfig` of `--config` with every `--set` applied."""
+    """The `DetectorConfig` of `--config` with every `--set` applied. The options together are
+    one change, merged into the file by `rcnn.config.merge` (a different ``proposals.method``
+    drops the file's other proposal settings); every value is checked here, before any work."""
     import tomllib
 
     from rcnn.detector import load_config
@@ -23,16 +25,18 @@ def config_from_args(args):
     overrides: dict = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
+        *tables, name = key.strip().split(".")
+        if not sep or not name or not all(tables):
             raise ConfigError(f"--set {item}: expected TABLE.KEY=VALUE")
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value  # a bare word: a string
-        *tables, name = key.strip().split(".")
         target = overrides
         for t in tables:
-            target = target.setdefault(t, {})
+            if not isinstance(target.setdefault(t, {}), dict):
+                raise ConfigError(f"--set {item}: {t} was set to a value, not a table, by an earlier --set")
+            target = target[t]
         target[name] = parsed
     return load_config(args.config, overrides)
 

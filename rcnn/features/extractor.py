@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rcnn.config import from_dict, to_dict
+from rcnn.config import from_dict, require, to_dict
 from rcnn.features.backbones import ARCHITECTURES, WEIGHT_SOURCES, build_backbone, load_weights, weights_hash
 from rcnn.features.warp import warp_normalized
 
@@ -59,19 +59,19 @@ class FeatureConfig:
     pool: int = 1
 
     def __post_init__(self):
-        if self.backbone not in ARCHITECTURES:
-            raise ValueError(f"backbone {self.backbone!r} is not one of {', '.join(ARCHITECTURES)}")
-        if self.weights not in WEIGHT_SOURCES and not self.weights.endswith((".pt", ".pth")):
-            raise ValueError(f"weights {self.weights!r}: one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path")
-        if self.crop_size < 32 or not 0 <= 2 * self.padding < self.crop_size:
-            raise ValueError(f"need crop_size >= 32 and 0 <= padding < crop_size/2, "
-                             f"got {self.crop_size}, {self.padding}")
-        if self.pool < 1 or (self.pool > 1 and self.backbone in ("alexnet", "vgg16")):
-            raise ValueError(f"pool {self.pool}: must be >= 1, and 1 for {self.backbone} (its feature is fc7)")
-        if self.batch_size < 1 or self.num_threads < 0:
-            raise ValueError("batch_size must be >= 1 and num_threads >= 0")
-        if self.warp not in ("cv2", "roi_align"):
-            raise ValueError(f"warp {self.warp!r}: one of cv2, roi_align")
+        require(self, "backbone", self.backbone in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}")
+        require(self, "weights", self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
+                f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path")
+        require(self, "seed", self.seed >= 0, "an integer >= 0")
+        require(self, "crop_size", self.crop_size >= 32, "an integer >= 32")
+        require(self, "padding", 0 <= 2 * self.padding < self.crop_size,
+                f"an integer >= 0 and < crop_size / 2 (crop_size = {self.crop_size})")
+        require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
+        require(self, "warp", self.warp in ("cv2", "roi_align"), "one of cv2, roi_align")
+        require(self, "num_threads", self.num_threads >= 0, "an integer >= 0 (0: all cores)")
+        require(self, "pool", self.pool >= 1, "an integer >= 1")
+        require(self, "pool", self.pool == 1 or self.backbone not in ("alexnet", "vgg16"),
+                f"1 for {self.backbone} (its feature is fc7)")
 
 
 def set_threads(num_threads: int = 0) -> int:

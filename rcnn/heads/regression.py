@@ -16,7 +16,7 @@ import torch
 from sklearn.linear_model import Ridge
 
 from rcnn.boxes import BoxCoder
-from rcnn.config import from_dict, to_dict
+from rcnn.config import from_dict, require, to_dict
 from rcnn.errors import ModelError
 from rcnn.heads.data import GetImageData, as_image_data, feature_scale
 from rcnn.heads.labeling import label_proposals
@@ -37,8 +37,11 @@ class RegressionConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.alpha < 0 or not 0 <= self.min_iou < 1 or self.max_pairs_per_class < 1:
-            raise ValueError("need alpha >= 0, 0 <= min_iou < 1, max_pairs_per_class >= 1")
+        require(self, "alpha", self.alpha >= 0, "a number >= 0")
+        require(self, "min_iou", 0 <= self.min_iou < 1, "an IoU in [0, 1)")
+        require(self, "feature_norm", self.feature_norm is None or self.feature_norm > 0, "a number > 0")
+        require(self, "max_pairs_per_class", self.max_pairs_per_class >= 1, "an integer >= 1")
+        require(self, "seed", self.seed >= 0, "an integer >= 0")
 
 
 class BoxRegressor:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from rcnn.cache import atomic_write
-from rcnn.config import to_dict
+from rcnn.config import require, to_dict
 from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.warp import normalize, warp_crops
@@ -69,14 +69,17 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.iterations < 0 or self.batch_positives < 1 or self.batch_negatives < 0 or self.epoch_iterations < 1:
-            raise ValueError("need iterations >= 0, batch_positives >= 1, batch_negatives >= 0, epoch_iterations >= 1")
-        if self.lr <= 0 or self.head_lr_mult <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError("need lr > 0, head_lr_mult > 0, 0 <= momentum < 1, weight_decay >= 0")
-        if not 0 < self.background_iou <= self.positive_iou <= 1:
-            raise ValueError(f"need 0 < background_iou <= positive_iou <= 1, got {self.background_iou}, {self.positive_iou}")
-        if self.checkpoint_every < 1 or self.lr_step < 0:
-            raise ValueError("need checkpoint_every >= 1 and lr_step >= 0")
+        for name in ("iterations", "batch_negatives", "lr_step", "seed"):
+            require(self, name, getattr(self, name) >= 0, "an integer >= 0")
+        for name in ("batch_positives", "epoch_iterations", "checkpoint_every"):
+            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
+        for name in ("lr", "head_lr_mult", "lr_gamma"):
+            require(self, name, getattr(self, name) > 0, "a number > 0")
+        require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
+        require(self, "positive_iou", 0 < self.positive_iou <= 1, "an IoU in (0, 1]")
+        require(self, "background_iou", 0 < self.background_iou <= self.positive_iou,
+                f"an IoU in (0, positive_iou] (positive_iou = {self.positive_iou})")
 
     @property
     def matcher(self) -> Matcher:

@@ -24,7 +24,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from rcnn.config import from_dict, to_dict
+from rcnn.config import from_dict, require, to_dict
 from rcnn.errors import ModelError
 from rcnn.heads.data import GetImageData, as_image_data, feature_scale
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, class_labels
@@ -62,17 +62,20 @@ class SVMConfig:
     def __post_init__(self):
         if self.positive_iou == 0:  # TOML's way to say None
             object.__setattr__(self, "positive_iou", None)
-        if self.loss not in ("hinge", "squared_hinge"):
-            raise ValueError(f"loss must be 'hinge' or 'squared_hinge', not {self.loss!r}")
-        if self.C <= 0 or self.pos_weight <= 0 or self.intercept_scaling <= 0:
-            raise ValueError("C, pos_weight and intercept_scaling must be positive")
+        require(self, "loss", self.loss in ("hinge", "squared_hinge"), "one of hinge, squared_hinge")
+        for name in ("C", "pos_weight", "intercept_scaling", "tol"):
+            require(self, name, getattr(self, name) > 0, "a number > 0")
+        require(self, "feature_norm", self.feature_norm is None or self.feature_norm > 0, "a number > 0")
         pos = GT_IOU if self.positive_iou is None else self.positive_iou
-        if not 0 < self.neg_iou < pos <= 1:
-            raise ValueError(f"need 0 < neg_iou < positive_iou <= 1, got {self.neg_iou}, {self.positive_iou}")
-        if self.negatives_per_image < 0 or self.max_negatives < 1 or self.rounds < 0:
-            raise ValueError("negatives_per_image, max_negatives and rounds must be >= 0 (max_negatives >= 1)")
-        if self.easy_threshold > self.hard_threshold:
-            raise ValueError("easy_threshold must not exceed hard_threshold")
+        require(self, "neg_iou", 0 < self.neg_iou < 1, "an IoU in (0, 1)")
+        require(self, "positive_iou", self.neg_iou < pos <= 1,
+                f"0 (ground truth only) or an IoU in (neg_iou, 1] (neg_iou = {self.neg_iou})")
+        for name in ("negatives_per_image", "rounds", "seed"):
+            require(self, name, getattr(self, name) >= 0, "an integer >= 0")
+        for name in ("max_negatives", "max_iter"):
+            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
+        require(self, "easy_threshold", self.easy_threshold <= self.hard_threshold,
+                f"a number <= hard_threshold (hard_threshold = {self.hard_threshold})")
 
     @property
     def matcher(self) -> Matcher:

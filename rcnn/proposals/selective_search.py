@@ -18,12 +18,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
 
-from rcnn.errors import ConfigError, ImageError
+from rcnn.config import require
+from rcnn.errors import ImageError
+from rcnn.proposals.base import Proposer, ProposerConfig
 
 MODES = ("single", "fast", "quality", "custom")
 COLOR_SPACES = ("hsv", "lab", "rgb", "gray", "hue", "rgi")
@@ -32,13 +35,14 @@ VERSION = 1  # bump when the boxes change for the same parameters: cache keys fo
 
 
 @dataclass(frozen=True)
-class SelectiveSearchConfig:
+class SelectiveSearchConfig(ProposerConfig):
     """Selective Search parameters.
 
     `mode`: OpenCV's presets ``single`` (HSV, k=200, one strategy set), ``fast`` (HSV+Lab,
     k=150/300/450, two sets) and ``quality`` (5 colour spaces, 5 k, four sets), or ``custom``:
     `color_spaces` x `ks` graph segmentations (smoothing `sigma`), each grouped under every
-    set in `strategies` (a set is a tuple of ``color/fill/texture/size``, equally weighted).
+    set in `strategies` (a set is a tuple of ``color/fill/texture/size``, equally weighted;
+    a bare name is a set of one).
     The default is the custom configuration chosen by measurement on cards/test
     (experiments/bench_proposals.py --candidates): HSV, Lab and rgI at k = 100, 200, 400,
     grouped by colour+fill+size, by fill alone and by size alone (texture added nothing there
@@ -47,12 +51,14 @@ class SelectiveSearchConfig:
     `longest_side`: images whose longest side exceeds it are shrunk to it before segmenting
     (0: never). `min_size`: boxes narrower or shorter than this many pixels (original scale)
     are dropped. `max_boxes`: keep the best this many (0: all). `seed`: ranking seed.
+    `method` is always ``selective_search`` (the ``[proposals]`` table's tag).
     """
 
+    method: Literal["selective_search"] = field(default="selective_search", repr=False, kw_only=True)
     mode: str = "custom"
-    color_spaces: tuple = ("hsv", "lab", "rgi")
-    ks: tuple = (100, 200, 400)
-    strategies: tuple = (("color", "fill", "size"), ("fill",), ("size",))
+    color_spaces: tuple[str, ...] = ("hsv", "lab", "rgi")
+    ks: tuple[float, ...] = (100, 200, 400)
+    strategies: tuple[str | tuple[str, ...], ...] = (("color", "fill", "size"), ("fill",), ("size",))
     sigma: float = 0.8
     longest_side: int = 300
     min_size: float = 20.0
@@ -60,19 +66,18 @@ class SelectiveSearchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"selective search: unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        require(self, "method", self.method == "selective_search", '"selective_search"')
+        require(self, "mode", self.mode in MODES, f"one of {', '.join(MODES)}")
         bad = [c for c in self.color_spaces if c not in COLOR_SPACES]
-        if bad or not self.color_spaces:
-            raise ConfigError(f"selective search: bad colour space(s) {bad}; known: {', '.join(COLOR_SPACES)}")
-        if not self.ks or any(k <= 0 for k in self.ks):
-            raise ConfigError(f"selective search: ks must be positive numbers, got {self.ks}")
+        require(self, "color_spaces", self.color_spaces and not bad, f"1 or more of {', '.join(COLOR_SPACES)}")
+        require(self, "ks", self.ks and all(k > 0 for k in self.ks), "a list of positive numbers")
         sets = [(s,) if isinstance(s, str) else tuple(s) for s in self.strategies]
-        if not sets or any(not s or len(s) > 4 or any(x not in STRATEGIES for x in s) for s in sets):
-            raise ConfigError(f"selective search: bad strategy sets {self.strategies}; each is 1 to 4 of {STRATEGIES}")
+        ok = sets and all(s and len(s) <= 4 and all(x in STRATEGIES for x in s) for s in sets)
+        require(self, "strategies", ok, f"a list of sets, each 1 to 4 of {', '.join(STRATEGIES)}")
         object.__setattr__(self, "strategies", tuple(sets))
-        if min(self.longest_side, self.min_size, self.max_boxes, self.seed) < 0:
-            raise ConfigError("selective search: longest_side, min_size, max_boxes and seed must be >= 0")
+        require(self, "sigma", self.sigma >= 0, "a number >= 0")
+        for name in ("longest_side", "min_size", "max_boxes", "seed"):
+            require(self, name, getattr(self, name) >= 0, "a number >= 0" if name == "min_size" else "an integer >= 0")
 
 
 def _find_libc():
@@ -144,32 +149,23 @@ def finish_boxes(boxes: np.ndarray, width: int, height: int, min_size: float, ma
     return boxes[:max_boxes] if max_boxes else boxes
 
 
-class SelectiveSearch:
+class SelectiveSearch(Proposer):
     """Selective Search proposer: ``proposer(image)`` -> ranked ``float32 [N, 4]`` xyxy boxes
-    (best first) in the image's own pixels, for a ``uint8 [H, W, 3]`` RGB image."""
+    (best first) in the image's own pixels, for a ``uint8 [H, W, 3]`` RGB image.
+    ``SelectiveSearch(config)`` or ``SelectiveSearch(mode="fast", ...)``."""
 
     method = "selective_search"
-
-    def __init__(self, config: SelectiveSearchConfig | None = None, **params):
-        self.config = config if config is not None else SelectiveSearchConfig(**params)
+    config_class = SelectiveSearchConfig
+    version = VERSION
 
     def params(self) -> dict:
         """Everything that determines the boxes (cache key material), OpenCV's version and ours too."""
-        from rcnn.config import to_dict
-
-        params = to_dict(self.config)
+        params = super().params()
         if self.config.mode != "custom":  # preset modes ignore these: keep their keys stable
             for name in ("color_spaces", "ks", "strategies", "sigma"):
                 del params[name]
-        return {"method": self.method, **params, "opencv": cv2.__version__, "version": VERSION}
-
-    def key(self) -> str:
-        from rcnn.cache import params_key
-
-        return params_key(self.params())
-
-    def __repr__(self) -> str:
-        return f"SelectiveSearch({self.config})"
+        del params["version"]
+        return {**params, "opencv": cv2.__version__, "version": VERSION}
 
     def __call__(self, image) -> np.ndarray:
         c = self.config

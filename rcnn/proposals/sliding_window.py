@@ -11,37 +11,40 @@ per level: methods compare at equal budgets (k = 100, 500, ...). When the grid h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from rcnn.errors import ConfigError
+from rcnn.config import require
+from rcnn.proposals.base import Proposer, ProposerConfig
 from rcnn.proposals.selective_search import as_rgb, finish_boxes
 
 VERSION = 4  # bump when the windows change for the same parameters: cache keys follow it
 
 
 @dataclass(frozen=True)
-class SlidingWindowConfig:
+class SlidingWindowConfig(ProposerConfig):
     """`scales`: window sides relative to ``sqrt(W * H)``; `aspect_ratios`: width / height;
     `stride`: step as a fraction of the window side; `min_size`: smallest side kept (pixels);
-    `max_boxes`: the number of windows (0: the whole grid at `stride`)."""
+    `max_boxes`: the number of windows (0: the whole grid at `stride`). `method` is always
+    ``sliding_window`` (the ``[proposals]`` table's tag)."""
 
-    scales: tuple = (0.1, 0.14, 0.2, 0.28, 0.4, 0.57, 0.8, 1.0)
-    aspect_ratios: tuple = (0.5, 1.0, 2.0)
+    method: Literal["sliding_window"] = field(default="sliding_window", repr=False, kw_only=True)
+    scales: tuple[float, ...] = (0.1, 0.14, 0.2, 0.28, 0.4, 0.57, 0.8, 1.0)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     stride: float = 0.5
     min_size: float = 20.0
     max_boxes: int = 2000
 
     def __post_init__(self):
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ConfigError(f"sliding window: scales must be positive, got {self.scales}")
-        if not self.aspect_ratios or any(a <= 0 for a in self.aspect_ratios):
-            raise ConfigError(f"sliding window: aspect ratios must be positive, got {self.aspect_ratios}")
-        if not 0 < self.stride <= 1:
-            raise ConfigError(f"sliding window: stride must be in (0, 1], got {self.stride}")
-        if self.min_size < 0 or self.max_boxes < 0:
-            raise ConfigError("sliding window: min_size and max_boxes must be >= 0")
+        require(self, "method", self.method == "sliding_window", '"sliding_window"')
+        require(self, "scales", self.scales and all(s > 0 for s in self.scales), "a list of positive numbers")
+        require(self, "aspect_ratios", self.aspect_ratios and all(a > 0 for a in self.aspect_ratios),
+                "a list of positive numbers")
+        require(self, "stride", 0 < self.stride <= 1, "a number in (0, 1]")
+        require(self, "min_size", self.min_size >= 0, "a number >= 0")
+        require(self, "max_boxes", self.max_boxes >= 0, "an integer >= 0")
 
 
 def window_grid(width: int, height: int, scales, aspect_ratios, stride: float) -> list[np.ndarray]:
@@ -83,27 +86,13 @@ def spread_order(n: int) -> np.ndarray:
     return np.argsort(rev, kind="stable")
 
 
-class SlidingWindows:
+class SlidingWindows(Proposer):
     """Sliding-window proposer: ``proposer(image)`` -> ``float32 [N, 4]`` xyxy windows,
     ``N = max_boxes`` where the image allows, in an order whose prefixes are even thinnings."""
 
     method = "sliding_window"
-
-    def __init__(self, config: SlidingWindowConfig | None = None, **params):
-        self.config = config if config is not None else SlidingWindowConfig(**params)
-
-    def params(self) -> dict:
-        from rcnn.config import to_dict
-
-        return {"method": self.method, **to_dict(self.config), "version": VERSION}
-
-    def key(self) -> str:
-        from rcnn.cache import params_key
-
-        return params_key(self.params())
-
-    def __repr__(self) -> str:
-        return f"SlidingWindows({self.config})"
+    config_class = SlidingWindowConfig
+    version = VERSION
 
     def __call__(self, image) -> np.ndarray:
         c = self.config

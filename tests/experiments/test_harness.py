@@ -7,6 +7,7 @@ cache folder, so each tiny detector is fitted once and later tests load it from 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -25,6 +26,11 @@ import harness  # noqa: E402
 import run  # noqa: E402
 
 from rcnn.boxes import box_iou  # noqa: E402
+from rcnn.commands.train import config_from_args  # noqa: E402
+from rcnn.config import merge, to_dict  # noqa: E402
+from rcnn.detector import DetectorConfig  # noqa: E402
+from rcnn.errors import ConfigError  # noqa: E402
+from rcnn.proposals import PROPOSERS, SlidingWindowConfig  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402
 from rcnn.datasets.synthetic import make_synthetic  # noqa: E402
 
@@ -67,6 +73,21 @@ def test_merge_proposals_method_change_replaces_the_table_same_method_merges():
     again = harness.merge(base, windows, {"proposals": {"max_boxes": 3}})
     assert again["proposals"] == {"method": "sliding_window", "max_boxes": 3}
     assert base == before
+
+
+def test_harness_merge_is_the_cli_rule_set_method_over_a_config_setting_mode(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text('[proposals]\nmethod = "selective_search"\nmode = "fast"\nmax_boxes = 500\n[features]\npool = 2\n')
+    args = argparse.Namespace(config=str(base), set=["proposals.method=sliding_window", "features.crop_size=96"])
+    from_cli = config_from_args(args)
+    from_harness = harness.detector_config(base, {"proposals": {"method": "sliding_window"}}, {"features": {"crop_size": 96}})
+    assert from_cli == from_harness
+    assert from_cli.proposals == SlidingWindowConfig() and from_cli.features.pool == 2
+    values = tomllib.loads(base.read_text())
+    assert harness.merge(values, {"proposals": {"method": "sliding_window"}}) == \
+        merge(values, {"proposals": {"method": "sliding_window"}}, cls=DetectorConfig)
+    with pytest.raises(ConfigError, match=r"base.toml \+ overrides: features.crop_size = 64.7: expected an integer"):
+        harness.detector_config(base, {"features": {"crop_size": 64.7}})
 
 
 # -- shared tiny data -------------------------------------------------------------------------
@@ -220,7 +241,9 @@ def test_windows_vs_proposals_runner(tiny, monkeypatch):
     for name, method in methods.items():
         config = method["config"]
         method_name = "sliding_window" if name == "sliding windows" else "selective_search"
-        assert config["proposals"] == {"method": method_name, "max_boxes": 10}  # train_boxes
+        assert config["proposals"]["method"] == method_name and config["proposals"]["max_boxes"] == 10  # train_boxes
+        defaults = to_dict(PROPOSERS[method_name][0]())  # the rest: that method's defaults (a changed method drops the base's)
+        assert config["proposals"] == {**defaults, "max_boxes": 10}
         budgets = method["budgets"]
         assert set(budgets) == {"5", "20"}
         for k, metrics in budgets.items():

@@ -40,6 +40,6 @@ def test_config_file_and_errors(tmp_path, capsys):
     params = json.loads(next((tmp_path / "p").glob("*/params.json")).read_text())
     assert params["mode"] == "custom" and params["ks"] == [100]
     assert main(["propose", str(root), "--mode", "turbo", "--out", out]) == 1
-    assert "unknown mode" in capsys.readouterr().err
+    assert 'mode = "turbo": expected one of single, fast, quality, custom' in capsys.readouterr().err
     assert main(["recall", str(root), "--proposals", str(tmp_path / "nothing")]) == 1
     assert "expected one proposal folder" in capsys.readouterr().err
