@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -25,6 +26,11 @@ def register(subparsers) -> None:
     convert.add_argument("--to", choices=["voc", "coco"], help="output format (default: coco for .json, else voc)")
     convert.add_argument("--link", action="store_true", help="VOC output: link the images instead of copying")
     convert.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
+    convert.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="accept image paths (COCO file_name, VOC <filename>) that lead outside the image folder (absolute or ..)",
+    )
     convert.set_defaults(func=run_convert)
 
     synth = sub.add_parser("synth", help="generate the built-in synthetic shapes dataset (VOC layout)")
@@ -36,7 +42,8 @@ def register(subparsers) -> None:
     synth.set_defaults(func=run_synth)
 
 
-def _classes(value):
+def parse_classes(value):
+    """``--classes``: None, a file with one class per line, or comma-separated names."""
     if value is None:
         return None
     path = Path(value)
@@ -48,7 +55,7 @@ def _classes(value):
 def run_check(args) -> int:
     from rcnn.datasets.check import check_dataset
 
-    report = check_dataset(args.dataset, args.split, args.images, _classes(args.classes), not args.no_images)
+    report = check_dataset(args.dataset, args.split, args.images, parse_classes(args.classes), not args.no_images)
     for problem in report.problems:
         print(problem)
     print(report.summary())
@@ -59,15 +66,26 @@ def run_convert(args) -> int:
     from rcnn.datasets import load_dataset, write_coco, write_voc
     from rcnn.datasets.loader import dataset_kind
 
-    split = args.split if dataset_kind(args.src) == "voc" else None
-    dataset = load_dataset(args.src, split, args.images, args.skip_bad)
+    kind = dataset_kind(args.src)
+    split = args.split if kind == "voc" else None
     to = args.to or ("coco" if Path(args.dst).suffix.lower() == ".json" else "voc")
+    # Images are checked (exist, not too large, sizes match) unless COCO goes to COCO, which
+    # needs only the annotations; image paths must stay inside the image folder either way.
+    check = not (kind == "coco" and to == "coco")
+    dataset = load_dataset(
+        args.src, split, args.images, args.skip_bad, check_images=check, allow_outside_images=args.allow_outside_images
+    )
+    note = None
     if to == "coco":
-        write_coco(dataset, args.dst)
+        base = write_coco(dataset, args.dst)
+        if base != Path(os.path.abspath(Path(args.dst).parent)):
+            note = f"note: the images lie outside {Path(args.dst).parent}; read {args.dst} with --images {base}"
     else:
         write_voc(dataset, args.dst, args.split, "link" if args.link else "copy")
     boxes = sum(len(s.boxes) for s in dataset)
     print(f"wrote {len(dataset)} samples, {boxes} boxes, {dataset.num_classes} classes to {args.dst} ({to})")
+    if note:
+        print(note)
     for path, reason in dataset.repairs:
         print(f"repaired: {path}: {reason}")
     for path, reason in dataset.skipped:

@@ -1,4 +1,11 @@
-"""`rcnn evaluate`: score a detections file against a dataset (VOC AP or COCO AP/AR)."""
+"""`rcnn evaluate`: score a detections file against a dataset (VOC AP or COCO AP/AR).
+
+The classes scored are the model's: `--classes`, or else the ground truth's plus every class
+the detections name that the ground truth lacks (a class with no ground truth). Such a class
+scores as pycocotools scores it: COCO AP/AR -1, left out of every mean (the twelve numbers do
+not change); VOC AP n/a (None in the report), left out of the mAP, as the devkit's mean over
+classes with ground truth.
+"""
 
 from __future__ import annotations
 
@@ -15,39 +22,76 @@ def register(subparsers) -> None:
     p.add_argument("--gt", required=True, metavar="DATASET", help="VOC root, folder of images + .xml, or COCO .json")
     p.add_argument("--detections", required=True, metavar="DETS.json", help="COCO-style results file")
     p.add_argument("--metric", choices=list(METRICS), default="voc", help="voc07 | voc | coco (default voc)")
-    p.add_argument("--iou", type=float, help="IoU threshold of the voc metrics (default 0.5)")
+    p.add_argument("--iou", type=float, help="IoU threshold of the voc metrics, 0 < IOU <= 1 (default 0.5)")
     p.add_argument("--inclusive", action="store_true", help="voc metrics: +1 pixel widths, for boxes stored as inclusive corners")
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
     p.add_argument("--images", help="image folder (not needed: only annotations are read)")
+    p.add_argument(
+        "--classes",
+        help="the model's classes, comma-separated or a file with one per line (default: the ground truth's"
+        " plus any the detections name); classes without ground truth are scored n/a and left out of the means",
+    )
     p.add_argument("--out", metavar="REPORT.json", help="write the numbers as JSON")
     p.set_defaults(func=run)
 
 
 def _fmt(x) -> str:
-    return "   -  " if x is None or (isinstance(x, float) and (math.isnan(x) or x < 0)) else f"{x:6.4f}"
+    return "   n/a" if x is None or (isinstance(x, float) and (math.isnan(x) or x < 0)) else f"{x:6.4f}"
+
+
+def _with_detected_classes(dataset, records):
+    """`dataset` plus a class with no ground truth for each category the detections name that
+    it lacks (COCO ground truth: an unknown category id N becomes the class "category N")."""
+    from rcnn.datasets.coco import result_categories
+
+    found = result_categories(records)
+    if dataset.category_ids is not None:
+        extra = [c for c in found if isinstance(c, int) and c not in dataset.category_ids]
+        names = {c: f"category {c}" for c in extra}
+        clash = [n for n in names.values() if n in dataset.classes]
+        if clash:
+            raise RcnnError(f"{clash[0]!r} names a class and an unknown category id; give --classes")
+        return dataset.with_classes(dataset.classes + list(names.values()), {n: c for c, n in names.items()}), list(names.values())
+    extra = [c for c in found if isinstance(c, str) and c not in dataset.classes]
+    return dataset.with_classes(sorted(dataset.classes + extra)), extra
 
 
 def run(args) -> int:
+    from rcnn.commands.data import parse_classes
     from rcnn.datasets import load_dataset, read_detections
     from rcnn.datasets.check import write_atomic
+    from rcnn.datasets.coco import load_results
     from rcnn.evaluation import evaluate_coco, evaluate_voc
+    from rcnn.evaluation.voc import check_iou
 
     if args.metric == "coco" and (args.iou is not None or args.inclusive):
         raise RcnnError("--iou and --inclusive apply to the voc metrics; coco uses IoU .50:.05:.95")
-    dataset = load_dataset(args.gt, args.split, args.images, check_images=False)
-    detections = read_detections(args.detections, dataset)
+    iou = 0.5 if args.iou is None else args.iou
+    try:
+        check_iou(iou)
+    except ValueError:
+        raise RcnnError(f"--iou must be in (0, 1], not {args.iou:g}") from None
+    classes = parse_classes(args.classes)
+    # Only the annotations are read: no image is opened, so image paths are not checked either.
+    dataset = load_dataset(args.gt, args.split, args.images, classes=classes, check_images=False, allow_outside_images=True)
+    records = load_results(args.detections)
+    added = []
+    if classes is None:
+        dataset, added = _with_detected_classes(dataset, records)
+    detections = read_detections(args.detections, dataset, records)
     n_gt = [0] * dataset.num_classes
     for s in dataset:
         for label in s.labels:
             n_gt[label - 1] += 1
     n_det = sum(len(d) for d in detections.values())
     print(f"{args.gt}: {len(dataset)} images, {sum(n_gt)} objects; {args.detections}: {n_det} detections")
+    if added:
+        print(f"classes named only by the detections (no ground truth): {', '.join(map(str, added))}")
 
     if args.metric == "coco":
         report = evaluate_coco(dataset, detections)
         title = "AP@[.5:.95]"
     else:
-        iou = 0.5 if args.iou is None else args.iou
         result = evaluate_voc(dataset, detections, iou, args.metric == "voc07", args.inclusive)
         report = result.to_dict()
         report.update(metric=args.metric, iou=iou, inclusive=args.inclusive)
@@ -64,6 +108,8 @@ def run(args) -> int:
             print(f"{name:9s} {_fmt(report[name])}")
     else:
         print(f"{'mAP':{width}s}  {sum(n_gt):7d}  {_fmt(report['mAP'])}  ({METRICS[args.metric]})")
+    if 0 in n_gt:
+        print("n/a: no ground truth; such classes are left out of the means (as pycocotools and the VOC devkit do)")
     if args.out:
         write_atomic(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")

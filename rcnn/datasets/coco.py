@@ -20,12 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.datasets.check import Gather, Problem, check_boxes, check_image, exact_number, size_problem, write_atomic
+from rcnn.datasets.check import (
+    Gather,
+    Problem,
+    check_boxes,
+    check_image,
+    exact_number,
+    image_path_in,
+    size_problem,
+    write_atomic,
+)
 from rcnn.datasets.core import Dataset, Detections, Sample
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
-__all__ = ["read_coco", "write_coco", "read_detections", "write_detections"]
+__all__ = ["read_coco", "write_coco", "read_detections", "write_detections", "load_results", "result_categories"]
 
 
 def load_json(path):
@@ -46,16 +55,58 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
-def read_coco(path, images=None, skip_bad: bool = False, check_images: bool = False, *, gather=None, decode=False):
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _fits_float32(v) -> bool:
+    """A finite number that float32 holds without overflowing (boxes, scores and areas are float32)."""
+    return _is_number(v) and abs(v) <= FLOAT32_MAX
+
+
+def _flag(a: dict, key: str):
+    """A COCO 0/1 flag (``iscrowd``, ``difficult``): absent or null is 0; 0, 1, false and true
+    are accepted; anything else (the string "0" among them, which pycocotools would take as
+    true) is refused: returns ``(value, None)`` or ``(None, reason)``."""
+    v = a.get(key)
+    if v is None:
+        return False, None
+    if isinstance(v, (bool, int, float)) and v in (0, 1):
+        return bool(v), None
+    return None, f"'{key}' must be 0 or 1 (or false / true), not {v!r}"
+
+
+def _scalar_id(v) -> bool:
+    """An id usable as a key: an integer or a string (not a list, dict, float or bool)."""
+    return _is_int(v) or isinstance(v, str)
+
+
+def read_coco(
+    path,
+    images=None,
+    skip_bad: bool = False,
+    check_images: bool = False,
+    *,
+    allow_outside_images: bool = False,
+    gather=None,
+    decode=False,
+):
     """The COCO instances file at `path` as a `Dataset`.
 
-    `images` is the folder the ``file_name``\\ s are relative to (default: the JSON's folder).
-    Image files are not touched unless `check_images` (header read: exists, size matches;
-    `decode` reads them fully). Bad entries raise `DatasetError` naming the file, or with
-    `skip_bad` are left out and listed in `Dataset.skipped`.
+    `images` is the folder the ``file_name``\\ s are relative to (default: the JSON's folder);
+    a ``file_name`` that leaves it (absolute, or ``..``) is an error unless
+    `allow_outside_images`. Image files are not touched unless `check_images` (header read:
+    exists, not over `rcnn.datasets.images.MAX_PIXELS`, size matches ``width``/``height``;
+    `decode` reads them fully). ``iscrowd`` and ``difficult`` are 0 / 1 / false / true. Bad
+    entries raise `DatasetError` naming the file, or with `skip_bad` are left out and listed
+    in `Dataset.skipped`.
     """
     path = Path(path)
     gather = gather or Gather(skip_bad)
@@ -76,8 +127,8 @@ def read_coco(path, images=None, skip_bad: bool = False, check_images: bool = Fa
 
     names = {}
     for k, c in enumerate(data["categories"]):
-        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
-            gather.fatal(Problem(where, f"category #{k}: needs an integer 'id' and a string 'name'"))
+        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str) and c["name"]):
+            gather.fatal(Problem(where, f"category #{k}: needs an integer 'id' and a non-empty string 'name'"))
             return Dataset([], [])
         if c["id"] in names or c["name"] in names.values():
             gather.fatal(Problem(where, f"duplicate category {c['id']} '{c['name']}'"))
@@ -90,7 +141,8 @@ def read_coco(path, images=None, skip_bad: bool = False, check_images: bool = Fa
     entries = {}  # image id -> {"image": dict, "anns": [...], "problems": [...]}
     for k, im in enumerate(data["images"]):
         ok = isinstance(im, dict) and _is_int(im.get("id")) and isinstance(im.get("file_name"), str)
-        ok = ok and _is_int(im.get("width")) and _is_int(im.get("height")) and im["width"] > 0 and im["height"] > 0
+        ok = ok and _is_int(im.get("width")) and _is_int(im.get("height"))
+        ok = ok and 0 < im["width"] < 2**31 and 0 < im["height"] < 2**31
         if not ok:
             gather.accept([Problem(where, f"image #{k}: needs an integer 'id', 'width', 'height' and a 'file_name'")])
         elif im["id"] in entries:
@@ -100,34 +152,53 @@ def read_coco(path, images=None, skip_bad: bool = False, check_images: bool = Fa
 
     seen = set()
     for k, a in enumerate(annotations):
-        entry = entries.get(a.get("image_id")) if isinstance(a, dict) else None
-        if entry is None:
-            image_id = a.get("image_id") if isinstance(a, dict) else None
-            gather.accept([Problem(where, f"annotation #{k}: unknown image_id {image_id!r}")])
+        if not isinstance(a, dict):
+            gather.accept([Problem(where, f"annotation #{k}: not a JSON object: {a!r:.60}")])
             continue
-        what = f"image {a['image_id']}: annotation {a.get('id', '#' + str(k))}"
+        image_id = a.get("image_id")
+        entry = entries.get(image_id) if _is_int(image_id) else None
+        if entry is None:
+            gather.accept([Problem(where, f"annotation #{k}: unknown image_id {image_id!r:.60}")])
+            continue
+        if "id" in a and not _scalar_id(a["id"]):
+            entry["problems"].append(Problem(where, f"image {image_id}: annotation #{k}: 'id' must be an integer, not {a['id']!r:.60}"))
+            continue
+        what = f"image {image_id}: annotation {a.get('id', '#' + str(k))}"
         if "id" in a:
             if a["id"] in seen:
                 entry["problems"].append(Problem(where, f"{what}: duplicate annotation id"))
             seen.add(a["id"])
-        if a.get("category_id") not in label_of:
-            entry["problems"].append(Problem(where, f"{what}: unknown category_id {a.get('category_id')!r}"))
+        category = a.get("category_id")
+        if not (_is_int(category) and category in label_of):
+            entry["problems"].append(Problem(where, f"{what}: unknown category_id {category!r:.60}"))
             continue
         bbox = a.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            entry["problems"].append(Problem(where, f"{what}: 'bbox' is not 4 numbers: {bbox!r}"))
+            entry["problems"].append(Problem(where, f"{what}: 'bbox' is not 4 numbers: {bbox!r:.80}"))
             continue
-        entry["anns"].append((f"{what} ('{names[a['category_id']]}')", a, bbox))
+        flags = [_flag(a, "iscrowd"), _flag(a, "difficult")]
+        area = a.get("area")
+        if area is not None and not (_fits_float32(area) and area >= 0):
+            flags.append((None, f"'area' must be a number >= 0, not {area!r:.60}"))
+        bad = [reason for _, reason in flags if reason]
+        if bad:
+            entry["problems"] += [Problem(where, f"{what}: {reason}") for reason in bad]
+            continue
+        a = dict(a, iscrowd=flags[0][0], difficult=flags[1][0])
+        entry["anns"].append((f"{what} ('{names[category]}')", a, bbox))
 
     samples = []
     for image_id, entry in progress(entries.items(), desc="reading COCO", total=len(entries)):
         im, anns, problems = entry["image"], entry["anns"], entry["problems"]
-        image_path = image_dir / im["file_name"]
-        if check_images:
+        image_path, outside = image_path_in(image_dir, im["file_name"], allow_outside_images)
+        if outside:
+            problems.append(Problem(where, f"image {image_id}: file_name {im['file_name']!r:.200} {outside}"))
+        elif check_images:
             size, image_problems = check_image(image_path, decode)
-            problems += image_problems + size_problem(image_path, (im["width"], im["height"]), size)
-        xywh = np.array([b for _, _, b in anns], np.float64).reshape(-1, 4)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+            what = f"image {image_id} ({image_path})"
+            problems += image_problems
+            problems += size_problem(where, (im["width"], im["height"]), size, image_path, what)
+        xyxy = _xyxy([b for _, _, b in anns])
         boxes, box_problems = check_boxes(xyxy, im["width"], im["height"], where, [w for w, _, _ in anns])
         if not gather.accept(problems + box_problems):
             continue
@@ -139,12 +210,20 @@ def read_coco(path, images=None, skip_bad: bool = False, check_images: bool = Fa
                 height=im["height"],
                 boxes=boxes,
                 labels=[label_of[a["category_id"]] for _, a, _ in anns],
-                difficult=[bool(a.get("difficult", 0)) for _, a, _ in anns],
-                iscrowd=[bool(a.get("iscrowd", 0)) for _, a, _ in anns],
+                difficult=[a["difficult"] for _, a, _ in anns],
+                iscrowd=[a["iscrowd"] for _, a, _ in anns],
                 area=[a["area"] if _is_number(a.get("area")) else w * h for _, a, (_, _, w, h) in anns],
             )
         )
     return Dataset(classes, samples, gather.skipped, category_ids, gather.repairs)
+
+
+def _xyxy(xywh) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` boxes as float64 ``[N, 4]`` xyxy (a sum past float64 is inf, quietly:
+    the box rule then reports it)."""
+    xywh = np.array(xywh, np.float64).reshape(-1, 4)
+    with np.errstate(over="ignore"):
+        return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
 
 def coco_image_ids(dataset: Dataset) -> list[int]:
@@ -162,18 +241,35 @@ def _xywh(box) -> list:
     return [x, y, exact_number(box[2], x), exact_number(box[3], y)]
 
 
-def write_coco(dataset: Dataset, path, images=None) -> None:
-    """Write `dataset` as a COCO instances file at `path`.
+def write_coco(dataset: Dataset, path, images=None) -> Path:
+    """Write `dataset` as a COCO instances file at `path`; returns the image folder its
+    ``file_name``\\ s are relative to, the folder to read it with.
 
-    ``file_name``\\ s are relative to `images` (default: the JSON's folder), so `read_coco`
-    finds them again. Difficult boxes carry ``"difficult": 1`` (COCO has no such flag).
+    That folder is `images` when given (every image must lie inside it), else the JSON's
+    folder when every image lies inside it, else the images' deepest common folder: a
+    ``file_name`` never leaves its folder (`read_coco` refuses ``..`` and absolute paths), so
+    such a file is read back with ``images=`` that folder (``--images``). Difficult boxes
+    carry ``"difficult": 1`` (COCO has no such flag).
     """
     path = Path(path)
-    base = os.path.abspath(images if images is not None else path.parent)
+    paths = [os.path.abspath(s.image_path) for s in dataset]
+
+    def inside(base):
+        return all(os.path.commonpath([base, p]) == base for p in paths)
+
+    if images is not None:
+        base = os.path.abspath(images)
+        outside = [p for p in paths if os.path.commonpath([base, p]) != base]
+        if outside:
+            raise DatasetError(outside[0], f"image lies outside the image folder {base} given for the file_names")
+    else:
+        base = os.path.abspath(path.parent)
+        if not inside(base):
+            base = os.path.commonpath([os.path.dirname(p) for p in paths])
     cat_ids = dataset.category_ids or list(range(1, dataset.num_classes + 1))
     out_images, out_anns = [], []
-    for image_id, s in zip(coco_image_ids(dataset), dataset):
-        file_name = Path(os.path.relpath(os.path.abspath(s.image_path), base)).as_posix()
+    for image_id, s, image_path in zip(coco_image_ids(dataset), dataset, paths):
+        file_name = Path(os.path.relpath(image_path, base)).as_posix()
         out_images.append({"id": image_id, "file_name": file_name, "width": s.width, "height": s.height})
         for box, label, difficult, crowd, area in zip(s.boxes, s.labels, s.difficult, s.iscrowd, s.area):
             ann = {
@@ -190,15 +286,40 @@ def write_coco(dataset: Dataset, path, images=None) -> None:
     categories = [{"id": c, "name": n, "supercategory": ""} for c, n in zip(cat_ids, dataset.classes)]
     data = {"images": out_images, "annotations": out_anns, "categories": categories}
     write_atomic(path, json.dumps(data, separators=(",", ":")))
+    return Path(base)
 
 
-def read_detections(path, dataset: Dataset) -> dict[str, Detections]:
-    """The results file at `path` as ``{sample id: Detections}`` for every sample of `dataset`
-    (empty where it has none). See the module docstring for the two naming styles; an
-    unknown image or category, or a malformed record, raises `DatasetError` naming both."""
+def load_results(path) -> list:
+    """The records of the results file at `path` (a JSON list; records are checked by
+    `read_detections`)."""
     data = load_json(path)
     if not isinstance(data, list):
         raise DatasetError(path, "a results file is a JSON list of {image_id, category_id, bbox, score} records")
+    return data
+
+
+def result_categories(records) -> list:
+    """The distinct ``category_id`` values of results records, in order of first appearance
+    (what `rcnn evaluate` adds as classes when the ground truth lacks them)."""
+    found = {}
+    for r in records:
+        c = r.get("category_id") if isinstance(r, dict) else None
+        if _is_int(c) or isinstance(c, str):
+            found.setdefault(c, None)
+    return list(found)
+
+
+def read_detections(path, dataset: Dataset, records=None) -> dict[str, Detections]:
+    """The results file at `path` as ``{sample id: Detections}`` for every sample of `dataset`
+    (empty where it has none). See the module docstring for the two naming styles; an
+    unknown image or category, or a malformed record, raises `DatasetError` naming both.
+    Boxes and scores are float32: a number beyond float32's range (about 3.4e38) is an error.
+    `records`: the file's records when already read (`load_results`)."""
+    data = load_results(path) if records is None else records
+    duplicate = dataset.duplicate_id()
+    if duplicate:
+        i, a, b = duplicate
+        raise DatasetError(path, f"the dataset has two samples with id '{i}' ({a.image_path} and {b.image_path})")
     coco = dataset.category_ids is not None
     ids = {s.id for s in dataset}
     labels = {c: i + 1 for i, c in enumerate(dataset.category_ids if coco else dataset.classes)}
@@ -209,25 +330,24 @@ def read_detections(path, dataset: Dataset) -> dict[str, Detections]:
         image_id, category = r["image_id"], r["category_id"]
         key = str(image_id) if (_is_int(image_id) if coco else isinstance(image_id, str)) else None
         if key not in ids:
-            raise DatasetError(path, f"record {k}: unknown image_id {image_id!r}")
+            raise DatasetError(path, f"record {k}: unknown image_id {image_id!r:.60}")
         label = labels.get(category) if (_is_int(category) if coco else isinstance(category, str)) else None
         if label is None:
-            raise DatasetError(path, f"record {k}: unknown category_id {category!r}")
+            raise DatasetError(path, f"record {k}: unknown category_id {category!r:.60}")
         bbox, score = r["bbox"], r["score"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            raise DatasetError(path, f"record {k}: 'bbox' is not 4 numbers: {bbox!r}")
+            raise DatasetError(path, f"record {k}: 'bbox' is not 4 numbers: {bbox!r:.80}")
+        if not all(_fits_float32(v) for v in bbox + [bbox[0] + bbox[2], bbox[1] + bbox[3]]):
+            raise DatasetError(path, f"record {k}: 'bbox' {bbox} reaches beyond float32's range (about 3.4e38)")
         if not _is_number(score):
-            raise DatasetError(path, f"record {k}: 'score' is not a number: {score!r}")
+            raise DatasetError(path, f"record {k}: 'score' is not a number: {score!r:.60}")
+        if not _fits_float32(score):
+            raise DatasetError(path, f"record {k}: 'score' {score!r} is beyond float32's range (about 3.4e38)")
         boxes, scores, labs = found[key]
         boxes.append(bbox)
         scores.append(score)
         labs.append(label)
-    out = {}
-    for key, (boxes, scores, labs) in found.items():
-        xywh = np.array(boxes, np.float64).reshape(-1, 4)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        out[key] = Detections(xyxy, scores, labs)
-    return out
+    return {key: Detections(_xyxy(boxes), scores, labs) for key, (boxes, scores, labs) in found.items()}
 
 
 def write_detections(path, detections: dict[str, Detections], dataset: Dataset) -> None:

@@ -79,6 +79,48 @@ class Dataset:
         """The class name of a label ``1..C``."""
         return self.classes[int(label) - 1]
 
+    def with_classes(self, classes, category_ids=None) -> "Dataset":
+        """This dataset with the class list `classes` (labels renumbered to match), which must
+        contain every class of this one; the others become classes with no ground truth.
+
+        COCO category ids follow their classes; a new class takes the id given in
+        `category_ids` (``{name: id}``) or else the next id after the largest. Raises
+        `ValueError` naming the classes `classes` lacks.
+        """
+        classes = list(classes)
+        missing = [c for c in self.classes if c not in classes]
+        if missing:
+            raise ValueError(f"class(es) {', '.join(missing)} not in {', '.join(classes)}")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"a class is named twice in {', '.join(classes)}")
+        new_label = np.zeros(self.num_classes + 1, np.int64)
+        for i, name in enumerate(self.classes):
+            new_label[i + 1] = classes.index(name) + 1
+        ids = None
+        if self.category_ids is not None:
+            given = dict(zip(self.classes, self.category_ids))
+            extra = dict(category_ids or {})
+            next_id = max(list(given.values()) + list(extra.values()) + [0]) + 1
+            ids = []
+            for name in classes:
+                if name not in given and name not in extra:
+                    extra[name], next_id = next_id, next_id + 1
+                ids.append(given.get(name, extra.get(name)))
+        samples = [
+            Sample(s.id, s.image_path, s.width, s.height, s.boxes, new_label[s.labels], s.difficult, s.iscrowd, s.area)
+            for s in self.samples
+        ]
+        return Dataset(classes, samples, list(self.skipped), ids, list(self.repairs))
+
+    def duplicate_id(self):
+        """``(id, first sample, second sample)`` for the first sample id used twice, else None."""
+        seen = {}
+        for s in self.samples:
+            if s.id in seen:
+                return s.id, seen[s.id], s
+            seen[s.id] = s
+        return None
+
     def subset(self, ids) -> "Dataset":
         """A dataset of the samples whose id is in `ids`, in this dataset's order."""
         ids = set(ids)

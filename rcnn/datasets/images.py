@@ -1,7 +1,22 @@
-"""Reading images as 3-channel 8-bit RGB, with errors that name the file."""
+"""Reading images as 3-channel 8-bit RGB, with errors that name the file.
+
+Two rules hold for every image `rcnn` opens, whether it reads only the header (`read_header`,
+used by the dataset readers' check) or the pixels (`read_image`), so a bad image is found at
+load time (and skipped with ``--skip-bad``) rather than mid-run:
+
+- Size limit: an image of more than `MAX_PIXELS` pixels (PIL's decompression-bomb limit,
+  about 89 Mpixels) is refused with an `ImageError` naming the file and its size.
+- Orientation: pixels are used as stored. An EXIF orientation tag is *not* applied (OpenCV's
+  ``IMREAD_UNCHANGED`` ignores it), so an image's size is its stored width x height, the size
+  PIL's header reports; annotations must be in that frame. When an annotated size differs
+  and the tag explains it, the error says so.
+"""
 
 from __future__ import annotations
 
+import io
+import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -11,25 +26,96 @@ from rcnn.errors import ImageError
 
 cv2.setNumThreads(1)
 
+MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS; larger images are refused (see the module docstring)
+EXIF_ORIENTATION = 0x0112
+ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height for display
+
+
+class ImageTooLarge(ImageError):
+    """An image over `MAX_PIXELS`."""
+
+
+def _amount(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} Mpixels" if pixels >= 1e6 else f"{pixels} pixels"
+
+
+def _limit() -> str:
+    return f"over the {_amount(MAX_PIXELS)[:-1]} limit (rcnn.datasets.images.MAX_PIXELS)"
+
+
+def pixel_limit_message(width: int, height: int) -> str | None:
+    """The error message for an image of ``width x height`` over `MAX_PIXELS` (else None)."""
+    if width * height <= MAX_PIXELS:
+        return None
+    return f"image is {width}x{height} = {_amount(width * height)}, {_limit()}"
+
+
+def read_header(source, path=None, orientation: bool = True) -> tuple[int, int, int]:
+    """``(width, height, EXIF orientation)`` from an image's header, without decoding it
+    (orientation 1, upright, when the file has no tag or `orientation` is false).
+
+    `source` is a path or the file's bytes (`path` then names it in errors). Raises
+    `ImageError` for a missing file or one PIL cannot identify, `ImageTooLarge` for one
+    over `MAX_PIXELS`.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = source if path is None else path
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    tag = 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
+            with Image.open(fp) as im:
+                width, height = im.size
+                if orientation:
+                    tag = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Image.DecompressionBombError as e:  # over twice PIL's limit: PIL gives only the count
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = _amount(int(pixels.group(1))) if pixels else "too large"
+        raise ImageTooLarge(path, f"image is {size}, {_limit()}") from None
+    except FileNotFoundError:
+        raise ImageError(path, "image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageError(path, f"not a readable image: {e}") from None
+    message = pixel_limit_message(width, height)
+    if message:
+        raise ImageTooLarge(path, message)
+    return width, height, tag if isinstance(tag, int) else 1
+
 
 def read_image(path) -> np.ndarray:
-    """The image at `path` as ``uint8 [H, W, 3]`` RGB.
+    """The image at `path` as ``uint8 [H, W, 3]`` RGB, pixels as stored (EXIF orientation is
+    not applied: see the module docstring).
 
     Grayscale, RGBA / grey+alpha (alpha dropped), palette and 16-bit images are converted.
-    A missing, empty, truncated or undecodable file raises `ImageError` naming it.
+    A missing, empty, truncated or undecodable file, or one over `MAX_PIXELS` (checked from
+    the header before decoding), raises `ImageError` naming it.
     """
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ImageError(path, f"cannot read image: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:
+        raise ImageError(path, f"cannot read image: {getattr(e, 'strerror', None) or e}") from None
     if data.size == 0:
         raise ImageError(path, "image file is empty")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        read_header(memoryview(data), path, orientation=False)  # refuse over-limit images before decoding
+    except ImageTooLarge:
+        raise
+    except ImageError:
+        pass  # a header PIL cannot read: OpenCV may still decode it; decoding decides
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if _is_truncated(path, data):
         raise ImageError(path, "image file is truncated")
     if image is None:
         raise ImageError(path, "not a readable image (corrupt or unsupported format)")
+    message = pixel_limit_message(image.shape[1], image.shape[0])
+    if message:
+        raise ImageTooLarge(path, message)
     return to_rgb8(image, path)
 
 

@@ -29,31 +29,50 @@ def dataset_kind(path) -> str:
 
 
 def load_dataset(
-    path, split=None, images=None, skip_bad: bool = False, *, classes=None, check_images=None, gather=None, decode=False
+    path,
+    split=None,
+    images=None,
+    skip_bad: bool = False,
+    *,
+    classes=None,
+    check_images=None,
+    allow_outside_images: bool = False,
+    gather=None,
+    decode=False,
 ) -> Dataset:
     """The dataset at `path` (see the module docstring).
 
     `split` picks ``ImageSets/Main/SPLIT.txt`` of a VOC root (None: every annotation).
-    `images` overrides the image folder. `classes` fixes the class list (unknown names are
-    errors; default: the sorted names found; COCO files bring their own). `check_images`
-    opens image headers to check they exist and match the annotated size (default: True for
-    VOC, False for COCO, whose ground truth is often used without images). Bad samples raise
-    `DatasetError` / `ImageError` naming the file, or with `skip_bad` are counted in
-    `Dataset.skipped`. (`gather` and `decode` are for `check_dataset`.)
+    `images` overrides the image folder. `classes` fixes the class list and its order (labels
+    follow it; a class the data lacks has no ground truth; a class the data has but `classes`
+    lacks is an error; default: the sorted names found; COCO files bring their own, in
+    category-id order). `check_images` opens image headers to check they exist, are not over
+    `rcnn.datasets.images.MAX_PIXELS` and match the annotated size (default True, for every
+    kind: pass False to use the annotations alone, as ``rcnn evaluate`` does). Image paths in
+    the annotations must stay inside the image folder unless `allow_outside_images`. Bad
+    samples raise `DatasetError` / `ImageError` naming the file, or with `skip_bad` are
+    counted in `Dataset.skipped`. (`gather` and `decode` are for `check_dataset`.)
     """
     gather = gather or Gather(skip_bad)
     kind = dataset_kind(path)
+    check = True if check_images is None else check_images
+    outside = allow_outside_images
     if kind == "coco":
         if split is not None:
             raise DatasetError(path, "--split applies to VOC roots; a COCO file is one split")
-        dataset = read_coco(path, images, check_images=bool(check_images), gather=gather, decode=decode)
-        unknown = [c for c in dataset.classes if classes is not None and c not in classes]
-        if unknown:
-            gather.fatal(Problem(str(path), f"unknown class(es) {', '.join(unknown)}; expected {', '.join(classes)}"))
+        dataset = read_coco(path, images, check_images=check, allow_outside_images=outside, gather=gather, decode=decode)
+        if classes is not None:
+            unknown = [c for c in dataset.classes if c not in classes]
+            if unknown:
+                gather.fatal(Problem(str(path), f"unknown class(es) {', '.join(unknown)}; expected {', '.join(classes)}"))
+                return dataset
+            try:
+                dataset = dataset.with_classes(classes)
+            except ValueError as e:
+                gather.fatal(Problem(str(path), str(e)))
         return dataset
-    check = True if check_images is None else check_images
     if kind == "voc":
-        return read_voc(path, split, images, classes, check_images=check, gather=gather, decode=decode)
+        return read_voc(path, split, images, classes, check_images=check, allow_outside_images=outside, gather=gather, decode=decode)
     if split is not None:
         raise DatasetError(path, "--split applies to VOC roots (with ImageSets/Main/); this is a plain folder")
-    return read_voc_folder(path, images, classes, check_images=check, gather=gather, decode=decode)
+    return read_voc_folder(path, images, classes, check_images=check, allow_outside_images=outside, gather=gather, decode=decode)

@@ -17,7 +17,16 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rcnn.datasets.check import Gather, Problem, check_boxes, check_image, exact_number, size_problem, write_atomic
+from rcnn.datasets.check import (
+    Gather,
+    Problem,
+    check_boxes,
+    check_image,
+    exact_number,
+    image_path_in,
+    size_problem,
+    write_atomic,
+)
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.errors import DatasetError, ImageError
 from rcnn.progress import progress
@@ -26,12 +35,14 @@ __all__ = ["read_voc", "read_voc_folder", "write_voc", "parse_voc_xml", "IMAGE_S
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
+_FLAGS = {"0": False, "1": True, "false": False, "true": True}  # <difficult> (empty or absent: 0)
 
 
 def parse_voc_xml(path) -> tuple[dict | None, list[Problem]]:
     """One VOC annotation file as ``{"filename", "size": (w, h) or None, "objects": [(name,
     [xmin, ymin, xmax, ymax] as in the file, difficult)]}`` (None if unreadable) plus the
-    problems found in it."""
+    problems found in it. ``<difficult>`` is 0, 1, false or true (empty or absent: 0); any
+    other text is a problem, not silently true."""
     path = Path(path)
     record = {"filename": None, "size": None, "objects": []}
     try:
@@ -47,7 +58,7 @@ def parse_voc_xml(path) -> tuple[dict | None, list[Problem]]:
     try:
         w, h = int(float(root.findtext("size/width"))), int(float(root.findtext("size/height")))
         record["size"] = (w, h) if w > 0 and h > 0 else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass  # no usable <size>: taken from the image
     for i, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
@@ -59,8 +70,11 @@ def parse_voc_xml(path) -> tuple[dict | None, list[Problem]]:
         if not name:
             problems.append(Problem(str(path), f"object {i + 1}: no <name>"))
             continue
-        difficult = (obj.findtext("difficult") or "0").strip() not in ("0", "", "false")
-        record["objects"].append((name, corners, difficult))
+        difficult = (obj.findtext("difficult") or "0").strip().lower()
+        if difficult not in _FLAGS:
+            problems.append(Problem(str(path), f"object {i + 1} '{name}': <difficult> must be 0 or 1, not {difficult!r:.40}"))
+            continue
+        record["objects"].append((name, corners, _FLAGS[difficult]))
     return record, problems
 
 
@@ -73,8 +87,9 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, decode: bool) -> Dataset:
-    """Samples from annotation files, images looked up in `image_dir` by stem (or <filename>)."""
+def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, decode: bool, allow_outside=False) -> Dataset:
+    """Samples from annotation files, images looked up in `image_dir` by stem (or <filename>,
+    which must not lead outside `image_dir` unless `allow_outside`)."""
     images = _images_by_stem(image_dir)
     known = None if classes is None else set(classes)
     kept = []
@@ -84,19 +99,28 @@ def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, dec
             gather.accept(problems)
             continue
         stem = xml_path.stem
+        filename = record["filename"]
         candidates = images.get(stem) or []
-        if not candidates and record["filename"] and (image_dir / Path(record["filename"]).name).exists():
-            candidates = [image_dir / Path(record["filename"]).name]
-        image_path = candidates[0] if candidates else image_dir / (record["filename"] or stem + ".jpg")
+        if not candidates and filename and "\x00" not in filename and (image_dir / Path(filename).name).is_file():
+            candidates = [image_dir / Path(filename).name]
+        outside = None
+        if candidates:
+            image_path = candidates[0]
+        else:
+            image_path, outside = image_path_in(image_dir, filename or stem + ".jpg", allow_outside)
+            if not outside and filename and image_path.is_file():
+                candidates = [image_path]  # <filename> as a path under the folder (or outside, when allowed)
         size = record["size"]
         if len(candidates) > 1:
-            names = ", ".join(p.name for p in candidates)
-            problems.append(Problem(str(xml_path), f"more than one image for sample '{stem}': {names}"))
+            names = " and ".join(str(p) for p in candidates) if len(candidates) == 2 else ", ".join(map(str, candidates))
+            problems.append(Problem(str(xml_path), f"more than one image for sample '{stem}': {names} (keep one)"))
+        elif outside:
+            problems.append(Problem(str(xml_path), f"<filename> {filename!r:.200} {outside}"))
         elif not candidates and (check_images or size is None):
             problems.append(Problem(str(xml_path), f"no image for it in {image_dir} (looked for {stem}.*)", image=True))
         elif check_images or size is None:
             actual, image_problems = check_image(image_path, decode)
-            problems += image_problems + size_problem(xml_path, size, actual)
+            problems += image_problems + size_problem(xml_path, size, actual, image_path)
             size = size or actual
         objects = record["objects"]
         if known is not None:
@@ -120,10 +144,24 @@ def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, dec
     return Dataset(list(classes), samples, gather.skipped, repairs=gather.repairs)
 
 
-def read_voc(root, split=None, images=None, classes=None, skip_bad=False, check_images=True, *, gather=None, decode=False):
+def read_voc(
+    root,
+    split=None,
+    images=None,
+    classes=None,
+    skip_bad=False,
+    check_images=True,
+    *,
+    allow_outside_images=False,
+    gather=None,
+    decode=False,
+):
     """The VOC root at `root`: ``ImageSets/Main/SPLIT.txt``'s ids, or every ``Annotations/*.xml``
     when `split` is None. `images` overrides ``JPEGImages/``. With `check_images`, image
-    headers are read to check they exist and match ``<size>`` (`decode`: read fully)."""
+    headers are read to check they exist, are not over `rcnn.datasets.images.MAX_PIXELS` and
+    match ``<size>`` (`decode`: read fully). An image is found by the annotation's stem, else
+    by ``<filename>``; a ``<filename>`` leading outside the image folder (absolute, ``..``) is
+    an error unless `allow_outside_images`."""
     root = Path(root)
     gather = gather or Gather(skip_bad)
     annotations = root / "Annotations"
@@ -147,10 +185,20 @@ def read_voc(root, split=None, images=None, classes=None, skip_bad=False, check_
             seen.add(sample_id)
             xml_paths.append(annotations / f"{sample_id}.xml")
     image_dir = Path(images) if images is not None else root / "JPEGImages"
-    return _read(xml_paths, image_dir, classes, check_images, gather, decode)
+    return _read(xml_paths, image_dir, classes, check_images, gather, decode, allow_outside_images)
 
 
-def read_voc_folder(folder, images=None, classes=None, skip_bad=False, check_images=True, *, gather=None, decode=False):
+def read_voc_folder(
+    folder,
+    images=None,
+    classes=None,
+    skip_bad=False,
+    check_images=True,
+    *,
+    allow_outside_images=False,
+    gather=None,
+    decode=False,
+):
     """A flat folder of images, each with a same-stem VOC ``.xml`` beside it (images without
     one are not samples; `check_dataset` notes them). Arguments as for `read_voc`."""
     folder = Path(folder)
@@ -159,7 +207,7 @@ def read_voc_folder(folder, images=None, classes=None, skip_bad=False, check_ima
     if not xml_paths:
         raise DatasetError(folder, "no VOC .xml annotation files in this folder")
     image_dir = Path(images) if images is not None else folder
-    return _read(xml_paths, image_dir, classes, check_images, gather, decode)
+    return _read(xml_paths, image_dir, classes, check_images, gather, decode, allow_outside_images)
 
 
 def voc_xml(sample: Sample, classes, filename: str) -> str:
@@ -190,6 +238,10 @@ def write_voc(dataset: Dataset, root, split=None, images: str = "copy") -> None:
     ``ImageSets/Main/SPLIT.txt``. COCO's ``iscrowd`` and ``area`` have no VOC form and are dropped."""
     if images not in ("copy", "link"):
         raise ValueError(f"images must be 'copy' or 'link', not {images!r}")
+    duplicate = dataset.duplicate_id()
+    if duplicate:
+        i, a, b = duplicate
+        raise DatasetError(root, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); VOC file names would clash")
     root = Path(root)
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)

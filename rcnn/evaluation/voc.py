@@ -33,7 +33,7 @@ import numpy as np
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.errors import DatasetError
 
-__all__ = ["VocResult", "evaluate_voc", "voc_ap", "gather"]
+__all__ = ["VocResult", "evaluate_voc", "voc_ap", "gather", "check_iou"]
 
 
 @dataclass
@@ -61,8 +61,13 @@ class Flat:
 def gather(dataset: Dataset, detections: dict[str, Detections]) -> Flat:
     """Flatten `dataset` and `detections` (``{sample id: Detections}``) into a `Flat`.
 
-    Raises `DatasetError` for detections on unknown sample ids or with labels outside ``1..C``.
+    Raises `DatasetError` for detections on unknown sample ids or with labels outside ``1..C``,
+    and for a dataset with two samples of one id.
     """
+    duplicate = dataset.duplicate_id()
+    if duplicate:
+        i, a, b = duplicate
+        raise DatasetError(None, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); ids must be unique")
     index = {s.id: i for i, s in enumerate(dataset)}
     unknown = [k for k in detections if k not in index]
     if unknown:
@@ -125,6 +130,16 @@ class VocResult:
         return {"mAP": clean(self.mAP), "per_class": {c: clean(a) for c, a in zip(self.classes, self.ap)}}
 
 
+def check_iou(iou_threshold) -> None:
+    """Raise `ValueError` unless ``0 < iou_threshold <= 1`` (NaN is refused too)."""
+    try:
+        ok = 0 < float(iou_threshold) <= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"IoU threshold must be a number in (0, 1], not {iou_threshold!r}")
+
+
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
     """AP from a precision/recall curve ``[K]`` (detections by decreasing score), as the devkit."""
     recall = np.asarray(recall, np.float64)
@@ -165,8 +180,11 @@ def evaluate_voc(
 
     A detection is a true positive when its best-IoU ground truth (same image and class) has
     IoU >= `iou_threshold`, is not difficult (or crowd) and was not taken by a higher-scored
-    detection. See the module docstring for the conventions.
+    detection. See the module docstring for the conventions. A class with no (non-difficult)
+    ground truth has AP NaN and is left out of the mAP (`VocResult.to_dict`: None), whatever
+    its detections. `iou_threshold` must be in ``(0, 1]`` (`ValueError` otherwise).
     """
+    check_iou(iou_threshold)
     f = gather(dataset, detections)
     C = dataset.num_classes
     D = len(f.d_score)

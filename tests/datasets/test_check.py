@@ -9,7 +9,7 @@ from test_voc_io import image, sample_folder, xml
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
 from rcnn.datasets.check import check_dataset, exact_number
-from rcnn.errors import DatasetError
+from rcnn.errors import DatasetError, ImageError
 
 
 def broken_folder(folder):
@@ -92,10 +92,14 @@ def test_cli_check_exit_codes(tmp_path, capsys):
 def test_cli_convert_round_trip_and_skip_bad(tmp_path, capsys):
     folder = sample_folder(tmp_path / "f", [("a", [("cat", 1.5, 1, 10, 10)]), ("b", [("dog", 2, 3, 40, 30, 1)])])
     assert main(["--quiet", "data", "convert", str(folder), str(tmp_path / "c" / "gt.json")]) == 0
-    assert "wrote 2 samples, 2 boxes, 2 classes" in capsys.readouterr().out
-    coco = load_dataset(tmp_path / "c" / "gt.json", check_images=True)
-    assert json.loads((tmp_path / "c" / "gt.json").read_text())["images"][0]["file_name"] == "../f/a.jpg"
-    assert main(["--quiet", "data", "convert", str(tmp_path / "c" / "gt.json"), str(tmp_path / "voc"), "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 2 samples, 2 boxes, 2 classes" in out
+    # The images lie outside the JSON's folder: file_names stay inside theirs (never "../f/a.jpg").
+    assert f"read {tmp_path / 'c' / 'gt.json'} with --images {folder}" in out
+    assert json.loads((tmp_path / "c" / "gt.json").read_text())["images"][0]["file_name"] == "a.jpg"
+    coco = load_dataset(tmp_path / "c" / "gt.json", images=folder, check_images=True)
+    gt = str(tmp_path / "c" / "gt.json")
+    assert main(["--quiet", "data", "convert", gt, str(tmp_path / "voc"), "--split", "train", "--images", str(folder)]) == 0
     voc = load_dataset(tmp_path / "voc", split="train")
     src = load_dataset(folder)
     for s, c, v in zip(src, coco, voc):
@@ -122,3 +126,20 @@ def test_exact_number_reads_back_to_the_same_float32(value, offset):
     number = exact_number(target, offset)
     assert np.float32(number + offset) == target
     assert len(repr(number)) <= 12
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_at_load_time_and_reported_by_check(tmp_path, monkeypatch, capsys):
+    from rcnn.datasets import images
+
+    folder = sample_folder(tmp_path / "f", [("small", [("cat", 1, 1, 10, 10)]), ("big", [("cat", 1, 1, 10, 10)])])
+    image(folder / "big.jpg", 60, 50)
+    (folder / "big.xml").write_text(xml("big.jpg", 60, 50, [("cat", 1, 1, 10, 10)]))
+    monkeypatch.setattr(images, "MAX_PIXELS", 40 * 30)  # small.jpg is 40x30; big.jpg is over
+    message = "image is 60x50 = 3000 pixels, over the 1200 pixel limit"
+    with pytest.raises(ImageError, match=message) as e:
+        load_dataset(folder)  # what `rcnn propose` / `rcnn train` do
+    assert e.value.path == str(folder / "big.jpg")
+    ds = load_dataset(folder, skip_bad=True)  # --skip-bad
+    assert [s.id for s in ds] == ["small"] and ds.skipped == [(str(folder / "big.jpg"), message + " (rcnn.datasets.images.MAX_PIXELS)")]
+    assert main(["--quiet", "data", "check", str(folder)]) == 1
+    assert f"{folder / 'big.jpg'}: error: {message}" in capsys.readouterr().out

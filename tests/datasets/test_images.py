@@ -1,5 +1,8 @@
 """read_image: every pixel format becomes uint8 RGB; bad files raise ImageError naming them."""
 
+import re
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -77,3 +80,64 @@ def test_missing_empty_and_corrupt_files(tmp_path):
     with pytest.raises(ImageError, match="not a readable image") as e:
         read_image(tmp_path / "junk.png")
     assert str(tmp_path / "junk.png") in str(e.value)
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header says `width x height` (no pixel data): enough for a header read."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_over_the_pixel_limit_the_header_check_and_read_image_agree(tmp_path, monkeypatch):
+    from rcnn.datasets import images
+    from rcnn.datasets.check import check_image
+
+    Image.fromarray(RGB).save(tmp_path / "a.png")  # 30 x 20 = 600 pixels
+    monkeypatch.setattr(images, "MAX_PIXELS", 599)
+    message = "image is 30x20 = 600 pixels, over the 599 pixel limit (rcnn.datasets.images.MAX_PIXELS)"
+    with pytest.raises(ImageError, match=re.escape(message)) as e:
+        read_image(tmp_path / "a.png")
+    assert e.value.path == str(tmp_path / "a.png")
+    for decode in (False, True):
+        size, problems = check_image(tmp_path / "a.png", decode)
+        assert size is None and [p.message for p in problems] == [message] and problems[0].image
+    monkeypatch.setattr(images, "MAX_PIXELS", 600)
+    assert read_image(tmp_path / "a.png").shape == (20, 30, 3)
+    assert check_image(tmp_path / "a.png") == ((30, 20), [])
+
+
+def test_a_decompression_bomb_is_an_image_error_not_a_pil_traceback(tmp_path):
+    from rcnn.datasets.check import check_image
+
+    bomb = _png_header_only(tmp_path / "bomb.png", 20000, 10000)  # 200 Mpixels: PIL itself refuses to open it
+    with pytest.raises(ImageError, match=r"image is 200 Mpixels, over the 89 Mpixel limit") as e:
+        read_image(bomb)
+    assert e.value.path == str(bomb)
+    size, problems = check_image(bomb)
+    assert size is None and "over the 89 Mpixel limit" in problems[0].message
+    big = _png_header_only(tmp_path / "big.png", 10000, 9000)  # 90 Mpixels: PIL only warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        size, problems = check_image(big)
+    assert [p.message for p in problems] == [
+        "image is 10000x9000 = 90 Mpixels, over the 89 Mpixel limit (rcnn.datasets.images.MAX_PIXELS)"
+    ]
+
+
+def test_exif_orientation_is_not_applied_by_read_image_nor_the_header_check(tmp_path):
+    from rcnn.datasets.check import check_image
+    from rcnn.datasets.images import read_header
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees for display
+    Image.fromarray(RGB).save(tmp_path / "r.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "r.jpg").shape == (20, 30, 3)  # as stored, 30 wide
+    assert read_header(tmp_path / "r.jpg") == (30, 20, 6)
+    assert check_image(tmp_path / "r.jpg") == ((30, 20), []) == check_image(tmp_path / "r.jpg", decode=True)

@@ -184,8 +184,9 @@ def test_duplicate_ids(tmp_path):
     assert [s.id for s in ds] == ["a", "b"] and len(ds.skipped) == 1
     folder = sample_folder(tmp_path / "f", ITEMS)
     image(folder / "a.png")
-    with pytest.raises(DatasetError, match="more than one image for sample 'a': a.jpg, a.png"):
+    with pytest.raises(DatasetError, match="more than one image for sample 'a'") as e:
         load_dataset(folder)
+    assert f"{folder / 'a.jpg'} and {folder / 'a.png'}" in str(e.value)  # the stem and both files
 
 
 def test_not_a_dataset(tmp_path):
@@ -208,3 +209,59 @@ def test_cards_train():
     s = next(s for s in ds if s.id == "IMG_2385")
     np.testing.assert_array_equal(s.boxes, [[91, 182, 223, 348]])  # <bndbox> 92 183 223 348
     assert ds.name_of(s.labels[0]) == "king"
+
+
+@pytest.mark.parametrize("text, difficult", [("0", False), ("1", True), ("true", True), ("False", False), ("", False)])
+def test_difficult_text(tmp_path, text, difficult):
+    folder = sample_folder(tmp_path / "f", [("a", [("dog", 1, 1, 5, 5, text)])])
+    assert load_dataset(folder)[0].difficult.tolist() == [difficult]
+
+
+@pytest.mark.parametrize("text", ["yes", "2", "0.0"])
+def test_other_difficult_text_is_an_error_not_true(tmp_path, text):
+    folder = sample_folder(tmp_path / "f", [("a", [("dog", 1, 1, 5, 5, text)])])
+    with pytest.raises(DatasetError, match=f"object 1 'dog': <difficult> must be 0 or 1, not '{text}'") as e:
+        load_dataset(folder)
+    assert e.value.path == str(folder / "a.xml")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_huge_numbers_are_errors_without_overflow_warnings(tmp_path):
+    folder = sample_folder(tmp_path / "f", [("a", [("dog", 1e300, 1, 1e300, 5)])])
+    with pytest.raises(DatasetError, match=r"box \[1e\+300 0 1e\+300 5\] .* zero area"):
+        load_dataset(folder)
+    sample_folder(folder, [("a", [("dog", 1, 1, 1e300, 5)])])
+    with pytest.raises(DatasetError, match="lies outside the 40x30 image"):
+        load_dataset(folder)
+    (folder / "a.xml").write_text(xml("a.jpg", "inf", 30, [("dog", 1, 1, 5, 5)]))  # unusable <size>: the image's
+    assert (load_dataset(folder, check_images=False)[0].width, load_dataset(folder)[0].height) == (40, 30)
+
+
+@pytest.mark.parametrize("filename", ["../secret.jpg", "/etc/passwd", "sub/../../secret.jpg"])
+def test_voc_filename_must_stay_inside_the_image_folder(tmp_path, filename):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    image(tmp_path / "secret.jpg")
+    (folder / "a.xml").write_text(xml(filename, 40, 30, [("dog", 1, 1, 5, 5)]))
+    for check in (True, False):
+        with pytest.raises(DatasetError, match=f"<filename> '{filename}' leaves the image folder {folder}") as e:
+            load_dataset(folder, check_images=check)
+        assert e.value.path == str(folder / "a.xml")
+    if filename == "../secret.jpg":
+        assert load_dataset(folder, allow_outside_images=True)[0].image_path == folder / filename
+    inside = folder / Path(filename).name  # an image inside the folder by that name is used: fine
+    inside.write_bytes((tmp_path / "secret.jpg").read_bytes())
+    assert load_dataset(folder)[0].image_path == inside
+
+
+def test_exif_rotated_image_is_named_in_the_size_error(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.new("RGB", (30, 40)).save(folder / "a.jpg", exif=exif.tobytes())  # stored 30x40, displayed 40x30
+    (folder / "a.xml").write_text(xml("a.jpg", 40, 30, [("dog", 1, 1, 35, 25)]))
+    with pytest.raises(DatasetError, match="annotated size 40x30 differs from the image's 30x40 \\(EXIF orientation 8"):
+        load_dataset(folder)

@@ -205,3 +205,15 @@ def test_cli_voc_end_to_end_on_cards(tmp_path, capsys, metric):
     assert set(report["per_class"]) == {"nine", "ten", "jack", "queen", "king", "ace"}
     assert 0.2 < report["mAP"] < 0.95
     assert "mAP" in capsys.readouterr().out
+
+
+def test_iou_threshold_and_duplicate_ids_are_checked():
+    dataset = Dataset(["a"], [Sample("1", "x/1.jpg", 10, 10, [[0, 0, 5, 5]], [1]), Sample("1", "y/1.jpg", 10, 10)])
+    with pytest.raises(DatasetError, match=r"two samples have the id '1' \(x/1.jpg and y/1.jpg\)"):
+        evaluate_voc(dataset, {})
+    dataset.samples.pop()
+    dets = {"1": Detections([[0, 0, 5, 5]], [1.0], [1])}
+    for iou in (0, -1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"IoU threshold must be a number in \(0, 1\]"):
+            evaluate_voc(dataset, dets, iou)
+    assert evaluate_voc(dataset, dets, 1.0).mAP == 1.0
