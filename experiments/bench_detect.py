@@ -28,7 +28,7 @@ import torch
 from rcnn.datasets import read_image
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.datasets.voc import read_voc_folder
-from rcnn.detector import RCNN, load_config
+from rcnn.detectors import RCNN, load_config
 from rcnn.proposals import make_proposer
 
 CARDS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cards"

@@ -6,7 +6,7 @@ per-dataset base config plus its own overrides, and writes ``experiments/results
 Everything expensive is cached under the configs' ``cache_dir`` (``data/cache``):
 
 - proposals and CNN features (`rcnn.proposals.ProposalStore`, `rcnn.features.FeatureStore`);
-- fine-tuning checkpoints (`rcnn.detector.RCNN.fit`);
+- fine-tuning checkpoints (`rcnn.detectors.RCNN.fit`);
 - fitted detectors: ``models/<key>.pt`` beside ``<key>.json`` (fit statistics), keyed by the
   full detector config, the training images and the rcnn version, so a warm re-run only
   scores the cached test features.
@@ -42,7 +42,7 @@ from rcnn.config import to_dict  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402
 from rcnn.datasets.check import write_atomic  # noqa: E402
 from rcnn.datasets.core import Dataset  # noqa: E402
-from rcnn.detector import RCNN, DetectorConfig, load_config  # noqa: E402
+from rcnn.detectors import RCNN, DetectorConfig, load_config  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
 from rcnn.reports.report import run_record  # noqa: E402

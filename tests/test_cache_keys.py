@@ -13,7 +13,7 @@ import torch
 
 from rcnn.datasets import load_dataset
 from rcnn.datasets.synthetic import make_synthetic
-from rcnn.detector import RCNN, load_config
+from rcnn.detectors import RCNN, load_config
 from rcnn.errors import DatasetError
 
 

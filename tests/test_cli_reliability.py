@@ -19,7 +19,7 @@ import torch
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
 from rcnn.datasets.synthetic import make_synthetic
-from rcnn.detector import RCNN, load_config
+from rcnn.detectors import RCNN, load_config
 from rcnn.proposals import ProposalStore, make_proposer
 
 TINY = {

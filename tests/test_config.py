@@ -15,7 +15,8 @@ import torch
 from rcnn.cli import main
 from rcnn.commands.train import config_from_args
 from rcnn.config import from_dict, merge, to_dict
-from rcnn.detector import MODEL_FORMAT, MODEL_VERSION, RCNN, DetectorConfig, load_config
+from rcnn.detectors import RCNN, DetectorConfig, load_config
+from rcnn.detectors.base import MODEL_FORMAT, MODEL_VERSION
 from rcnn.errors import ConfigError, ModelError
 from rcnn.proposals import (
     PROPOSERS,

@@ -8,7 +8,7 @@ import torch
 
 from rcnn.datasets import load_dataset
 from rcnn.datasets.synthetic import make_synthetic
-from rcnn.detector import RCNN, DetectorConfig, load_config
+from rcnn.detectors import RCNN, DetectorConfig, load_config
 from rcnn.errors import ConfigError, ModelError
 from rcnn.evaluation import evaluate_voc
 

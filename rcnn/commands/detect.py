@@ -14,6 +14,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.train import add_device_option
+
     parser = subparsers.add_parser("detect", help="detect objects with a trained model")
     parser.add_argument("model", help="model file written by `rcnn train`")
     parser.add_argument("input", help="an image, a folder of images, or a dataset (VOC root, folder with .xml, COCO .json)")
@@ -24,7 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--draw-limit", type=int, default=20, help="draw at most this many images (default 20; 0: all)")
     parser.add_argument("--skip-bad", action="store_true", help="skip (count and name) unreadable images instead of failing")
     parser.add_argument("--draw-min-score", type=float,
-                        help="draw only detections scoring at least this (default: 0 for SVMs, 0.5 for softmax)")
+                        help="draw only detections scoring at least this (default: 0 for SVM margins, 0.5 for probabilities)")
+    add_device_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -51,12 +54,12 @@ def run(args) -> int:
     from rcnn.commands.train import report_skipped
     from rcnn.datasets import Detections, load_dataset, read_image
     from rcnn.datasets.coco import write_detections
-    from rcnn.detector import RCNN
+    from rcnn.detectors import load_model
     from rcnn.errors import ImageError
     from rcnn.progress import notice, progress
     from rcnn.reports.draw import draw_detections, save_image
 
-    model = RCNN.load(args.model)
+    model = load_model(args.model, args.device)
     src = Path(args.input)
     annotated = src.suffix.lower() == ".json" or (src.is_dir() and (any(src.glob("*.xml")) or (src / "Annotations").is_dir()))
     if annotated:
@@ -71,7 +74,7 @@ def run(args) -> int:
     limit = args.draw_limit or len(dataset)
     min_score = args.draw_min_score
     if min_score is None:
-        min_score = 0.0 if model.config.classifier == "svm" else 0.5
+        min_score = model.draw_threshold
     for i, sample in enumerate(progress(dataset.samples, desc="detect")):
         try:
             entry = parts.read(sample.image_path, require=("boxes", "scores", "labels"))

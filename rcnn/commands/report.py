@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.train import add_device_option
+
     p = subparsers.add_parser("report", help="evaluation report: AP tables, PR curves, false-positive types, gallery")
     p.add_argument("model", help="model file written by `rcnn train`")
     p.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
@@ -16,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-fp", type=int, default=12, help="top-scoring false positives to draw (default 12)")
     p.add_argument("--threshold", type=float, help="gallery score threshold (default: the one maximising F1)")
     p.add_argument("--no-cache", action="store_true", help="run every image through the model instead of the caches")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -24,13 +27,13 @@ def run(args) -> int:
 
     from rcnn.config import to_dict
     from rcnn.datasets import load_dataset, read_detections
-    from rcnn.detector import RCNN
+    from rcnn.detectors import load_model
     from rcnn.reports.report import build_report, report_model
 
-    model = RCNN.load(args.model)
+    model = load_model(args.model, args.device)
     dataset = load_dataset(args.dataset, args.split, args.images, classes=model.classes_)
     options = dict(gallery=args.gallery, top_false_positives=args.top_fp, score_threshold=args.threshold)
-    title = args.title or f"R-CNN report: {args.model} on {args.dataset}" + (f" ({args.split})" if args.split else "")
+    title = args.title or f"{type(model).__name__} report: {args.model} on {args.dataset}" + (f" ({args.split})" if args.split else "")
     extra = {"model": args.model, "dataset": args.dataset, "split": args.split}
     if args.detections:
         start = time.perf_counter()

@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 
 
+def add_device_option(parser) -> None:
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                        help="where the networks run (default: the config's device, auto: CUDA when torch sees a GPU)")
+
+
 def add_config_options(parser) -> None:
     parser.add_argument("--config", help="experiment TOML file (default: the built-in defaults)")
     parser.add_argument(
@@ -19,7 +24,7 @@ def config_from_args(args):
     drops the file's other proposal settings); every value is checked here, before any work."""
     import tomllib
 
-    from rcnn.detector import load_config
+    from rcnn.detectors import load_config
     from rcnn.errors import ConfigError
 
     overrides: dict = {}
@@ -38,6 +43,8 @@ def config_from_args(args):
                 raise ConfigError(f"--set {item}: {t} was set to a value, not a table, by an earlier --set")
             target = target[t]
         target[name] = parsed
+    if getattr(args, "device", None):
+        overrides["device"] = args.device
     return load_config(args.config, overrides)
 
 
@@ -50,19 +57,20 @@ def report_skipped(dataset) -> None:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train an R-CNN on a dataset")
+    parser = subparsers.add_parser("train", help="train a detector (the config's `detector`: rcnn by default) on a dataset")
     parser.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
     parser.add_argument("--split", help="VOC split (ImageSets/Main/SPLIT.txt), e.g. train")
     parser.add_argument("--images", help="image folder (COCO)")
     parser.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     add_config_options(parser)
+    add_device_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from rcnn.datasets import load_dataset
-    from rcnn.detector import RCNN, check_trainable
+    from rcnn.detectors import build_detector, check_trainable
 
     config = config_from_args(args)
     # --skip-bad decodes every image now, so a truncated or corrupt one is skipped here, not
@@ -71,7 +79,7 @@ def run(args) -> int:
                            **({"check_images": True, "decode": True} if args.skip_bad else {}))
     report_skipped(dataset)
     check_trainable(dataset, args.dataset)
-    model = RCNN(config).fit(dataset)
+    model = build_detector(config).fit(dataset)
     model.save(args.out)
     print(json.dumps({"model": args.out, **model.fit_stats_}, indent=2))
     return 0

@@ -92,15 +92,19 @@ class FeatureExtractor:
     (hash of weights given to `load_state_dict`, or None) and ``key`` (what the features
     depend on, for caches). After changing ``module``'s weights in place, call
     ``load_state_dict(module.state_dict())`` so that the key and the frozen copy follow.
+    `device` (a torch device or name): where the CNN runs; on a GPU the eager module runs
+    there (`frozen` is a CPU optimisation and is not used), crops and features stay on the CPU.
     """
 
-    def __init__(self, config: FeatureConfig | None = None, **params):
+    def __init__(self, config: FeatureConfig | None = None, device="cpu", **params):
         base = to_dict(config) if config is not None else {}
         self.config = from_dict(FeatureConfig, {**base, **params}, "features")
         c = self.config
+        self.device = torch.device(device)
         self.num_threads = set_threads(c.num_threads)
         built = build_backbone(c.backbone, c.weights, c.weights_file, c.seed, c.pool)
         self.module, self.feature_dim, self.weights_source = built
+        self.module.to(self.device)
         self.finetuned = None
         self._compiled = None
 
@@ -112,13 +116,15 @@ class FeatureExtractor:
                "crop_size": c.crop_size, "padding": c.padding, "warp": c.warp}
         if c.pool != 1:  # pool 1 keeps the key it had before `pool` existed: old caches stay valid
             key["pool"] = c.pool
+        if self.device.type != "cpu":  # a GPU's numbers differ in the last bits: never mixed with the CPU's
+            key["device"] = self.device.type
         return key
 
     def load_state_dict(self, state_dict: dict, where: str = "fine-tuned weights") -> "FeatureExtractor":
         """Load (fine-tuned) backbone weights; a full torchvision state dict also fits (its
         classifier is ignored). Bad keys or shapes raise `ModelError`. Returns self."""
         load_weights(self.config.backbone, self.module, state_dict, where)
-        self.module.eval()
+        self.module.to(self.device).eval()
         self.finetuned = weights_hash(self.module.state_dict())
         self._compiled = None
         return self
@@ -133,6 +139,8 @@ class FeatureExtractor:
         memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=memory_format)
         with torch.inference_mode():
+            if self.device.type != "cpu":
+                return self.module(x.to(self.device, non_blocking=True)).float().cpu()
             if not self.config.frozen:
                 return self.module(x)
             if self._compiled is None:

@@ -381,7 +381,7 @@ def _markdown(r: dict) -> str:
 
 def report_model(model, dataset: Dataset, out_dir, *, title: str | None = None, extra: dict | None = None,
                  use_cache: bool = True, **kwargs) -> dict:
-    """Run fitted `model` (`rcnn.detector.RCNN`) over `dataset`, then `build_report` with
+    """Run fitted `model` (`rcnn.detectors.RCNN`) over `dataset`, then `build_report` with
     its config and the detection time; `kwargs` go to `build_report`."""
     from rcnn.config import to_dict
 

@@ -28,7 +28,7 @@ import run  # noqa: E402
 from rcnn.boxes import box_iou  # noqa: E402
 from rcnn.commands.train import config_from_args  # noqa: E402
 from rcnn.config import merge, to_dict  # noqa: E402
-from rcnn.detector import DetectorConfig  # noqa: E402
+from rcnn.detectors import DetectorConfig  # noqa: E402
 from rcnn.errors import ConfigError  # noqa: E402
 from rcnn.proposals import PROPOSERS, SlidingWindowConfig  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 from rcnn.cli import main
 from rcnn.datasets import Detections, load_dataset, write_detections
 from rcnn.datasets.synthetic import make_synthetic
-from rcnn.detector import RCNN, load_config
+from rcnn.detectors import RCNN, load_config
 from rcnn.evaluation import evaluate_coco, evaluate_voc
 from rcnn.evaluation.analysis import classify_false_positives, error_summary
 from rcnn.reports.report import build_report

@@ -1,0 +1,243 @@
+"""What every detector shares: the settings common to all, the model file, post-processing,
+the training-data check, and the `Detector` surface (`fit`, `detect`, `detect_dataset`,
+`save`, `load`).
+
+A model file is one ``torch.save`` of tensors and plain values, read back with
+``torch.load(path, weights_only=True)``: ``format``, ``version``, ``detector`` (which kind
+wrote it), ``rcnn_version``, ``config`` (the full config as plain values), ``classes`` and
+the detector's own state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcnn import __version__
+from rcnn.boxes import batched_nms, clip_boxes
+from rcnn.cache import atomic_write
+from rcnn.config import from_dict, require, to_dict
+from rcnn.datasets.core import Dataset, Detections
+from rcnn.datasets.images import read_image
+from rcnn.errors import ConfigError, DatasetError, ModelError
+from rcnn.progress import progress
+from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
+
+__all__ = ["CommonConfig", "Detector", "check_trainable", "postprocess", "read_model", "resolve_device", "timed"]
+
+MODEL_FORMAT = "rcnn-model"
+MODEL_VERSION = 1
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """Settings every detector has. `detector`: which one the config builds (``rcnn``,
+    ``fast_rcnn``). `proposals`: the ``[proposals]`` table (``method`` and that proposer's
+    settings, `rcnn.proposals.PROPOSERS`). At test time boxes scoring under the detector's
+    score threshold are dropped, per-class NMS at `nms_threshold` (IoU) follows, then the best
+    `max_detections` per image are kept. `cache_dir` holds proposals, features and
+    checkpoints; `workers`: processes for proposals (0: all cores); `device`: ``auto`` (CUDA
+    when torch sees a GPU), ``cpu`` or ``cuda``.
+    """
+
+    detector: str = "rcnn"
+    proposals: ProposalsConfig = field(default_factory=SelectiveSearchConfig)
+    nms_threshold: float = 0.3
+    score_threshold: float | None = None
+    max_detections: int = 100
+    cache_dir: str = "cache"
+    workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if isinstance(self.proposals, dict):  # a plain [proposals] table, as before typed configs
+            object.__setattr__(self, "proposals", proposals_config(self.proposals, type(self).__name__, "proposals"))
+        require(self, "nms_threshold", 0 < self.nms_threshold <= 1, "an IoU in (0, 1]")
+        require(self, "max_detections", self.max_detections >= 1, "an integer >= 1")
+        require(self, "workers", self.workers >= 0, "an integer >= 0 (0: all cores)")
+        require(self, "cache_dir", bool(self.cache_dir), "a folder name")
+        require(self, "device", self.device in DEVICES, f"one of {', '.join(DEVICES)}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when torch sees a GPU, else the CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = \"cuda\", but torch sees no GPU here; use \"auto\" or \"cpu\"")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def timed(timings: dict | None, stage: str):
+    """Add the block's seconds to ``timings[stage]`` (when `timings` is given)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def postprocess(boxes, scores, labels, image_size, nms_threshold: float, max_detections: int) -> Detections:
+    """Final detections from class-specific candidates: boxes ``float32 [K, 4]``, scores
+    ``[K]``, labels ``int64 [K]`` in ``1..C`` on an image of ``image_size = (height, width)``:
+    boxes clipped to the image, those left without area dropped, per-class NMS at
+    `nms_threshold`, the best `max_detections` kept (by score)."""
+    boxes = clip_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), image_size)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+    keep = batched_nms(boxes, scores, labels, nms_threshold)[:max_detections]
+    return Detections(boxes[keep], scores[keep], labels[keep])
+
+
+def check_trainable(dataset: Dataset, where=None) -> None:
+    """Refuse a dataset that cannot train a detector: no images, no objects, or a class
+    without a single (non-difficult) training object."""
+    if len(dataset) == 0:
+        raise DatasetError(where, "cannot train on an empty dataset (no images)")
+    labels = np.concatenate([s.labels[~s.difficult] for s in dataset] + [np.zeros(0, np.int64)])
+    if len(dataset.classes) == 0 or len(labels) == 0:
+        raise DatasetError(where, f"cannot train: its {len(dataset)} image(s) have no annotated objects")
+    counts = np.bincount(labels, minlength=len(dataset.classes) + 1)[1:]
+    empty = [name for name, n in zip(dataset.classes, counts) if n == 0]
+    if empty:
+        raise DatasetError(where, f"cannot train: no training object of class(es) {', '.join(map(repr, empty))}; "
+                                  "add examples or leave the class out of the class list")
+
+
+def read_model(path) -> dict:
+    """The state stored in a model file, checked for format and version; every problem
+    raises `ModelError` naming the file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: is a folder, not a model file") from None
+    except Exception as e:  # noqa: BLE001  torch raises many kinds for a bad file
+        raise ModelError(f"{path}: not a readable rcnn model ({_load_error(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{path}: not an rcnn model file")
+    if state.get("version") != MODEL_VERSION:
+        raise ModelError(
+            f"{path}: model format version {state.get('version')} (rcnn {state.get('rcnn_version')}); "
+            f"this rcnn {__version__} reads version {MODEL_VERSION}: retrain the model"
+        )
+    return state
+
+
+def _load_error(e: Exception) -> str:
+    """A short reason for a file `torch.load(weights_only=True)` refused, without PyTorch's
+    advice to load it with ``weights_only=False`` (never do that with a file you did not write)."""
+    text = str(e)
+    if "weights_only" in text or "Unpickl" in type(e).__name__:
+        return "not a PyTorch file of tensors and plain values"
+    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else 'truncated or corrupt'}"
+
+
+def check_classes(classes) -> list[str]:
+    """A model file's class list: distinct names (raises ValueError otherwise)."""
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise ValueError(f"class list {classes!r} is not a list of distinct names")
+    return list(classes)
+
+
+class Detector:
+    """The surface every detector has. Subclasses set `kind` and `config_class`, and write
+    `fit`, `detect`, `_state` (their part of the model file) and `_from_state`.
+
+    ``config``: the detector's config; fitted: ``classes_`` (label ``i + 1`` is
+    ``classes_[i]``) and ``fit_stats_`` (counts and seconds per stage).
+    """
+
+    kind = ""
+    config_class = CommonConfig
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(self.config).__name__}")
+
+    @property
+    def draw_threshold(self) -> float:
+        """The score a detection needs to be drawn by default (0.5: a class probability)."""
+        return 0.5
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise ModelError(f"this detector is not fitted: call fit() or {type(self).__name__}.load()")
+
+    def proposal_store(self) -> ProposalStore:
+        """The cache of this config's proposals under ``cache_dir/proposals``."""
+        return ProposalStore(Path(self.config.cache_dir) / "proposals", make_proposer(self.config.proposals))
+
+    def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
+        """Detections for every sample, ``{sample id: Detections}``; with `use_cache`,
+        proposals come from (and go to) the cache under `cache_dir`."""
+        self._check_fitted()
+        store = None
+        if use_cache:
+            store = self.proposal_store()
+            store.compute(dataset, workers=self.config.workers or None)
+        out = {}
+        for sample in progress(dataset.samples, desc="detect"):
+            proposals = None if store is None else store.load(sample)
+            out[sample.id] = self.detect(read_image(sample.image_path), proposals=proposals, timings=timings)
+        return out
+
+    def state_dict(self) -> dict:
+        """The fitted model as tensors and plain values (see the module docstring)."""
+        self._check_fitted()
+        return {
+            "format": MODEL_FORMAT, "version": MODEL_VERSION, "detector": self.kind, "rcnn_version": __version__,
+            "config": to_dict(self.config), "classes": list(self.classes_), **self._state(),
+        }
+
+    def save(self, path) -> Path:
+        """Write the model to `path` atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        with atomic_write(path) as f:
+            torch.save(self.state_dict(), f)
+        return path
+
+    @classmethod
+    def load(cls, path, device: str | None = None) -> "Detector":
+        """A fitted detector from a file written by `save`, to run on `device` (None: the
+        config's); a corrupt file, one from another format version or of another detector
+        kind raises `ModelError` naming the file."""
+        state = read_model(path)
+        kind = state.get("detector", "rcnn")  # files from before Fast R-CNN are R-CNN's
+        if kind != cls.kind:
+            raise ModelError(f"{path}: a {kind} model, not {cls.kind}; load it with rcnn.detectors.load_model")
+        return cls.from_state(state, path, device)
+
+    @classmethod
+    def from_state(cls, state: dict, path, device: str | None = None) -> "Detector":
+        """A fitted detector from a model file's checked `state` (see `read_model`)."""
+        try:
+            config = from_dict(cls.config_class, state["config"], where=f"{path}: config")
+            if device is not None:
+                config = replace(config, device=device)
+            model = cls(config)
+            model.classes_ = check_classes(state["classes"])
+            model._from_state(state, path)
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise ModelError(f"{path}: damaged model file ({type(e).__name__}: {e})") from None
+        return model
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _from_state(self, state: dict, path) -> None:
+        raise NotImplementedError

@@ -1,0 +1,264 @@
+"""The R-CNN detector (Girshick et al. 2014), built from the stages to its left.
+
+Training (`RCNN.fit`): proposals for every image (cached, parallel) -> optional fine-tuning
+of the CNN with a softmax head on warped crops -> CNN features of every proposal and ground
+truth box (cached) -> per-class linear SVMs with hard negative mining -> per-class ridge box
+regression. Detection (`RCNN.detect`): proposals -> warped crops -> features -> scores
+``[N, C]`` -> class-specific box regression -> clip -> score threshold -> per-class NMS ->
+the best `max_detections`.
+
+A model is one file of tensors and plain values (``torch.load(path, weights_only=True)``):
+format and version, the full config, class names, the backbone weights when they are not
+reproducible from their source (fine-tuned), and the heads' state dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rcnn.cache import array_hash, params_key
+from rcnn.config import require, to_dict
+from rcnn.datasets.core import Dataset, Detections
+from rcnn.datasets.images import read_image
+from rcnn.detectors.base import CommonConfig, Detector, check_trainable, postprocess, resolve_device, timed
+from rcnn.errors import ModelError
+from rcnn.features.extractor import FeatureConfig, FeatureExtractor
+from rcnn.features.store import DatasetFeatures, FeatureStore
+from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
+from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
+from rcnn.proposals import ProposalStore, make_proposer
+
+__all__ = ["DetectorConfig", "RCNN"]
+
+CLASSIFIERS = ("svm", "softmax")
+
+
+@dataclass(frozen=True)
+class DetectorConfig(CommonConfig):
+    """An R-CNN's config (``detector = "rcnn"``, the default); an experiment's TOML file fills
+    it. Besides the common settings (`rcnn.detectors.base.CommonConfig`):
+
+    `features`, `finetune`, `svm`, `regression`: the stages' tables. `finetune.iterations = 0`
+    skips fine-tuning; `classifier` is ``svm`` or ``softmax`` (the fine-tuned network's own
+    scores; needs fine-tuning); `box_regression` turns the ridge regressors on. The score
+    threshold (None: -1.0 for SVM margins, 0.01 for softmax probabilities) drops boxes
+    before NMS.
+    """
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(iterations=0))
+    classifier: str = "svm"
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    box_regression: bool = True
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "detector", self.detector == "rcnn", '"rcnn" for an R-CNN config')
+        require(self, "classifier", self.classifier in CLASSIFIERS, f"one of {', '.join(CLASSIFIERS)}")
+        require(self, "classifier", self.classifier != "softmax" or self.finetune.iterations > 0,
+                "\"svm\" (softmax needs fine-tuning: set finetune.iterations > 0)")
+
+    @property
+    def min_score(self) -> float:
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return -1.0 if self.classifier == "svm" else 0.01
+
+
+class RCNN(Detector):
+    """R-CNN: ``RCNN(config).fit(dataset)``, then ``detect(image)`` / ``detect_dataset(ds)``.
+
+    Fitted attributes: ``classes_`` (names, label ``i + 1`` is ``classes_[i]``),
+    ``extractor_`` (`FeatureExtractor`), ``classifier_`` (`SVMHead` or `SoftmaxHead`),
+    ``regressor_`` (`BoxRegressor` or None), ``finetuned_`` (backbone state dict or None),
+    ``fit_stats_`` (counts and seconds per stage).
+    """
+
+    kind = "rcnn"
+    config_class = DetectorConfig
+
+    @property
+    def draw_threshold(self) -> float:
+        """0 for SVM margins (the decision boundary), 0.5 for softmax probabilities."""
+        return 0.0 if self.config.classifier == "svm" else 0.5
+
+    # -- training ---------------------------------------------------------------------------
+
+    def dataset_features(self, dataset: Dataset, ground_truth: bool = False) -> DatasetFeatures:
+        """`dataset`'s proposals and this detector's features of them, from (and into) the
+        caches under `cache_dir`; with `ground_truth`, each image's ground-truth boxes come
+        first (the training set of regions)."""
+        c = self.config
+        features = FeatureStore(Path(c.cache_dir) / "features", self.extractor_)
+        return DatasetFeatures(dataset, self.proposal_store(), features, ground_truth, workers=c.workers or None)
+
+    def fit(self, dataset: Dataset) -> "RCNN":
+        """Train every stage on `dataset`; returns self."""
+        c = self.config
+        check_trainable(dataset)
+        stats = {"images": len(dataset)}
+        self.classes_ = list(dataset.classes)
+        num_classes = len(self.classes_)
+
+        start = time.perf_counter()
+        proposals = self.proposal_store()
+        proposals.compute(dataset, workers=c.workers or None)
+        stats["proposals_seconds"] = time.perf_counter() - start
+
+        device = resolve_device(c.device)
+        self.extractor_ = FeatureExtractor(c.features, device=device)
+        self.finetuned_ = None
+        softmax = None
+        if c.finetune.iterations > 0:
+            start = time.perf_counter()
+            key = _finetune_key(c, dataset, proposals)
+            checkpoint = Path(c.cache_dir) / "finetune" / f"{proposals.folder.name}-{key}.pt"
+            tuner = Finetuner(num_classes, c.finetune, c.features.crop_size, c.features.padding, checkpoint=checkpoint,
+                              device=device)
+            images = [
+                FinetuneImage(s.image_path, proposals.load(s), s.boxes, s.labels, s.difficult) for s in dataset
+            ]
+            tuner.fit(self.extractor_.module, self.extractor_.feature_dim, images)
+            self.finetuned_ = {k: v.detach().cpu().clone() for k, v in tuner.backbone_.state_dict().items()}
+            self.extractor_.load_state_dict(self.finetuned_)
+            softmax = tuner.head_
+            stats["finetune_seconds"] = time.perf_counter() - start
+
+        if c.classifier == "svm" or c.box_regression:
+            start = time.perf_counter()
+            regions = self.dataset_features(dataset, ground_truth=True)
+            stats["features_seconds"] = time.perf_counter() - start
+
+            def image_data(i: int) -> ImageData:
+                s = dataset[i]
+                boxes = regions.boxes(s)
+                return ImageData(regions.features(s, boxes), boxes, s.boxes, s.labels, s.difficult)
+
+        start = time.perf_counter()
+        if c.classifier == "svm":
+            self.classifier_ = SVMHead(num_classes, c.svm).fit(image_data, len(dataset))
+        else:
+            self.classifier_ = softmax
+        self.regressor_ = None
+        if c.box_regression:
+            self.regressor_ = BoxRegressor(num_classes, c.regression).fit(image_data, len(dataset))
+        stats["heads_seconds"] = time.perf_counter() - start
+        self.fit_stats_ = stats
+        return self
+
+    # -- detection --------------------------------------------------------------------------
+
+    def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
+        """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
+
+        `proposals` ``float32 [N, 4]`` replaces the configured proposer; `timings`, when given,
+        is filled with seconds spent in ``proposals, warp, cnn, heads, nms`` (added to).
+        """
+        self._check_fitted()
+        c = self.config
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        height, width = image.shape[:2]
+        with timed(timings, "proposals"):
+            if proposals is None:
+                proposals = make_proposer(c.proposals)(image)
+            proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
+        if len(proposals) == 0:
+            return Detections()
+        feats = np.empty((len(proposals), self.extractor_.feature_dim), np.float32)
+        bs = self.extractor_.config.batch_size
+        for i in range(0, len(proposals), bs):
+            with timed(timings, "warp"):
+                crops = self.extractor_.crops(image, proposals[i:i + bs])
+            with timed(timings, "cnn"):
+                feats[i:i + bs] = self.extractor_.forward(crops).numpy()
+        return self.predict(proposals, feats, (height, width), timings)
+
+    def predict(self, proposals: np.ndarray, features: np.ndarray, image_size, timings: dict | None = None) -> Detections:
+        """Detections from proposals ``[N, 4]`` and their features ``[N, D]`` on an image of
+        ``image_size = (height, width)``: scores, class-specific regression, clipping, the
+        score threshold, per-class NMS and the cap on detections."""
+        self._check_fitted()
+        c = self.config
+        with timed(timings, "heads"):
+            scores = np.asarray(self.classifier_.decision_function(features), np.float32)  # [N, C]
+            rows, cols = np.nonzero(scores >= c.min_score)
+            labels = cols.astype(np.int64) + 1
+            boxes = np.asarray(proposals, np.float32).reshape(-1, 4)[rows]
+            if self.regressor_ is not None and len(rows):
+                boxes = self.regressor_.predict(features[rows], boxes, labels)
+        with timed(timings, "nms"):
+            return postprocess(boxes, scores[rows, cols], labels, image_size, c.nms_threshold, c.max_detections)
+
+    def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
+        """Detections for every sample, ``{sample id: Detections}``. With `use_cache`,
+        proposals and their features come from (and go to) the caches under `cache_dir`, so
+        re-fitted heads are scored in seconds; without, every image runs through `detect`."""
+        if not use_cache:
+            return super().detect_dataset(dataset, use_cache=False, timings=timings)
+        self._check_fitted()
+        out = {}
+        regions = self.dataset_features(dataset)
+        for sample in dataset:
+            boxes = regions.boxes(sample)
+            out[sample.id] = self.predict(boxes, regions.features(sample, boxes), (sample.height, sample.width), timings)
+        return out
+
+    # -- the model file ---------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            "weights_source": self.extractor_.weights_source,
+            "backbone": self.finetuned_,
+            "classifier": self.classifier_.state_dict(),
+            "regressor": None if self.regressor_ is None else self.regressor_.state_dict(),
+        }
+
+    def _from_state(self, state: dict, path) -> None:
+        config = self.config
+        self.extractor_ = FeatureExtractor(config.features, device=resolve_device(config.device))
+        if self.extractor_.weights_source != state["weights_source"]:
+            raise ModelError(
+                f"{path}: trained on backbone weights {state['weights_source']}, but only "
+                f"{self.extractor_.weights_source} can be loaded here"
+            )
+        self.finetuned_ = state["backbone"]
+        if self.finetuned_ is not None:
+            self.extractor_.load_state_dict(self.finetuned_, where=str(path))
+        head = SVMHead if config.classifier == "svm" else SoftmaxHead
+        self.classifier_ = head.from_state_dict(state["classifier"])
+        self.regressor_ = None if state["regressor"] is None else BoxRegressor.from_state_dict(state["regressor"])
+        _check_heads(self)
+
+
+def _check_heads(model: "RCNN") -> None:
+    """The class list, the heads and the backbone of a loaded model must fit one another."""
+    classes = model.classes_
+    dim = model.extractor_.feature_dim
+    heads = [("classifier", model.classifier_), ("box regressor", model.regressor_)]
+    for name, head in heads:
+        if head is None:
+            continue
+        if head.num_classes != len(classes):
+            raise ValueError(f"the {name} has {head.num_classes} classes, the class list {len(classes)}")
+        head_dim = getattr(head, "feature_dim", None) or head.weights_.shape[0]
+        if head_dim != dim:
+            raise ValueError(f"the {name} takes {head_dim}-d features, the backbone gives {dim}")
+
+
+def _finetune_key(config: DetectorConfig, dataset: Dataset, proposals: ProposalStore) -> str:
+    """What a fine-tuning checkpoint depends on: its config, the features, and every image's
+    content and annotations (boxes, labels, difficult flags) with the class list. Proposals
+    follow from the images and the proposal folder, which is part of the checkpoint's name."""
+    samples = [
+        (proposals.store.image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset
+    ]
+    return params_key({
+        "finetune": to_dict(config.finetune), "features": to_dict(config.features),
+        "classes": list(dataset.classes), "samples": samples,
+    })
