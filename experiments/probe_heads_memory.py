@@ -14,6 +14,7 @@ import numpy as np
 
 from rcnn.boxes import box_iou
 from rcnn.heads import BoxRegressor, ImageData, SVMConfig, SVMHead
+from rcnn.heads.data import LazySequence
 
 N_IMAGES, N_BOXES, DIM, C = 300, 2000, 1280, 6
 if len(sys.argv) > 1:
@@ -45,9 +46,9 @@ def image(i):
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    svm = SVMHead(C, SVMConfig()).fit(image, N_IMAGES)
+    svm = SVMHead(C, SVMConfig()).fit(LazySequence(N_IMAGES, image))
     t1 = time.perf_counter()
-    reg = BoxRegressor(C).fit(image, N_IMAGES)
+    reg = BoxRegressor(C).fit(LazySequence(N_IMAGES, image))
     t2 = time.perf_counter()
     test = [image(N_IMAGES + k) for k in range(20)]
     correct = total = 0

@@ -29,6 +29,7 @@ from rcnn.errors import ModelError
 from rcnn.features.extractor import FeatureConfig, FeatureExtractor
 from rcnn.features.store import DatasetFeatures, FeatureStore
 from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
+from rcnn.heads.data import LazySequence
 from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
 from rcnn.proposals import ProposalStore, make_proposer
 
@@ -139,14 +140,16 @@ class RCNN(Detector):
                 boxes = regions.boxes(s)
                 return ImageData(regions.features(s, boxes), boxes, s.boxes, s.labels, s.difficult)
 
+            images = LazySequence(len(dataset), image_data)  # one image's features in memory at a time
+
         start = time.perf_counter()
         if c.classifier == "svm":
-            self.classifier_ = SVMHead(num_classes, c.svm).fit(image_data, len(dataset))
+            self.classifier_ = SVMHead(num_classes, c.svm).fit(images)
         else:
             self.classifier_ = softmax
         self.regressor_ = None
         if c.box_regression:
-            self.regressor_ = BoxRegressor(num_classes, c.regression).fit(image_data, len(dataset))
+            self.regressor_ = BoxRegressor(num_classes, c.regression).fit(images)
         stats["heads_seconds"] = time.perf_counter() - start
         self.fit_stats_ = stats
         return self
@@ -170,13 +173,7 @@ class RCNN(Detector):
             proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
         if len(proposals) == 0:
             return Detections()
-        feats = np.empty((len(proposals), self.extractor_.feature_dim), np.float32)
-        bs = self.extractor_.config.batch_size
-        for i in range(0, len(proposals), bs):
-            with timed(timings, "warp"):
-                crops = self.extractor_.crops(image, proposals[i:i + bs])
-            with timed(timings, "cnn"):
-                feats[i:i + bs] = self.extractor_.forward(crops).numpy()
+        feats = self.extractor_.extract(image, proposals, timings)
         return self.predict(proposals, feats, (height, width), timings)
 
     def predict(self, proposals: np.ndarray, features: np.ndarray, image_size, timings: dict | None = None) -> Detections:

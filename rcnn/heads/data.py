@@ -1,11 +1,13 @@
 """What the heads are trained from: per image, features of boxes and the ground truth.
 
-The heads never hold every image's features at once: `fit` takes ``get_image_data(i)`` for
-``i in range(n_images)`` and calls it once per image per pass.
+A head's ``fit(images)`` takes a sequence of `ImageData` (one item per training image) and
+reads each item once per pass. The heads never hold every image's features at once: give
+them a `LazySequence` whose items are read from the feature cache on access.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -26,7 +28,22 @@ class ImageData(NamedTuple):
     gt_difficult: np.ndarray | None = None
 
 
-GetImageData = Callable[[int], "ImageData | tuple"]
+class LazySequence(Sequence):
+    """``length`` items made on access by ``make(i)``, none kept (e.g. one image's cached
+    features at a time)."""
+
+    def __init__(self, length: int, make: Callable[[int], object]):
+        self.length, self.make = length, make
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.length))]
+        if not -self.length <= i < self.length:
+            raise IndexError(i)
+        return self.make(i % self.length)
 
 
 def as_image_data(item, i: int) -> ImageData:

@@ -9,6 +9,8 @@ class learns from them. Targets are normalised per class (means and stds are sto
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +20,7 @@ from sklearn.linear_model import Ridge
 from rcnn.boxes import BoxCoder
 from rcnn.config import from_dict, require, to_dict
 from rcnn.errors import ModelError
-from rcnn.heads.data import GetImageData, as_image_data, feature_scale
+from rcnn.heads.data import as_image_data, feature_scale
 from rcnn.heads.labeling import label_proposals
 from rcnn.progress import progress
 
@@ -56,13 +58,13 @@ class BoxRegressor:
         self.num_classes = num_classes
         self.config = config
 
-    def fit(self, get_image_data: GetImageData, n_images: int):
-        """Fit from ``get_image_data(i)`` -> `ImageData` for ``i < n_images`` (one pass)."""
+    def fit(self, images: Sequence):
+        """Fit from a sequence of `ImageData`, one per training image (one pass); returns self."""
         cfg, C = self.config, self.num_classes
         xs, ts, cs, norm_sum, count = [], [], [], 0.0, 0
         coder = BoxCoder()
-        for i in progress(range(n_images), desc="box regression", total=n_images):
-            d = as_image_data(get_image_data(i), i)
+        for i in progress(range(len(images)), desc="box regression", total=len(images)):
+            d = as_image_data(images[i], i)
             norm_sum += float(np.linalg.norm(d.features, axis=1).sum())
             count += len(d.features)
             _, max_iou, gt_index = label_proposals(d.boxes, d.gt_boxes, d.gt_labels, d.gt_difficult)

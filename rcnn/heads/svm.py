@@ -16,6 +16,8 @@ Only the cache is held in memory, never all features.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import warnings
 from dataclasses import dataclass
 
@@ -26,7 +28,7 @@ from sklearn.svm import LinearSVC
 
 from rcnn.config import from_dict, require, to_dict
 from rcnn.errors import ModelError
-from rcnn.heads.data import GetImageData, as_image_data, feature_scale
+from rcnn.heads.data import as_image_data, feature_scale
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, class_labels
 from rcnn.progress import progress
 
@@ -125,12 +127,14 @@ class SVMHead:
         self.config = config
 
     # -- training -------------------------------------------------------------------------------
-    def fit(self, get_image_data: GetImageData, n_images: int):
-        """Fit from ``get_image_data(i)`` -> `ImageData` for ``i < n_images`` (1 + rounds passes)."""
+    def fit(self, images: Sequence):
+        """Fit from a sequence of `ImageData`, one per training image, each read once per
+        pass (1 + rounds passes); returns self."""
         cfg, C = self.config, self.num_classes
         cache, norm_sum, count = None, 0.0, 0
+        n_images = len(images)
         for i in progress(range(n_images), desc="SVM pass 1", total=n_images):
-            d = as_image_data(get_image_data(i), i)
+            d = as_image_data(images[i], i)
             if cache is None:
                 cache = _Cache(d.features.shape[1], C)
             norm_sum += float(np.linalg.norm(d.features, axis=1).sum())
@@ -154,7 +158,7 @@ class SVMHead:
         self.history_ = [{"pass": 1, "negatives": cache.negatives().tolist(), "added": sampled, "evicted": [0] * C}]
         self._train(cache)
         for r in range(cfg.rounds):
-            if not self._mine(cache, get_image_data, n_images, r + 2):
+            if not self._mine(cache, images, r + 2):
                 break
             self._train(cache)
         return self
@@ -162,7 +166,7 @@ class SVMHead:
     def _labels(self, d) -> np.ndarray:
         return class_labels(d.boxes, d.gt_boxes, d.gt_labels, self.num_classes, d.gt_difficult, self.config.matcher)
 
-    def _mine(self, cache: _Cache, get_image_data, n_images: int, pass_no: int) -> bool:
+    def _mine(self, cache: _Cache, images: Sequence, pass_no: int) -> bool:
         """One hard negative mining pass; False when it added nothing (evicting negatives outside
         the margin alone leaves the SVM as it is: they carry no loss)."""
         cfg = self.config
@@ -171,8 +175,8 @@ class SVMHead:
         cache.compact()
         evicted = easy.sum(0)
         added = np.zeros(self.num_classes, np.int64)
-        for i in progress(range(n_images), desc=f"SVM mining pass {pass_no}", total=n_images):
-            d = as_image_data(get_image_data(i), i)
+        for i in progress(range(len(images)), desc=f"SVM mining pass {pass_no}", total=len(images)):
+            d = as_image_data(images[i], i)
             hard = (self._labels(d) == NEGATIVE) & (self.decision_function(d.features) > cfg.hard_threshold)
             mine = np.flatnonzero((cache.keys >> 32) == i)  # this image's cached rows
             where = np.full(len(d.features), -1, np.int64)

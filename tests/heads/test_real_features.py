@@ -54,7 +54,7 @@ def cards_features():
 
 def test_svms_separate_real_cnn_features_of_cards(cards_features):
     train, test, C = cards_features["train"], cards_features["test"], len(cards_features["classes"])
-    svm = SVMHead(C, SVMConfig()).fit(train.__getitem__, len(train))
+    svm = SVMHead(C, SVMConfig()).fit(train)
     hits = total = bg_below = bg_total = 0
     for d in test:
         scores = svm.decision_function(d.features)
@@ -71,7 +71,7 @@ def test_svms_separate_real_cnn_features_of_cards(cards_features):
 
 def test_box_regression_on_real_features_moves_boxes_closer(cards_features):
     train, test = cards_features["train"], cards_features["test"]
-    reg = BoxRegressor(len(cards_features["classes"])).fit(train.__getitem__, len(train))
+    reg = BoxRegressor(len(cards_features["classes"])).fit(train)
     before, after = [], []
     for d in test:
         iou = box_iou(d.boxes, d.gt_boxes)

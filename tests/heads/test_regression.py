@@ -31,7 +31,7 @@ def _images(n_images, seed=0):
 
 def test_regression_recovers_boxes_from_features_that_encode_the_offsets():
     train, test = _images(40), _images(10, seed=1)
-    reg = BoxRegressor(2, RegressionConfig(alpha=1e-3, feature_norm=None)).fit(train.__getitem__, len(train))
+    reg = BoxRegressor(2, RegressionConfig(alpha=1e-3, feature_norm=None)).fit(train)
     assert (reg.num_pairs_ > 100).all()
     for im in test:
         near = box_iou(im.boxes, im.gt_boxes)[:, 0] > 0.6
@@ -41,7 +41,7 @@ def test_regression_recovers_boxes_from_features_that_encode_the_offsets():
 
 def test_regressor_is_class_specific_and_background_keeps_boxes():
     train, test = _images(40), _images(4, seed=1)
-    reg = BoxRegressor(2, RegressionConfig(alpha=1e-3, feature_norm=None)).fit(train.__getitem__, len(train))
+    reg = BoxRegressor(2, RegressionConfig(alpha=1e-3, feature_norm=None)).fit(train)
     im = test[0]  # class 1
     wrong = reg.predict(im.features[:10], im.boxes[:10], np.full(10, 2))
     right = reg.predict(im.features[:10], im.boxes[:10], np.full(10, 1))
@@ -52,7 +52,7 @@ def test_regressor_is_class_specific_and_background_keeps_boxes():
 
 def test_only_pairs_above_min_iou_train_and_targets_are_normalised():
     train = _images(20)
-    reg = BoxRegressor(2, RegressionConfig(min_iou=0.6)).fit(train.__getitem__, len(train))
+    reg = BoxRegressor(2, RegressionConfig(min_iou=0.6)).fit(train)
     expected = [0, 0]
     for im in train:
         expected[im.gt_labels[0] - 1] += int((box_iou(im.boxes, im.gt_boxes)[:, 0] > 0.6).sum())
@@ -68,7 +68,7 @@ def test_only_pairs_above_min_iou_train_and_targets_are_normalised():
 
 def test_class_without_pairs_leaves_boxes_alone():
     train = [im for im in _images(20) if im.gt_labels[0] == 1]
-    reg = BoxRegressor(3).fit(train.__getitem__, len(train))
+    reg = BoxRegressor(3).fit(train)
     assert reg.num_pairs_[1] == reg.num_pairs_[2] == 0
     im = train[0]
     np.testing.assert_allclose(reg.predict(im.features, im.boxes, np.full(len(im.boxes), 3)), im.boxes, atol=1e-4)
@@ -76,7 +76,7 @@ def test_class_without_pairs_leaves_boxes_alone():
 
 def test_state_dict_round_trip_and_torch_boxes(tmp_path):
     train = _images(20)
-    reg = BoxRegressor(2).fit(train.__getitem__, len(train))
+    reg = BoxRegressor(2).fit(train)
     torch.save(reg.state_dict(), tmp_path / "reg.pt")
     loaded = BoxRegressor.from_state_dict(torch.load(tmp_path / "reg.pt", weights_only=True))
     im = train[3]
@@ -94,6 +94,6 @@ def test_config_and_label_validation():
     with pytest.raises(ConfigError):
         from_dict(RegressionConfig, {"min_iou": 1.5})
     train = _images(4)
-    reg = BoxRegressor(2).fit(train.__getitem__, len(train))
+    reg = BoxRegressor(2).fit(train)
     with pytest.raises(ValueError):
         reg.predict(train[0].features, train[0].boxes, np.full(len(train[0].boxes), 3))

@@ -54,8 +54,8 @@ def _cluster_images(n_images, num_classes=3, dim=32, seed=0):
 def test_hard_negative_mining_adds_hard_negatives_and_separates_them():
     images = _toy_images()
     cfg = dict(C=1.0, feature_norm=None, negatives_per_image=1, rounds=0, seed=0)
-    before = SVMHead(1, SVMConfig(**cfg)).fit(images.__getitem__, len(images))
-    after = SVMHead(1, SVMConfig(**{**cfg, "rounds": 3})).fit(images.__getitem__, len(images))
+    before = SVMHead(1, SVMConfig(**cfg)).fit(images)
+    after = SVMHead(1, SVMConfig(**{**cfg, "rounds": 3})).fit(images)
 
     neg = np.concatenate([im.features[1:] for im in images])
     hard = np.concatenate([im.features[1:4] for im in images])
@@ -77,7 +77,7 @@ def test_hard_negative_mining_adds_hard_negatives_and_separates_them():
 def test_mining_evicts_easy_negatives_and_respects_the_cache_size():
     images = _toy_images()
     head = SVMHead(1, SVMConfig(C=1.0, feature_norm=None, negatives_per_image=50, max_negatives=300, rounds=2))
-    head.fit(images.__getitem__, len(images))
+    head.fit(images)
     assert head.history_[0]["negatives"] == [300]  # 20 x 50 sampled, 300 kept
     assert head.history_[1]["evicted"][0] > 0  # easy ones (-3, 0) leave the cache
     assert all(h["negatives"][0] <= 300 for h in head.history_)
@@ -87,7 +87,7 @@ def test_svms_separate_feature_clusters_per_class():
     train, centres = _cluster_images(60)
     test, _ = _cluster_images(30, seed=1)
     test = [ImageData(t.features, t.boxes, t.gt_boxes, t.gt_labels) for t in test]
-    head = SVMHead(3, SVMConfig()).fit(train.__getitem__, len(train))  # R-CNN defaults
+    head = SVMHead(3, SVMConfig()).fit(train)  # R-CNN defaults
     assert head.weights_.shape == (32, 3) and head.bias_.shape == (3,)
     # scale: the mean norm of training features becomes 20
     norms = np.concatenate([np.linalg.norm(t.features, axis=1) for t in train])
@@ -101,7 +101,7 @@ def test_svms_separate_feature_clusters_per_class():
 
 def test_decision_function_is_one_matrix_product_for_numpy_and_torch():
     train, _ = _cluster_images(30)
-    head = SVMHead(3).fit(train.__getitem__, len(train))
+    head = SVMHead(3).fit(train)
     x = train[0].features
     expected = (x.astype(np.float64) * head.scale_) @ head.weights_ + head.bias_
     np.testing.assert_allclose(head.decision_function(x), expected, rtol=1e-4, atol=1e-4)
@@ -112,7 +112,7 @@ def test_decision_function_is_one_matrix_product_for_numpy_and_torch():
 
 def test_state_dict_round_trip_through_torch_file(tmp_path):
     train, _ = _cluster_images(30)
-    head = SVMHead(3, SVMConfig(loss="squared_hinge", positive_iou=0.7)).fit(train.__getitem__, len(train))
+    head = SVMHead(3, SVMConfig(loss="squared_hinge", positive_iou=0.7)).fit(train)
     torch.save(head.state_dict(), tmp_path / "svm.pt")
     loaded = SVMHead.from_state_dict(torch.load(tmp_path / "svm.pt", weights_only=True))
     assert loaded.config == head.config
@@ -124,15 +124,15 @@ def test_state_dict_round_trip_through_torch_file(tmp_path):
 
 def test_same_config_gives_same_numbers():
     train, _ = _cluster_images(30)
-    a = SVMHead(3, SVMConfig(negatives_per_image=5)).fit(train.__getitem__, len(train))
-    b = SVMHead(3, SVMConfig(negatives_per_image=5)).fit(train.__getitem__, len(train))
+    a = SVMHead(3, SVMConfig(negatives_per_image=5)).fit(train)
+    b = SVMHead(3, SVMConfig(negatives_per_image=5)).fit(train)
     np.testing.assert_array_equal(a.weights_, b.weights_)
 
 
 def test_class_without_examples_scores_a_constant_and_warns():
     train, _ = _cluster_images(20, num_classes=2)
     with pytest.warns(UserWarning, match=r"\[3\]"):
-        head = SVMHead(3).fit(train.__getitem__, len(train))
+        head = SVMHead(3).fit(train)
     assert head.empty_classes_ == [3]
     assert (head.decision_function(train[0].features)[:, 2] == -10).all()
 
@@ -151,4 +151,4 @@ def test_config_from_toml_dict_and_validation():
 def test_mismatched_image_data_is_an_error():
     bad = ImageData(np.zeros((3, 4), np.float32), np.zeros((2, 4), np.float32), np.zeros((0, 4)), np.zeros(0))
     with pytest.raises(ValueError, match="image 0"):
-        SVMHead(1).fit(lambda i: bad, 1)
+        SVMHead(1).fit([bad])
