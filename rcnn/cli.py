@@ -1,7 +1,12 @@
 """The `rcnn` command: thin wrappers that parse arguments and call the library.
 
 Each subcommand lives in `rcnn/commands/NAME.py` as ``register(subparsers)``, which adds its
-parser and sets ``func(args) -> int``. An `RcnnError` is printed as one line and exits 1.
+parser and sets ``func(args) -> int``; the commands import the library inside ``run`` so that
+``rcnn --help`` does not load torch. An `RcnnError` is printed as one line and exits 1.
+
+Process-wide settings belong here, at the entry point: torch's intra-op threads are set to
+the CPUs this process may use. (``OMP_WAIT_POLICY=PASSIVE`` must be set before torch loads,
+so `import rcnn` sets it: see rcnn/__init__.py.)
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from rcnn import __version__
 from rcnn.errors import RcnnError
 
 COMMANDS = ["data", "evaluate", "propose", "recall", "train", "detect", "report"]
+THREADED = {"train", "detect", "report"}  # commands that run a CNN
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"rcnn.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"rcnn.commands.{name}":
-                raise
-            continue  # a stage not built yet
-        module.register(sub)
+        importlib.import_module(f"rcnn.commands.{name}").register(sub)
     return parser
 
 
@@ -39,6 +39,10 @@ def main(argv=None) -> int:
 
         progress.QUIET = True
     try:
+        if args.command in THREADED:
+            from rcnn.features.extractor import set_threads
+
+            set_threads(0)
         return int(args.func(args) or 0)
     except RcnnError as e:
         print(f"rcnn {args.command}: error: {e}", file=sys.stderr)

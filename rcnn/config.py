@@ -154,12 +154,6 @@ def to_dict(config) -> dict:
     return plain(dataclasses.asdict(config))
 
 
-def override(config, **changes):
-    """A copy of a frozen config with some fields replaced (validated like `from_dict`)."""
-    merged = {**to_dict(config), **changes}
-    return from_dict(type(config), merged)
-
-
 # -- type checking ------------------------------------------------------------------------------
 
 _NOUNS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}

@@ -10,8 +10,10 @@ several times faster than eager PyTorch on a CPU and equal to it within 1e-4 (se
 ``.module`` (for fine-tuning); `load_state_dict` puts fine-tuned weights back in and the
 frozen copy is rebuilt.
 
-Threads: the constructor calls ``torch.set_num_threads(num_threads or os.cpu_count())``
-(process-wide; intra-op threads are what speeds a CNN up on a CPU).
+Threads: intra-op threads are what speeds a CNN up on a CPU, and their number is
+process-wide. The `rcnn` command sets it once to the CPUs the process may use
+(`set_threads`); a `FeatureExtractor` changes it only when its config names a number
+(``num_threads > 0``), otherwise a library user's setting stands.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ class FeatureConfig:
     weights_file: a state dict tried by ``auto`` and used by ``file``; seed: for random
     weights. crop_size ``S`` and padding ``p`` in pixels of the warped crop; batch_size crops
     per forward pass; warp ``cv2`` or ``roi_align``; frozen: run a TorchScript-frozen copy
-    (False: eager PyTorch); channels_last: NHWC memory format; num_threads: 0 means
-    ``os.cpu_count()``. pool: 1 for the backbone's global average pool, ``g > 1`` for a
+    (False: eager PyTorch); channels_last: NHWC memory format; num_threads: torch's
+    intra-op threads, set process-wide when the extractor is built (0: leave them as they are). pool: 1 for the backbone's global average pool, ``g > 1`` for a
     ``g x g`` grid of averages (D times ``g * g``; resnets and mobilenet_v2 only).
     """
 
@@ -69,7 +71,7 @@ class FeatureConfig:
                 f"an integer >= 0 and < crop_size / 2 (crop_size = {self.crop_size})")
         require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
         require(self, "warp", self.warp in ("cv2", "roi_align"), "one of cv2, roi_align")
-        require(self, "num_threads", self.num_threads >= 0, "an integer >= 0 (0: all cores)")
+        require(self, "num_threads", self.num_threads >= 0, "an integer >= 0 (0: as set)")
         require(self, "pool", self.pool >= 1, "an integer >= 1")
         require(self, "pool", self.pool == 1 or self.backbone not in ("alexnet", "vgg16"),
                 f"1 for {self.backbone} (its feature is fc7)")
@@ -89,10 +91,10 @@ class FeatureExtractor:
 
     ``FeatureExtractor(config)`` or ``FeatureExtractor(backbone="resnet18", crop_size=128)``
     (keywords override `config`'s fields). Attributes: ``config``, ``module`` (eager
-    backbone, eval mode), ``feature_dim`` (D), ``weights_source`` (string), ``finetuned``
-    (hash of weights given to `load_state_dict`, or None) and ``key`` (what the features
-    depend on, for caches). After changing ``module``'s weights in place, call
-    ``load_state_dict(module.state_dict())`` so that the key and the frozen copy follow.
+    backbone, eval mode), ``feature_dim`` (D), ``weights_source`` (string), ``finetuned_hash``
+    (hash of weights given to `load_state_dict`, or None); ``params()`` says what the features
+    depend on (for caches). After changing ``module``'s weights in place, call
+    ``load_state_dict(module.state_dict())`` so that the params and the frozen copy follow.
     `device` (a torch device or name): where the CNN runs; on a GPU the eager module runs
     there (`frozen` is a CPU optimisation and is not used), crops and features stay on the CPU.
     """
@@ -102,18 +104,17 @@ class FeatureExtractor:
         self.config = from_dict(FeatureConfig, {**base, **params}, "features")
         c = self.config
         self.device = torch.device(device)
-        self.num_threads = set_threads(c.num_threads)
+        self.num_threads = set_threads(c.num_threads) if c.num_threads else torch.get_num_threads()
         built = build_backbone(c.backbone, c.weights, c.weights_file, c.seed, c.pool)
         self.module, self.feature_dim, self.weights_source = built
         self.module.to(self.device)
-        self.finetuned = None
+        self.finetuned_hash = None
         self._compiled = None
 
-    @property
-    def key(self) -> dict:
-        """JSON-able description of everything the features depend on."""
+    def params(self) -> dict:
+        """JSON-able description of everything the features depend on (for cache keys)."""
         c = self.config
-        key = {"backbone": c.backbone, "weights": self.weights_source, "finetuned": self.finetuned,
+        key = {"backbone": c.backbone, "weights": self.weights_source, "finetuned": self.finetuned_hash,
                "crop_size": c.crop_size, "padding": c.padding, "warp": c.warp}
         if c.pool != 1:  # pool 1 keeps the key it had before `pool` existed: old caches stay valid
             key["pool"] = c.pool
@@ -126,7 +127,7 @@ class FeatureExtractor:
         classifier is ignored). Bad keys or shapes raise `ModelError`. Returns self."""
         load_weights(self.config.backbone, self.module, state_dict, where)
         self.module.to(self.device).eval()
-        self.finetuned = weights_hash(self.module.state_dict())
+        self.finetuned_hash = weights_hash(self.module.state_dict())
         self._compiled = None
         return self
 

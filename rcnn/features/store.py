@@ -5,7 +5,7 @@ holding ``features`` (``[N, D]``, float16 by default: half the size, relative er
 1e-3, see ``tests/features/test_store.py``; float32 for an entry that float16 cannot hold to
 that error, e.g. features near 1e-9), the ``boxes`` ``float32 [N, 4]`` they were computed on
 and the ``seconds`` the warp and CNN took (wall clock). ``<key>`` is `rcnn.cache.params_key`
-of the extractor's `key` (backbone, weights source, fine-tuned weights hash, crop size,
+of the extractor's `params()` (backbone, weights source, fine-tuned weights hash, crop size,
 padding, pool) and the stored dtype; ``ROOT/<key>/params.json`` says which. An entry is thus
 keyed by everything it is computed from: the image's bytes, the boxes (ground truth included,
 for training entries: an edited annotation is a new entry) and the extractor.
@@ -55,7 +55,7 @@ class FeatureStore:
     @property
     def params(self) -> dict:
         """Everything an entry depends on besides the image and its boxes."""
-        return {**self.extractor.key, "dtype": self.dtype}
+        return {**self.extractor.params(), "dtype": self.dtype}
 
     @property
     def folder(self) -> Path:

@@ -119,7 +119,8 @@ def _run(name, config, out, data, monkeypatch, relative: bool = False) -> dict:
     assert Path.cwd() == ROOT
     assert (out / "report.md").is_file()
     results = json.loads((out / "results.json").read_text())
-    assert results["meta"]["git_commit"]
+    # the commit when run from a git checkout; None from an exported tree (no .git), never an error
+    assert bool(results["meta"]["git_commit"]) == (ROOT / ".git").exists()
     assert results["meta"]["packages"]["numpy"] == np.__version__
     return results
 

@@ -43,7 +43,7 @@ def test_config_from_toml_and_bad_values():
     extractor = FeatureExtractor(config, batch_size=4, num_threads=1)  # keywords override
     assert extractor.config.batch_size == 4 and extractor.feature_dim == 512
     assert torch.get_num_threads() == 1
-    assert extractor.key == {"backbone": "resnet18", "weights": "random:seed=0", "finetuned": None,
+    assert extractor.params() == {"backbone": "resnet18", "weights": "random:seed=0", "finetuned": None,
                              "crop_size": 96, "padding": 8, "warp": "cv2"}
     for bad in ({"backbone": "lenet"}, {"padding": 48, "crop_size": 96}, {"warp": "nearest"}, {"colour": 1}):
         with pytest.raises(ConfigError):
@@ -69,12 +69,12 @@ def test_fine_tuned_weights_load_into_the_extractor():
     tuned = {k: v.clone() for k, v in module.state_dict().items()}
     tuned["features.18.1.bias"] += 0.5  # the last batch norm's shift: every feature moves
     extractor.load_state_dict(tuned)
-    assert extractor.finetuned is not None and extractor.key["finetuned"] == extractor.finetuned
+    assert extractor.finetuned_hash is not None and extractor.params()["finetuned"] == extractor.finetuned_hash
     after = extractor.extract(image, boxes)  # the frozen copy was rebuilt from the new weights
     assert np.abs(after - before).max() > 0.1
     eager = FeatureExtractor(crop_size=64, padding=8, weights="random", frozen=False).load_state_dict(tuned)
     np.testing.assert_allclose(eager.extract(image, boxes), after, atol=1e-4, rtol=0)
-    assert eager.finetuned == extractor.finetuned
+    assert eager.finetuned_hash == extractor.finetuned_hash
     with pytest.raises(ModelError, match="do not fit"):
         extractor.load_state_dict({"features.0.0.weight": torch.zeros(1)})
 
@@ -127,8 +127,8 @@ def test_pool_grid_features_and_cache_key():
     assert feats.shape == (13, 4 * 1280) and np.isfinite(feats).all()
     eager = FeatureExtractor(crop_size=64, padding=8, weights="random", pool=2, frozen=False)
     np.testing.assert_allclose(feats, eager.extract(image, boxes), atol=1e-4, rtol=0)
-    assert one.key != two.key and two.key["pool"] == 2
-    assert "pool" not in one.key  # pool 1: the key of caches written before the option existed
+    assert one.params() != two.params() and two.params()["pool"] == 2
+    assert "pool" not in one.params()  # pool 1: the key of caches written before the option existed
     two.load_state_dict(one.module.state_dict())  # fine-tuned weights fit whatever the pool
     with pytest.raises(ValueError, match="pool"):
         FeatureConfig(backbone="alexnet", pool=2)

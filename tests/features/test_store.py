@@ -103,7 +103,7 @@ def test_interrupted_compute_resumes_without_partial_files(tmp_path, data, extra
     store.compute(dataset.subset(["im0"]), boxes)
 
     class Flaky:  # an extractor that dies on the second image, as a killed process would
-        key, calls = extractor.key, 0
+        params, calls = extractor.params, 0
 
         def extract(self, image, b):
             Flaky.calls += 1
