@@ -1,0 +1,57 @@
+"""Progress off a terminal: plain lines in a log (a stage's start, periodic done/total with the
+rate, its end); nothing with --quiet."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from rcnn import progress as progress_module
+from rcnn.datasets.synthetic import make_synthetic
+from rcnn.progress import LogProgress
+
+
+def test_log_lines_say_start_progress_and_end(capsys):
+    bar = LogProgress(desc="features", total=4, unit="crop", interval=0.0)
+    bar.set_postfix(loss="0.250")
+    with bar:
+        bar.update(1)
+        bar.update(3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "rcnn: features: started of 4 crop"
+    assert lines[1].startswith("rcnn: features: 1/4 crop (25 %), ") and lines[1].endswith("crop/s, loss=0.250")
+    assert lines[2].startswith("rcnn: features: 4/4 crop (100 %)")
+    assert lines[3].startswith("rcnn: features: done, 4 crop in ") and len(lines) == 4
+
+
+def test_iterating_reports_each_item_and_closes_once(capsys):
+    assert list(LogProgress(range(3), desc="detect", interval=1e9)) == [0, 1, 2]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "rcnn: detect: started of 3 img" and lines[-1].startswith("rcnn: detect: done, 3 img in ")
+    assert len(lines) == 2  # nothing between: the interval never passed
+
+
+def test_progress_picks_log_lines_off_a_terminal_and_nothing_when_quiet(monkeypatch, capsys):
+    assert isinstance(progress_module.progress(range(2), desc="x"), LogProgress)  # pytest's stderr is no TTY
+    capsys.readouterr()
+    monkeypatch.setattr(progress_module, "QUIET", True)
+    assert list(progress_module.progress(range(2), desc="x")) == [0, 1]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path):
+    make_synthetic(tmp_path / "synth", images=6, seed=4, size=96, test_fraction=0.0)
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        done = subprocess.run(
+            [sys.executable, "-m", "rcnn.cli", "train", str(tmp_path / "synth"), "--out", str(tmp_path / "m.pt"),
+             "--set", "proposals.method='sliding_window'", "--set", "proposals.max_boxes=30",
+             "--set", "features.backbone='resnet18'", "--set", "features.weights='random'",
+             "--set", "features.crop_size=32", "--set", "features.padding=2", "--set", "features.frozen=false",
+             "--set", f"cache_dir='{tmp_path / 'cache'}'", "--set", "workers=1"],
+            stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    for stage in ("proposals (sliding_window)", "features", "SVM pass 1", "box regression"):
+        assert f"rcnn: {stage}: started" in text and f"rcnn: {stage}: done" in text, text
+    assert "\r" not in text
