@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("detect", help="detect objects with a trained model")
@@ -31,6 +29,7 @@ def register(subparsers) -> None:
 def images_as_dataset(path: Path, classes):
     """A `Dataset` without annotations for one image or a folder of plain images."""
     from rcnn.datasets import Dataset, Sample
+    from rcnn.datasets.images import IMAGE_SUFFIXES
     from rcnn.errors import DatasetError
 
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

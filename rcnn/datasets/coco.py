@@ -20,17 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.datasets.check import (
-    Gather,
-    Problem,
-    check_boxes,
-    check_image,
-    exact_number,
-    image_path_in,
-    size_problem,
-    write_atomic,
-)
+from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Detections, Sample
+from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
+from rcnn.datasets.writing import exact_number
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
@@ -95,7 +88,7 @@ def read_coco(
     check_images: bool = False,
     *,
     allow_outside_images: bool = False,
-    gather=None,
+    policy=None,
     decode=False,
 ):
     """The COCO instances file at `path` as a `Dataset`.
@@ -109,29 +102,29 @@ def read_coco(
     in `Dataset.skipped`.
     """
     path = Path(path)
-    gather = gather or Gather(skip_bad)
+    policy = policy or ProblemPolicy(skip_bad)
     where = str(path)
     try:
         data = load_json(path)
     except DatasetError as e:
-        gather.fatal(Problem(where, e.message))
+        policy.fatal(Problem(where, e.message))
         return Dataset([], [])
     if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("categories"), list)):
-        gather.fatal(Problem(where, "not a COCO instances file: needs 'images' and 'categories' lists"))
+        policy.fatal(Problem(where, "not a COCO instances file: needs 'images' and 'categories' lists"))
         return Dataset([], [])
     annotations = data.get("annotations", [])
     if not isinstance(annotations, list):
-        gather.fatal(Problem(where, "'annotations' is not a list"))
+        policy.fatal(Problem(where, "'annotations' is not a list"))
         return Dataset([], [])
     image_dir = Path(images) if images is not None else path.parent
 
     names = {}
     for k, c in enumerate(data["categories"]):
         if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str) and c["name"]):
-            gather.fatal(Problem(where, f"category #{k}: needs an integer 'id' and a non-empty string 'name'"))
+            policy.fatal(Problem(where, f"category #{k}: needs an integer 'id' and a non-empty string 'name'"))
             return Dataset([], [])
         if c["id"] in names or c["name"] in names.values():
-            gather.fatal(Problem(where, f"duplicate category {c['id']} '{c['name']}'"))
+            policy.fatal(Problem(where, f"duplicate category {c['id']} '{c['name']}'"))
             return Dataset([], [])
         names[c["id"]] = c["name"]
     category_ids = sorted(names)
@@ -144,21 +137,21 @@ def read_coco(
         ok = ok and _is_int(im.get("width")) and _is_int(im.get("height"))
         ok = ok and 0 < im["width"] < 2**31 and 0 < im["height"] < 2**31
         if not ok:
-            gather.accept([Problem(where, f"image #{k}: needs an integer 'id', 'width', 'height' and a 'file_name'")])
+            policy.accept([Problem(where, f"image #{k}: needs an integer 'id', 'width', 'height' and a 'file_name'")])
         elif im["id"] in entries:
-            gather.accept([Problem(where, f"image #{k}: duplicate image id {im['id']}")])
+            policy.accept([Problem(where, f"image #{k}: duplicate image id {im['id']}")])
         else:
             entries[im["id"]] = {"image": im, "anns": [], "problems": []}
 
     seen = set()
     for k, a in enumerate(annotations):
         if not isinstance(a, dict):
-            gather.accept([Problem(where, f"annotation #{k}: not a JSON object: {a!r:.60}")])
+            policy.accept([Problem(where, f"annotation #{k}: not a JSON object: {a!r:.60}")])
             continue
         image_id = a.get("image_id")
         entry = entries.get(image_id) if _is_int(image_id) else None
         if entry is None:
-            gather.accept([Problem(where, f"annotation #{k}: unknown image_id {image_id!r:.60}")])
+            policy.accept([Problem(where, f"annotation #{k}: unknown image_id {image_id!r:.60}")])
             continue
         if "id" in a and not _scalar_id(a["id"]):
             entry["problems"].append(Problem(where, f"image {image_id}: annotation #{k}: 'id' must be an integer, not {a['id']!r:.60}"))
@@ -200,7 +193,7 @@ def read_coco(
             problems += size_problem(where, (im["width"], im["height"]), size, image_path, what)
         xyxy = _xyxy([b for _, _, b in anns])
         boxes, box_problems = check_boxes(xyxy, im["width"], im["height"], where, [w for w, _, _ in anns])
-        if not gather.accept(problems + box_problems):
+        if not policy.accept(problems + box_problems):
             continue
         samples.append(
             Sample(
@@ -215,7 +208,7 @@ def read_coco(
                 area=[a["area"] if _is_number(a.get("area")) else w * h for _, a, (_, _, w, h) in anns],
             )
         )
-    return Dataset(classes, samples, gather.skipped, category_ids, gather.repairs)
+    return Dataset(classes, samples, policy.skipped, category_ids, policy.repairs)
 
 
 def _xyxy(xywh) -> np.ndarray:
@@ -285,7 +278,7 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
             out_anns.append(ann)
     categories = [{"id": c, "name": n, "supercategory": ""} for c, n in zip(cat_ids, dataset.classes)]
     data = {"images": out_images, "annotations": out_anns, "categories": categories}
-    write_atomic(path, json.dumps(data, separators=(",", ":")))
+    write_text(path, json.dumps(data, separators=(",", ":")))
     return Path(base)
 
 
@@ -371,4 +364,4 @@ def write_detections(path, detections: dict[str, Detections], dataset: Dataset) 
             records.append(
                 {"image_id": image_id, "category_id": names[label - 1], "bbox": _xywh(box), "score": exact_number(score)}
             )
-    write_atomic(path, json.dumps(records, separators=(",", ":")))
+    write_text(path, json.dumps(records, separators=(",", ":")))

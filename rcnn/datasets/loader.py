@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rcnn.datasets.check import Gather, Problem
 from rcnn.datasets.coco import read_coco
 from rcnn.datasets.core import Dataset
+from rcnn.datasets.rules import Problem, ProblemPolicy
 from rcnn.datasets.voc import read_voc, read_voc_folder
 from rcnn.errors import DatasetError
 
@@ -37,7 +37,7 @@ def load_dataset(
     classes=None,
     check_images=None,
     allow_outside_images: bool = False,
-    gather=None,
+    policy=None,
     decode=False,
 ) -> Dataset:
     """The dataset at `path` (see the module docstring).
@@ -51,28 +51,29 @@ def load_dataset(
     kind: pass False to use the annotations alone, as ``rcnn evaluate`` does). Image paths in
     the annotations must stay inside the image folder unless `allow_outside_images`. Bad
     samples raise `DatasetError` / `ImageError` naming the file, or with `skip_bad` are
-    counted in `Dataset.skipped`. (`gather` and `decode` are for `check_dataset`.)
+    counted in `Dataset.skipped`. (`policy`, a `rcnn.datasets.rules.ProblemPolicy`, and `decode` are for
+    `rcnn.datasets.check.check_dataset`.)
     """
-    gather = gather or Gather(skip_bad)
+    policy = policy or ProblemPolicy(skip_bad)
     kind = dataset_kind(path)
     check = True if check_images is None else check_images
     outside = allow_outside_images
     if kind == "coco":
         if split is not None:
             raise DatasetError(path, "--split applies to VOC roots; a COCO file is one split")
-        dataset = read_coco(path, images, check_images=check, allow_outside_images=outside, gather=gather, decode=decode)
+        dataset = read_coco(path, images, check_images=check, allow_outside_images=outside, policy=policy, decode=decode)
         if classes is not None:
             unknown = [c for c in dataset.classes if c not in classes]
             if unknown:
-                gather.fatal(Problem(str(path), f"unknown class(es) {', '.join(unknown)}; expected {', '.join(classes)}"))
+                policy.fatal(Problem(str(path), f"unknown class(es) {', '.join(unknown)}; expected {', '.join(classes)}"))
                 return dataset
             try:
                 dataset = dataset.with_classes(classes)
             except ValueError as e:
-                gather.fatal(Problem(str(path), str(e)))
+                policy.fatal(Problem(str(path), str(e)))
         return dataset
     if kind == "voc":
-        return read_voc(path, split, images, classes, check_images=check, allow_outside_images=outside, gather=gather, decode=decode)
+        return read_voc(path, split, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode)
     if split is not None:
         raise DatasetError(path, "--split applies to VOC roots (with ImageSets/Main/); this is a plain folder")
-    return read_voc_folder(path, images, classes, check_images=check, allow_outside_images=outside, gather=gather, decode=decode)
+    return read_voc_folder(path, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode)
