@@ -59,7 +59,7 @@ def _with_detected_classes(dataset, records):
 def run(args) -> int:
     from rcnn.commands.data import parse_classes
     from rcnn.datasets import load_dataset, read_detections
-    from rcnn.datasets.check import write_atomic
+    from rcnn.cache import write_text
     from rcnn.datasets.coco import load_results
     from rcnn.evaluation import evaluate_coco, evaluate_voc
     from rcnn.evaluation.voc import check_iou
@@ -111,6 +111,6 @@ def run(args) -> int:
     if 0 in n_gt:
         print("n/a: no ground truth; such classes are left out of the means (as pycocotools and the VOC devkit do)")
     if args.out:
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        write_text(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

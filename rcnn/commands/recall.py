@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from rcnn.datasets import load_dataset
-    from rcnn.datasets.check import write_atomic
+    from rcnn.cache import write_text
     from rcnn.evaluation.recall import format_report, proposal_recall
     from rcnn.proposals import ProposalStore
 
@@ -39,6 +39,6 @@ def run(args) -> int:
     print(f"{args.dataset}: {store.folder.name}")
     print(format_report(report))
     if args.out:
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        write_text(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.datasets.check import write_atomic
+from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.evaluation import evaluate_coco, evaluate_voc
@@ -311,8 +311,8 @@ def build_report(
             "meta": meta,
         }
     )
-    write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    write_atomic(out_dir / "report.md", _markdown(results))
+    write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(out_dir / "report.md", _markdown(results))
     return results
 
 
