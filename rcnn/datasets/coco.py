@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Detections, Sample
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
-from rcnn.datasets.writing import exact_number
+from rcnn.datasets.writing import exact_number, image_base, relative_name
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
@@ -245,24 +244,11 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
     carry ``"difficult": 1`` (COCO has no such flag).
     """
     path = Path(path)
-    paths = [os.path.abspath(s.image_path) for s in dataset]
-
-    def inside(base):
-        return all(os.path.commonpath([base, p]) == base for p in paths)
-
-    if images is not None:
-        base = os.path.abspath(images)
-        outside = [p for p in paths if os.path.commonpath([base, p]) != base]
-        if outside:
-            raise DatasetError(outside[0], f"image lies outside the image folder {base} given for the file_names")
-    else:
-        base = os.path.abspath(path.parent)
-        if not inside(base):
-            base = os.path.commonpath([os.path.dirname(p) for p in paths])
+    base = image_base([s.image_path for s in dataset], path.parent, images)
     cat_ids = dataset.category_ids or list(range(1, dataset.num_classes + 1))
     out_images, out_anns = [], []
-    for image_id, s, image_path in zip(coco_image_ids(dataset), dataset, paths):
-        file_name = Path(os.path.relpath(image_path, base)).as_posix()
+    for image_id, s in zip(coco_image_ids(dataset), dataset):
+        file_name = relative_name(s.image_path, base)
         out_images.append({"id": image_id, "file_name": file_name, "width": s.width, "height": s.height})
         for box, label, difficult, crowd, area in zip(s.boxes, s.labels, s.difficult, s.iscrowd, s.area):
             ann = {
@@ -279,7 +265,7 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
     categories = [{"id": c, "name": n, "supercategory": ""} for c, n in zip(cat_ids, dataset.classes)]
     data = {"images": out_images, "annotations": out_anns, "categories": categories}
     write_text(path, json.dumps(data, separators=(",", ":")))
-    return Path(base)
+    return base
 
 
 def load_results(path) -> list:

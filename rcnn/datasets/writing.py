@@ -1,5 +1,5 @@
-"""What the dataset writers share: numbers that read back to the same float32, and placing
-an image file in a written dataset. (Files themselves are written with `rcnn.cache`'s one
+"""What the dataset writers share: numbers that read back to the same float32, placing an
+image file in a written dataset, and the folder a written file's image names are relative to. (Files themselves are written with `rcnn.cache`'s one
 atomic write, `write_text` / `atomic_write`.)"""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.errors import ImageError
+from rcnn.errors import DatasetError, ImageError
 
-__all__ = ["exact_number", "place_image"]
+__all__ = ["exact_number", "place_image", "image_base", "relative_name"]
 
 
 def exact_number(target, offset: float = 0.0):
@@ -51,3 +51,27 @@ def place_image(src, dst, images: str = "copy", what: str = "a dataset") -> None
         shutil.copyfile(src, dst)
     else:
         os.symlink(os.path.abspath(src), dst)
+
+
+def image_base(image_paths, default, images=None) -> Path:
+    """The folder a written annotation file's image names are relative to: `images` when
+    given (every image must lie inside it), else `default` (the file's folder) when every
+    image lies inside it, else the images' deepest common folder. A name then never leaves
+    its folder (the readers refuse ``..`` and absolute paths), so such a file is read back
+    with ``images=`` that folder (``--images``)."""
+    paths = [os.path.abspath(p) for p in image_paths]
+    if images is not None:
+        base = os.path.abspath(images)
+        outside = [p for p in paths if os.path.commonpath([base, p]) != base]
+        if outside:
+            raise DatasetError(outside[0], f"image lies outside the image folder {base} given for the file names")
+        return Path(base)
+    base = os.path.abspath(default)
+    if paths and not all(os.path.commonpath([base, p]) == base for p in paths):
+        base = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return Path(base)
+
+
+def relative_name(image_path, base) -> str:
+    """An image's name relative to `base` (from `image_base`), with ``/`` separators."""
+    return Path(os.path.relpath(os.path.abspath(image_path), base)).as_posix()
