@@ -14,8 +14,8 @@ from pathlib import Path
 def register(subparsers) -> None:
     parser = subparsers.add_parser("detect", help="detect objects with a trained model")
     parser.add_argument("model", help="model file written by `rcnn train`")
-    parser.add_argument("input", help="an image, a folder of images, or a dataset (VOC root, folder with .xml, COCO .json)")
-    parser.add_argument("--split", help="VOC split of a dataset input")
+    parser.add_argument("input", help="an image, a folder of images, or a dataset (VOC root, folder with .xml, COCO .json, YOLO root, .csv)")
+    parser.add_argument("--split", help="VOC or YOLO split of a dataset input")
     parser.add_argument("--images", help="image folder (COCO)")
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--draw", help="folder to write images with the detections drawn")
@@ -50,6 +50,7 @@ def run(args) -> int:
     from rcnn.commands.train import report_skipped
     from rcnn.datasets import Detections, load_dataset, read_image
     from rcnn.datasets.coco import write_detections
+    from rcnn.datasets.loader import dataset_kind
     from rcnn.detector import RCNN
     from rcnn.errors import ImageError
     from rcnn.progress import notice, progress
@@ -57,7 +58,9 @@ def run(args) -> int:
 
     model = RCNN.load(args.model)
     src = Path(args.input)
-    annotated = src.suffix.lower() == ".json" or (src.is_dir() and (any(src.glob("*.xml")) or (src / "Annotations").is_dir()))
+    annotated = src.suffix.lower() in (".json", ".csv") or (
+        src.is_dir() and (dataset_kind(src) in ("voc", "yolo") or any(src.glob("*.xml")))
+    )
     if annotated:
         dataset = load_dataset(src, args.split, args.images, args.skip_bad, classes=model.classes_)
         report_skipped(dataset)
