@@ -44,7 +44,7 @@ from rcnn.datasets.core import Dataset  # noqa: E402
 from rcnn.detector import RCNN, DetectorConfig, load_config  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
-from rcnn.reports.report import run_record  # noqa: E402
+from rcnn.reports.report import run_record, save_figure  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
 RESULTS = ROOT / "experiments" / "results"
@@ -230,7 +230,7 @@ def line_plot(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabe
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -250,7 +250,7 @@ def bar_plot(path: Path, panels: dict[str, dict[str, float]], ylabel: str) -> Pa
                 ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
         ax.set(title=title, xlabel=ylabel, xlim=(0, 1.08))
         ax.tick_params(axis="y", labelsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -26,6 +26,7 @@ from rcnn.config import load_toml
 from rcnn.datasets import load_dataset
 from rcnn.evaluation.recall import proposal_recall
 from rcnn.proposals import ProposalStore, make_proposer
+from rcnn.reports.report import save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +120,7 @@ def plot(results: dict, path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
         row[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
