@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnn.datasets.images import IMAGE_SUFFIXES
 from rcnn.datasets.loader import dataset_kind, load_dataset
 from rcnn.datasets.rules import Problem, ProblemPolicy
-from rcnn.datasets.voc import IMAGE_SUFFIXES
 from rcnn.errors import DatasetError
 
 __all__ = ["CheckReport", "check_dataset"]
