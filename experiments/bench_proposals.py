@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import joblib
 
+from rcnn.cache import write_text
 from rcnn.datasets import load_dataset, read_image
-from rcnn.datasets.check import write_atomic
 from rcnn.evaluation.recall import proposal_recall
 from rcnn.proposals import ProposalStore, SelectiveSearch, make_proposer
 from rcnn.proposals.selective_search import opencv_stock_fast
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     }
     if args.candidates:
         result["candidates"] = candidates(dataset)
-    write_atomic(OUT, json.dumps(result, indent=1) + "\n")
+    write_text(OUT, json.dumps(result, indent=1) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0
 

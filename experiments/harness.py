@@ -36,16 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rcnn import __version__  # noqa: E402
-from rcnn.cache import params_key  # noqa: E402
+from rcnn.cache import params_key, write_text  # noqa: E402
 from rcnn.config import merge as merge_config  # noqa: E402
 from rcnn.config import to_dict  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402
-from rcnn.datasets.check import write_atomic  # noqa: E402
 from rcnn.datasets.core import Dataset  # noqa: E402
 from rcnn.detectors import RCNN, DetectorConfig, load_config  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
-from rcnn.reports.report import run_record  # noqa: E402
+from rcnn.reports.report import run_record, save_figure  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
 RESULTS = ROOT / "experiments" / "results"
@@ -130,7 +129,7 @@ def fit_or_load(config: DetectorConfig, train: Dataset) -> tuple[RCNN, dict]:
     model = RCNN(config).fit(train)
     info = {**model.fit_stats_, "fit_seconds": time.perf_counter() - start}
     model.save(path)
-    write_atomic(info_path, json.dumps(info, indent=1) + "\n")
+    write_text(info_path, json.dumps(info, indent=1) + "\n")
     return model, {**info, "from_cache": False}
 
 
@@ -231,7 +230,7 @@ def line_plot(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabe
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -251,7 +250,7 @@ def bar_plot(path: Path, panels: dict[str, dict[str, float]], ylabel: str) -> Pa
                 ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
         ax.set(title=title, xlabel=ylabel, xlim=(0, 1.08))
         ax.tick_params(axis="y", labelsize=8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -281,8 +280,8 @@ class Report:
                  "- packages: " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v),
                  f"- machine: {meta['platform']}, Python {meta['python']}, {meta['cpu_count']} CPUs", "",
                  f"Config ({meta['config_file']}):", "", "```toml", config_text.strip(), "```", ""]
-        write_atomic(self.out / "results.json", json.dumps(_clean({**self.results, "meta": meta}), indent=1) + "\n")
-        write_atomic(self.out / "report.md", "\n".join(lines))
+        write_text(self.out / "results.json", json.dumps(_clean({**self.results, "meta": meta}), indent=1) + "\n")
+        write_text(self.out / "report.md", "\n".join(lines))
         print(f"wrote {self.out / 'report.md'} ({meta['seconds']:.0f} s)")
         return self.out / "report.md"
 

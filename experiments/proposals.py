@@ -21,11 +21,12 @@ import cv2
 import joblib
 import numpy as np
 
+from rcnn.cache import write_text
 from rcnn.config import load_toml
 from rcnn.datasets import load_dataset
-from rcnn.datasets.check import write_atomic
 from rcnn.evaluation.recall import proposal_recall
 from rcnn.proposals import ProposalStore, make_proposer
+from rcnn.reports.report import save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +120,7 @@ def plot(results: dict, path: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
         row[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -147,8 +148,8 @@ def main(argv=None) -> int:
         "command": "make experiment-proposals",
     }
     plot(results, out / "recall.png")
-    write_atomic(out / "results.json", json.dumps({"meta": meta, "config": cfg, "results": results}, indent=1) + "\n")
-    write_atomic(out / "report.md", markdown(results, meta, Path(args.config).read_text()))
+    write_text(out / "results.json", json.dumps({"meta": meta, "config": cfg, "results": results}, indent=1) + "\n")
+    write_text(out / "report.md", markdown(results, meta, Path(args.config).read_text()))
     print(f"wrote {out}/report.md, recall.png, results.json ({time.time() - start:.0f} s)")
     return 0
 

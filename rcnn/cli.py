@@ -33,11 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.quiet:
-        from rcnn import progress
+    from rcnn import progress
 
-        progress.QUIET = True
+    args = build_parser().parse_args(argv)
+    quiet, progress.QUIET = progress.QUIET, progress.QUIET or args.quiet  # restored below: main() may be called in-process
     try:
         if args.command in THREADED:
             from rcnn.features.extractor import set_threads
@@ -50,6 +49,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"rcnn {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
         return 130
+    finally:
+        progress.QUIET = quiet
 
 
 if __name__ == "__main__":

@@ -1,9 +1,18 @@
-"""`rcnn data check | convert | synth`: validate, convert and generate datasets."""
+"""`rcnn data check | convert | synth`: validate, convert and generate datasets.
+
+A DATASET is a Pascal VOC root, a folder of images with same-stem VOC .xml files, a COCO
+instances .json, a YOLO root (data.yaml or classes.txt, images/, labels/) or a .csv of boxes
+(filename,width,height,class,xmin,ymin,xmax,ymax); see `rcnn.datasets.loader`.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+DATASET_HELP = "VOC root, folder of images + .xml, COCO .json, YOLO root (data.yaml or classes.txt + labels/) or .csv"
+SPLIT_HELP = "VOC: ImageSets/Main/SPLIT.txt; YOLO: the data.yaml entry, images/SPLIT/ or SPLIT.txt (default: all)"
+FORMATS = ("voc", "coco", "yolo", "csv")
 
 
 def register(subparsers) -> None:
@@ -11,25 +20,33 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     check = sub.add_parser("check", help="report every problem in a dataset (exit 1 on errors)")
-    check.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
-    check.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root (default: all annotations)")
-    check.add_argument("--images", help="image folder (default: JPEGImages/, the folder, or the JSON's folder)")
+    check.add_argument("dataset", help=DATASET_HELP)
+    check.add_argument("--split", help=SPLIT_HELP)
+    check.add_argument("--images", help="image folder (default: JPEGImages/, the folder, or the JSON's or CSV's folder)")
     check.add_argument("--classes", help="the expected classes: comma-separated, or a file with one per line")
     check.add_argument("--no-images", action="store_true", help="check annotations only, do not open images")
     check.set_defaults(func=run_check)
 
-    convert = sub.add_parser("convert", help="convert between VOC and COCO")
-    convert.add_argument("src", help="VOC root, folder of images + .xml, or COCO .json")
-    convert.add_argument("dst", help="a VOC root folder, or a .json file for COCO")
-    convert.add_argument("--split", help="split to read from a VOC root and to write to a VOC output")
+    convert = sub.add_parser("convert", help="convert between VOC, COCO, YOLO and CSV")
+    convert.add_argument("src", help=DATASET_HELP)
+    convert.add_argument("dst", help="a .json file (COCO), a .csv file, or a folder: a VOC or YOLO root (see --format)")
+    convert.add_argument("--split", help="split to read from a VOC or YOLO root and to write to a VOC or YOLO output")
     convert.add_argument("--images", help="image folder of SRC (default: as for check)")
-    convert.add_argument("--to", choices=["voc", "coco"], help="output format (default: coco for .json, else voc)")
-    convert.add_argument("--link", action="store_true", help="VOC output: link the images instead of copying")
+    convert.add_argument(
+        "--format",
+        "--to",
+        dest="to",
+        metavar="{" + ",".join(FORMATS) + "}",
+        choices=FORMATS,
+        help="output format (default: coco for .json, csv for .csv; for a folder yolo when it already is a YOLO root, else voc)",
+    )
+    convert.add_argument("--link", action="store_true", help="VOC or YOLO output: link the images instead of copying")
     convert.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
     convert.add_argument(
         "--allow-outside-images",
         action="store_true",
-        help="accept image paths (COCO file_name, VOC <filename>) that lead outside the image folder (absolute or ..)",
+        help="accept image paths (COCO file_name, VOC <filename>, CSV filename, YOLO split entries and lists)"
+        " that lead outside the image folder or YOLO root (absolute or ..)",
     )
     convert.set_defaults(func=run_convert)
 
@@ -63,12 +80,13 @@ def run_check(args) -> int:
 
 
 def run_convert(args) -> int:
-    from rcnn.datasets import load_dataset, write_coco, write_voc
+    from rcnn.datasets import load_dataset, write_coco, write_csv_labels, write_voc, write_yolo
     from rcnn.datasets.loader import dataset_kind
+    from rcnn.datasets.yolo import is_yolo_root
 
     kind = dataset_kind(args.src)
-    split = args.split if kind == "voc" else None
-    to = args.to or ("coco" if Path(args.dst).suffix.lower() == ".json" else "voc")
+    split = args.split if kind in ("voc", "yolo") else None
+    to = args.to or output_format(args.dst, is_yolo_root)
     # Images are checked (exist, not too large, sizes match) unless COCO goes to COCO, which
     # needs only the annotations; image paths must stay inside the image folder either way.
     check = not (kind == "coco" and to == "coco")
@@ -76,12 +94,22 @@ def run_convert(args) -> int:
         args.src, split, args.images, args.skip_bad, check_images=check, allow_outside_images=args.allow_outside_images
     )
     note = None
-    if to == "coco":
-        base = write_coco(dataset, args.dst)
+    images = "link" if args.link else "copy"
+    if to in ("coco", "csv"):
+        base = (write_coco if to == "coco" else write_csv_labels)(dataset, args.dst)
         if base != Path(os.path.abspath(Path(args.dst).parent)):
             note = f"note: the images lie outside {Path(args.dst).parent}; read {args.dst} with --images {base}"
+    elif to == "yolo":
+        write_yolo(dataset, args.dst, args.split, images)
     else:
-        write_voc(dataset, args.dst, args.split, "link" if args.link else "copy")
+        write_voc(dataset, args.dst, args.split, images)
+    dropped = [
+        flag
+        for flag, attr, formats in (("difficult", "difficult", ("yolo", "csv")), ("crowd", "iscrowd", ("voc", "yolo", "csv")))
+        if to in formats and any(getattr(sample, attr).any() for sample in dataset)
+    ]
+    if dropped:
+        print(f"note: {to} has no form for the {' and '.join(dropped)} flags; they were dropped")
     boxes = sum(len(s.boxes) for s in dataset)
     print(f"wrote {len(dataset)} samples, {boxes} boxes, {dataset.num_classes} classes to {args.dst} ({to})")
     if note:
@@ -93,6 +121,14 @@ def run_convert(args) -> int:
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} bad samples (see above)")
     return 0
+
+
+def output_format(dst, is_yolo_root) -> str:
+    """``convert``'s output format when ``--format`` is not given: by the destination."""
+    suffix = Path(dst).suffix.lower()
+    if suffix in (".json", ".csv"):
+        return "coco" if suffix == ".json" else "csv"
+    return "yolo" if is_yolo_root(dst) else "voc"
 
 
 def run_synth(args) -> int:

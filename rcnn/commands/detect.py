@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 def register(subparsers) -> None:
     from rcnn.commands.train import add_device_option
 
     parser = subparsers.add_parser("detect", help="detect objects with a trained model")
     parser.add_argument("model", help="model file written by `rcnn train`")
-    parser.add_argument("input", help="an image, a folder of images, or a dataset (VOC root, folder with .xml, COCO .json)")
-    parser.add_argument("--split", help="VOC split of a dataset input")
+    parser.add_argument("input", help="an image, a folder of images, or a dataset (VOC root, folder with .xml, COCO .json, YOLO root, .csv)")
+    parser.add_argument("--split", help="VOC or YOLO split of a dataset input")
     parser.add_argument("--images", help="image folder (COCO)")
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--draw", help="folder to write images with the detections drawn")
@@ -34,6 +32,7 @@ def register(subparsers) -> None:
 def images_as_dataset(path: Path, classes):
     """A `Dataset` without annotations for one image or a folder of plain images."""
     from rcnn.datasets import Dataset, Sample
+    from rcnn.datasets.images import IMAGE_SUFFIXES
     from rcnn.errors import DatasetError
 
     files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -54,6 +53,7 @@ def run(args) -> int:
     from rcnn.commands.train import report_skipped
     from rcnn.datasets import Detections, load_dataset, read_image
     from rcnn.datasets.coco import write_detections
+    from rcnn.datasets.loader import dataset_kind
     from rcnn.detectors import load_model
     from rcnn.errors import ImageError
     from rcnn.progress import notice, progress
@@ -61,7 +61,9 @@ def run(args) -> int:
 
     model = load_model(args.model, args.device)
     src = Path(args.input)
-    annotated = src.suffix.lower() == ".json" or (src.is_dir() and (any(src.glob("*.xml")) or (src / "Annotations").is_dir()))
+    annotated = src.suffix.lower() in (".json", ".csv") or (
+        src.is_dir() and (dataset_kind(src) in ("voc", "yolo") or any(src.glob("*.xml")))
+    )
     if annotated:
         dataset = load_dataset(src, args.split, args.images, args.skip_bad, classes=model.classes_)
         report_skipped(dataset)

@@ -19,12 +19,12 @@ METRICS = {"voc07": "VOC2007 11-point AP", "voc": "VOC2010+ all-point AP", "coco
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="score detections against ground truth (VOC or COCO metrics)")
-    p.add_argument("--gt", required=True, metavar="DATASET", help="VOC root, folder of images + .xml, or COCO .json")
+    p.add_argument("--gt", required=True, metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
     p.add_argument("--detections", required=True, metavar="DETS.json", help="COCO-style results file")
     p.add_argument("--metric", choices=list(METRICS), default="voc", help="voc07 | voc | coco (default voc)")
     p.add_argument("--iou", type=float, help="IoU threshold of the voc metrics, 0 < IOU <= 1 (default 0.5)")
     p.add_argument("--inclusive", action="store_true", help="voc metrics: +1 pixel widths, for boxes stored as inclusive corners")
-    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
+    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder (not needed: only annotations are read)")
     p.add_argument(
         "--classes",
@@ -59,7 +59,7 @@ def _with_detected_classes(dataset, records):
 def run(args) -> int:
     from rcnn.commands.data import parse_classes
     from rcnn.datasets import load_dataset, read_detections
-    from rcnn.datasets.check import write_atomic
+    from rcnn.cache import write_text
     from rcnn.datasets.coco import load_results
     from rcnn.evaluation import evaluate_coco, evaluate_voc
     from rcnn.evaluation.voc import check_iou
@@ -111,6 +111,6 @@ def run(args) -> int:
     if 0 in n_gt:
         print("n/a: no ground truth; such classes are left out of the means (as pycocotools and the VOC devkit do)")
     if args.out:
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        write_text(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

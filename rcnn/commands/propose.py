@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("propose", help="compute region proposals for a dataset (cached, parallel, resumable)")
-    p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, or COCO .json")
+    p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
     p.add_argument("--method", choices=["selective_search", "sliding_window"],
                    help="default: --config's, else selective_search; a change of method drops the config's other settings")
     p.add_argument("--mode", help="selective search: single | fast | quality | custom (default: the measured custom setting)")
@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p.add_argument("--longest-side", type=int, help="selective search: shrink longer images to this side (default 300; 0: never)")
     p.add_argument("--min-size", type=float, help="smallest box side kept, pixels (default 20)")
     p.add_argument("--config", metavar="TOML", help="a config file whose [proposals] table sets method and parameters")
-    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
+    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder, when not the dataset's own")
     p.add_argument("--skip-bad", action="store_true", help="leave out (and count) unreadable samples instead of failing")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")

@@ -9,12 +9,12 @@ from rcnn.errors import RcnnError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("recall", help="recall / AR / MABO of cached proposals against ground truth")
-    p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, or COCO .json")
+    p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
     p.add_argument("--proposals", required=True, metavar="DIR", help="the --out folder of `rcnn propose`")
     p.add_argument("--key", help="which proposer's files, when DIR holds several (a prefix of the key)")
     p.add_argument("--ks", default="10,50,100,200,500,1000,2000", help="comma-separated box counts")
     p.add_argument("--include-difficult", action="store_true", help="count difficult and crowd objects too")
-    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
+    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder, when not the dataset's own")
     p.add_argument("--out", metavar="REPORT.json", help="write the report as JSON")
     p.set_defaults(func=run)
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from rcnn.datasets import load_dataset
-    from rcnn.datasets.check import write_atomic
+    from rcnn.cache import write_text
     from rcnn.evaluation.recall import format_report, proposal_recall
     from rcnn.proposals import ProposalStore
 
@@ -39,6 +39,6 @@ def run(args) -> int:
     print(f"{args.dataset}: {store.folder.name}")
     print(format_report(report))
     if args.out:
-        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        write_text(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0

@@ -8,8 +8,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("report", help="evaluation report: AP tables, PR curves, false-positive types, gallery")
     p.add_argument("model", help="model file written by `rcnn train`")
-    p.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
-    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root")
+    p.add_argument("dataset", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
+    p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder (COCO)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, results.json, plots and gallery/")
     p.add_argument("--detections", metavar="DETS.json", help="report these detections (COCO results) instead of running the model")

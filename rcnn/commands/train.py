@@ -58,8 +58,8 @@ def report_skipped(dataset) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a detector (the config's `detector`: rcnn by default) on a dataset")
-    parser.add_argument("dataset", help="VOC root, folder of images + .xml, or COCO .json")
-    parser.add_argument("--split", help="VOC split (ImageSets/Main/SPLIT.txt), e.g. train")
+    parser.add_argument("dataset", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
+    parser.add_argument("--split", help="VOC split (ImageSets/Main/SPLIT.txt) or YOLO split, e.g. train")
     parser.add_argument("--images", help="image folder (COCO)")
     parser.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
     parser.add_argument("--out", required=True, help="model file to write (.pt)")

@@ -14,23 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from rcnn.datasets.check import (
-    Gather,
-    Problem,
-    check_boxes,
-    check_image,
-    exact_number,
-    image_path_in,
-    size_problem,
-    write_atomic,
-)
+from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Detections, Sample
+from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
+from rcnn.datasets.writing import exact_number, image_base, relative_name
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
@@ -95,7 +87,7 @@ def read_coco(
     check_images: bool = False,
     *,
     allow_outside_images: bool = False,
-    gather=None,
+    policy=None,
     decode=False,
 ):
     """The COCO instances file at `path` as a `Dataset`.
@@ -109,29 +101,29 @@ def read_coco(
     in `Dataset.skipped`.
     """
     path = Path(path)
-    gather = gather or Gather(skip_bad)
+    policy = policy or ProblemPolicy(skip_bad)
     where = str(path)
     try:
         data = load_json(path)
     except DatasetError as e:
-        gather.fatal(Problem(where, e.message))
+        policy.fatal(Problem(where, e.message))
         return Dataset([], [])
     if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("categories"), list)):
-        gather.fatal(Problem(where, "not a COCO instances file: needs 'images' and 'categories' lists"))
+        policy.fatal(Problem(where, "not a COCO instances file: needs 'images' and 'categories' lists"))
         return Dataset([], [])
     annotations = data.get("annotations", [])
     if not isinstance(annotations, list):
-        gather.fatal(Problem(where, "'annotations' is not a list"))
+        policy.fatal(Problem(where, "'annotations' is not a list"))
         return Dataset([], [])
     image_dir = Path(images) if images is not None else path.parent
 
     names = {}
     for k, c in enumerate(data["categories"]):
         if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str) and c["name"]):
-            gather.fatal(Problem(where, f"category #{k}: needs an integer 'id' and a non-empty string 'name'"))
+            policy.fatal(Problem(where, f"category #{k}: needs an integer 'id' and a non-empty string 'name'"))
             return Dataset([], [])
         if c["id"] in names or c["name"] in names.values():
-            gather.fatal(Problem(where, f"duplicate category {c['id']} '{c['name']}'"))
+            policy.fatal(Problem(where, f"duplicate category {c['id']} '{c['name']}'"))
             return Dataset([], [])
         names[c["id"]] = c["name"]
     category_ids = sorted(names)
@@ -144,21 +136,21 @@ def read_coco(
         ok = ok and _is_int(im.get("width")) and _is_int(im.get("height"))
         ok = ok and 0 < im["width"] < 2**31 and 0 < im["height"] < 2**31
         if not ok:
-            gather.accept([Problem(where, f"image #{k}: needs an integer 'id', 'width', 'height' and a 'file_name'")])
+            policy.accept([Problem(where, f"image #{k}: needs an integer 'id', 'width', 'height' and a 'file_name'")])
         elif im["id"] in entries:
-            gather.accept([Problem(where, f"image #{k}: duplicate image id {im['id']}")])
+            policy.accept([Problem(where, f"image #{k}: duplicate image id {im['id']}")])
         else:
             entries[im["id"]] = {"image": im, "anns": [], "problems": []}
 
     seen = set()
     for k, a in enumerate(annotations):
         if not isinstance(a, dict):
-            gather.accept([Problem(where, f"annotation #{k}: not a JSON object: {a!r:.60}")])
+            policy.accept([Problem(where, f"annotation #{k}: not a JSON object: {a!r:.60}")])
             continue
         image_id = a.get("image_id")
         entry = entries.get(image_id) if _is_int(image_id) else None
         if entry is None:
-            gather.accept([Problem(where, f"annotation #{k}: unknown image_id {image_id!r:.60}")])
+            policy.accept([Problem(where, f"annotation #{k}: unknown image_id {image_id!r:.60}")])
             continue
         if "id" in a and not _scalar_id(a["id"]):
             entry["problems"].append(Problem(where, f"image {image_id}: annotation #{k}: 'id' must be an integer, not {a['id']!r:.60}"))
@@ -200,7 +192,7 @@ def read_coco(
             problems += size_problem(where, (im["width"], im["height"]), size, image_path, what)
         xyxy = _xyxy([b for _, _, b in anns])
         boxes, box_problems = check_boxes(xyxy, im["width"], im["height"], where, [w for w, _, _ in anns])
-        if not gather.accept(problems + box_problems):
+        if not policy.accept(problems + box_problems):
             continue
         samples.append(
             Sample(
@@ -215,7 +207,7 @@ def read_coco(
                 area=[a["area"] if _is_number(a.get("area")) else w * h for _, a, (_, _, w, h) in anns],
             )
         )
-    return Dataset(classes, samples, gather.skipped, category_ids, gather.repairs)
+    return Dataset(classes, samples, policy.skipped, category_ids, policy.repairs)
 
 
 def _xyxy(xywh) -> np.ndarray:
@@ -252,24 +244,11 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
     carry ``"difficult": 1`` (COCO has no such flag).
     """
     path = Path(path)
-    paths = [os.path.abspath(s.image_path) for s in dataset]
-
-    def inside(base):
-        return all(os.path.commonpath([base, p]) == base for p in paths)
-
-    if images is not None:
-        base = os.path.abspath(images)
-        outside = [p for p in paths if os.path.commonpath([base, p]) != base]
-        if outside:
-            raise DatasetError(outside[0], f"image lies outside the image folder {base} given for the file_names")
-    else:
-        base = os.path.abspath(path.parent)
-        if not inside(base):
-            base = os.path.commonpath([os.path.dirname(p) for p in paths])
+    base = image_base([s.image_path for s in dataset], path.parent, images)
     cat_ids = dataset.category_ids or list(range(1, dataset.num_classes + 1))
     out_images, out_anns = [], []
-    for image_id, s, image_path in zip(coco_image_ids(dataset), dataset, paths):
-        file_name = Path(os.path.relpath(image_path, base)).as_posix()
+    for image_id, s in zip(coco_image_ids(dataset), dataset):
+        file_name = relative_name(s.image_path, base)
         out_images.append({"id": image_id, "file_name": file_name, "width": s.width, "height": s.height})
         for box, label, difficult, crowd, area in zip(s.boxes, s.labels, s.difficult, s.iscrowd, s.area):
             ann = {
@@ -285,8 +264,8 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
             out_anns.append(ann)
     categories = [{"id": c, "name": n, "supercategory": ""} for c, n in zip(cat_ids, dataset.classes)]
     data = {"images": out_images, "annotations": out_anns, "categories": categories}
-    write_atomic(path, json.dumps(data, separators=(",", ":")))
-    return Path(base)
+    write_text(path, json.dumps(data, separators=(",", ":")))
+    return base
 
 
 def load_results(path) -> list:
@@ -371,4 +350,4 @@ def write_detections(path, detections: dict[str, Detections], dataset: Dataset) 
             records.append(
                 {"image_id": image_id, "category_id": names[label - 1], "bbox": _xywh(box), "score": exact_number(score)}
             )
-    write_atomic(path, json.dumps(records, separators=(",", ":")))
+    write_text(path, json.dumps(records, separators=(",", ":")))

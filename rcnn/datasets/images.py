@@ -26,6 +26,7 @@ from rcnn.errors import ImageError
 
 cv2.setNumThreads(1)
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # what counts as an image file
 MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS; larger images are refused (see the module docstring)
 EXIF_ORIENTATION = 0x0112
 ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height for display

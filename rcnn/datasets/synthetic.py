@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rcnn.datasets.check import write_atomic
+from rcnn.cache import atomic_write, write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.voc import write_voc
 from rcnn.errors import ConfigError, DatasetError
@@ -198,7 +198,8 @@ def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: 
         ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), _JPEG)
         if not ok:
             raise DatasetError(path, "OpenCV could not encode the image")
-        path.write_bytes(data.tobytes())
+        with atomic_write(path) as f:
+            f.write(data.tobytes())
         samples.append(Sample(path.stem, path, size, size, boxes, labels))
     order = np.random.default_rng([seed, images]).permutation(images)
     test = set(order[: int(round(images * test_fraction))].tolist())
@@ -206,6 +207,6 @@ def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: 
     train_ids = [s.id for i, s in enumerate(samples) if i not in test]
     write_voc(dataset.subset(train_ids), out, split="train")
     write_voc(dataset.subset([s.id for i, s in enumerate(samples) if i in test]), out, split="test")
-    write_atomic(out / "ImageSets" / "Main" / "trainval.txt", "".join(f"{i}\n" for i in train_ids))
-    write_atomic(marker, json.dumps(params))
+    write_text(out / "ImageSets" / "Main" / "trainval.txt", "".join(f"{i}\n" for i in train_ids))
+    write_text(marker, json.dumps(params))
     return dataset

@@ -13,27 +13,19 @@ A VOC root::
 from __future__ import annotations
 
 import os
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rcnn.datasets.check import (
-    Gather,
-    Problem,
-    check_boxes,
-    check_image,
-    exact_number,
-    image_path_in,
-    size_problem,
-    write_atomic,
-)
+from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Sample
-from rcnn.errors import DatasetError, ImageError
+from rcnn.datasets.images import IMAGE_SUFFIXES
+from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
+from rcnn.datasets.writing import exact_number, place_image
+from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
 __all__ = ["read_voc", "read_voc_folder", "write_voc", "parse_voc_xml", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
 _FLAGS = {"0": False, "1": True, "false": False, "true": True}  # <difficult> (empty or absent: 0)
 
@@ -87,7 +79,7 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, decode: bool, allow_outside=False) -> Dataset:
+def _read(xml_paths, image_dir: Path, classes, check_images, policy: ProblemPolicy, decode: bool, allow_outside=False) -> Dataset:
     """Samples from annotation files, images looked up in `image_dir` by stem (or <filename>,
     which must not lead outside `image_dir` unless `allow_outside`)."""
     images = _images_by_stem(image_dir)
@@ -96,7 +88,7 @@ def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, dec
     for xml_path in progress(xml_paths, desc="reading VOC"):
         record, problems = parse_voc_xml(xml_path)
         if record is None:
-            gather.accept(problems)
+            policy.accept(problems)
             continue
         stem = xml_path.stem
         filename = record["filename"]
@@ -132,7 +124,7 @@ def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, dec
             what = [f"object {i + 1} '{n}' <bndbox> {' '.join(f'{v:g}' for v in c)}" for i, (n, c, _) in enumerate(objects)]
             boxes, box_problems = check_boxes(boxes, size[0], size[1], xml_path, what)
             problems += box_problems
-        if gather.accept(problems):
+        if policy.accept(problems):
             kept.append((stem, image_path, size, boxes, objects))
     if classes is None:
         classes = sorted({name for *_, objects in kept for name, _, _ in objects})
@@ -141,7 +133,7 @@ def _read(xml_paths, image_dir: Path, classes, check_images, gather: Gather, dec
         Sample(stem, image_path, size[0], size[1], boxes, [label[n] for n, _, _ in objs], [d for _, _, d in objs])
         for stem, image_path, size, boxes, objs in kept
     ]
-    return Dataset(list(classes), samples, gather.skipped, repairs=gather.repairs)
+    return Dataset(list(classes), samples, policy.skipped, repairs=policy.repairs)
 
 
 def read_voc(
@@ -153,7 +145,7 @@ def read_voc(
     check_images=True,
     *,
     allow_outside_images=False,
-    gather=None,
+    policy=None,
     decode=False,
 ):
     """The VOC root at `root`: ``ImageSets/Main/SPLIT.txt``'s ids, or every ``Annotations/*.xml``
@@ -163,7 +155,7 @@ def read_voc(
     by ``<filename>``; a ``<filename>`` leading outside the image folder (absolute, ``..``) is
     an error unless `allow_outside_images`."""
     root = Path(root)
-    gather = gather or Gather(skip_bad)
+    policy = policy or ProblemPolicy(skip_bad)
     annotations = root / "Annotations"
     if not annotations.is_dir():
         raise DatasetError(root, "not a VOC root: no Annotations/ folder")
@@ -180,12 +172,12 @@ def read_voc(
                 continue
             sample_id = line.split()[0]
             if sample_id in seen:
-                gather.accept([Problem(str(split_file), f"line {n}: duplicate id '{sample_id}'")])
+                policy.accept([Problem(str(split_file), f"line {n}: duplicate id '{sample_id}'")])
                 continue
             seen.add(sample_id)
             xml_paths.append(annotations / f"{sample_id}.xml")
     image_dir = Path(images) if images is not None else root / "JPEGImages"
-    return _read(xml_paths, image_dir, classes, check_images, gather, decode, allow_outside_images)
+    return _read(xml_paths, image_dir, classes, check_images, policy, decode, allow_outside_images)
 
 
 def read_voc_folder(
@@ -196,18 +188,18 @@ def read_voc_folder(
     check_images=True,
     *,
     allow_outside_images=False,
-    gather=None,
+    policy=None,
     decode=False,
 ):
     """A flat folder of images, each with a same-stem VOC ``.xml`` beside it (images without
     one are not samples; `check_dataset` notes them). Arguments as for `read_voc`."""
     folder = Path(folder)
-    gather = gather or Gather(skip_bad)
+    policy = policy or ProblemPolicy(skip_bad)
     xml_paths = sorted(folder.glob("*.xml"))
     if not xml_paths:
         raise DatasetError(folder, "no VOC .xml annotation files in this folder")
     image_dir = Path(images) if images is not None else folder
-    return _read(xml_paths, image_dir, classes, check_images, gather, decode, allow_outside_images)
+    return _read(xml_paths, image_dir, classes, check_images, policy, decode, allow_outside_images)
 
 
 def voc_xml(sample: Sample, classes, filename: str) -> str:
@@ -249,14 +241,7 @@ def write_voc(dataset: Dataset, root, split=None, images: str = "copy") -> None:
         if not s.id or "/" in s.id or os.sep in s.id or s.id.startswith("."):
             raise DatasetError(s.image_path, f"sample id '{s.id}' cannot be a VOC file name")
         dst = root / "JPEGImages" / (s.id + s.image_path.suffix)
-        if not (dst.exists() and s.image_path.exists() and os.path.samefile(dst, s.image_path)):
-            if not s.image_path.is_file():
-                raise ImageError(s.image_path, "image file not found (needed to write a VOC root)")
-            dst.unlink(missing_ok=True)
-            if images == "copy":
-                shutil.copyfile(s.image_path, dst)
-            else:
-                os.symlink(os.path.abspath(s.image_path), dst)
-        write_atomic(root / "Annotations" / f"{s.id}.xml", voc_xml(s, dataset.classes, dst.name))
+        place_image(s.image_path, dst, images, "a VOC root")
+        write_text(root / "Annotations" / f"{s.id}.xml", voc_xml(s, dataset.classes, dst.name))
     if split is not None:
-        write_atomic(root / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{s.id}\n" for s in dataset))
+        write_text(root / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{s.id}\n" for s in dataset))

@@ -23,6 +23,7 @@ import numpy as np
 from rcnn.cache import ImageStore
 from rcnn.errors import DatasetError, RcnnError
 from rcnn.progress import progress
+from rcnn.proposals.registry import make_proposer
 
 DASK_TIMEOUT = 30  # seconds to reach a Dask scheduler
 ENTRY = ("boxes", "seconds")
@@ -31,8 +32,6 @@ BUSY = "busy"  # a worker's answer for an image another run is proposing
 
 @functools.lru_cache(maxsize=8)
 def _proposer(params_json: str):
-    from rcnn.proposals import make_proposer
-
     return make_proposer(**json.loads(params_json))
 
 
@@ -100,8 +99,6 @@ class ProposalStore:
     def open(cls, root, key: str | None = None) -> "ProposalStore":
         """The store written under `root` (or `root` itself being one store's folder); `key`
         picks among several (a prefix of the folder name's key is enough)."""
-        from rcnn.proposals import make_proposer
-
         root = Path(root)
         folders = [root] if (root / "params.json").is_file() else sorted(p.parent for p in root.glob("*/params.json"))
         if key:

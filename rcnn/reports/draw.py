@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rcnn.cache import atomic_write
 from rcnn.datasets.core import Detections
 
 
@@ -42,9 +43,14 @@ def draw_detections(image: np.ndarray, detections: Detections, classes, gt_boxes
 
 
 def save_image(path, image: np.ndarray) -> Path:
-    """Write ``uint8 [H, W, 3]`` RGB `image` (PNG or JPEG by suffix)."""
+    """Write ``uint8 [H, W, 3]`` RGB `image` (PNG or JPEG by suffix), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+    try:
+        ok, data = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        ok = False
+    if not ok:
         raise OSError(f"{path}: could not write image")
+    with atomic_write(path) as f:
+        f.write(data.tobytes())
     return path

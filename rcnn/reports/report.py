@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.datasets.check import write_atomic
+from rcnn.cache import atomic_write, write_text
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.evaluation import evaluate_coco, evaluate_voc
@@ -56,6 +56,12 @@ ERROR_COLOURS = {"loc": "#4c72b0", "other": "#dd8452", "bg": "#55a868"}
 LEGEND = {ERROR_TYPES[0]: "Loc", ERROR_TYPES[1]: "Other (confusion)", ERROR_TYPES[2]: "BG"}
 GALLERY_SIDE = 640  # longest side of gallery images, pixels
 
+
+
+def save_figure(fig, path, dpi: int) -> None:
+    """Save a matplotlib figure atomically (`rcnn.cache.atomic_write`), in the format of the suffix."""
+    with atomic_write(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
 
 def run_record() -> dict:
     """Where and with what this ran: git commit (``+dirty`` with uncommitted changes to
@@ -145,7 +151,7 @@ def plot_pr_curves(voc, path) -> Path:
         ax.grid(alpha=0.3)
     title = f"Precision (y) against recall (x) at IoU {voc.iou_threshold:g}; grey: raw, blue: interpolated"
     fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return Path(path)
 
 
@@ -173,7 +179,7 @@ def plot_false_positives(named_types: dict[str, np.ndarray], path) -> Path:
     fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=8)
     title = "Share (%) of each false-positive type among the top-k false positives (x: k, log scale)"
     fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return Path(path)
 
 
@@ -311,8 +317,8 @@ def build_report(
             "meta": meta,
         }
     )
-    write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    write_atomic(out_dir / "report.md", _markdown(results))
+    write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(out_dir / "report.md", _markdown(results))
     return results
 
 

@@ -8,7 +8,8 @@ from test_voc_io import image, sample_folder, xml
 
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
-from rcnn.datasets.check import check_dataset, exact_number
+from rcnn.datasets.check import check_dataset
+from rcnn.datasets.writing import exact_number
 from rcnn.errors import DatasetError, ImageError
 
 

@@ -97,7 +97,7 @@ def _png_header_only(path, width, height):
 
 def test_over_the_pixel_limit_the_header_check_and_read_image_agree(tmp_path, monkeypatch):
     from rcnn.datasets import images
-    from rcnn.datasets.check import check_image
+    from rcnn.datasets.rules import check_image
 
     Image.fromarray(RGB).save(tmp_path / "a.png")  # 30 x 20 = 600 pixels
     monkeypatch.setattr(images, "MAX_PIXELS", 599)
@@ -114,7 +114,7 @@ def test_over_the_pixel_limit_the_header_check_and_read_image_agree(tmp_path, mo
 
 
 def test_a_decompression_bomb_is_an_image_error_not_a_pil_traceback(tmp_path):
-    from rcnn.datasets.check import check_image
+    from rcnn.datasets.rules import check_image
 
     bomb = _png_header_only(tmp_path / "bomb.png", 20000, 10000)  # 200 Mpixels: PIL itself refuses to open it
     with pytest.raises(ImageError, match=r"image is 200 Mpixels, over the 89 Mpixel limit") as e:
@@ -132,7 +132,7 @@ def test_a_decompression_bomb_is_an_image_error_not_a_pil_traceback(tmp_path):
 
 
 def test_exif_orientation_is_not_applied_by_read_image_nor_the_header_check(tmp_path):
-    from rcnn.datasets.check import check_image
+    from rcnn.datasets.rules import check_image
     from rcnn.datasets.images import read_header
 
     exif = Image.Exif()
