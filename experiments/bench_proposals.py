@@ -54,7 +54,7 @@ def ar_of(dataset, proposals) -> float:
 
 
 def naive_stock(dataset) -> tuple[dict, float]:
-    cv2.setNumThreads(-1)  # OpenCV's default, as a naive user has it (rcnn sets 1 on import)
+    cv2.setNumThreads(-1)  # OpenCV's default, as a naive user has it (the rcnn command sets 1)
     boxes = {}
     start = time.perf_counter()
     for s in dataset:

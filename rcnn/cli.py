@@ -5,7 +5,8 @@ parser and sets ``func(args) -> int``; the commands import the library inside ``
 ``rcnn --help`` does not load torch. An `RcnnError` is printed as one line and exits 1.
 
 Process-wide settings belong here, at the entry point: torch's intra-op threads are set to
-the CPUs this process may use. (``OMP_WAIT_POLICY=PASSIVE`` must be set before torch loads,
+the CPUs this process may use, and OpenCV to one thread (its own threads would compete with
+torch's and with the proposal workers, which run one image per core). (``OMP_WAIT_POLICY=PASSIVE`` must be set before torch loads,
 so `import rcnn` sets it: see rcnn/__init__.py.)
 """
 
@@ -39,9 +40,12 @@ def main(argv=None) -> int:
     quiet, progress.QUIET = progress.QUIET, progress.QUIET or args.quiet  # restored below: main() may be called in-process
     try:
         if args.command in THREADED:
+            import cv2
+
             from rcnn.features.extractor import set_threads
 
             set_threads(0)
+            cv2.setNumThreads(1)
         return int(args.func(args) or 0)
     except RcnnError as e:
         print(f"rcnn {args.command}: error: {e}", file=sys.stderr)

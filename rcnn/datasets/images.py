@@ -24,8 +24,6 @@ import numpy as np
 
 from rcnn.errors import ImageError
 
-cv2.setNumThreads(1)
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # what counts as an image file
 MAX_PIXELS = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS; larger images are refused (see the module docstring)
 EXIF_ORIENTATION = 0x0112

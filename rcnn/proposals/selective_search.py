@@ -203,10 +203,15 @@ class SelectiveSearch(Proposer):
                 ss.addGraphSegmentation(seg.createGraphSegmentation(sigma=c.sigma, k=float(k)))
             for names in c.strategies:
                 ss.addStrategy(_strategy(names))
+        threads = cv2.getNumThreads()
         with _RAND_LOCK:
-            if _LIBC is not None:
-                _LIBC.srand(ctypes.c_uint((c.seed + 1) & 0xFFFFFFFF))  # glibc treats 0 as 1
-            rects = ss.process()
+            cv2.setNumThreads(1)  # one thread draws rand() in one order; restored below
+            try:
+                if _LIBC is not None:
+                    _LIBC.srand(ctypes.c_uint((c.seed + 1) & 0xFFFFFFFF))  # glibc treats 0 as 1
+                rects = ss.process()
+            finally:
+                cv2.setNumThreads(threads)
         return np.asarray(rects).reshape(-1, 4)
 
 
