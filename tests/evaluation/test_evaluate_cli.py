@@ -54,6 +54,7 @@ def case(tmp_path):
 
 
 def _run(argv, capsys):
+    capsys.readouterr()  # what earlier calls printed (progress lines) is not this command's output
     code = main(["--quiet", "evaluate", *map(str, argv)])
     out = capsys.readouterr()
     return code, out.out, out.err
