@@ -11,20 +11,22 @@ numpy, not torch: the functions take numpy arrays (anything `np.asarray` accepts
 numpy arrays. Every caller holds numpy: proposals come from OpenCV and the proposal cache,
 the heads are scikit-learn, `Detections` and the datasets are numpy, and the evaluation is
 numpy float64. Only NMS runs in torch (torchvision's C++ kernel), behind a zero-copy
-``torch.from_numpy``. Measured on this 2-core machine (one thread): the numpy -> torch -> numpy
-round trip costs 2 to 4 us, against 2.7 ms for torchvision's NMS of 2000 boxes and 1.6 ms for
-its batched NMS; the IoU of 2000 x 10 boxes takes 0.14 ms in numpy against 0.22 ms for
-``torchvision.ops.box_iou`` (conversions included or not). So nothing is gained by tensors
-inside, and numpy keeps float64 evaluation boxes in float64.
+``torch.from_numpy``. Measured on the 2-core development machine (one thread, loaded by other
+work, so ranges): the numpy -> torch -> numpy round trip costs 1.5 to 3.5 us, against 2.7 to
+5.3 ms for torchvision's NMS of 2000 boxes; the IoU of 2000 x 10 boxes takes 0.14 to 0.23 ms
+in numpy against 0.22 to 0.44 ms for ``torchvision.ops.box_iou`` on tensors. Tensors inside
+would buy nothing, and numpy keeps float64 evaluation boxes in float64. A torch caller (a
+detector on a GPU) should call ``torchvision.ops`` on its tensors directly.
 
 Dtypes: float64 boxes stay float64 (the evaluation, which must equal the VOC devkit and
 pycocotools to the last digit); anything else becomes float32. The arithmetic is
 torchvision's (``torchvision.ops.box_area``, ``box_iou``, ``clip_boxes_to_image``,
 ``remove_small_boxes``, ``box_convert``), operation for operation, so float32 results equal
-torchvision's bit for bit (``tests/test_boxes.py`` checks this); it is written here in numpy
+torchvision's (``tests/test_boxes.py`` checks each against it). It is written here in numpy
 rather than called because torchvision has no ``+1`` rule, no crowd (intersection over the
-detection's area) and no IoU of matched pairs, works in tensors, and is slower for these
-one-line operations on a CPU.
+detection's area) and no IoU of matched pairs, works in tensors only, and is slower for these
+one-line operations on a CPU. `BoxCoder` uses numpy's ``log`` and ``exp``, which differ from
+torch's by at most an ulp or two.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def matched_box_iou(boxes1, boxes2, inclusive: bool = False, crowd=None) -> np.n
 
     Not ``torchvision.ops.box_iou``: that has no ``+1`` rule and no crowd, and only computes
     full matrices, where the evaluation needs the IoU of its (detection, ground truth) pairs
-    only. On plain float32 boxes the result equals torchvision's bit for bit.
+    only. On plain float32 boxes the result equals torchvision's (same operations, same order).
     """
     a, b = _as_boxes(boxes1, flat=False), _as_boxes(boxes2, flat=False)
     iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
@@ -115,8 +117,8 @@ def box_iou(boxes1, boxes2, inclusive: bool = False, crowd=None) -> np.ndarray:
     """IoU matrix ``[N, M]`` of boxes ``[N, 4]`` against boxes ``[M, 4]``: `matched_box_iou`
     of every pair (same formula, dtype rule, `inclusive`). `crowd`: bool ``[M]``, the
     ``boxes2`` that are crowd regions (IoU = intersection / area of the ``boxes1`` box).
-    Equal bit for bit to ``torchvision.ops.box_iou`` on float32 boxes, except that pairs of
-    zero-area boxes give 0 rather than NaN."""
+    Equals ``torchvision.ops.box_iou`` on float32 boxes, except that pairs of zero-area boxes
+    give 0 rather than NaN."""
     a, b = _as_boxes(boxes1), _as_boxes(boxes2)
     return matched_box_iou(a[:, None, :], b[None, :, :], inclusive, None if crowd is None else np.asarray(crowd, bool)[None, :])
 
