@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rcnn.boxes import box_iou
 from rcnn.datasets.core import Dataset, Detections
-from rcnn.evaluation.voc import gather, pair_iou
+from rcnn.evaluation.voc import gather
 
 __all__ = [
     "TRUE_POSITIVE",
@@ -44,19 +45,12 @@ ERROR_TYPES = (LOC, CONFUSION, BACKGROUND)
 ERROR_NAMES = {LOC: "loc", CONFUSION: "other", BACKGROUND: "bg"}
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray, inclusive: bool) -> np.ndarray:
-    """IoU ``[K, G]`` in float64, the formula `evaluate_voc` matches with (`pair_iou`)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    K, G = len(a), len(b)
-    return pair_iou(np.repeat(a, G, 0), np.tile(b, (K, 1)), inclusive).reshape(K, G)
-
-
 def _classify_image(boxes, scores, labels, gt_boxes, gt_labels, gt_ignore, iou, low_iou, inclusive) -> np.ndarray:
     K = len(scores)
     types = np.full(K, BACKGROUND, np.int8)
     if K == 0 or len(gt_labels) == 0:
         return types
-    ov = _iou_matrix(boxes, gt_boxes, inclusive)  # [K, G]
+    ov = box_iou(np.asarray(boxes, np.float64), np.asarray(gt_boxes, np.float64), inclusive)  # [K, G], as evaluate_voc
     same = labels[:, None] == gt_labels[None, :]
     ov_same = np.where(same, ov, -1.0)
     best = ov_same.argmax(1)  # first box on ties, as evaluate_voc

@@ -9,7 +9,8 @@ Same definitions as pycocotools 2.0 (which the tests use as the oracle), in vect
   is sorted with ignored boxes last. Each detection in turn, at each threshold, takes the
   free ground truth of highest IoU >= the threshold (on equal IoU the later one in that
   order), preferring boxes that are not ignored; crowd boxes are never used up. IoU is
-  ``w * h`` without ``+1``; a crowd box's IoU is intersection / detection area.
+  ``w * h`` without ``+1``; a crowd box's IoU is intersection / detection area
+  (`rcnn.boxes.matched_box_iou` with ``crowd``, float64).
 - Ignored: crowd boxes, boxes outside the area range, and `difficult` boxes (VOC data; plain
   IoU, used up like normal boxes). Detections matched to an ignored box, and unmatched ones
   outside the area range, count neither way.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rcnn.boxes import matched_box_iou, xyxy_to_xywh
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.evaluation.voc import gather
 
@@ -50,21 +52,6 @@ def _image_order(dataset: Dataset) -> np.ndarray:
     rank = np.empty(len(ids), np.int64)
     rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
     return rank
-
-
-def _crowd_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """IoU ``[n, G]`` of detections ``d [n, 4]`` with their groups' ground truth ``g [n, G, 4]``
-    (xyxy float64), as pycocotools' ``bbIou``: a crowd box's union is the detection's area."""
-    d = d[:, None, :]
-    da = (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1])
-    ga = (g[..., 2] - g[..., 0]) * (g[..., 3] - g[..., 1])
-    w = np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0])
-    h = np.minimum(d[..., 3], g[..., 3]) - np.maximum(d[..., 1], g[..., 1])
-    overlap = (w > 0) & (h > 0)
-    inter = w * h
-    union = np.where(crowd, da, da + ga - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(overlap, inter / union, 0.0)
 
 
 def _match(f, g_ig, d_sel, d_group, g_group):
@@ -95,7 +82,7 @@ def _match(f, g_ig, d_sel, d_group, g_group):
         for k in range(int(d_count[members].max())):
             n = int(np.count_nonzero(d_count[members] > k))
             di = d_start[members[:n]] + k
-            iou = _crowd_iou(f.d_box[d_sel[di]], g_box[:n], crowd[:n])
+            iou = matched_box_iou(f.d_box[d_sel[di]][:, None], g_box[:n], crowd=crowd[:n])  # [n, G]
             cand = (iou >= thr) & valid[:n] & ~(taken[:, :, :n] & ~crowd[:n])
             real = cand & ~ig[None, :, :n]
             cand = np.where(real.any(-1, keepdims=True), real, cand)
@@ -128,7 +115,8 @@ def coco_accumulate(dataset: Dataset, detections: dict[str, Detections]):
 
     matched, to_ignored = _match(f, g_ig, d_sel, d_group[d_sel], f.g_img * (C + 1) + f.g_label)
     box = f.d_box[d_sel]
-    d_area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+    wh = xyxy_to_xywh(box)[:, 2:]
+    d_area = wh[:, 0] * wh[:, 1]  # pycocotools': w * h as given, negative for an inverted box (outside every range)
     outside = (d_area[None] < lo) | (d_area[None] > hi)  # [A, D]
     ignored = to_ignored | (~matched & outside[None])
     tps, fps = matched & ~ignored, ~matched & ~ignored

@@ -16,7 +16,9 @@ as ``voc_eval.py``) or the all-point area under the monotone precision envelope 
 Pixel convention: `rcnn` boxes are continuous (the VOC reader turns 1-based inclusive corners
 ``xmin..xmax`` into ``xmin - 1 .. xmax``), so the devkit's ``+1`` widths are already in them
 and ``inclusive=False`` reproduces the devkit on VOC data. ``inclusive=True`` adds the ``+1``
-to widths, heights and intersections, for boxes that hold inclusive corners as they are.
+to widths, heights and intersections, for boxes that hold inclusive corners as they are. IoU
+is `rcnn.boxes.matched_box_iou` in float64 over the (detection, ground truth) pairs of each
+image and class.
 
 Matching is vectorised: for one threshold the best-IoU box of each detection does not depend
 on earlier matches, so the only sequential rule (first detection in score order takes a box)
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rcnn.boxes import matched_box_iou
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.errors import DatasetError
 
@@ -157,18 +160,6 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
-def pair_iou(a: np.ndarray, b: np.ndarray, inclusive: bool = False) -> np.ndarray:
-    """IoU ``[P]`` of paired boxes ``a[i], b[i]`` (``[P, 4]`` xyxy); ``inclusive`` adds the
-    devkit's ``+1`` pixel to widths and heights. Boxes that do not overlap give 0."""
-    e = 1.0 if inclusive else 0.0
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + e
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + e
-    overlap = (iw > 0) & (ih > 0)
-    inter = np.where(overlap, iw * ih, 0.0)
-    union = (a[:, 2] - a[:, 0] + e) * (a[:, 3] - a[:, 1] + e) + (b[:, 2] - b[:, 0] + e) * (b[:, 3] - b[:, 1] + e) - inter
-    return np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
-
-
 def evaluate_voc(
     dataset: Dataset,
     detections: dict[str, Detections],
@@ -201,7 +192,7 @@ def evaluate_voc(
     ends = np.cumsum(count)
     det_of_pair = np.repeat(np.arange(D), count)
     gt_of_pair = g_order[start[det_of_pair] + np.arange(ends[-1] if D else 0) - (ends - count)[det_of_pair]]
-    iou = pair_iou(f.d_box[det_of_pair], f.g_box[gt_of_pair], inclusive)
+    iou = matched_box_iou(f.d_box[det_of_pair], f.g_box[gt_of_pair], inclusive)  # float64 [pairs]
     has = count > 0
     offsets = (ends - count)[has]
     ovmax = np.zeros(D)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
+from rcnn.boxes import scale_boxes
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "context_boxes", "warp_crops", "normalize", "warp_normalized"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, of [0, 1] pixels
@@ -33,11 +35,7 @@ def context_boxes(boxes, crop_size: int = 224, padding: int = 16) -> np.ndarray:
     """Boxes ``float32 [N, 4]`` dilated by ``S / (S - 2p)`` about their centres (xyxy, pixels)."""
     if not 0 <= 2 * padding < crop_size:
         raise ValueError(f"padding {padding} must be >= 0 and < crop_size/2 ({crop_size}/2)")
-    b = np.asarray(boxes, np.float32).reshape(-1, 4)
-    scale = crop_size / (crop_size - 2 * padding)
-    centre = (b[:, :2] + b[:, 2:]) / 2
-    half = (b[:, 2:] - b[:, :2]).clip(min=0) / 2 * scale
-    return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
+    return scale_boxes(np.asarray(boxes, np.float32), crop_size / (crop_size - 2 * padding))
 
 
 def warp_crops(image: np.ndarray, boxes, crop_size: int = 224, padding: int = 16) -> np.ndarray:

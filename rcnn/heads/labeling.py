@@ -25,6 +25,10 @@ class Matcher:
 
     ``thresholds`` ``[t1 < ... < tk]`` split ``[0, 1]`` into k+1 bins ``[0, t1), [t1, t2), ...,
     [tk, 1]``; ``labels`` (k+1 of them, each -1, 0 or 1) name the bins, low to high.
+
+    Orientation: the IoU matrix is ``[N proposals, G ground truths]``, rows are proposals, as
+    ``rcnn.boxes.box_iou(proposals, gt_boxes)`` gives it; this is the transpose of
+    detectron2's and torchvision's ``Matcher``, which take ``[G, N]``.
     """
 
     def __init__(self, thresholds=(0.3, 0.5), labels=(NEGATIVE, IGNORE, POSITIVE)):
@@ -37,7 +41,8 @@ class Matcher:
         self.labels = tuple(int(lab) for lab in labels)
 
     def __call__(self, iou):
-        """From IoU ``[N, G]`` (proposals x ground truth): ``(matches int64 [N], labels int8 [N])``.
+        """From IoU ``[N, G]`` (N proposals x G ground truths, `rcnn.boxes.box_iou`):
+        ``(matches int64 [N], labels int8 [N])``.
 
         `matches` is the index of the best ground truth (-1 when G = 0); with no ground truth
         every proposal falls in the lowest bin (IoU 0).
@@ -60,6 +65,7 @@ class Matcher:
 
 
 def _as_numpy(x, dtype, shape=(-1,)):
+    """numpy from numpy or (the one place torch enters the labelling) a torch tensor."""
     return np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype).reshape(shape)
 
 

@@ -117,14 +117,15 @@ class BoxRegressor:
 
     def predict(self, features, boxes, labels):
         """Regressed boxes ``[N, 4]`` for boxes ``[N, 4]`` with class labels ``[N]`` in ``0..C``
-        (0 keeps the box); numpy or torch boxes, the same kind comes back."""
-        deltas = self.predict_deltas(features, labels)
-        keep = torch.as_tensor(np.asarray(labels).reshape(-1) == 0)
+        (0 keeps the box); numpy or torch boxes, the same kind comes back (torch boxes are
+        converted to numpy and back here: `rcnn.boxes` works in numpy)."""
         if isinstance(boxes, torch.Tensor):
-            out = BoxCoder().decode(boxes, torch.from_numpy(deltas).to(boxes.device))
-            return torch.where(keep.to(boxes.device)[:, None], boxes.float(), out)
+            out = self.predict(features, boxes.detach().cpu().numpy(), labels)
+            return torch.from_numpy(out).to(boxes.device)
+        deltas = self.predict_deltas(features, labels)
+        keep = np.asarray(labels).reshape(-1) == 0
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        return np.where(keep.numpy()[:, None], boxes, BoxCoder().decode(boxes, deltas))
+        return np.where(keep[:, None], boxes, BoxCoder().decode(boxes, deltas))
 
     def state_dict(self) -> dict:
         """Fitted state as tensors and plain values (``torch.load(weights_only=True)``-safe)."""

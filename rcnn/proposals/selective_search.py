@@ -24,6 +24,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from rcnn.boxes import clip_boxes, remove_small_boxes
 from rcnn.config import require
 from rcnn.errors import ImageError
 from rcnn.proposals.base import Proposer, ProposerConfig
@@ -139,11 +140,8 @@ def as_rgb(image) -> np.ndarray:
 def finish_boxes(boxes: np.ndarray, width: int, height: int, min_size: float, max_boxes: int) -> np.ndarray:
     """Clip ranked boxes ``[N, 4]`` to the image, drop small ones and exact duplicates
     (keeping the first), cap at `max_boxes` (0: no cap). Order is kept; ``float32 [M, 4]``."""
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    keep = ((boxes[:, 2] - boxes[:, 0]) >= max(min_size, 1e-6)) & ((boxes[:, 3] - boxes[:, 1]) >= max(min_size, 1e-6))
-    boxes = boxes[keep]
+    boxes = clip_boxes(np.asarray(boxes, np.float32), (height, width))
+    boxes = boxes[remove_small_boxes(boxes, max(min_size, 1e-6))]
     _, first = np.unique(boxes, axis=0, return_index=True)
     boxes = boxes[np.sort(first)]
     return boxes[:max_boxes] if max_boxes else boxes

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from rcnn.boxes import xywh_to_xyxy
 from rcnn.config import require
 from rcnn.proposals.base import Proposer, ProposerConfig
 from rcnn.proposals.selective_search import as_rgb, finish_boxes
@@ -60,7 +61,7 @@ def window_grid(width: int, height: int, scales, aspect_ratios, stride: float) -
             ny = int(np.ceil((height - h) / (stride * h) - 1e-6)) + 1
             x, y = np.meshgrid(np.linspace(0, width - w, nx), np.linspace(0, height - h, ny))
             x, y = x.ravel(), y.ravel()
-            out.append(np.stack([x, y, x + w, y + h], axis=1).astype(np.float32))
+            out.append(xywh_to_xyxy(np.stack([x, y, np.full_like(x, w), np.full_like(y, h)], axis=1)).astype(np.float32))
     return out
 
 

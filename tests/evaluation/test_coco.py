@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rcnn.boxes import xyxy_to_xywh
 from rcnn.datasets import Dataset, Detections, Sample, read_coco, read_detections
 from rcnn.errors import DatasetError
 from rcnn.evaluation.coco import STAT_NAMES, evaluate_coco
@@ -58,8 +59,7 @@ def random_case(seed, n_images=30, n_classes=4):
 
 
 def _xywh(b):
-    b = np.asarray(b, np.float64)
-    return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+    return xyxy_to_xywh(np.asarray(b, np.float64))[0].tolist()
 
 
 def pycocotools_eval(dataset, detections):

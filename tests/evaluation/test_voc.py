@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rcnn.boxes import xywh_to_xyxy
 from rcnn.datasets import Dataset, Detections, Sample
 from rcnn.errors import DatasetError
 from rcnn.evaluation.voc import evaluate_voc, voc_ap
@@ -154,8 +155,7 @@ def test_no_detections_and_errors():
 def _read_golden_txt(path, with_score):
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     start = 2 if with_score else 1
-    xywh = np.array([[float(v) for v in r[start:]] for r in rows], np.float64).reshape(-1, 4)
-    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    boxes = xywh_to_xyxy(np.array([[float(v) for v in r[start:]] for r in rows], np.float64))
     return boxes, [float(r[1]) for r in rows] if with_score else None
 
 
