@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnn.boxes import xywh_to_xyxy
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Detections, Sample
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
@@ -213,9 +214,8 @@ def read_coco(
 def _xyxy(xywh) -> np.ndarray:
     """COCO ``[x, y, w, h]`` boxes as float64 ``[N, 4]`` xyxy (a sum past float64 is inf, quietly:
     the box rule then reports it)."""
-    xywh = np.array(xywh, np.float64).reshape(-1, 4)
     with np.errstate(over="ignore"):
-        return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        return xywh_to_xyxy(np.array(xywh, np.float64).reshape(-1, 4))
 
 
 def coco_image_ids(dataset: Dataset) -> list[int]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnn.boxes import box_area
+
 
 @dataclass
 class Sample:
@@ -37,8 +39,7 @@ class Sample:
         n = len(self.labels)
         self.iscrowd = np.zeros(n, bool) if self.iscrowd is None else np.asarray(self.iscrowd, bool).reshape(-1)
         if self.area is None:
-            b = self.boxes
-            self.area = ((b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)).astype(np.float32)
+            self.area = box_area(self.boxes)
         self.area = np.asarray(self.area, np.float32).reshape(-1)
         if not (len(self.boxes) == n == len(self.difficult) == len(self.iscrowd) == len(self.area)):
             raise ValueError(f"sample {self.id}: boxes, labels and difficult differ in length")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rcnn import __version__
-from rcnn.boxes import batched_nms, clip_boxes
+from rcnn.boxes import batched_nms, box_area, clip_boxes
 from rcnn.cache import atomic_write
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
@@ -93,7 +93,7 @@ def postprocess(boxes, scores, labels, image_size, nms_threshold: float, max_det
     boxes = clip_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), image_size)
     scores = np.asarray(scores, np.float32).reshape(-1)
     labels = np.asarray(labels, np.int64).reshape(-1)
-    ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    ok = box_area(boxes) > 0
     boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
     keep = batched_nms(boxes, scores, labels, nms_threshold)[:max_detections]
     return Detections(boxes[keep], scores[keep], labels[keep])
