@@ -33,7 +33,7 @@ from pathlib import Path
 
 from rcnn.errors import ConfigError
 
-__all__ = ["FieldError", "from_dict", "load_toml", "merge", "override", "require", "to_dict"]
+__all__ = ["FieldError", "from_dict", "load_toml", "merge", "require", "to_dict"]
 
 
 class FieldError(ConfigError, ValueError):

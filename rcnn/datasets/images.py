@@ -141,12 +141,6 @@ def to_rgb8(image: np.ndarray, path=None) -> np.ndarray:
     raise ImageError(path, f"unsupported number of channels: {channels}")
 
 
-def image_size(path) -> tuple[int, int]:
-    """``(width, height)`` of an image, read from the decoded image (raises `ImageError`)."""
-    h, w = read_image(path).shape[:2]
-    return w, h
-
-
 def _is_truncated(path: Path, data: np.ndarray) -> bool:
     """OpenCV decodes a truncated JPEG or PNG silently (grey fill); catch it by the end marker.
 

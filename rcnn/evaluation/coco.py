@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from rcnn.boxes import matched_box_iou, xyxy_to_xywh
+from rcnn.datasets.coco import coco_image_ids
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.evaluation.voc import gather
 
@@ -46,8 +47,6 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APsmall", "APmedium", "APlarge", "AR1", "AR
 
 def _image_order(dataset: Dataset) -> np.ndarray:
     """Rank ``[N]`` of each sample in pycocotools' image order (sorted COCO image ids)."""
-    from rcnn.datasets.coco import coco_image_ids
-
     ids = np.asarray(coco_image_ids(dataset), np.int64)
     rank = np.empty(len(ids), np.int64)
     rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))

@@ -236,7 +236,7 @@ class SVMHead:
         if self.empty_classes_:
             hint = " (positive_iou=None takes the ground-truth boxes themselves: are they among `boxes`?)"
             warnings.warn(f"SVMHead: classes {self.empty_classes_} had only one kind of example; they score a "
-                          f"constant{hint if self.config.positive_iou is None else ''}")
+                          f"constant{hint if self.config.positive_iou is None else ''}", stacklevel=2)
         self.weights_, self.bias_ = weights, bias
 
     # -- use ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from rcnn.cache import params_key
 from rcnn.config import from_dict, to_dict
 from rcnn.errors import ConfigError
 
@@ -73,8 +74,6 @@ class Proposer:
 
     def key(self) -> str:
         """A short hash of `params()`: the proposal cache folder is ``<method>-<key>``."""
-        from rcnn.cache import params_key
-
         return params_key(self.params())
 
     def __repr__(self) -> str:

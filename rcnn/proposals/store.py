@@ -18,9 +18,11 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from rcnn.cache import ImageStore
+from rcnn.datasets.images import read_image
 from rcnn.errors import DatasetError, RcnnError
 from rcnn.progress import progress
 from rcnn.proposals.registry import make_proposer
@@ -51,10 +53,6 @@ def _propose_file(params_json: str, image_path: str, folder: str, wait: bool = F
     """Worker: propose for one image file and store it. Returns ``(n boxes, seconds)``;
     ``(n boxes, None)`` when another run stored it meanwhile; ``(None, error text)``; or
     ``(BUSY, None)`` when another run holds the image (and not `wait`)."""
-    import cv2
-
-    from rcnn.datasets.images import read_image
-
     cv2.setNumThreads(1)  # one image per core: parallel across images, not inside OpenCV
     store = ImageStore(folder, json.loads(params_json))
     try:

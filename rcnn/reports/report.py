@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnn.config import to_dict
+from rcnn.evaluation.coco import STAT_NAMES
 from rcnn.cache import atomic_write, write_text
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
@@ -339,8 +341,6 @@ def _markdown(r: dict) -> str:
                      f"{_fmt(r['voc']['per_class'][c])} | {_fmt(r['coco']['per_class'][c])} |")
     lines.append(f"| **mean** | {sum(r['objects'].values())} | {sum(r['detections'].values())} | "
                  f"**{_fmt(r['voc07']['mAP'])}** | **{_fmt(r['voc']['mAP'])}** | **{_fmt(r['coco']['AP'])}** |")
-    from rcnn.evaluation.coco import STAT_NAMES
-
     lines += ["", "COCO summary:", "", "| " + " | ".join(STAT_NAMES) + " |", "|" + "---:|" * len(STAT_NAMES),
               "| " + " | ".join(_fmt(r["coco"][k], 3) for k in STAT_NAMES) + " |", "",
               "![precision-recall curves](pr_curves.png)", ""]
@@ -389,8 +389,6 @@ def report_model(model, dataset: Dataset, out_dir, *, title: str | None = None, 
                  use_cache: bool = True, **kwargs) -> dict:
     """Run fitted `model` (`rcnn.detectors.RCNN`) over `dataset`, then `build_report` with
     its config and the detection time; `kwargs` go to `build_report`."""
-    from rcnn.config import to_dict
-
     start = time.perf_counter()
     detections = model.detect_dataset(dataset, use_cache=use_cache)
     seconds = time.perf_counter() - start
