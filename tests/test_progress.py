@@ -55,3 +55,4 @@ def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path):
     for stage in ("proposals (sliding_window)", "features", "SVM pass 1", "box regression"):
         assert f"rcnn: {stage}: started" in text and f"rcnn: {stage}: done" in text, text
     assert "\r" not in text
+    assert "rcnn: proposals cover the training objects: recall@0.5 " in text

@@ -25,8 +25,10 @@ from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.errors import ConfigError, DatasetError, ModelError
-from rcnn.progress import progress
+from rcnn.evaluation.recall import proposal_recall
+from rcnn.progress import notice, progress
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
+from rcnn.proposals.advice import scale_advice
 
 __all__ = ["CommonConfig", "Detector", "check_trainable", "postprocess", "read_model", "resolve_device", "timed"]
 
@@ -181,6 +183,26 @@ class Detector:
     def proposal_store(self) -> ProposalStore:
         """The cache of this config's proposals under ``cache_dir/proposals``."""
         return ProposalStore(Path(self.config.cache_dir) / "proposals", make_proposer(self.config.proposals))
+
+    def training_proposals(self, dataset: Dataset, stats: dict) -> ProposalStore:
+        """The proposals of the training set, computed (or found) in the cache. Says first
+        what the objects' sizes suggest for the proposer's settings (`scale_advice`), then
+        the proposals' recall of the training objects at the configured number of boxes;
+        both go into `stats` (``proposal_advice``, ``proposal_recall``, ``proposals_seconds``)."""
+        start = time.perf_counter()
+        advice = scale_advice(dataset, self.config.proposals)
+        for line in advice:
+            notice(line)
+        store = self.proposal_store()
+        store.compute(dataset, workers=self.config.workers or None)
+        k = int(getattr(self.config.proposals, "max_boxes", 0)) or 100000
+        overall = proposal_recall(dataset, store.load, ks=[k])["overall"][0]
+        recall = {name: overall[name] for name in ("boxes_per_image", "recall@0.5", "recall@0.7", "ar")}
+        if recall["recall@0.5"] is not None:
+            notice(f"proposals cover the training objects: recall@0.5 {recall['recall@0.5']:.3f}, "
+                   f"recall@0.7 {recall['recall@0.7']:.3f} with {recall['boxes_per_image']:.0f} boxes per image")
+        stats.update(proposal_advice=advice, proposal_recall=recall, proposals_seconds=time.perf_counter() - start)
+        return store
 
     def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``; with `use_cache`,

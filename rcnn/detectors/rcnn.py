@@ -106,10 +106,7 @@ class RCNN(Detector):
         self.classes_ = list(dataset.classes)
         num_classes = len(self.classes_)
 
-        start = time.perf_counter()
-        proposals = self.proposal_store()
-        proposals.compute(dataset, workers=c.workers or None)
-        stats["proposals_seconds"] = time.perf_counter() - start
+        proposals = self.training_proposals(dataset, stats)
 
         device = resolve_device(c.device)
         self.extractor_ = FeatureExtractor(c.features, device=device)
