@@ -56,3 +56,4 @@ def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path):
         assert f"rcnn: {stage}: started" in text and f"rcnn: {stage}: done" in text, text
     assert "\r" not in text
     assert "rcnn: proposals cover the training objects: recall@0.5 " in text
+    assert "rcnn: plan: 6 images, " in text and "crops for features; the CNN runs " in text
