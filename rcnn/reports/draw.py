@@ -21,9 +21,10 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: np.ndarray, detections: Detections, classes, gt_boxes=None) -> np.ndarray:
+def draw_detections(image: np.ndarray, detections: Detections, classes, gt_boxes=None, scores: bool = True) -> np.ndarray:
     """A copy of ``uint8 [H, W, 3]`` RGB `image` with each detection's box, class name and
-    score drawn; `gt_boxes` ``[G, 4]``, when given, are drawn first as thin white boxes."""
+    score (unless not `scores`: ground truth, say) drawn; `gt_boxes` ``[G, 4]``, when given,
+    are drawn first as thin white boxes."""
     out = np.ascontiguousarray(image).copy()
     scale = max(out.shape[:2]) / 500
     thick = max(1, round(2 * scale))
@@ -36,7 +37,7 @@ def draw_detections(image: np.ndarray, detections: Detections, classes, gt_boxes
         label = int(detections.labels[i])
         colour = class_colour(label)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick, cv2.LINE_AA)
-        text = f"{classes[label - 1]} {detections.scores[i]:.2f}"
+        text = f"{classes[label - 1]} {detections.scores[i]:.2f}" if scores else classes[label - 1]
         font = 0.4 * max(scale, 0.8)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
         ty = max(y1, th + base)
