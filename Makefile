@@ -42,14 +42,18 @@ bench-eval: $(STAMP)
 # Synthetic always, cards when ../shared/data/cards exists, or DATA=path instead of cards.
 # The order shares caches: ablations fits the models that svm-training, budget and
 # windows-vs-proposals reuse.
-EXPERIMENTS := ablations svm-training budget windows-vs-proposals warp proposals
+EXPERIMENTS := ablations svm-training budget windows-vs-proposals warp proposals localization
 
-.PHONY: experiments experiment-proposals
+.PHONY: experiments experiment-proposals experiment-localization
 experiments: $(STAMP)
 	for e in $(EXPERIMENTS); do $(MAKE) --no-print-directory experiment-$$e || exit 1; done
 
 experiment-proposals: $(STAMP)
 	$(PY) experiments/proposals.py $(if $(DATA),--data $(DATA))
+
+# The road to R-CNN: the localiser on every synthetic preset, then beside R-CNN (about 10 minutes).
+experiment-localization: $(STAMP)
+	$(PY) experiments/localization.py
 
 experiment-%: $(STAMP)
 	$(PY) experiments/run.py $* $(if $(DATA),--data $(DATA))

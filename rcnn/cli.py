@@ -19,8 +19,8 @@ import sys
 from rcnn import __version__
 from rcnn.errors import RcnnError
 
-COMMANDS = ["data", "evaluate", "propose", "recall", "train", "detect", "report"]
-THREADED = {"train", "detect", "report"}  # commands that run a CNN
+COMMANDS = ["data", "evaluate", "propose", "recall", "train", "detect", "report", "explain"]
+THREADED = {"train", "detect", "report", "explain"}  # commands that run a CNN
 
 
 def build_parser() -> argparse.ArgumentParser:

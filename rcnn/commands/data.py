@@ -50,12 +50,17 @@ def register(subparsers) -> None:
     )
     convert.set_defaults(func=run_convert)
 
-    synth = sub.add_parser("synth", help="generate the built-in synthetic shapes dataset (VOC layout)")
+    from rcnn.datasets.synthetic import PRESETS
+
+    synth = sub.add_parser("synth", help="generate the built-in synthetic shapes dataset (VOC layout)",
+                           epilog="presets, the road to R-CNN in order: " + "; ".join(f"{p.name}: {p.text}" for p in PRESETS.values()))
     synth.add_argument("out", help="output VOC root, e.g. data/synth")
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, required=True, help="random seed (same seed, same bytes)")
     synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     synth.add_argument("--test-fraction", type=float, default=0.2, help="share of images in test.txt (default 0.2)")
+    synth.add_argument("--preset", choices=list(PRESETS),
+                       help="one step of the road to R-CNN (see below; default: multi, the set `make demo` uses)")
     synth.set_defaults(func=run_synth)
 
 
@@ -134,7 +139,9 @@ def output_format(dst, is_yolo_root) -> str:
 def run_synth(args) -> int:
     from rcnn.datasets.synthetic import make_synthetic
 
-    dataset = make_synthetic(args.out, args.images, args.seed, args.size, args.test_fraction)
+    dataset = make_synthetic(args.out, args.images, args.seed, args.size, args.test_fraction, args.preset)
     counts = {n: sum(int((s.labels == i + 1).sum()) for s in dataset) for i, n in enumerate(dataset.classes)}
-    print(f"wrote {len(dataset)} images to {args.out}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    empty = sum(len(s.labels) == 0 for s in dataset)
+    print(f"wrote {len(dataset)} images to {args.out}: " + ", ".join(f"{n} {c}" for n, c in counts.items())
+          + f"; {empty} without an object")
     return 0

@@ -8,14 +8,24 @@ in view, and its box is the box of its visible pixels. Backgrounds are crops of 
 photos bundled with scikit-image; thin lines and small irregular blobs are clutter that is
 not an object. Object colours are picked for contrast with the background beneath them.
 
-Same arguments, same bytes: image ``i`` depends only on ``(seed, i, size)``, images are
-written by OpenCV as JPEG with fixed settings.
+Presets (`PRESETS`, ``rcnn data synth --preset NAME``) walk the road to R-CNN one
+difficulty at a time, each built from the same parts (`_background`, `_clutter`,
+`_outline`, `_pose`, `_paint`): ``rectangle`` (one white axis-aligned box on black),
+``object`` (one textured star of a fixed size on a plain background), ``sizes``,
+``transforms`` (rotation, flips, brightness and contrast), ``backgrounds`` (photos with
+clutter), ``absent`` (about a third of the images without an object), ``classes`` (one
+object of four classes) and ``multi``, the scene described above and the default.
+
+Same arguments, same bytes: image ``i`` depends only on ``(preset, seed, i, size)``, images
+are written by OpenCV as JPEG with fixed settings (PNG for ``rectangle``, whose pixels must
+stay exactly 0 and 255).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -128,9 +138,49 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarr
     return rgb[np.argmax(np.linalg.norm(rgb - under, axis=1))]
 
 
-def render(rng: np.random.Generator, size: int = 256):
-    """One synthetic image ``uint8 [size, size, 3]`` RGB, its boxes ``float32 [N, 4]`` (the
-    visible pixels' box) and labels ``int64 [N]`` in ``1..4`` (see `CLASSES`)."""
+def _pose(rng: np.random.Generator, outline: np.ndarray, size: int, scale=(0.12, 0.55), rotate: bool = True):
+    """`outline` turned (a random angle, or none), scaled so that its longer side is a random
+    share in `scale` of the image side, and placed at random inside the image: its points
+    ``[K, 2]`` and its anti-aliased coverage ``float32 [size, size]`` (1 inside)."""
+    angle = rng.uniform(0, 2 * np.pi) if rotate else 0.0
+    rotated = outline @ np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    extent = rotated.max(0) - rotated.min(0)
+    points = (rotated - rotated.min(0)) * (rng.uniform(*scale) * size / extent.max())
+    span = points.max(0)
+    points += rng.uniform(1, size - 1 - span)
+    alpha = np.zeros((size, size), np.float32)
+    cv2.fillPoly(alpha, [np.round(points * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+    return points, alpha
+
+
+def _paint(rng: np.random.Generator, image: np.ndarray, points: np.ndarray, alpha: np.ndarray, solid: np.ndarray) -> None:
+    """Paint a shape (its `points`, coverage `alpha` and `solid` mask from `_pose`) into
+    `image` in place: a textured fill in a colour that contrasts with the pixels beneath."""
+    colour = _contrasting_colour(rng, image[solid].mean(0))
+    (x0, y0), (x1, y1) = np.floor(points.min(0)).astype(int), np.ceil(points.max(0)).astype(int) + 1
+    region, a = image[y0:y1, x0:x1], alpha[y0:y1, x0:x1, None]
+    region[:] = region * (1 - a) + _texture(rng, a.shape[:2], colour) * a
+
+
+def _mask_box(mask: np.ndarray) -> list[int]:
+    """The box ``[x1, y1, x2, y2]`` of a mask's pixels (pixel edges, continuous coordinates)."""
+    ys, xs = np.nonzero(mask)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def _finish(image: np.ndarray, boxes, labels, masks) -> tuple:
+    """``uint8`` image, ``float32 [N, 4]`` boxes, ``int64 [N]`` labels and the object mask
+    (``bool [H, W]``, every object's visible pixels)."""
+    mask = np.zeros(image.shape[:2], bool)
+    for m in masks:
+        mask |= m
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), mask
+
+
+def _render_multi(rng: np.random.Generator, size: int):
+    """The ``multi`` scene (the generator's original one): a photo with clutter and 0 to 5
+    shapes of the four classes; returns `_finish`'s four values."""
     image = _background(rng, size)
     _clutter(rng, image)
     masks, labels = [], []  # full masks of the shapes drawn so far, and their visible parts
@@ -138,52 +188,146 @@ def render(rng: np.random.Generator, size: int = 256):
         label = int(rng.integers(len(CLASSES))) + 1
         outline = _outline(rng, CLASSES[label - 1])
         for _attempt in range(20):
-            angle = rng.uniform(0, 2 * np.pi)
-            rotated = outline @ np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
-            extent = rotated.max(0) - rotated.min(0)
-            points = (rotated - rotated.min(0)) * (rng.uniform(0.12, 0.55) * size / extent.max())
-            span = points.max(0)
-            points += rng.uniform(1, size - 1 - span)
-            alpha = np.zeros((size, size), np.float32)
-            cv2.fillPoly(alpha, [np.round(points * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+            points, alpha = _pose(rng, outline, size)
             solid = alpha >= 0.5
             if all((m["visible"] & ~solid).sum() >= MIN_VISIBLE * m["area"] for m in masks):
                 break
         else:
             continue  # no room for this shape
-        colour = _contrasting_colour(rng, image[solid].mean(0))
-        (x0, y0), (x1, y1) = np.floor(points.min(0)).astype(int), np.ceil(points.max(0)).astype(int) + 1
-        region, a = image[y0:y1, x0:x1], alpha[y0:y1, x0:x1, None]
-        region[:] = region * (1 - a) + _texture(rng, a.shape[:2], colour) * a
+        _paint(rng, image, points, alpha, solid)
         for m in masks:
             m["visible"] &= ~solid
         masks.append({"visible": solid, "area": int(solid.sum())})
         labels.append(label)
-    boxes = []
-    for m in masks:
-        ys, xs = np.nonzero(m["visible"])
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64)
+    visible = [m["visible"] for m in masks]
+    return _finish(image, [_mask_box(m) for m in visible], labels, visible)
 
 
-def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: float = 0.2) -> Dataset:
+def render(rng: np.random.Generator, size: int = 256):
+    """One synthetic image ``uint8 [size, size, 3]`` RGB, its boxes ``float32 [N, 4]`` (the
+    visible pixels' box) and labels ``int64 [N]`` in ``1..4`` (see `CLASSES`): the ``multi``
+    preset, the generator's default."""
+    return _render_multi(rng, size)[:3]
+
+
+# -- presets: the road to R-CNN, one difficulty at a time ------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One step of the road to R-CNN (``rcnn data synth --preset NAME``): each adds one
+    difficulty to the one before. `classes`: the class list; `scale`: the range of an
+    object's longer side as a share of the image side; `background`: ``black``, ``plain``
+    (one flat colour) or ``photo`` (a crop of a sample photo, with clutter); `rotate`, `flip`,
+    `jitter` (brightness and contrast): the transforms; `absent`: the share of images drawn
+    without an object; `suffix`: the image format (PNG where pixels must stay exact)."""
+
+    name: str
+    text: str
+    classes: tuple[str, ...] = ("star",)
+    scale: tuple[float, float] = (0.45, 0.45)
+    background: str = "plain"
+    rotate: bool = False
+    flip: bool = False
+    jitter: bool = False
+    absent: float = 0.0
+    suffix: str = ".jpg"
+
+
+_TRANSFORMS = dict(scale=(0.2, 0.6), rotate=True, flip=True, jitter=True)
+PRESETS = {p.name: p for p in [
+    Preset("rectangle", "one white axis-aligned rectangle on black", ("rectangle",), (0.15, 0.6), "black", suffix=".png"),
+    Preset("object", "one textured star of a fixed size on a plain background"),
+    Preset("sizes", "one star of any size (20 to 60 % of the side) on a plain background", scale=(0.2, 0.6)),
+    Preset("transforms", "one star, rotated, flipped, brighter or darker, more or less contrast", **_TRANSFORMS),
+    Preset("backgrounds", "the same on photographs with clutter", background="photo", **_TRANSFORMS),
+    Preset("absent", "the same, but about a third of the images hold no object", background="photo", absent=1 / 3,
+           **_TRANSFORMS),
+    Preset("classes", "one object per image of four classes (circle, rectangle, star, triangle)", tuple(CLASSES),
+           background="photo", **_TRANSFORMS),
+    Preset("multi", "0 to 5 objects per image of four classes (the default set)", tuple(CLASSES), (0.12, 0.55), "photo",
+           rotate=True),
+]}
+
+
+def _render_rectangle(rng: np.random.Generator, size: int):
+    """The ``rectangle`` scene: pixels 255 inside one axis-aligned box, 0 outside."""
+    image = np.zeros((size, size, 3), np.float32)
+    w, h = (rng.uniform(0.15, 0.6, 2) * size).astype(int)
+    x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
+    image[y:y + h, x:x + w] = 255
+    mask = np.zeros((size, size), bool)
+    mask[y:y + h, x:x + w] = True
+    return _finish(image, [[x, y, x + w, y + h]], [1], [mask])
+
+
+def _render_single(rng: np.random.Generator, size: int, preset: Preset):
+    """A scene of at most one object, as `preset` says (see `Preset`)."""
+    if preset.background == "photo":
+        image = _background(rng, size)
+        _clutter(rng, image)
+    else:
+        image = np.empty((size, size, 3), np.float32)
+        image[:] = rng.uniform(30, 225, 3) if preset.background == "plain" else 0
+    present = rng.random() >= preset.absent
+    boxes, labels, masks = [], [], []
+    if present:
+        label = int(rng.integers(len(preset.classes))) + 1 if len(preset.classes) > 1 else 1
+        outline = _outline(rng, preset.classes[label - 1])
+        points, alpha = _pose(rng, outline, size, preset.scale, preset.rotate)
+        solid = alpha >= 0.5
+        _paint(rng, image, points, alpha, solid)
+        masks, labels = [solid], [label]
+    if preset.flip:
+        lr, ud = rng.random(2) < 0.5
+        axes = [a for a, f in ((1, lr), (0, ud)) if f]
+        if axes:
+            image = np.ascontiguousarray(np.flip(image, axes))
+            masks = [np.flip(m, axes) for m in masks]
+    if preset.jitter:
+        contrast, brightness = rng.uniform(0.6, 1.4), rng.uniform(-40, 40)
+        image = (image - 128) * contrast + 128 + brightness
+    return _finish(image, [_mask_box(m) for m in masks], labels, masks)
+
+
+def render_preset(rng: np.random.Generator, preset: str = "multi", size: int = 256):
+    """One image of preset `preset` (see `PRESETS`): ``uint8 [size, size, 3]`` RGB, boxes
+    ``float32 [N, 4]``, labels ``int64 [N]`` in ``1..C`` of the preset's classes, and the
+    object mask ``bool [size, size]`` (the visible pixels of every object)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"synthetic data: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if preset == "multi":
+        return _render_multi(rng, size)
+    if preset == "rectangle":
+        return _render_rectangle(rng, size)
+    return _render_single(rng, size, PRESETS[preset])
+
+
+def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: float = 0.2,
+                   preset: str | None = None) -> Dataset:
     """Write `images` synthetic images as a VOC root at `out` (``ImageSets/Main/`` train.txt,
-    test.txt and trainval.txt, which equals train) and return the whole dataset.
+    test.txt and trainval.txt, which equals train) and return the whole dataset. `preset`:
+    one of `PRESETS` (None: ``multi``, the default set).
 
     A folder already holding this exact set is reused; one holding another synthetic set
     is replaced; any other non-empty folder is refused.
     """
     if images < 1 or size < 64 or not 0 <= test_fraction < 1:
         raise ConfigError("synthetic data: need images >= 1, size >= 64 and 0 <= test fraction < 1")
+    preset = preset or "multi"
+    if preset not in PRESETS:
+        raise ConfigError(f"synthetic data: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
     out = Path(out)
     params = {"version": VERSION, "images": images, "seed": seed, "size": size, "test_fraction": test_fraction}
+    if preset != "multi":  # the default set keeps the marker it always had
+        params["preset"] = preset
     marker = out / "synthetic.json"
     if marker.is_file():
         if json.loads(marker.read_text()) == params:
             from rcnn.datasets.voc import read_voc
 
-            return read_voc(out, classes=CLASSES, check_images=False)
+            return read_voc(out, classes=list(spec.classes), check_images=False)
         marker.unlink()
         for sub in ("Annotations", "JPEGImages", "ImageSets"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -193,9 +337,9 @@ def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: 
     width = max(6, len(str(images - 1)))
     samples = []
     for i in progress(range(images), desc="synthetic images"):
-        image, boxes, labels = render(np.random.default_rng([seed, i]), size)
-        path = out / "JPEGImages" / f"{i:0{width}d}.jpg"
-        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), _JPEG)
+        image, boxes, labels, _ = render_preset(np.random.default_rng([seed, i]), preset, size)
+        path = out / "JPEGImages" / f"{i:0{width}d}{spec.suffix}"
+        ok, data = cv2.imencode(spec.suffix, np.ascontiguousarray(image[:, :, ::-1]), _JPEG if spec.suffix == ".jpg" else [])
         if not ok:
             raise DatasetError(path, "OpenCV could not encode the image")
         with atomic_write(path) as f:
@@ -203,7 +347,7 @@ def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: 
         samples.append(Sample(path.stem, path, size, size, boxes, labels))
     order = np.random.default_rng([seed, images]).permutation(images)
     test = set(order[: int(round(images * test_fraction))].tolist())
-    dataset = Dataset(list(CLASSES), samples)
+    dataset = Dataset(list(spec.classes), samples)
     train_ids = [s.id for i, s in enumerate(samples) if i not in test]
     write_voc(dataset.subset(train_ids), out, split="train")
     write_voc(dataset.subset([s.id for i, s in enumerate(samples) if i in test]), out, split="test")

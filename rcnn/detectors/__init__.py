@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from rcnn.config import from_dict, load_toml, merge
 from rcnn.detectors.base import CommonConfig, Detector, check_trainable, read_model
+from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
 from rcnn.errors import ConfigError, ModelError
 
@@ -18,6 +19,7 @@ __all__ = ["DETECTORS", "RCNN", "DetectorConfig", "RCNNConfig", "CommonConfig", 
 
 RCNNConfig = DetectorConfig
 DETECTORS: dict[str, type[Detector]] = {RCNN.kind: RCNN}
+DETECTORS[Localizer.kind] = Localizer
 
 
 def detector_class(kind, where: str = "config") -> type[Detector]:
