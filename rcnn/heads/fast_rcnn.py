@@ -300,11 +300,11 @@ class FastRCNNTrainer:
                 for k, v in (("loss", loss), ("cls", cls), ("box", box)):
                     self.history_[k].append(v.item())
                 bar.update(len(batch))
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{self.history_['loss'][-1]:.3f}")
                 if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
                     self._save(it + 1, trunk, head, optimizer)
                 if callback is not None:
-                    callback(it, float(loss))
+                    callback(it, self.history_["loss"][-1])
         finally:
             bar.close()
             trunk.cpu().eval()
