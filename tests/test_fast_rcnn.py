@@ -311,3 +311,13 @@ def test_cli_train_and_detect(synth, tmp_path):
     dets = tmp_path / "dets.json"
     assert main(["--quiet", "detect", str(out), str(root), "--split", "test", "--out", str(dets)]) == 0
     assert isinstance(json.loads(dets.read_text()), list)
+
+
+def test_caching_the_frozen_stem_changes_no_number(tmp_path):
+    data = make_synthetic(tmp_path / "synth", images=4, seed=4, size=128, test_fraction=0.0)
+    train = {"iterations": 3, "rois_per_image": 16, "frozen": [f"features.{i}." for i in range(8)]}
+    cached = FastRCNN(config(tmp_path / "a", train=train, scale=128, max_size=128)).fit(data)
+    plain = FastRCNN(config(tmp_path / "b", train={**train, "cache_frozen": False}, scale=128, max_size=128)).fit(data)
+    for a, b in zip(cached.head_.state_dict().values(), plain.head_.state_dict().values()):
+        assert torch.equal(a, b)
+    assert cached.history_["loss"] == plain.history_["loss"]

@@ -29,7 +29,7 @@ from rcnn.datasets.images import read_image
 from rcnn.detectors.base import (CommonConfig, Detector, check_trainable, postprocess, resolve_device, timed,
                                  training_key)
 from rcnn.errors import ModelError
-from rcnn.features.extractor import set_threads
+from rcnn.features.extractor import _freeze, set_threads
 from rcnn.features.roi import BackboneConfig, RoIConfig, RoIPooler, build_trunk, image_tensor, rescale
 from rcnn.heads.fast_rcnn import (BOX_STDS, FastRCNNHead, FastRCNNTrainer, HeadConfig, TrainConfig, TrainImage,
                                   compress_head)
@@ -179,8 +179,17 @@ class FastRCNN(Detector):
         self.trunk_.eval()
         self.head_.eval()
         head = compress_head(self.head_, c.svd_rank) if c.svd_rank else self.head_
-        self.net_trunk_ = self.trunk_.to(self.device_)
+        self.trunk_.to(self.device_)
         self.net_head_ = head.to(self.device_).eval()
+        self._frozen_trunk = None
+
+    def _run_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-16 map of a normalised image ``[1, 3, H, W]`` (under inference mode)."""
+        if self.device_.type != "cpu" or not self.config.backbone.torchscript:
+            return self.trunk_(x.to(self.device_))
+        if self._frozen_trunk is None:
+            self._frozen_trunk = _freeze(self.trunk_, x, torch.contiguous_format)
+        return self._frozen_trunk(x)
 
     # -- detection --------------------------------------------------------------------------
 
@@ -190,7 +199,7 @@ class FastRCNN(Detector):
         c = self.config
         scaled, factor = rescale(image, c.scale, c.max_size)
         with torch.inference_mode():
-            fmap = self.net_trunk_(image_tensor(scaled).to(self.device_))
+            fmap = self._run_trunk(image_tensor(scaled))
             rois = torch.from_numpy(np.ascontiguousarray(boxes * factor, np.float32)).to(self.device_)
             feats = self.net_head_.features(self.pooler_(fmap, [rois]))
             probs = torch.softmax(self.net_head_.cls_score(feats), dim=1)

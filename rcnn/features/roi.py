@@ -33,13 +33,16 @@ POOL_MODES = ("pool", "align")
 class BackboneConfig:
     """The ``[backbone]`` table: the architecture cut at stride 16 (one of
     `STRIDE16_CHANNELS`), where its weights come from (`rcnn.features.backbones`), the seed
-    of random weights, and torch's intra-op threads (0: all cores)."""
+    of random weights, torch's intra-op threads (0: all cores); `torchscript`: detection on
+    the CPU runs a TorchScript-frozen, inference-optimised copy of the trunk (batch norm folded,
+    MKLDNN kernels; equal to eager PyTorch within 1e-4, several times faster)."""
 
     name: str = "mobilenet_v2"
     weights: str = "auto"
     weights_file: str = ""
     seed: int = 0
     num_threads: int = 0
+    torchscript: bool = True
 
     def __post_init__(self):
         require(self, "name", self.name in STRIDE16_CHANNELS, f"one of {', '.join(STRIDE16_CHANNELS)}")
