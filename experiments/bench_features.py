@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from rcnn.datasets import read_image
 from rcnn.features import FeatureExtractor, set_threads, warp_normalized
-from rcnn.features.extractor import _freeze
+from rcnn.features.extractor import freeze_for_inference
 
 CARDS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cards" / "test"
 
@@ -81,9 +81,9 @@ def main(argv=None):
         cl = {bs: x.contiguous(memory_format=torch.channels_last) for bs, x in batch.items()}
         nchw = {bs: x.contiguous() for bs, x in batch.items()}
         t = time.perf_counter()
-        frozen = _freeze(eager, nchw[32], torch.contiguous_format)
+        frozen = freeze_for_inference(eager, nchw[32], torch.contiguous_format)
         prep = time.perf_counter() - t
-        frozen_cl = _freeze(eager, cl[32], torch.channels_last)
+        frozen_cl = freeze_for_inference(eager, cl[32], torch.channels_last)
         eager_cl = copy.deepcopy(eager).to(memory_format=torch.channels_last)
         with torch.inference_mode():
             diff = max(float((frozen(nchw[bs]) - eager(nchw[bs])).abs().max()) for bs in (16, 32))

@@ -1,4 +1,4 @@
-"""`rcnn train DATASET --out MODEL.pt`: fit an R-CNN and save it."""
+"""`rcnn train DATASET --out MODEL.pt`: fit the detector the config names (R-CNN, Fast R-CNN) and save it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_config_options(parser) -> None:
 
 
 def config_from_args(args):
-    """The `DetectorConfig` of `--config` with every `--set` applied. The options together are
+    """The detector config of `--config` with every `--set` applied. The options together are
     one change, merged into the file by `rcnn.config.merge` (a different ``proposals.method``
     drops the file's other proposal settings); every value is checked here, before any work."""
     import tomllib

@@ -1,4 +1,5 @@
-"""The detectors, peers built from the same stages: `RCNN` (Girshick et al. 2014), and what
+"""The detectors, peers built from the same stages: `RCNN` (Girshick et al. 2014),
+`FastRCNN` (Girshick 2015), and what
 they share (`rcnn.detectors.base`: common settings, the model file, post-processing).
 
 Which detector a config builds is its ``detector`` field (``"rcnn"`` by default);
@@ -10,16 +11,17 @@ from __future__ import annotations
 
 from rcnn.config import from_dict, load_toml, merge
 from rcnn.detectors.base import CommonConfig, Detector, check_trainable, read_model
+from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
 from rcnn.errors import ConfigError, ModelError
 
-__all__ = ["DETECTORS", "RCNN", "DetectorConfig", "RCNNConfig", "CommonConfig", "Detector",
+__all__ = ["DETECTORS", "RCNN", "FastRCNN", "FastRCNNConfig", "Localizer", "LocalizerConfig", "DetectorConfig", "RCNNConfig",
+           "CommonConfig", "Detector",
            "build_detector", "check_trainable", "load_config", "load_model"]
 
 RCNNConfig = DetectorConfig
-DETECTORS: dict[str, type[Detector]] = {RCNN.kind: RCNN}
-DETECTORS[Localizer.kind] = Localizer
+DETECTORS: dict[str, type[Detector]] = {RCNN.kind: RCNN, FastRCNN.kind: FastRCNN, Localizer.kind: Localizer}
 
 
 def detector_class(kind, where: str = "config") -> type[Detector]:

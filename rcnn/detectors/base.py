@@ -20,7 +20,7 @@ import torch
 
 from rcnn import __version__
 from rcnn.boxes import batched_nms, box_area, clip_boxes
-from rcnn.cache import atomic_write
+from rcnn.cache import array_hash, atomic_write, params_key
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
@@ -30,7 +30,8 @@ from rcnn.progress import notice, progress
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
 from rcnn.proposals.advice import scale_advice
 
-__all__ = ["CommonConfig", "Detector", "check_trainable", "postprocess", "read_model", "resolve_device", "timed"]
+__all__ = ["CommonConfig", "Detector", "check_trainable", "postprocess", "read_model", "resolve_device", "timed",
+           "training_key"]
 
 MODEL_FORMAT = "rcnn-model"
 MODEL_VERSION = 1
@@ -114,6 +115,18 @@ def check_trainable(dataset: Dataset, where=None) -> None:
     if empty:
         raise DatasetError(where, f"cannot train: no training object of class(es) {', '.join(map(repr, empty))}; "
                                   "add examples or leave the class out of the class list")
+
+
+def training_key(params: dict, dataset: Dataset, proposals: ProposalStore) -> str:
+    """The key of a training checkpoint: what it depends on, `params` (the training settings
+    as plain values), and every image's content and annotations (boxes, labels, difficult
+    flags) with the class list, so an edited dataset never resumes a stale checkpoint.
+    Proposals follow from the images and `proposals`' folder (name it in `params` or in the
+    checkpoint's file name)."""
+    samples = [
+        (proposals.store.image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset
+    ]
+    return params_key({**params, "classes": list(dataset.classes), "samples": samples})
 
 
 def read_model(path) -> dict:

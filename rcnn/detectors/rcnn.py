@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.cache import array_hash, params_key
 from rcnn.config import require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
-from rcnn.detectors.base import CommonConfig, Detector, check_trainable, postprocess, resolve_device, timed
+from rcnn.detectors.base import (CommonConfig, Detector, check_trainable, postprocess, resolve_device, timed,
+                                 training_key)
 from rcnn.progress import notice
 from rcnn.errors import ModelError
 from rcnn.features.extractor import FeatureConfig, FeatureExtractor
@@ -276,16 +276,10 @@ def _check_heads(model: "RCNN") -> None:
 
 
 def _finetune_key(config: DetectorConfig, dataset: Dataset, proposals: ProposalStore) -> str:
-    """What a fine-tuning checkpoint depends on: its config, the features, and every image's
-    content and annotations (boxes, labels, difficult flags) with the class list. Proposals
-    follow from the images and the proposal folder, which is part of the checkpoint's name."""
-    samples = [
-        (proposals.store.image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset
-    ]
-    return params_key({
-        "finetune": to_dict(config.finetune), "features": to_dict(config.features),
-        "classes": list(dataset.classes), "samples": samples,
-    })
+    """What a fine-tuning checkpoint depends on (`rcnn.detectors.base.training_key`): its
+    config, the features, the images and their annotations; the proposal folder is part of
+    the checkpoint's name."""
+    return training_key({"finetune": to_dict(config.finetune), "features": to_dict(config.features)}, dataset, proposals)
 
 
 def _duration(seconds: float) -> str:

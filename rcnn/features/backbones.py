@@ -50,7 +50,8 @@ from torch import nn
 from rcnn.cache import file_hash
 from rcnn.errors import ConfigError, ModelError
 
-__all__ = ["ARCHITECTURES", "WEIGHT_SOURCES", "build_backbone", "head_prefixes", "load_weights", "weights_hash"]
+__all__ = ["ARCHITECTURES", "STRIDE16_CHANNELS", "WEIGHT_SOURCES", "build_backbone", "cut_at_stride16", "head_prefixes",
+           "load_weights", "weights_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +254,48 @@ def build_backbone(name: str = "mobilenet_v2", weights: str = "auto", weights_fi
             log.warning("%s: no pretrained weights found (offline?); using random weights, seed %d", name, seed)
     log.info("%s backbone: %d-d features, weights %s", name, dim, source)
     return model.eval(), dim, source
+
+
+# -- the stride-16 cut (Fast R-CNN's shared feature map) -------------------------------------------
+
+STRIDE16_CHANNELS = {"vgg16": 512, "resnet18": 256, "resnet50": 1024, "mobilenet_v2": 96}
+
+
+class _ResNetC4(nn.Module):
+    """A torchvision ResNet through ``layer3`` (stride 16); keys are torchvision's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"):
+            setattr(self, name, getattr(model, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+
+class _Features(nn.Module):
+    """The first layers of a torchvision model's ``features`` (keys ``features.N.*``)."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def cut_at_stride16(name: str, module: nn.Module) -> tuple[nn.Module, int]:
+    """The layers of a `build_backbone` module up to stride 16, and their channels:
+    MobileNetV2 through block 13 (``features[:14]``, 96), ResNet18/50 through ``layer3``
+    (256/1024), VGG16 through conv5_3 and its ReLU (``features[:30]``, 512, without the last
+    pool). The layers are shared with `module` (no copy); state-dict keys stay torchvision's,
+    so frozen-layer prefixes (``features.0.``, ``layer1.``) mean what they mean in R-CNN."""
+    _check_name(name)
+    if name not in STRIDE16_CHANNELS:
+        raise ConfigError(f"no stride-16 cut for {name}; one of {', '.join(STRIDE16_CHANNELS)}")
+    if name.startswith("resnet"):
+        trunk = _ResNetC4(module)
+    else:
+        trunk = _Features(module.features[:14] if name == "mobilenet_v2" else module.features[:30])
+    return trunk.eval(), STRIDE16_CHANNELS[name]

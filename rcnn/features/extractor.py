@@ -146,7 +146,7 @@ class FeatureExtractor:
             if not self.config.frozen:
                 return self.module(x)
             if self._compiled is None:
-                self._compiled = _freeze(self.module, x, memory_format)
+                self._compiled = freeze_for_inference(self.module, x, memory_format)
             return self._compiled(x)
 
     def extract(self, image: np.ndarray, boxes, timings: dict | None = None) -> np.ndarray:
@@ -168,7 +168,7 @@ class FeatureExtractor:
         return out
 
 
-def _freeze(module: torch.nn.Module, example: torch.Tensor, memory_format) -> torch.jit.ScriptModule:
+def freeze_for_inference(module: torch.nn.Module, example: torch.Tensor, memory_format) -> torch.jit.ScriptModule:
     """A scripted (or traced), frozen, inference-optimised TorchScript copy of `module`."""
     module = copy.deepcopy(module).eval().to(memory_format=memory_format)
     with warnings.catch_warnings():

@@ -1,0 +1,272 @@
+"""The Fast R-CNN detector (Girshick, ICCV 2015), a peer of `RCNN` built from the same parts.
+
+Training (`FastRCNN.fit`): proposals for every image (the same `ProposalStore` cache as
+R-CNN) -> the stride-16 trunk (`rcnn.features.roi.build_trunk`) and a `FastRCNNHead`
+trained together on mini-batches of images x sampled RoIs (`FastRCNNTrainer`, checkpointed
+under ``cache_dir/fast_rcnn/``) -> optionally linear SVMs on the fc7 features (``classifier =
+"svm"``, the paper's Table 8). Detection (`FastRCNN.detect`): the image rescaled as in
+training -> the trunk once -> RoI pooling of the top `test_proposals` boxes -> the fc layers
+(optionally by truncated SVD, `svd_rank`) -> softmax scores (or SVM margins) and
+class-specific box deltas -> score threshold -> `rcnn.detectors.base.postprocess`.
+
+The model file holds the trunk's and the head's weights (and the SVMs), so it does not depend
+on where the initial weights came from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rcnn.boxes import BoxCoder
+from rcnn.config import require, to_dict
+from rcnn.datasets.core import Dataset, Detections
+from rcnn.datasets.images import read_image
+from rcnn.detectors.base import (CommonConfig, Detector, check_trainable, postprocess, resolve_device, timed,
+                                 training_key)
+from rcnn.errors import ModelError
+from rcnn.features.extractor import freeze_for_inference, set_threads
+from rcnn.features.roi import BackboneConfig, RoIConfig, RoIPooler, build_trunk, image_tensor, rescale
+from rcnn.heads.fast_rcnn import (BOX_STDS, FastRCNNHead, FastRCNNTrainer, HeadConfig, TrainConfig, TrainImage,
+                                  compress_head)
+from rcnn.heads.svm import SVMConfig, SVMHead
+from rcnn.progress import progress
+from rcnn.proposals import make_proposer
+
+__all__ = ["FastRCNNConfig", "FastRCNN"]
+
+CLASSIFIERS = ("softmax", "svm")
+
+
+@dataclass(frozen=True)
+class FastRCNNConfig(CommonConfig):
+    """A Fast R-CNN's config (``detector = "fast_rcnn"``). Besides the common settings:
+
+    `backbone` (``[backbone]``: the stride-16 trunk and its weights), `roi` (``[roi]``: pool
+    or align, output size), `head` (``[head]``: fc sizes, dropout), `train` (``[train]``:
+    SGD, sampling, flips, frozen layers, checkpoints, seed). Images are rescaled so their
+    shortest side is `scale` px, the longest at most `max_size` (training and test). At test
+    time the first `test_proposals` proposals are scored; `classifier` is ``softmax`` (the
+    network's own) or ``svm`` (linear SVMs on fc7, `svm` table); `box_regression` applies the
+    class-specific deltas; `svd_rank` > 0 replaces each fc layer by its truncated SVD of that
+    rank at load/detect time. The score threshold (None: 0.05 for softmax probabilities,
+    -1.0 for SVM margins) drops boxes before NMS.
+    """
+
+    detector: str = "fast_rcnn"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    roi: RoIConfig = field(default_factory=RoIConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scale: int = 600
+    max_size: int = 1000
+    test_proposals: int = 2000
+    classifier: str = "softmax"
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    box_regression: bool = True
+    svd_rank: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "detector", self.detector == "fast_rcnn", '"fast_rcnn" for a Fast R-CNN config')
+        require(self, "scale", self.scale >= 32, "an integer >= 32 (pixels)")
+        require(self, "max_size", self.max_size >= self.scale, f"an integer >= scale ({self.scale})")
+        require(self, "test_proposals", self.test_proposals >= 1, "an integer >= 1")
+        require(self, "classifier", self.classifier in CLASSIFIERS, f"one of {', '.join(CLASSIFIERS)}")
+        require(self, "svd_rank", self.svd_rank >= 0, "an integer >= 0 (0: no truncated SVD)")
+
+    @property
+    def min_score(self) -> float:
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return 0.05 if self.classifier == "softmax" else -1.0
+
+
+class FastRCNN(Detector):
+    """Fast R-CNN: ``FastRCNN(config).fit(dataset)``, then ``detect(image)`` / ``detect_dataset(ds)``.
+
+    Fitted attributes: ``classes_``, ``trunk_`` (the stride-16 network), ``channels_``,
+    ``head_`` (`FastRCNNHead`), ``svm_`` (`SVMHead` or None), ``weights_source_`` (the trunk's
+    initial weights), ``fit_stats_``, ``history_`` (training loss per iteration).
+    """
+
+    kind = "fast_rcnn"
+    config_class = FastRCNNConfig
+
+    @property
+    def draw_threshold(self) -> float:
+        return 0.5 if self.config.classifier == "softmax" else 0.0
+
+    # -- training ---------------------------------------------------------------------------
+
+    def checkpoint_path(self, dataset: Dataset, proposals) -> Path:
+        """Where training on `dataset` keeps its checkpoint: ``cache_dir/fast_rcnn/<key>.pt``,
+        the key from the training settings, the proposals and every image and annotation."""
+        c = self.config
+        params = {"fast_rcnn": {name: to_dict(getattr(c, name)) for name in ("backbone", "roi", "head", "train")},
+                  "scale": c.scale, "max_size": c.max_size, "proposals": proposals.folder.name}
+        return Path(c.cache_dir) / "fast_rcnn" / f"{training_key(params, dataset, proposals)}.pt"
+
+    def fit(self, dataset: Dataset, callback=None) -> "FastRCNN":
+        """Train on `dataset`; returns self. `callback(iteration, loss)` follows each step."""
+        c = self.config
+        check_trainable(dataset)
+        stats = {"images": len(dataset)}
+        self.classes_ = list(dataset.classes)
+        num_classes = len(self.classes_)
+        device = resolve_device(c.device)
+        if c.backbone.num_threads:  # process-wide: only when the config names a number
+            set_threads(c.backbone.num_threads)
+
+        proposals = self.training_proposals(dataset, stats)
+
+        start = time.perf_counter()
+        self.trunk_, self.channels_, self.weights_source_ = build_trunk(c.backbone)
+        self.head_ = self._new_head(num_classes)
+        trainer = FastRCNNTrainer(c.train, RoIPooler(c.roi), c.scale, c.max_size,
+                                  checkpoint=self.checkpoint_path(dataset, proposals), device=device)
+        images = [TrainImage(s.image_path, proposals.load(s), s.boxes, s.labels, s.difficult) for s in dataset]
+        trainer.fit(self.trunk_, self.head_, images, callback=callback)
+        self.history_ = trainer.history_
+        stats["train_seconds"] = time.perf_counter() - start
+        stats["resumed_from_iteration"] = trainer.resumed_from_
+        self.svm_ = None
+        self._prepare()
+        if c.classifier == "svm":
+            start = time.perf_counter()
+            self.svm_ = self._fit_svms(dataset, images)
+            stats["svm_seconds"] = time.perf_counter() - start
+        self.fit_stats_ = stats
+        return self
+
+    def _new_head(self, num_classes: int) -> FastRCNNHead:
+        c = self.config
+        return FastRCNNHead(self.channels_ * c.roi.output_size ** 2, num_classes, c.head.fc, c.head.dropout,
+                            seed=c.train.seed)
+
+    def _fit_svms(self, dataset: Dataset, images) -> SVMHead:
+        """Linear SVMs on the fc7 features of every training image's proposals and ground truth."""
+        cache: dict[int, tuple] = {}
+        n_props = self.config.train.train_proposals
+
+        def image_data(i: int):
+            if i not in cache:
+                im = images[i]
+                boxes = np.concatenate([np.asarray(im.proposals, np.float32)[:n_props], np.asarray(im.gt_boxes, np.float32)])
+                feats = self._network(read_image(im.image_path), boxes)[0]
+                cache[i] = (feats, boxes)
+            feats, boxes = cache[i]
+            im = images[i]
+            return feats, boxes, im.gt_boxes, im.gt_labels, im.gt_difficult
+
+        for i in progress(range(len(images)), desc="fc7 features for SVMs"):
+            image_data(i)
+        return SVMHead(len(self.classes_), self.config.svm).fit(image_data, len(images))
+
+    def _prepare(self) -> None:
+        """The networks as detection runs them: on the device, eval mode, the fc layers by
+        truncated SVD when `svd_rank` > 0."""
+        c = self.config
+        self.device_ = resolve_device(c.device)
+        self.pooler_ = RoIPooler(c.roi)
+        self.coder_ = BoxCoder(stds=BOX_STDS)
+        self.trunk_.eval()
+        self.head_.eval()
+        head = compress_head(self.head_, c.svd_rank) if c.svd_rank else self.head_
+        self.trunk_.to(self.device_)
+        self.net_head_ = head.to(self.device_).eval()
+        self._frozen_trunk = None
+
+    def _run_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The stride-16 map of a normalised image ``[1, 3, H, W]`` (under inference mode)."""
+        if self.device_.type != "cpu" or not self.config.backbone.torchscript:
+            return self.trunk_(x.to(self.device_))
+        if self._frozen_trunk is None:
+            self._frozen_trunk = freeze_for_inference(self.trunk_, x, torch.contiguous_format)
+        return self._frozen_trunk(x)
+
+    # -- detection --------------------------------------------------------------------------
+
+    def _network(self, image: np.ndarray, boxes: np.ndarray):
+        """``(fc features [N, D], probabilities [N, C + 1], deltas [N, C, 4])`` of `boxes` on
+        `image`, as numpy arrays."""
+        c = self.config
+        scaled, factor = rescale(image, c.scale, c.max_size)
+        with torch.inference_mode():
+            fmap = self._run_trunk(image_tensor(scaled))
+            rois = torch.from_numpy(np.ascontiguousarray(boxes * factor, np.float32)).to(self.device_)
+            feats = self.net_head_.features(self.pooler_(fmap, [rois]))
+            probs = torch.softmax(self.net_head_.cls_score(feats), dim=1)
+            deltas = self.net_head_.bbox_pred(feats).view(len(boxes), -1, 4)
+        return feats.cpu().numpy(), probs.cpu().numpy(), deltas.cpu().numpy()
+
+    def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
+        """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
+
+        `proposals` ``float32 [N, 4]`` replaces the configured proposer (the first
+        `test_proposals` are used); `timings`, when given, is filled with seconds spent in
+        ``proposals, network`` (trunk, RoI pooling, head) and ``nms`` (decoding, threshold,
+        NMS), added to.
+        """
+        self._check_fitted()
+        c = self.config
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        with timed(timings, "proposals"):
+            if proposals is None:
+                proposals = make_proposer(c.proposals)(image)
+            proposals = np.asarray(proposals, np.float32).reshape(-1, 4)[: c.test_proposals]
+        if len(proposals) == 0:
+            return Detections()
+        with timed(timings, "network"):
+            feats, probs, deltas = self._network(image, proposals)
+            scores = probs[:, 1:] if self.svm_ is None else np.asarray(self.svm_.decision_function(feats), np.float32)
+        with timed(timings, "nms"):
+            rows, cols = np.nonzero(scores >= c.min_score)
+            boxes = proposals[rows]
+            if c.box_regression and len(rows):
+                boxes = np.asarray(self.coder_.decode(boxes, deltas[rows, cols]), np.float32)
+            return postprocess(boxes, scores[rows, cols], cols.astype(np.int64) + 1, image.shape[:2],
+                               c.nms_threshold, c.max_detections)
+
+    # -- the model file ---------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            "weights_source": self.weights_source_,
+            "trunk": {k: v.detach().cpu().clone() for k, v in self.trunk_.state_dict().items()},
+            "head": {k: v.detach().cpu().clone() for k, v in self.head_.state_dict().items()},
+            "svm": None if self.svm_ is None else self.svm_.state_dict(),
+            "history": {k: [float(x) for x in v] for k, v in getattr(self, "history_", {}).items()},
+        }
+
+    def _from_state(self, state: dict, path) -> None:
+        c = self.config
+        if c.backbone.num_threads:  # process-wide: only when the config names a number
+            set_threads(c.backbone.num_threads)
+        # every trunk weight is in the file: build the architecture without fetching weights
+        self.trunk_, self.channels_, _ = build_trunk(replace(c.backbone, weights="random"))
+        self.weights_source_ = str(state["weights_source"])
+        num_classes = len(self.classes_)
+        self.head_ = self._new_head(num_classes)
+        try:
+            self.trunk_.load_state_dict(state["trunk"])
+            self.head_.load_state_dict(state["head"])
+        except RuntimeError as e:
+            raise ValueError(f"the networks do not fit this config and its {num_classes} classes: "
+                             f"{str(e).splitlines()[0]}") from None
+        self.svm_ = None
+        if c.classifier == "svm":
+            if state.get("svm") is None:
+                raise ValueError('classifier = "svm" but the file has no SVMs')
+            self.svm_ = SVMHead.from_state_dict(state["svm"])
+            if self.svm_.num_classes != num_classes:
+                raise ValueError(f"the SVMs have {self.svm_.num_classes} classes, the class list {num_classes}")
+            if self.svm_.weights_.shape[0] != c.head.fc[-1]:
+                raise ValueError(f"the SVMs take {self.svm_.weights_.shape[0]}-d features, the head gives {c.head.fc[-1]}")
+        self.history_ = {k: list(v) for k, v in (state.get("history") or {}).items()}
+        self._prepare()
