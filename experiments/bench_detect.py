@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import rcnn  # noqa: F401  before torch: its OMP_WAIT_POLICY=PASSIVE default must be set when torch loads
 import numpy as np
 import torch
+
+import rcnn  # noqa: F401  before torch: its OMP_WAIT_POLICY=PASSIVE default must be set when torch loads
 from rcnn.datasets import read_image
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.datasets.voc import read_voc_folder
@@ -35,8 +36,10 @@ from rcnn.proposals import make_proposer
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = ROOT / ".." / "shared" / "data" / "cards"
 CONFIGS = {"R-CNN": ROOT / "experiments/configs/cards.toml", "Fast R-CNN": ROOT / "experiments/configs/fast_cards.toml"}
-SMALL = {"R-CNN": {"finetune": {"iterations": 0}},
-         "Fast R-CNN": {"train": {"iterations": 10, "checkpoint_every": 1000}}}
+SMALL = {
+    "R-CNN": {"finetune": {"iterations": 0}},
+    "Fast R-CNN": {"train": {"iterations": 10, "checkpoint_every": 1000}},
+}
 
 
 def data(tmp: Path, train_images: int):
@@ -44,16 +47,26 @@ def data(tmp: Path, train_images: int):
     if (CARDS / "train").is_dir() and (CARDS / "test").is_dir():
         ds = read_voc_folder(CARDS / "train", check_images=False)
         ds = ds.subset([s.id for s in ds.samples[:train_images]])
-        return ds, sorted((CARDS / "test").glob("*.jpg")), f"cards: trained on {len(ds)} cards/train photos, timed on cards/test"
+        return (
+            ds,
+            sorted((CARDS / "test").glob("*.jpg")),
+            f"cards: trained on {len(ds)} cards/train photos, timed on cards/test",
+        )
     synth = make_synthetic(tmp / "synth", images=train_images + 8, seed=0, size=512, test_fraction=0.3)
     ds = synth.subset([s.id for s in synth.samples[:train_images]])
-    return ds, [Path(s.image_path) for s in synth.samples[train_images:]], \
-        f"synthetic (no {CARDS.resolve()}): trained on {len(ds)} 512 px images, timed on others"
+    return (
+        ds,
+        [Path(s.image_path) for s in synth.samples[train_images:]],
+        f"synthetic (no {CARDS.resolve()}): trained on {len(ds)} 512 px images, timed on others",
+    )
 
 
 def train(tmp: Path, name: str, ds, max_proposals: int):
-    overrides = {"cache_dir": str(tmp / "cache"), "proposals": {"method": "selective_search", "max_boxes": 48},
-                 **SMALL[name]}
+    overrides = {
+        "cache_dir": str(tmp / "cache"),
+        "proposals": {"method": "selective_search", "max_boxes": 48},
+        **SMALL[name],
+    }
     if name == "Fast R-CNN":
         overrides["test_proposals"] = max_proposals
     start = time.perf_counter()
@@ -90,13 +103,19 @@ def main(argv=None):
         if not test:
             sys.exit("no images to time")
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        print(f"{what}\nmachine: {os.cpu_count()} CPUs ({cpus} usable), torch {torch.__version__} with "
-              f"{torch.get_num_threads()} threads; load average before timing {os.getloadavg()[0]:.2f}")
+        print(
+            f"{what}\nmachine: {os.cpu_count()} CPUs ({cpus} usable), torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads; load average before timing {os.getloadavg()[0]:.2f}"
+        )
         r, f = models["R-CNN"].config, models["Fast R-CNN"].config
-        print(f"R-CNN: {r.features.backbone} crops {r.features.crop_size} px, pool {r.features.pool}, "
-              f"classifier {r.classifier}, box regression {r.box_regression}")
-        print(f"Fast R-CNN: {f.backbone.name} to stride 16, scale {f.scale} (max {f.max_size}), RoI {f.roi.mode} "
-              f"{f.roi.output_size}x{f.roi.output_size}, fc {list(f.head.fc)}, svd_rank {f.svd_rank}")
+        print(
+            f"R-CNN: {r.features.backbone} crops {r.features.crop_size} px, pool {r.features.pool}, "
+            f"classifier {r.classifier}, box regression {r.box_regression}"
+        )
+        print(
+            f"Fast R-CNN: {f.backbone.name} to stride 16, scale {f.scale} (max {f.max_size}), RoI {f.roi.mode} "
+            f"{f.roi.output_size}x{f.roi.output_size}, fc {list(f.head.fc)}, svd_rank {f.svd_rank}"
+        )
 
         first = read_image(test[0])  # warm-up: TorchScript compiles on the first call
         for model in models.values():
@@ -114,8 +133,11 @@ def main(argv=None):
                     t["proposals"] = t.get("proposals", 0.0) + seconds
                     model.detect(image, proposals=boxes[:n], timings=t)
             loads.append(os.getloadavg()[0])
-            print(f"  {path.name} {image.shape[1]}x{image.shape[0]}: {from_ss} Selective Search boxes "
-                  f"+ {len(boxes) - from_ss} sliding windows", flush=True)
+            print(
+                f"  {path.name} {image.shape[1]}x{image.shape[0]}: {from_ss} Selective Search boxes "
+                f"+ {len(boxes) - from_ss} sliding windows",
+                flush=True,
+            )
 
     k = len(test)
     print(f"\nseconds per image over {k} images (proposals: Selective Search + windows, computed once per image)")
@@ -129,9 +151,13 @@ def main(argv=None):
             total = net[name] + t["proposals"] / k
             print(f"  {name:<11} network {net[name]:7.3f}   total with proposals {total:7.3f}   ({stages})")
         props = timings[("R-CNN", n)]["proposals"] / k
-        print(f"  ratio R-CNN / Fast R-CNN: network {net['R-CNN'] / net['Fast R-CNN']:.1f}x, "
-              f"with proposals {(net['R-CNN'] + props) / (net['Fast R-CNN'] + props):.1f}x")
-    print(f"\nload average during timing: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} CPUs (shared machine)")
+        print(
+            f"  ratio R-CNN / Fast R-CNN: network {net['R-CNN'] / net['Fast R-CNN']:.1f}x, "
+            f"with proposals {(net['R-CNN'] + props) / (net['Fast R-CNN'] + props):.1f}x"
+        )
+    print(
+        f"\nload average during timing: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} CPUs (shared machine)"
+    )
     return 0
 
 

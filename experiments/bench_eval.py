@@ -43,7 +43,9 @@ def synthetic(n_images: int, n_dets: int, n_classes: int, seed: int):
             w = (boxes[src, 2:] - boxes[src, :2]).repeat(2, 1)
             d[near] = boxes[src[near]] + rng.normal(0, 0.1, (near.sum(), 4)) * w[near]
         d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 1)
-        lab = np.where(near & (rng.random(n_dets) < 0.8), labels[src] if n else 1, rng.integers(1, n_classes + 1, n_dets))
+        lab = np.where(
+            near & (rng.random(n_dets) < 0.8), labels[src] if n else 1, rng.integers(1, n_classes + 1, n_dets)
+        )
         detections[str(i + 1)] = Detections(d, np.round(rng.random(n_dets), 3), lab)
     return Dataset([f"class{c}" for c in range(1, n_classes + 1)], samples), detections
 
@@ -59,13 +61,26 @@ def to_pycocotools(dataset: Dataset, detections: dict[str, Detections]):
     for s in dataset:
         images.append({"id": int(s.id), "width": s.width, "height": s.height, "file_name": s.image_path.name})
         for b, lab, a, c in zip(xywh(s.boxes), s.labels.tolist(), s.area.tolist(), s.iscrowd.tolist()):
-            anns.append({"id": len(anns) + 1, "image_id": int(s.id), "category_id": lab, "bbox": b, "area": a, "iscrowd": int(c)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": int(s.id),
+                    "category_id": lab,
+                    "bbox": b,
+                    "area": a,
+                    "iscrowd": int(c),
+                }
+            )
         d = detections[s.id]
         for b, sc, lab in zip(xywh(d.boxes), d.scores.astype(np.float64).tolist(), d.labels.tolist()):
             results.append({"image_id": int(s.id), "category_id": lab, "bbox": b, "score": sc})
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": i + 1, "name": c} for i, c in enumerate(dataset.classes)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": i + 1, "name": c} for i, c in enumerate(dataset.classes)],
+        }
         gt.createIndex()
         dt = gt.loadRes(results)
     return gt, dt
@@ -81,7 +96,9 @@ def main(argv=None) -> int:
 
     dataset, detections = synthetic(args.images, args.dets, args.classes, args.seed)
     n_gt = sum(len(s.labels) for s in dataset)
-    print(f"input: {args.images} images, {n_gt} objects, {args.images * args.dets} detections, {args.classes} classes (seed {args.seed})")
+    print(
+        f"input: {args.images} images, {n_gt} objects, {args.images * args.dets} detections, {args.classes} classes (seed {args.seed})"
+    )
     gt, dt = to_pycocotools(dataset, detections)
 
     t0 = time.perf_counter()

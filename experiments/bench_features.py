@@ -15,11 +15,13 @@ import copy
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
-import rcnn  # noqa: F401  before torch: its OMP_WAIT_POLICY=PASSIVE default must be set when torch loads
 import numpy as np
 import torch
+
+import rcnn  # noqa: F401  before torch: its OMP_WAIT_POLICY=PASSIVE default must be set when torch loads
 from rcnn.datasets import read_image
 from rcnn.features import FeatureExtractor, set_threads, warp_normalized
 from rcnn.features.extractor import freeze_for_inference
@@ -68,10 +70,15 @@ def main(argv=None):
 
     boxes = random_boxes(rng, w, h, 256)
     for s in args.sizes:
-        rounds_table(f"warp 256 crops to {s} px (normalised float tensor out)", {
-            "cv2.warpAffine": lambda s=s: len(warp_normalized(image, boxes, s, 16, "cv2")),
-            "roi_align": lambda s=s: len(warp_normalized(image, boxes, s, 16, "roi_align")),
-        }, "cv2.warpAffine", args.rounds)
+        rounds_table(
+            f"warp 256 crops to {s} px (normalised float tensor out)",
+            {
+                "cv2.warpAffine": lambda s=s: len(warp_normalized(image, boxes, s, 16, "cv2")),
+                "roi_align": lambda s=s: len(warp_normalized(image, boxes, s, 16, "roi_align")),
+            },
+            "cv2.warpAffine",
+            args.rounds,
+        )
 
     extractor = FeatureExtractor(backbone=args.backbone, frozen=False)
     eager = extractor.module
@@ -94,11 +101,13 @@ def main(argv=None):
                 model(xs[bs])
             return bs
 
-        variants = {"eager b32": lambda: run(eager, nchw, 32),
-                    "eager channels_last b32": lambda: run(eager_cl, cl, 32)}
+        variants = {
+            "eager b32": partial(run, eager, nchw, 32),
+            "eager channels_last b32": partial(run, eager_cl, cl, 32),
+        }
         for bs in (8, 16, 32, 64):
-            variants[f"frozen b{bs}"] = lambda bs=bs: run(frozen, nchw, bs)
-        variants["frozen channels_last b32"] = lambda: run(frozen_cl, cl, 32)
+            variants[f"frozen b{bs}"] = partial(run, frozen, nchw, bs)
+        variants["frozen channels_last b32"] = partial(run, frozen_cl, cl, 32)
         for fn in variants.values():
             fn()  # warm up (MKLDNN weight packing, allocator)
         print(f"\n{s} px: freezing took {prep:.1f} s; max |frozen - eager| {diff:.2e} (channels_last {diff_cl:.2e})")
@@ -106,12 +115,14 @@ def main(argv=None):
 
     # end to end: extract() on 128 crops of one image, frozen vs eager, same run
     for s in args.sizes:
-        ex = {"eager": FeatureExtractor(backbone=args.backbone, crop_size=s, frozen=False),
-              "frozen": FeatureExtractor(backbone=args.backbone, crop_size=s, frozen=True)}
+        ex = {
+            "eager": FeatureExtractor(backbone=args.backbone, crop_size=s, frozen=False),
+            "frozen": FeatureExtractor(backbone=args.backbone, crop_size=s, frozen=True),
+        }
         b = random_boxes(rng, w, h, 128)
         for e in ex.values():
             e.extract(image, b[:32])
-        variants = {k: (lambda e=e: len(e.extract(image, b))) for k, e in ex.items()}
+        variants = {k: partial(lambda e, boxes: len(e.extract(image, boxes)), e, b) for k, e in ex.items()}
         rounds_table(f"extract() end to end, {s} px, 128 boxes (crops/s)", variants, "eager", max(2, args.rounds // 2))
     if args.omp:
         omp_policy(args.rounds)

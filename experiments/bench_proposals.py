@@ -117,7 +117,9 @@ def main(argv=None) -> int:
         ours_ar = ar_of(dataset, store.load)
     print(f"ours (default, all cores)     : AR {ours_ar:.3f}  {n / ours_s:6.2f} img/s  ({ours_s:.1f} s)")
     ratio = stock_s / ours_s
-    print(f"speed ratio ours/stock: {ratio:.2f}x (target >= 3);  AR ours - stock: {ours_ar - stock_ar:+.3f} (target >= 0)")
+    print(
+        f"speed ratio ours/stock: {ratio:.2f}x (target >= 3);  AR ours - stock: {ours_ar - stock_ar:+.3f} (target >= 0)"
+    )
     result = {
         "images": n,
         "cores": joblib.cpu_count(),

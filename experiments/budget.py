@@ -14,11 +14,25 @@ from harness import Report, TestSet, base_summary, detector_config, fit_or_load,
 
 from rcnn.config import load_toml, to_dict
 
-BOX_COLUMNS = [("k", "boxes/img (k)"), ("boxes_per_image", "mean boxes", 0), ("mAP50", "VOC mAP@0.5"), ("coco_AP", "COCO AP"),
-               ("recall@0.5", "recall@0.5"), ("seconds_per_image", "s/img", 2), ("proposal_s", "proposals s/img"),
-               ("feature_s", "CNN s/img"), ("heads_s", "heads+NMS s/img")]
-NMS_COLUMNS = [("nms", "NMS IoU", 2), ("mAP50", "VOC mAP@0.5"), ("mAP50_voc07", "VOC07 mAP"), ("coco_AP", "COCO AP"),
-               ("coco_AP50", "COCO AP50"), ("coco_AP75", "COCO AP75")]
+BOX_COLUMNS = [
+    ("k", "boxes/img (k)"),
+    ("boxes_per_image", "mean boxes", 0),
+    ("mAP50", "VOC mAP@0.5"),
+    ("coco_AP", "COCO AP"),
+    ("recall@0.5", "recall@0.5"),
+    ("seconds_per_image", "s/img", 2),
+    ("proposal_s", "proposals s/img"),
+    ("feature_s", "CNN s/img"),
+    ("heads_s", "heads+NMS s/img"),
+]
+NMS_COLUMNS = [
+    ("nms", "NMS IoU", 2),
+    ("mAP50", "VOC mAP@0.5"),
+    ("mAP50_voc07", "VOC07 mAP"),
+    ("coco_AP", "COCO AP"),
+    ("coco_AP50", "COCO AP50"),
+    ("coco_AP75", "COCO AP75"),
+]
 
 
 def run(args) -> None:
@@ -35,31 +49,64 @@ def run(args) -> None:
         for k in budgets:
             metrics, _ = testset.score(k)
             split = metrics["seconds_split"]
-            box_rows.append({"k": k, **metrics, "proposal_s": split["proposals"], "feature_s": split["features"],
-                             "heads_s": split["heads_nms"]})
+            box_rows.append(
+                {
+                    "k": k,
+                    **metrics,
+                    "proposal_s": split["proposals"],
+                    "feature_s": split["features"],
+                    "heads_s": split["heads_nms"],
+                }
+            )
             print(f"   k={k:5d}  VOC mAP@0.5 {metrics['mAP50']:.3f}  {metrics['seconds_per_image'] or 0:.2f} s/img")
         nms_rows = []
         for t in exp["nms_thresholds"]:
             metrics, _ = testset.score(exp.get("nms_boxes", config.proposals.get("max_boxes")), nms_threshold=t)
             nms_rows.append({"nms": t, **metrics})
             print(f"   NMS {t:.2f}  VOC mAP@0.5 {metrics['mAP50']:.3f}  COCO AP {metrics['coco_AP']:.3f}")
-        report.lines += [f"## {target.name}", "", base_summary(target),
-                         f"Trained on {config.proposals.get('max_boxes')} boxes per image; NMS sweep at "
-                         f"{exp.get('nms_boxes', config.proposals.get('max_boxes'))} test boxes per image.", "",
-                         "Test boxes per image:", "", *table(box_rows, BOX_COLUMNS), "NMS threshold (IoU):", "",
-                         *table(nms_rows, NMS_COLUMNS)]
-        report.results[target.name] = {"fit": fit, "config": to_dict(config),
-                                       "budgets": {r["k"]: r for r in box_rows}, "nms": {r["nms"]: r for r in nms_rows}}
-        box_panels[target.name] = {"VOC mAP@0.5": ([r["boxes_per_image"] for r in box_rows], [r["mAP50"] for r in box_rows]),
-                                   "COCO AP": ([r["boxes_per_image"] for r in box_rows], [r["coco_AP"] for r in box_rows])}
-        time_panels[target.name] = {"VOC mAP@0.5": ([r["seconds_per_image"] for r in box_rows], [r["mAP50"] for r in box_rows])}
-        nms_panels[target.name] = {"VOC mAP@0.5": ([r["nms"] for r in nms_rows], [r["mAP50"] for r in nms_rows]),
-                                   "COCO AP": ([r["nms"] for r in nms_rows], [r["coco_AP"] for r in nms_rows])}
+        report.lines += [
+            f"## {target.name}",
+            "",
+            base_summary(target),
+            f"Trained on {config.proposals.get('max_boxes')} boxes per image; NMS sweep at "
+            f"{exp.get('nms_boxes', config.proposals.get('max_boxes'))} test boxes per image.",
+            "",
+            "Test boxes per image:",
+            "",
+            *table(box_rows, BOX_COLUMNS),
+            "NMS threshold (IoU):",
+            "",
+            *table(nms_rows, NMS_COLUMNS),
+        ]
+        report.results[target.name] = {
+            "fit": fit,
+            "config": to_dict(config),
+            "budgets": {r["k"]: r for r in box_rows},
+            "nms": {r["nms"]: r for r in nms_rows},
+        }
+        box_panels[target.name] = {
+            "VOC mAP@0.5": ([r["boxes_per_image"] for r in box_rows], [r["mAP50"] for r in box_rows]),
+            "COCO AP": ([r["boxes_per_image"] for r in box_rows], [r["coco_AP"] for r in box_rows]),
+        }
+        time_panels[target.name] = {
+            "VOC mAP@0.5": ([r["seconds_per_image"] for r in box_rows], [r["mAP50"] for r in box_rows])
+        }
+        nms_panels[target.name] = {
+            "VOC mAP@0.5": ([r["nms"] for r in nms_rows], [r["mAP50"] for r in nms_rows]),
+            "COCO AP": ([r["nms"] for r in nms_rows], [r["coco_AP"] for r in nms_rows]),
+        }
     line_plot(report.out / "boxes.png", box_panels, "test boxes per image", "AP (test)", logx=True)
     line_plot(report.out / "time.png", time_panels, "seconds per image", "VOC mAP@0.5 (test)")
     line_plot(report.out / "nms.png", nms_panels, "NMS IoU threshold", "AP (test)")
-    report.lines += ["![AP against test boxes per image](boxes.png)", "", "![mAP against seconds per image](time.png)", "",
-                     "![AP against the NMS threshold](nms.png)", "",
-                     "s/img: proposals (the same for every k) + warp and CNN (the cached extraction's time scaled to k) + "
-                     "heads and NMS (measured).", ""]
+    report.lines += [
+        "![AP against test boxes per image](boxes.png)",
+        "",
+        "![mAP against seconds per image](time.png)",
+        "",
+        "![AP against the NMS threshold](nms.png)",
+        "",
+        "s/img: proposals (the same for every k) + warp and CNN (the cached extraction's time scaled to k) + "
+        "heads and NMS (measured).",
+        "",
+    ]
     report.write()

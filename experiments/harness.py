@@ -66,9 +66,13 @@ def parse_args(name: str, doc: str | None = None, argv=None) -> argparse.Namespa
     parser = argparse.ArgumentParser(prog=f"experiments {name}", description=doc)
     parser.add_argument("--config", default=str(CONFIGS / f"{name}.toml"), help="experiment TOML file")
     parser.add_argument("--out", default=str(RESULTS / name), help="results folder")
-    parser.add_argument("--data", help="a dataset to run on instead of cards: a folder with train/ and test/, or a VOC root")
+    parser.add_argument(
+        "--data", help="a dataset to run on instead of cards: a folder with train/ and test/, or a VOC root"
+    )
     parser.add_argument("--base-config", default=str(CONFIGS / "cards.toml"), help="detector config for --data")
-    parser.add_argument("--only", help="comma-separated dataset names to run (synthetic, cards, or --data's folder name)")
+    parser.add_argument(
+        "--only", help="comma-separated dataset names to run (synthetic, cards, or --data's folder name)"
+    )
     args = parser.parse_args(argv)
     args.name = name
     return args
@@ -81,7 +85,9 @@ def splits(path: Path) -> tuple[Dataset, Dataset]:
     for train in ("train", "trainval"):
         if (path / "ImageSets" / "Main" / f"{train}.txt").is_file():
             return load_dataset(path, split=train), load_dataset(path, split="test")
-    raise SystemExit(f"{path}: expected train/ and test/ folders, or a VOC root with ImageSets/Main/train.txt and test.txt")
+    raise SystemExit(
+        f"{path}: expected train/ and test/ folders, or a VOC root with ImageSets/Main/train.txt and test.txt"
+    )
 
 
 def targets(args) -> list[Target]:
@@ -92,8 +98,14 @@ def targets(args) -> list[Target]:
     out = []
     if wanted is None or "synthetic" in wanted:
         make_synthetic(SYNTH, 200, 0)  # reuses the folder when it already holds this set
-        out.append(Target("synthetic", load_dataset(SYNTH, split="train"), load_dataset(SYNTH, split="test"),
-                          CONFIGS / "demo.toml"))
+        out.append(
+            Target(
+                "synthetic",
+                load_dataset(SYNTH, split="train"),
+                load_dataset(SYNTH, split="test"),
+                CONFIGS / "demo.toml",
+            )
+        )
     if args.data:
         path = Path(args.data).resolve()
         out.append(Target(path.name, *splits(path), Path(args.base_config)))
@@ -146,14 +158,17 @@ class TestSet:
         self.boxes = {s.id: self.regions.boxes(s) for s in test}
         self.seconds = {s.id: self.regions.seconds(s) for s in test}
 
-    def score(self, boxes: int | None = None, nms_threshold: float | None = None,
-              score_threshold: float | None = None) -> tuple[dict, dict]:
+    def score(
+        self, boxes: int | None = None, nms_threshold: float | None = None, score_threshold: float | None = None
+    ) -> tuple[dict, dict]:
         """``(metrics, detections)``: VOC mAP@0.5 (all-point and VOC07), COCO AP, AP50 and
         AP75, proposal recall of the boxes used, and seconds per image split into proposals
         (Selective Search's time does not depend on `boxes`), features (the cached extraction's
         time scaled to the boxes used) and heads + NMS (measured here)."""
         model = copy.copy(self.model)
-        changes = {k: v for k, v in (("nms_threshold", nms_threshold), ("score_threshold", score_threshold)) if v is not None}
+        changes = {
+            k: v for k, v in (("nms_threshold", nms_threshold), ("score_threshold", score_threshold)) if v is not None
+        }
         model.config = replace(self.model.config, **changes)
         detections, timings, secs = {}, {}, {"proposals": [], "features": []}
         for s in self.test:
@@ -173,11 +188,18 @@ class TestSet:
         per_image["heads_nms"] = sum(timings.values()) / max(len(self.test), 1)
         total = None if None in per_image.values() else sum(per_image.values())
         metrics = {
-            "mAP50": voc.mAP, "mAP50_voc07": voc07.mAP, "coco_AP": coco["AP"], "coco_AP50": coco["AP50"],
-            "coco_AP75": coco["AP75"], "per_class_AP50": voc.to_dict()["per_class"],
-            "boxes_per_image": recall["boxes_per_image"], "recall@0.5": recall["recall@0.5"],
-            "recall@0.7": recall["recall@0.7"], "AR": recall["ar"],
-            "seconds_per_image": total, "seconds_split": per_image,
+            "mAP50": voc.mAP,
+            "mAP50_voc07": voc07.mAP,
+            "coco_AP": coco["AP"],
+            "coco_AP50": coco["AP50"],
+            "coco_AP75": coco["AP75"],
+            "per_class_AP50": voc.to_dict()["per_class"],
+            "boxes_per_image": recall["boxes_per_image"],
+            "recall@0.5": recall["recall@0.5"],
+            "recall@0.7": recall["recall@0.7"],
+            "AR": recall["ar"],
+            "seconds_per_image": total,
+            "seconds_split": per_image,
         }
         return metrics, detections
 
@@ -210,13 +232,17 @@ def table(rows: list[dict], columns: list[tuple], digits: int = 3) -> list[str]:
     """Markdown table lines of `rows` with `columns` ``[(key, header)]`` or ``[(key, header,
     digits)]`` (floats get `digits` decimals unless the column says otherwise)."""
     columns = [(c[0], c[1], c[2] if len(c) > 2 else digits) for c in columns]
-    lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines = [
+        "| " + " | ".join(c[1] for c in columns) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|",
+    ]
     lines += ["| " + " | ".join(fmt(r.get(k), d) for k, _, d in columns) + " |" for r in rows]
     return lines + [""]
 
 
-def line_plot(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel: str, ylabel: str,
-              logx: bool = False) -> Path:
+def line_plot(
+    path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel: str, ylabel: str, logx: bool = False
+) -> Path:
     """One panel per key of `panels` (``{panel: {series label: (xs, ys)}}``), lines with markers."""
     from matplotlib.figure import Figure
 
@@ -273,13 +299,27 @@ class Report:
         meta["seconds"] = time.perf_counter() - self.start
         meta["config_file"] = os.path.relpath(self.args.config, ROOT)
         config_text = Path(self.args.config).read_text()
-        lines = [f"# {self.title}", "", self.intro.strip(), "", *self.lines, "## Run", "",
-                 f"- command: `make experiment-{self.args.name}` (`{' '.join(sys.argv)}`)",
-                 f"- run time: {meta['seconds']:.0f} s, with the caches as they were at the start",
-                 f"- git commit: {meta['git_commit'] or 'unknown'}",
-                 "- packages: " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v),
-                 f"- machine: {meta['platform']}, Python {meta['python']}, {meta['cpu_count']} CPUs", "",
-                 f"Config ({meta['config_file']}):", "", "```toml", config_text.strip(), "```", ""]
+        lines = [
+            f"# {self.title}",
+            "",
+            self.intro.strip(),
+            "",
+            *self.lines,
+            "## Run",
+            "",
+            f"- command: `make experiment-{self.args.name}` (`{' '.join(sys.argv)}`)",
+            f"- run time: {meta['seconds']:.0f} s, with the caches as they were at the start",
+            f"- git commit: {meta['git_commit'] or 'unknown'}",
+            "- packages: " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items() if v),
+            f"- machine: {meta['platform']}, Python {meta['python']}, {meta['cpu_count']} CPUs",
+            "",
+            f"Config ({meta['config_file']}):",
+            "",
+            "```toml",
+            config_text.strip(),
+            "```",
+            "",
+        ]
         write_text(self.out / "results.json", json.dumps(_clean({**self.results, "meta": meta}), indent=1) + "\n")
         write_text(self.out / "report.md", "\n".join(lines))
         print(f"wrote {self.out / 'report.md'} ({meta['seconds']:.0f} s)")
@@ -288,8 +328,10 @@ class Report:
 
 def base_summary(target: Target) -> str:
     """One line naming a target's data and base config."""
-    return (f"**{target.name}**: train {len(target.train)} images, test {len(target.test)} images, "
-            f"{len(target.train.classes)} classes; base detector config `{os.path.relpath(target.base, ROOT)}`.")
+    return (
+        f"**{target.name}**: train {len(target.train)} images, test {len(target.test)} images, "
+        f"{len(target.train.classes)} classes; base detector config `{os.path.relpath(target.base, ROOT)}`."
+    )
 
 
 def chdir_root() -> None:

@@ -37,19 +37,43 @@ from rcnn.evaluation import evaluate_voc  # noqa: E402
 from rcnn.reports.draw import caption, draw_detections, image_grid, save_image  # noqa: E402
 from rcnn.reports.report import save_figure  # noqa: E402
 
-COLUMNS = [("preset", "preset"), ("class_accuracy", "class accuracy"), ("mean_iou", "mean IoU"),
-           ("iou50", "IoU >= 0.5"), ("presence_accuracy", "presence accuracy"), ("mAP50", "VOC mAP@0.5"),
-           ("fit_seconds", "fit s", 0)]
-SWEEP_COLUMNS = [("box_weight", "lambda", 1), ("class_accuracy", "class accuracy"), ("mean_iou", "mean IoU"),
-                 ("iou50", "IoU >= 0.5"), ("mAP50", "VOC mAP@0.5")]
-VERSUS_COLUMNS = [("detector", "detector"), ("mAP50", "VOC mAP@0.5"), ("recall", "recall@0.5 (all objects)"),
-                  ("recall_per_image", "mean recall per image"), ("found_per_image", "objects found / image", 2),
-                  ("objects_per_image", "objects / image", 2), ("fit_seconds", "fit s", 0)]
+COLUMNS = [
+    ("preset", "preset"),
+    ("class_accuracy", "class accuracy"),
+    ("mean_iou", "mean IoU"),
+    ("iou50", "IoU >= 0.5"),
+    ("presence_accuracy", "presence accuracy"),
+    ("mAP50", "VOC mAP@0.5"),
+    ("fit_seconds", "fit s", 0),
+]
+SWEEP_COLUMNS = [
+    ("box_weight", "lambda", 1),
+    ("class_accuracy", "class accuracy"),
+    ("mean_iou", "mean IoU"),
+    ("iou50", "IoU >= 0.5"),
+    ("mAP50", "VOC mAP@0.5"),
+]
+VERSUS_COLUMNS = [
+    ("detector", "detector"),
+    ("mAP50", "VOC mAP@0.5"),
+    ("recall", "recall@0.5 (all objects)"),
+    ("recall_per_image", "mean recall per image"),
+    ("found_per_image", "objects found / image", 2),
+    ("objects_per_image", "objects / image", 2),
+    ("fit_seconds", "fit s", 0),
+]
 
 
 def fit_or_load(config, train) -> tuple:
     """A fitted detector from the model cache (keyed by config, images and version), or a new fit."""
-    key = params_key({"config": to_dict(config), "ids": sorted(s.id for s in train), "root": str(train.samples[0].image_path.parent)}, 16)
+    key = params_key(
+        {
+            "config": to_dict(config),
+            "ids": sorted(s.id for s in train),
+            "root": str(train.samples[0].image_path.parent),
+        },
+        16,
+    )
     path = Path(config.cache_dir) / "models" / f"{config.detector}-{key}.pt"
     info = path.with_suffix(".json")
     if path.is_file() and info.is_file():
@@ -73,14 +97,19 @@ def localizer_metrics(model: Localizer, test) -> tuple[dict, dict]:
         presence_ok.append((p["presence"][i] >= model.config.presence_threshold) == present)
         if present:
             correct.append(int(np.argmax(p["class_probs"][i])) + 1 == label)
-            ious.append(float(box_iou(p["boxes"][i:i + 1], s.boxes).max()))
+            ious.append(float(box_iou(p["boxes"][i : i + 1], s.boxes).max()))
     detections = model.detect_dataset(test)
     has_empty = any(len(s.boxes) == 0 for s in test)
     ious = np.array(ious)
-    return {"class_accuracy": float(np.mean(correct)), "mean_iou": float(ious.mean()), "iou50": float((ious >= 0.5).mean()),
-            "presence_accuracy": float(np.mean(presence_ok)) if has_empty else None,
-            "mAP50": evaluate_voc(test, detections, 0.5).mAP, "images": len(test),
-            "with_object": len(ious)}, detections
+    return {
+        "class_accuracy": float(np.mean(correct)),
+        "mean_iou": float(ious.mean()),
+        "iou50": float((ious >= 0.5).mean()),
+        "presence_accuracy": float(np.mean(presence_ok)) if has_empty else None,
+        "mAP50": evaluate_voc(test, detections, 0.5).mAP,
+        "images": len(test),
+        "with_object": len(ious),
+    }, detections
 
 
 def object_recall(test, detections: dict[str, Detections], min_score: float) -> dict:
@@ -108,8 +137,12 @@ def object_recall(test, detections: dict[str, Detections], min_score: float) -> 
         objects += len(s.boxes)
         per_image.append(found / len(s.boxes))
         found_counts.append(found)
-    return {"recall": found_total / max(objects, 1), "recall_per_image": float(np.mean(per_image)),
-            "found_per_image": float(np.mean(found_counts)), "objects_per_image": objects / max(len(per_image), 1)}
+    return {
+        "recall": found_total / max(objects, 1),
+        "recall_per_image": float(np.mean(per_image)),
+        "found_per_image": float(np.mean(found_counts)),
+        "objects_per_image": objects / max(len(per_image), 1),
+    }
 
 
 def gallery_row(test, detections, classes, n: int, label: str, min_score: float = 0.0) -> list[np.ndarray]:
@@ -119,8 +152,9 @@ def gallery_row(test, detections, classes, n: int, label: str, min_score: float 
     for k, s in enumerate(test.samples[:n]):
         d = detections[s.id]
         keep = d.scores >= min_score
-        drawn = draw_detections(read_image(s.image_path), Detections(d.boxes[keep], d.scores[keep], d.labels[keep]),
-                                classes, s.boxes)
+        drawn = draw_detections(
+            read_image(s.image_path), Detections(d.boxes[keep], d.scores[keep], d.labels[keep]), classes, s.boxes
+        )
         tiles.append(caption(np.kron(drawn, np.ones((2, 2, 1), np.uint8)), label if k == 0 else s.id))
     return tiles
 
@@ -131,8 +165,12 @@ def preset_plot(path: Path, rows: list[dict]) -> None:
     fig = Figure(figsize=(8.5, 3.6), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(rows))
-    for key, label in (("mean_iou", "mean IoU of the box"), ("iou50", "share IoU >= 0.5"), ("mAP50", "VOC mAP@0.5"),
-                       ("class_accuracy", "class accuracy")):
+    for key, label in (
+        ("mean_iou", "mean IoU of the box"),
+        ("iou50", "share IoU >= 0.5"),
+        ("mAP50", "VOC mAP@0.5"),
+        ("class_accuracy", "class accuracy"),
+    ):
         ax.plot(x, [np.nan if r[key] is None else r[key] for r in rows], marker="o", label=label)
     ax.set_xticks(x, [r["preset"] for r in rows], rotation=20)
     ax.set(ylim=(0, 1.02), ylabel="test", title="The localiser along the road to R-CNN")
@@ -159,8 +197,10 @@ def run(args) -> None:
         metrics, detections = localizer_metrics(model, test)
         rows.append({"preset": name, **metrics, "fit_seconds": fit["fit_seconds"]})
         galleries += gallery_row(test, detections, model.classes_, exp["gallery"], name)
-        print(f"   {name:12s} class {metrics['class_accuracy']:.3f}  IoU {metrics['mean_iou']:.3f}  "
-              f"IoU>=.5 {metrics['iou50']:.3f}  mAP {metrics['mAP50']:.3f}  ({fit['fit_seconds']:.0f} s)")
+        print(
+            f"   {name:12s} class {metrics['class_accuracy']:.3f}  IoU {metrics['mean_iou']:.3f}  "
+            f"IoU>=.5 {metrics['iou50']:.3f}  mAP {metrics['mAP50']:.3f}  ({fit['fit_seconds']:.0f} s)"
+        )
         if name == "multi":
             multi = (model, fit, detections)
     preset_plot(report.out / "presets.png", rows)
@@ -178,53 +218,84 @@ def run(args) -> None:
     if "multi" in data:
         train, test = data["multi"]
         model, fit, detections = multi
-        versus.append({"detector": "localiser", "mAP50": evaluate_voc(test, detections, 0.5).mAP,
-                       **object_recall(test, detections, model.draw_threshold), "fit_seconds": fit["fit_seconds"]})
+        versus.append(
+            {
+                "detector": "localiser",
+                "mAP50": evaluate_voc(test, detections, 0.5).mAP,
+                **object_recall(test, detections, model.draw_threshold),
+                "fit_seconds": fit["fit_seconds"],
+            }
+        )
         rcnn_config = load_config(CONFIGS / "demo.toml", settings.get("rcnn"))
         rcnn, rfit = fit_or_load(rcnn_config, train)
         rdets = rcnn.detect_dataset(test)
-        versus.append({"detector": "R-CNN", "mAP50": evaluate_voc(test, rdets, 0.5).mAP,
-                       **object_recall(test, rdets, rcnn.draw_threshold), "fit_seconds": rfit["fit_seconds"]})
-        print(f"   multi: localiser mAP {versus[0]['mAP50']:.3f} recall {versus[0]['recall']:.3f}; "
-              f"R-CNN mAP {versus[1]['mAP50']:.3f} recall {versus[1]['recall']:.3f}")
+        versus.append(
+            {
+                "detector": "R-CNN",
+                "mAP50": evaluate_voc(test, rdets, 0.5).mAP,
+                **object_recall(test, rdets, rcnn.draw_threshold),
+                "fit_seconds": rfit["fit_seconds"],
+            }
+        )
+        print(
+            f"   multi: localiser mAP {versus[0]['mAP50']:.3f} recall {versus[0]['recall']:.3f}; "
+            f"R-CNN mAP {versus[1]['mAP50']:.3f} recall {versus[1]['recall']:.3f}"
+        )
         tiles = gallery_row(test, detections, model.classes_, exp["gallery"], "localiser")
         tiles += gallery_row(test, rdets, rcnn.classes_, exp["gallery"], "R-CNN", rcnn.draw_threshold)
         save_image(report.out / "multi.png", image_grid(tiles, exp["gallery"]))
 
     loc = load_config(None, loc_values)
     report.lines += [
-        "## The localiser on each preset", "",
+        "## The localiser on each preset",
+        "",
         f"Localiser: {loc.backbone} ({'ImageNet weights, ' if loc.weights == 'auto' else ''}fine-tuned end to end), "
         f"{loc.input_size} px input, {loc.epochs} epochs of {loc.optimizer} (lr {loc.lr}), box loss {loc.box_loss} "
-        f"with lambda {loc.box_weight}; presence threshold {loc.presence_threshold}.", "",
-        "Presets: " + "; ".join(f"**{n}**: {PRESETS[n].text}" for n in exp["presets"]) + ".", "",
+        f"with lambda {loc.box_weight}; presence threshold {loc.presence_threshold}.",
+        "",
+        "Presets: " + "; ".join(f"**{n}**: {PRESETS[n].text}" for n in exp["presets"]) + ".",
+        "",
         "Class accuracy and IoU are over the test images that hold an object (the IoU of the one box with the "
         "nearest object: on `multi` any object counts as the target); presence accuracy over every test image, "
         "where some hold no object (`absent`, and `multi`, 0 to 5 objects); VOC mAP@0.5 of its detections (at most "
-        "one per image, scored presence x class probability).", "",
+        "one per image, scored presence x class probability).",
+        "",
         *table(rows, COLUMNS),
-        "![mean IoU, IoU >= 0.5, mAP and class accuracy across the presets](presets.png)", "",
-        f"Predicted boxes on the first {exp['gallery']} test images of each preset (ground truth white):", "",
-        "![gallery](gallery.png)", "",
-        f"## The box loss weight (lambda), on `{exp['lambda_preset']}`", "",
+        "![mean IoU, IoU >= 0.5, mAP and class accuracy across the presets](presets.png)",
+        "",
+        f"Predicted boxes on the first {exp['gallery']} test images of each preset (ground truth white):",
+        "",
+        "![gallery](gallery.png)",
+        "",
+        f"## The box loss weight (lambda), on `{exp['lambda_preset']}`",
+        "",
         *table(sweep, SWEEP_COLUMNS),
     ]
     if versus:
         rc = rcnn_config
         report.lines += [
-            "## Many objects: the localiser beside R-CNN (`multi`)", "",
+            "## Many objects: the localiser beside R-CNN (`multi`)",
+            "",
             f"R-CNN: `experiments/configs/demo.toml` made faster ({rc.proposals.method}, {rc.proposals.max_boxes} "
             f"windows per image, {rc.features.crop_size} px crops, no fine-tuning, SVMs and box regression), trained on "
             "the same images. Recall: ground-truth objects matched by a detection of their class at IoU >= 0.5 scoring "
             f"at least the detector's drawing threshold (localiser {multi[0].draw_threshold}: every box it gives; "
-            f"R-CNN {rcnn.draw_threshold}: the SVM margin).", "",
+            f"R-CNN {rcnn.draw_threshold}: the SVM margin).",
+            "",
             *table(versus, VERSUS_COLUMNS),
             "One box per image finds at most one object: its recall is bounded by 1 / objects per image. "
-            "Proposals, a score per region and NMS lift that bound.", "",
-            "![localiser (top) and R-CNN (bottom) on the same test images](multi.png)", "",
+            "Proposals, a score per region and NMS lift that bound.",
+            "",
+            "![localiser (top) and R-CNN (bottom) on the same test images](multi.png)",
+            "",
         ]
-    report.results = {"presets": rows, "lambda_sweep": sweep, "versus": versus,
-                      "localizer_config": to_dict(loc), **({"rcnn_config": to_dict(rcnn_config)} if versus else {})}
+    report.results = {
+        "presets": rows,
+        "lambda_sweep": sweep,
+        "versus": versus,
+        "localizer_config": to_dict(loc),
+        **({"rcnn_config": to_dict(rcnn_config)} if versus else {}),
+    }
     report.write()
 
 

@@ -53,13 +53,22 @@ if __name__ == "__main__":
     test = [image(N_IMAGES + k) for k in range(20)]
     correct = total = 0
     for d in test:
-        s = svm.decision_function(d.features[-len(d.gt_labels):])
+        s = svm.decision_function(d.features[-len(d.gt_labels) :])
         correct += int((s.argmax(1) + 1 == d.gt_labels).sum())
         total += len(d.gt_labels)
-    print(json.dumps({
-        "images": N_IMAGES, "boxes": N_BOXES, "dim": DIM,
-        "svm_fit_s": round(t1 - t0, 1), "regression_fit_s": round(t2 - t1, 1),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "svm_history": svm.history_, "liblinear_iterations": svm.n_iter_,
-        "regression_pairs": reg.num_pairs_.tolist(), "test_gt_top1": correct / total,
-    }))
+    print(
+        json.dumps(
+            {
+                "images": N_IMAGES,
+                "boxes": N_BOXES,
+                "dim": DIM,
+                "svm_fit_s": round(t1 - t0, 1),
+                "regression_fit_s": round(t2 - t1, 1),
+                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                "svm_history": svm.history_,
+                "liblinear_iterations": svm.n_iter_,
+                "regression_pairs": reg.num_pairs_.tolist(),
+                "test_gt_top1": correct / total,
+            }
+        )
+    )

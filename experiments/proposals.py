@@ -85,7 +85,10 @@ def markdown(results: dict, meta: dict, config_text: str) -> str:
     for ds_name, reports in results.items():
         first = next(iter(reports.values()))
         lines += [f"## {ds_name} ({first['images']} images, {first['objects']} objects)", ""]
-        lines += ["| method | k | recall@0.5 | recall@0.7 | AR | MABO | boxes/img | s/img |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| method | k | recall@0.5 | recall@0.7 | AR | MABO | boxes/img | s/img |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in reports.values():
             note = f" (first {r['images']} images)" if r["images"] != first["images"] else ""
             for row in r["overall"]:
@@ -127,7 +130,9 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "experiments/configs/proposals.toml"))
-    parser.add_argument("--data", help="a dataset to use instead of cards: a folder with train/ and test/, or a VOC root")
+    parser.add_argument(
+        "--data", help="a dataset to use instead of cards: a folder with train/ and test/, or a VOC root"
+    )
     args = parser.parse_args(argv)
     start = time.time()
     cfg = load_toml(args.config)
@@ -138,7 +143,9 @@ def main(argv=None) -> int:
     for ds_name, dataset in datasets(cfg["data"], args.data).items():
         print(f"{ds_name}: {len(dataset)} images")
         results[ds_name] = {name: run_method(name, params, dataset, run) for name, params in cfg["methods"].items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     meta = {
         "git commit": commit or "unknown",
         "date (UTC)": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),

@@ -14,9 +14,20 @@ from harness import Report, TestSet, base_summary, detector_config, fit_or_load,
 
 from rcnn.config import load_toml, to_dict
 
-COLUMNS = [("method", "method"), ("k", "boxes/img (k)"), ("boxes_per_image", "mean boxes", 0), ("mAP50", "VOC mAP@0.5"),
-           ("coco_AP", "COCO AP"), ("coco_AP50", "COCO AP50"), ("recall@0.5", "recall@0.5"), ("recall@0.7", "recall@0.7"),
-           ("AR", "AR"), ("seconds_per_image", "s/img", 2), ("proposal_s", "proposals s/img"), ("feature_s", "CNN s/img")]
+COLUMNS = [
+    ("method", "method"),
+    ("k", "boxes/img (k)"),
+    ("boxes_per_image", "mean boxes", 0),
+    ("mAP50", "VOC mAP@0.5"),
+    ("coco_AP", "COCO AP"),
+    ("coco_AP50", "COCO AP50"),
+    ("recall@0.5", "recall@0.5"),
+    ("recall@0.7", "recall@0.7"),
+    ("AR", "AR"),
+    ("seconds_per_image", "s/img", 2),
+    ("proposal_s", "proposals s/img"),
+    ("feature_s", "CNN s/img"),
+]
 
 
 def run(args) -> None:
@@ -30,8 +41,11 @@ def run(args) -> None:
         rows, results = [], {}
         map_panels[target.name], recall_panels[target.name] = {}, {}
         for m in exp["methods"]:
-            config = detector_config(target.base, exp.get("overrides"),
-                                     {"proposals": {"method": m["method"], "max_boxes": int(exp["train_boxes"])}})
+            config = detector_config(
+                target.base,
+                exp.get("overrides"),
+                {"proposals": {"method": m["method"], "max_boxes": int(exp["train_boxes"])}},
+            )
             print(f"-- {m['name']}: train on {exp['train_boxes']} boxes per image")
             model, fit = fit_or_load(config, target.train)
             testset = TestSet(model, target.test, {**config.proposals, "max_boxes": budgets[-1]})
@@ -40,18 +54,35 @@ def run(args) -> None:
                 metrics, _ = testset.score(k)
                 print(f"   k={k:5d}  VOC mAP@0.5 {metrics['mAP50']:.3f}  recall@0.5 {metrics['recall@0.5']:.3f}")
                 split = metrics["seconds_split"]
-                rows.append({"method": m["name"], "k": k, **metrics, "proposal_s": split["proposals"], "feature_s": split["features"]})
+                rows.append(
+                    {
+                        "method": m["name"],
+                        "k": k,
+                        **metrics,
+                        "proposal_s": split["proposals"],
+                        "feature_s": split["features"],
+                    }
+                )
                 results[m["name"]]["budgets"][k] = metrics
             mine = [r for r in rows if r["method"] == m["name"]]
             map_panels[target.name][m["name"]] = ([r["boxes_per_image"] for r in mine], [r["mAP50"] for r in mine])
-            recall_panels[target.name][m["name"]] = ([r["boxes_per_image"] for r in mine], [r["recall@0.5"] for r in mine])
+            recall_panels[target.name][m["name"]] = (
+                [r["boxes_per_image"] for r in mine],
+                [r["recall@0.5"] for r in mine],
+            )
         report.lines += table(rows, COLUMNS)
         report.results[target.name] = results
     line_plot(report.out / "map.png", map_panels, "proposals per image", "VOC mAP@0.5 (test)", logx=True)
     line_plot(report.out / "recall.png", recall_panels, "proposals per image", "recall at IoU 0.5", logx=True)
-    report.lines += ["![mAP against boxes per image](map.png)", "", "![recall against boxes per image](recall.png)", "",
-                     "k: the first k boxes of each image (Selective Search's ranking; the windows' order thins the grid "
-                     "evenly), mean boxes: what images had (small images have fewer Selective Search boxes). "
-                     "s/img: proposals (Selective Search's time is the same for every k) + warp and CNN (the cached "
-                     "extraction's time scaled to k) + heads and NMS.", ""]
+    report.lines += [
+        "![mAP against boxes per image](map.png)",
+        "",
+        "![recall against boxes per image](recall.png)",
+        "",
+        "k: the first k boxes of each image (Selective Search's ranking; the windows' order thins the grid "
+        "evenly), mean boxes: what images had (small images have fewer Selective Search boxes). "
+        "s/img: proposals (Selective Search's time is the same for every k) + warp and CNN (the cached "
+        "extraction's time scaled to k) + heads and NMS.",
+        "",
+    ]
     report.write()

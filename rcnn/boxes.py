@@ -120,7 +120,9 @@ def box_iou(boxes1, boxes2, inclusive: bool = False, crowd=None) -> np.ndarray:
     Equals ``torchvision.ops.box_iou`` on float32 boxes, except that pairs of zero-area boxes
     give 0 rather than NaN."""
     a, b = _as_boxes(boxes1), _as_boxes(boxes2)
-    return matched_box_iou(a[:, None, :], b[None, :, :], inclusive, None if crowd is None else np.asarray(crowd, bool)[None, :])
+    return matched_box_iou(
+        a[:, None, :], b[None, :, :], inclusive, None if crowd is None else np.asarray(crowd, bool)[None, :]
+    )
 
 
 def batched_nms(boxes, scores, labels, iou_threshold: float) -> np.ndarray:
@@ -224,7 +226,9 @@ class BoxCoder:
     def decode(self, proposals, deltas) -> np.ndarray:
         """Boxes ``float32 [N, 4]`` from proposals ``[N, 4]`` moved by deltas ``[N, 4]``."""
         p = xyxy_to_cxcywh(np.asarray(proposals, np.float32))
-        t = np.asarray(deltas, np.float32).reshape(-1, 4) * np.asarray(self.stds, np.float32) + np.asarray(self.means, np.float32)
+        t = np.asarray(deltas, np.float32).reshape(-1, 4) * np.asarray(self.stds, np.float32) + np.asarray(
+            self.means, np.float32
+        )
         tw = np.minimum(t[:, 2], self.clamp)
         th = np.minimum(t[:, 3], self.clamp)
         c = np.stack(

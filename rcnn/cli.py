@@ -37,7 +37,10 @@ def main(argv=None) -> int:
     from rcnn import progress
 
     args = build_parser().parse_args(argv)
-    quiet, progress.QUIET = progress.QUIET, progress.QUIET or args.quiet  # restored below: main() may be called in-process
+    quiet, progress.QUIET = (
+        progress.QUIET,
+        progress.QUIET or args.quiet,
+    )  # restored below: main() may be called in-process
     try:
         if args.command in THREADED:
             import cv2

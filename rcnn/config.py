@@ -93,8 +93,10 @@ def from_dict(cls, values: dict | None, where: str = "", table: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: {table + ': ' if table else ''}unknown key(s) {', '.join(map(str, unknown))}; "
-                          f"known: {', '.join(fields)}")
+        raise ConfigError(
+            f"{where}: {table + ': ' if table else ''}unknown key(s) {', '.join(map(str, unknown))}; "
+            f"known: {', '.join(fields)}"
+        )
     hints = _hints(cls)
     kwargs = {name: _convert(value, hints.get(name), where, _join(table, name)) for name, value in values.items()}
     try:
@@ -164,7 +166,7 @@ def _join(table: str, name) -> str:
     return f"{table}.{name}" if table else str(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
@@ -173,7 +175,7 @@ def _is_union(hint) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tagged(hint) -> tuple[str, dict] | None:
     """``(tag, {tag value: dataclass})`` when `hint` is a union of dataclasses that each have
     a ``Literal`` field named `tag` with one value (members in the union's order), else None."""
@@ -184,8 +186,11 @@ def _tagged(hint) -> tuple[str, dict] | None:
         return None
     tags = None
     for m in members:
-        own = {name: typing.get_args(h)[0] for name, h in _hints(m).items()
-               if typing.get_origin(h) is typing.Literal and len(typing.get_args(h)) == 1}
+        own = {
+            name: typing.get_args(h)[0]
+            for name, h in _hints(m).items()
+            if typing.get_origin(h) is typing.Literal and len(typing.get_args(h)) == 1
+        }
         tags = own if tags is None else {k: v for k, v in tags.items() if k in own}
     for tag in tags or {}:
         variants = {}
@@ -252,8 +257,9 @@ def _convert(value, hint, where: str, path: str):
             fail("a table")
         name = value.get(tag, next(iter(variants)))
         if not isinstance(name, str) or name not in variants:
-            raise ConfigError(f"{where}: {_join(path, tag)} = {show(name)}: expected one of "
-                              f"{', '.join(show(v) for v in variants)}")
+            raise ConfigError(
+                f"{where}: {_join(path, tag)} = {show(name)}: expected one of {', '.join(show(v) for v in variants)}"
+            )
         return from_dict(variants[name], value, where, path)
     if _is_union(hint):
         if value is None and type(None) in args:

@@ -30,8 +30,15 @@ class LogProgress:
     """The part of tqdm's interface the project uses (iteration, ``update``, ``set_postfix``,
     ``close``, context manager), reported as plain lines on stderr for log files."""
 
-    def __init__(self, iterable=None, desc: str = "", total=None, unit: str = "img", initial: int = 0,
-                 interval: float | None = None):
+    def __init__(
+        self,
+        iterable=None,
+        desc: str = "",
+        total=None,
+        unit: str = "img",
+        initial: int = 0,
+        interval: float | None = None,
+    ):
         self.iterable, self.desc, self.unit = iterable, desc or "progress", unit
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
@@ -71,8 +78,10 @@ class LogProgress:
             return
         self.closed = True
         now = time.monotonic()
-        self._line(f"done, {self.n} {self.unit} in {now - self.start:.1f} s ({self._rate(now)})"
-                   + (f", {self.postfix}" if self.postfix else ""))
+        self._line(
+            f"done, {self.n} {self.unit} in {now - self.start:.1f} s ({self._rate(now)})"
+            + (f", {self.postfix}" if self.postfix else "")
+        )
 
     def __iter__(self):
         try:

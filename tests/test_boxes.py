@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from torchvision import ops
 from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
 
@@ -36,7 +35,9 @@ def test_iou_hand_computed():
 
 def test_iou_continuous_pixels_no_plus_one():
     """Widths are x2 - x1: a one-pixel box [0, 1) overlapping [0, 2) has IoU 1/2, not 2/3."""
-    assert B.box_iou(np.array([[0, 0, 1, 1]], np.float32), np.array([[0, 0, 2, 1]], np.float32))[0, 0] == pytest.approx(0.5)
+    assert B.box_iou(np.array([[0, 0, 1, 1]], np.float32), np.array([[0, 0, 2, 1]], np.float32))[0, 0] == pytest.approx(
+        0.5
+    )
 
 
 def test_degenerate_boxes():
@@ -207,7 +208,9 @@ def test_batched_nms_equals_torchvision():
     labels = np.random.default_rng(11).integers(1, 4, 2000)
     bt, st = torch.from_numpy(b), torch.from_numpy(scores)
     np.testing.assert_array_equal(B.batched_nms(b, scores, np.zeros(2000, np.int64), 0.3), ops.nms(bt, st, 0.3).numpy())
-    np.testing.assert_array_equal(B.batched_nms(b, scores, labels, 0.3), ops.batched_nms(bt, st, torch.from_numpy(labels), 0.3).numpy())
+    np.testing.assert_array_equal(
+        B.batched_nms(b, scores, labels, 0.3), ops.batched_nms(bt, st, torch.from_numpy(labels), 0.3).numpy()
+    )
     ro = b.copy()
     ro.setflags(write=False)  # read-only input (e.g. a memory-mapped cache) works, untouched
     np.testing.assert_array_equal(B.batched_nms(ro, scores, labels, 0.3), B.batched_nms(b, scores, labels, 0.3))
@@ -217,12 +220,16 @@ def test_clip_and_remove_small_equal_torchvision():
     rng = np.random.default_rng(12)
     b = np.sort(rng.uniform(-50, 450, (300, 2, 2)), axis=1).transpose(0, 2, 1).reshape(-1, 4).astype(np.float32)
     b = b[:, [0, 2, 1, 3]]  # x1 y1 x2 y2 with x1 <= x2, y1 <= y2
-    np.testing.assert_array_equal(B.clip_boxes(b, (300, 400)), ops.clip_boxes_to_image(torch.from_numpy(b), (300, 400)).numpy())
+    np.testing.assert_array_equal(
+        B.clip_boxes(b, (300, 400)), ops.clip_boxes_to_image(torch.from_numpy(b), (300, 400)).numpy()
+    )
     original = b.copy()
     B.clip_boxes(b, (300, 400))
     np.testing.assert_array_equal(b, original)  # a new array; the input is not clipped in place
     for m in (0.0, 1.0, 30.0):
-        np.testing.assert_array_equal(B.remove_small_boxes(b, m), ops.remove_small_boxes(torch.from_numpy(b), m).numpy())
+        np.testing.assert_array_equal(
+            B.remove_small_boxes(b, m), ops.remove_small_boxes(torch.from_numpy(b), m).numpy()
+        )
     assert B.remove_small_boxes(b, 30.0).dtype == np.int64
 
 
@@ -253,8 +260,13 @@ def test_box_coder_equals_torchvision_box_coder():
     ours = B.BoxCoder(stds=stds)
     theirs = TorchvisionBoxCoder(tuple(1 / s for s in stds))
     deltas = ours.encode(p, g)
-    np.testing.assert_allclose(deltas, theirs.encode_single(torch.from_numpy(g), torch.from_numpy(p)).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        deltas, theirs.encode_single(torch.from_numpy(g), torch.from_numpy(p)).numpy(), rtol=1e-4, atol=1e-4
+    )
     wild = np.random.default_rng(16).normal(0, 3, (300, 4)).astype(np.float32)
     np.testing.assert_allclose(
-        ours.decode(p, wild), theirs.decode_single(torch.from_numpy(wild), torch.from_numpy(p)).numpy(), rtol=1e-5, atol=1e-2
+        ours.decode(p, wild),
+        theirs.decode_single(torch.from_numpy(wild), torch.from_numpy(p)).numpy(),
+        rtol=1e-5,
+        atol=1e-2,
     )

@@ -18,15 +18,23 @@ from rcnn.errors import DatasetError
 
 
 def tiny_config(cache_dir, iterations: int = 0):
-    return load_config(None, {
-        "proposals": {"method": "sliding_window", "max_boxes": 40},
-        "features": {"backbone": "resnet18", "weights": "random", "crop_size": 32, "padding": 2, "frozen": False},
-        "finetune": {"iterations": iterations, "checkpoint_every": 1, "batch_positives": 48, "batch_negatives": 16,
-                     "epoch_iterations": 2},
-        "svm": {"positive_iou": 0.7, "C": 0.01},
-        "cache_dir": str(cache_dir),
-        "workers": 1,
-    })
+    return load_config(
+        None,
+        {
+            "proposals": {"method": "sliding_window", "max_boxes": 40},
+            "features": {"backbone": "resnet18", "weights": "random", "crop_size": 32, "padding": 2, "frozen": False},
+            "finetune": {
+                "iterations": iterations,
+                "checkpoint_every": 1,
+                "batch_positives": 48,
+                "batch_negatives": 16,
+                "epoch_iterations": 2,
+            },
+            "svm": {"positive_iou": 0.7, "C": 0.01},
+            "cache_dir": str(cache_dir),
+            "workers": 1,
+        },
+    )
 
 
 def assert_same_model(a: RCNN, b: RCNN) -> None:

@@ -92,15 +92,58 @@ def test_skip_bad_skips_truncated_images_in_train_and_propose(trained, tmp_path,
     bad = data / "JPEGImages" / f"{first_train}.jpg"
     truncate(bad)
     cache = tmp_path / "props"
-    assert main(["--quiet", "propose", str(data), "--method", "sliding_window", "--workers", "1", "--out", str(cache),
-                 "--skip-bad"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "propose",
+                str(data),
+                "--method",
+                "sliding_window",
+                "--workers",
+                "1",
+                "--out",
+                str(cache),
+                "--skip-bad",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "skipped 1 bad sample(s)" in out and str(bad) in out and "1 skipped" in out
-    assert main(["--quiet", "train", str(data), "--split", "train", "--skip-bad", "--out", str(tmp_path / "m.pt"),
-                 "--set", "proposals.method='sliding_window'", "--set", "proposals.max_boxes=40",
-                 "--set", "features.backbone='resnet18'", "--set", "features.weights='random'",
-                 "--set", "features.crop_size=32", "--set", "features.padding=2", "--set", "features.frozen=false",
-                 "--set", f"cache_dir='{tmp_path / 'cache'}'", "--set", "workers=1"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "train",
+                str(data),
+                "--split",
+                "train",
+                "--skip-bad",
+                "--out",
+                str(tmp_path / "m.pt"),
+                "--set",
+                "proposals.method='sliding_window'",
+                "--set",
+                "proposals.max_boxes=40",
+                "--set",
+                "features.backbone='resnet18'",
+                "--set",
+                "features.weights='random'",
+                "--set",
+                "features.crop_size=32",
+                "--set",
+                "features.padding=2",
+                "--set",
+                "features.frozen=false",
+                "--set",
+                f"cache_dir='{tmp_path / 'cache'}'",
+                "--set",
+                "workers=1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "skipped 1 bad sample(s)" in out and str(bad) in out
     assert (tmp_path / "m.pt").is_file()
@@ -116,8 +159,12 @@ def test_bad_model_files_get_one_line(trained, tmp_path, capsys):
     shrunk = tmp_path / "shrunk.pt"
     torch.save(state, shrunk)
     image = next((trained / "synth" / "JPEGImages").glob("*.jpg"))
-    for path, message in [(junk, "not a readable rcnn model"), (pickled, "not a PyTorch file of tensors and plain values"),
-                          (shrunk, "the classifier has 4 classes, the class list 3"), (tmp_path, "is a folder")]:
+    for path, message in [
+        (junk, "not a readable rcnn model"),
+        (pickled, "not a PyTorch file of tensors and plain values"),
+        (shrunk, "the classifier has 4 classes, the class list 3"),
+        (tmp_path, "is a folder"),
+    ]:
         assert main(["--quiet", "detect", str(path), str(image), "--out", str(tmp_path / "d.json")]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(path) in err and message in err, err
@@ -127,8 +174,20 @@ def test_bad_model_files_get_one_line(trained, tmp_path, capsys):
 def test_concurrent_propose_runs_share_the_work(trained, tmp_path):
     """Two runs on one cache: every image is proposed once in all (not once per run)."""
     data = trained / "synth"
-    cmd = [sys.executable, "-m", "rcnn.cli", "--quiet", "propose", str(data), "--mode", "fast", "--workers", "1",
-           "--out", str(tmp_path / "cache")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rcnn.cli",
+        "--quiet",
+        "propose",
+        str(data),
+        "--mode",
+        "fast",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path / "cache"),
+    ]
     runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [r.communicate(timeout=600) for r in runs]
     assert all(r.returncode == 0 for r in runs), outs
@@ -144,8 +203,23 @@ def test_concurrent_propose_runs_share_the_work(trained, tmp_path):
 def test_workers_exit_when_their_parent_is_killed(trained, tmp_path):
     data = trained / "synth"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rcnn.cli", "--quiet", "propose", str(data), "--mode", "quality", "--workers", "2",
-         "--out", str(tmp_path / "cache")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "rcnn.cli",
+            "--quiet",
+            "propose",
+            str(data),
+            "--mode",
+            "quality",
+            "--workers",
+            "2",
+            "--out",
+            str(tmp_path / "cache"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def children():
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout

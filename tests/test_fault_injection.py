@@ -14,7 +14,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +51,13 @@ def rcnn(*args, cwd, fault: int | None = None, kill_after: float | None = None) 
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
     if fault is not None:
         env[FAULT_ENV] = str(fault)
-    proc = subprocess.Popen([sys.executable, "-m", "rcnn.cli", "--quiet", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rcnn.cli", "--quiet", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     if kill_after is not None:
         try:
             proc.wait(kill_after)
@@ -102,19 +106,55 @@ def assert_equal_states(a, b, where="model"):
         assert a == b, where
 
 
-TRAIN = ("train", "synth", "--split", "train", "--config", "tiny.toml", "--set", "cache_dir='cache'", "--out", "model.pt")
+TRAIN = (
+    "train",
+    "synth",
+    "--split",
+    "train",
+    "--config",
+    "tiny.toml",
+    "--set",
+    "cache_dir='cache'",
+    "--out",
+    "model.pt",
+)
 
 
 def test_propose_killed_anywhere_resumes_to_the_same_boxes(work):
     ref = clean_copy(work, "propose-ref")
-    assert rcnn("propose", "synth", "--method", "sliding_window", "--max-boxes", "40", "--workers", "1",
-                "--out", "cache", cwd=ref) == 0
+    assert (
+        rcnn(
+            "propose",
+            "synth",
+            "--method",
+            "sliding_window",
+            "--max-boxes",
+            "40",
+            "--workers",
+            "1",
+            "--out",
+            "cache",
+            cwd=ref,
+        )
+        == 0
+    )
     reference = {p.name: load_npz(p)["boxes"] for p in ref.glob("cache/*/*.npz")}
     assert len(reference) == 8
     rng = random.Random(0)
     for n in rng.sample(range(1, 10), 2):  # 9 writes: params.json and 8 entries
         d = clean_copy(work, f"propose-{n}")
-        args = ("propose", "synth", "--method", "sliding_window", "--max-boxes", "40", "--workers", "1", "--out", "cache")
+        args = (
+            "propose",
+            "synth",
+            "--method",
+            "sliding_window",
+            "--max-boxes",
+            "40",
+            "--workers",
+            "1",
+            "--out",
+            "cache",
+        )
         assert rcnn(*args, cwd=d, fault=n) == -9
         assert rcnn(*args, cwd=d) == 0
         got = {p.name: load_npz(p)["boxes"] for p in d.glob("cache/*/*.npz")}

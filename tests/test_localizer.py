@@ -15,8 +15,14 @@ from rcnn.detectors import Localizer, LocalizerConfig, build_detector, load_conf
 from rcnn.detectors.localizer import localizer_loss, targets
 from rcnn.errors import ConfigError
 
-TINY = {"detector": "localizer", "backbone": "resnet18", "weights": "random", "input_size": 48, "batch_size": 8,
-        "epochs": 15}
+TINY = {
+    "detector": "localizer",
+    "backbone": "resnet18",
+    "weights": "random",
+    "input_size": 48,
+    "batch_size": 8,
+    "epochs": 15,
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,7 @@ def test_loss_terms_mask_class_and_box_by_presence():
     assert torch.allclose(terms["box"], l2, atol=1e-6)
     assert torch.allclose(terms["total"], bce + ce + 2.0 * l2, atol=1e-6)
     d = (boxes[[0, 2]] - target[[0, 2]]).abs()
-    smooth = torch.where(d < 0.1, 0.5 * d ** 2 / 0.1, d - 0.05).sum(1).mean()
+    smooth = torch.where(d < 0.1, 0.5 * d**2 / 0.1, d - 0.05).sum(1).mean()
     assert torch.allclose(localizer_loss(presence, logits, boxes, present, labels, target)["box"], smooth, atol=1e-6)
     # no object in the batch: only the presence term, and it still has a gradient
     none = localizer_loss(presence.requires_grad_(), logits, boxes, torch.zeros(4, dtype=torch.bool), labels, target)
@@ -76,7 +82,7 @@ def test_targets_take_the_largest_object_and_normalise(fitted):
 def test_tiny_fit_localises_the_rectangle(fitted):
     _, model, _, test = fitted
     p = model.predict([s.image_path for s in test])
-    ious = np.array([box_iou(p["boxes"][i:i + 1], s.boxes)[0, 0] for i, s in enumerate(test)])
+    ious = np.array([box_iou(p["boxes"][i : i + 1], s.boxes)[0, 0] for i, s in enumerate(test)])
     assert ious.mean() > 0.45 and (ious >= 0.5).mean() >= 0.6, ious  # a box at random: IoU about 0.1
     assert (p["presence"] > 0.5).all()
     dets = model.detect_dataset(test)
@@ -93,9 +99,14 @@ def test_save_load_round_trip_gives_identical_detections(fitted, tmp_path):
     assert isinstance(again, Localizer) and again.classes_ == model.classes_
     for s in test:
         a, b = model.detect(s.image_path), again.detect(s.image_path)
-        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, b.labels)
+        assert (
+            np.array_equal(a.boxes, b.boxes)
+            and np.array_equal(a.scores, b.scores)
+            and np.array_equal(a.labels, b.labels)
+        )
     with pytest.raises(Exception, match="not rcnn"):
         from rcnn.detectors import RCNN
+
         RCNN.load(path)
 
 
@@ -128,13 +139,34 @@ def test_config_is_checked():
 def test_cli_train_detect_report_evaluate(fitted, tmp_path, capsys):
     root, _, _, _ = fitted
     data, model = root / "rect", tmp_path / "loc.pt"
-    sets = [f"--set=detector='localizer'", "--set=backbone='resnet18'", "--set=weights='random'", "--set=input_size=32",
-            "--set=epochs=2", f"--set=cache_dir='{tmp_path / 'cache'}'"]
+    sets = [
+        "--set=detector='localizer'",
+        "--set=backbone='resnet18'",
+        "--set=weights='random'",
+        "--set=input_size=32",
+        "--set=epochs=2",
+        f"--set=cache_dir='{tmp_path / 'cache'}'",
+    ]
     assert main(["--quiet", "train", str(data), "--split", "train", "--out", str(model), *sets]) == 0
     assert not (tmp_path / "cache" / "proposals").exists()  # no proposals for a localiser
     dets = tmp_path / "dets.json"
-    assert main(["--quiet", "detect", str(model), str(data), "--split", "test", "--out", str(dets),
-                 "--draw", str(tmp_path / "drawn")]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "detect",
+                str(model),
+                str(data),
+                "--split",
+                "test",
+                "--out",
+                str(dets),
+                "--draw",
+                str(tmp_path / "drawn"),
+            ]
+        )
+        == 0
+    )
     records = json.loads(dets.read_text())
     assert len({r["image_id"] for r in records}) == len(records)  # at most one box per image
     assert main(["--quiet", "report", str(model), str(data), "--split", "test", "--out", str(tmp_path / "report")]) == 0

@@ -44,12 +44,37 @@ def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path):
     log = tmp_path / "train.log"
     with open(log, "w") as f:
         done = subprocess.run(
-            [sys.executable, "-m", "rcnn.cli", "train", str(tmp_path / "synth"), "--out", str(tmp_path / "m.pt"),
-             "--set", "proposals.method='sliding_window'", "--set", "proposals.max_boxes=30",
-             "--set", "features.backbone='resnet18'", "--set", "features.weights='random'",
-             "--set", "features.crop_size=32", "--set", "features.padding=2", "--set", "features.frozen=false",
-             "--set", f"cache_dir='{tmp_path / 'cache'}'", "--set", "workers=1"],
-            stdout=f, stderr=subprocess.STDOUT, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "rcnn.cli",
+                "train",
+                str(tmp_path / "synth"),
+                "--out",
+                str(tmp_path / "m.pt"),
+                "--set",
+                "proposals.method='sliding_window'",
+                "--set",
+                "proposals.max_boxes=30",
+                "--set",
+                "features.backbone='resnet18'",
+                "--set",
+                "features.weights='random'",
+                "--set",
+                "features.crop_size=32",
+                "--set",
+                "features.padding=2",
+                "--set",
+                "features.frozen=false",
+                "--set",
+                f"cache_dir='{tmp_path / 'cache'}'",
+                "--set",
+                "workers=1",
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
     text = log.read_text()
     assert done.returncode == 0, text
     for stage in ("proposals (sliding_window)", "features", "SVM pass 1", "box regression"):

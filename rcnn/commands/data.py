@@ -22,7 +22,9 @@ def register(subparsers) -> None:
     check = sub.add_parser("check", help="report every problem in a dataset (exit 1 on errors)")
     check.add_argument("dataset", help=DATASET_HELP)
     check.add_argument("--split", help=SPLIT_HELP)
-    check.add_argument("--images", help="image folder (default: JPEGImages/, the folder, or the JSON's or CSV's folder)")
+    check.add_argument(
+        "--images", help="image folder (default: JPEGImages/, the folder, or the JSON's or CSV's folder)"
+    )
     check.add_argument("--classes", help="the expected classes: comma-separated, or a file with one per line")
     check.add_argument("--no-images", action="store_true", help="check annotations only, do not open images")
     check.set_defaults(func=run_check)
@@ -52,15 +54,21 @@ def register(subparsers) -> None:
 
     from rcnn.datasets.synthetic import PRESETS
 
-    synth = sub.add_parser("synth", help="generate the built-in synthetic shapes dataset (VOC layout)",
-                           epilog="presets, the road to R-CNN in order: " + "; ".join(f"{p.name}: {p.text}" for p in PRESETS.values()))
+    synth = sub.add_parser(
+        "synth",
+        help="generate the built-in synthetic shapes dataset (VOC layout)",
+        epilog="presets, the road to R-CNN in order: " + "; ".join(f"{p.name}: {p.text}" for p in PRESETS.values()),
+    )
     synth.add_argument("out", help="output VOC root, e.g. data/synth")
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, required=True, help="random seed (same seed, same bytes)")
     synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     synth.add_argument("--test-fraction", type=float, default=0.2, help="share of images in test.txt (default 0.2)")
-    synth.add_argument("--preset", choices=list(PRESETS),
-                       help="one step of the road to R-CNN (see below; default: multi, the set `make demo` uses)")
+    synth.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="one step of the road to R-CNN (see below; default: multi, the set `make demo` uses)",
+    )
     synth.set_defaults(func=run_synth)
 
 
@@ -110,7 +118,10 @@ def run_convert(args) -> int:
         write_voc(dataset, args.dst, args.split, images)
     dropped = [
         flag
-        for flag, attr, formats in (("difficult", "difficult", ("yolo", "csv")), ("crowd", "iscrowd", ("voc", "yolo", "csv")))
+        for flag, attr, formats in (
+            ("difficult", "difficult", ("yolo", "csv")),
+            ("crowd", "iscrowd", ("voc", "yolo", "csv")),
+        )
         if to in formats and any(getattr(sample, attr).any() for sample in dataset)
     ]
     if dropped:
@@ -142,6 +153,9 @@ def run_synth(args) -> int:
     dataset = make_synthetic(args.out, args.images, args.seed, args.size, args.test_fraction, args.preset)
     counts = {n: sum(int((s.labels == i + 1).sum()) for s in dataset) for i, n in enumerate(dataset.classes)}
     empty = sum(len(s.labels) == 0 for s in dataset)
-    print(f"wrote {len(dataset)} images to {args.out}: " + ", ".join(f"{n} {c}" for n, c in counts.items())
-          + f"; {empty} without an object")
+    print(
+        f"wrote {len(dataset)} images to {args.out}: "
+        + ", ".join(f"{n} {c}" for n, c in counts.items())
+        + f"; {empty} without an object"
+    )
     return 0

@@ -16,15 +16,23 @@ def register(subparsers) -> None:
 
     parser = subparsers.add_parser("detect", help="detect objects with a trained model")
     parser.add_argument("model", help="model file written by `rcnn train`")
-    parser.add_argument("input", help="an image, a folder of images, or a dataset (VOC root, folder with .xml, COCO .json, YOLO root, .csv)")
+    parser.add_argument(
+        "input",
+        help="an image, a folder of images, or a dataset (VOC root, folder with .xml, COCO .json, YOLO root, .csv)",
+    )
     parser.add_argument("--split", help="VOC or YOLO split of a dataset input")
     parser.add_argument("--images", help="image folder (COCO)")
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--draw", help="folder to write images with the detections drawn")
     parser.add_argument("--draw-limit", type=int, default=20, help="draw at most this many images (default 20; 0: all)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip (count and name) unreadable images instead of failing")
-    parser.add_argument("--draw-min-score", type=float,
-                        help="draw only detections scoring at least this (default: 0 for SVM margins, 0.5 for probabilities)")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="skip (count and name) unreadable images instead of failing"
+    )
+    parser.add_argument(
+        "--draw-min-score",
+        type=float,
+        help="draw only detections scoring at least this (default: 0 for SVM margins, 0.5 for probabilities)",
+    )
     add_device_option(parser)
     parser.set_defaults(func=run)
 
@@ -41,7 +49,9 @@ def images_as_dataset(path: Path, classes):
     first = {}
     for f in files:
         if f.stem in first:
-            raise DatasetError(path, f"{first[f.stem].name} and {f.name} share the file stem {f.stem!r}; image ids would clash")
+            raise DatasetError(
+                path, f"{first[f.stem].name} and {f.name} share the file stem {f.stem!r}; image ids would clash"
+            )
         first[f.stem] = f
     return Dataset(list(classes), [Sample(f.stem, f, 0, 0) for f in files])
 
@@ -71,7 +81,9 @@ def run(args) -> int:
         dataset = images_as_dataset(src, model.classes_)
     out = Path(args.out)
     model_key = file_hash(args.model)
-    parts = ImageStore(out.parent / f".{out.name}.parts" / model_key, {"model": str(args.model), "model_hash": model_key})
+    parts = ImageStore(
+        out.parent / f".{out.name}.parts" / model_key, {"model": str(args.model), "model_hash": model_key}
+    )
     detections, skipped, resumed = {}, [], 0
     limit = args.draw_limit or len(dataset)
     min_score = args.draw_min_score
@@ -104,9 +116,11 @@ def run(args) -> int:
     write_detections(out, detections, dataset)
     shutil.rmtree(parts.folder.parent, ignore_errors=True)
     total = sum(len(d) for d in detections.values())
-    print(f"{total} detections on {len(detections)} image(s) -> {args.out}"
-          + (f" ({resumed} from an interrupted run)" if resumed else "")
-          + (f"; drawn in {args.draw}" if args.draw else ""))
+    print(
+        f"{total} detections on {len(detections)} image(s) -> {args.out}"
+        + (f" ({resumed} from an interrupted run)" if resumed else "")
+        + (f"; drawn in {args.draw}" if args.draw else "")
+    )
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
     return 0

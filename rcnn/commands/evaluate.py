@@ -19,11 +19,18 @@ METRICS = {"voc07": "VOC2007 11-point AP", "voc": "VOC2010+ all-point AP", "coco
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="score detections against ground truth (VOC or COCO metrics)")
-    p.add_argument("--gt", required=True, metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
+    p.add_argument(
+        "--gt",
+        required=True,
+        metavar="DATASET",
+        help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv",
+    )
     p.add_argument("--detections", required=True, metavar="DETS.json", help="COCO-style results file")
     p.add_argument("--metric", choices=list(METRICS), default="voc", help="voc07 | voc | coco (default voc)")
     p.add_argument("--iou", type=float, help="IoU threshold of the voc metrics, 0 < IOU <= 1 (default 0.5)")
-    p.add_argument("--inclusive", action="store_true", help="voc metrics: +1 pixel widths, for boxes stored as inclusive corners")
+    p.add_argument(
+        "--inclusive", action="store_true", help="voc metrics: +1 pixel widths, for boxes stored as inclusive corners"
+    )
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder (not needed: only annotations are read)")
     p.add_argument(
@@ -51,15 +58,17 @@ def _with_detected_classes(dataset, records):
         clash = [n for n in names.values() if n in dataset.classes]
         if clash:
             raise RcnnError(f"{clash[0]!r} names a class and an unknown category id; give --classes")
-        return dataset.with_classes(dataset.classes + list(names.values()), {n: c for c, n in names.items()}), list(names.values())
+        return dataset.with_classes(dataset.classes + list(names.values()), {n: c for c, n in names.items()}), list(
+            names.values()
+        )
     extra = [c for c in found if isinstance(c, str) and c not in dataset.classes]
     return dataset.with_classes(sorted(dataset.classes + extra)), extra
 
 
 def run(args) -> int:
+    from rcnn.cache import write_text
     from rcnn.commands.data import parse_classes
     from rcnn.datasets import load_dataset, read_detections
-    from rcnn.cache import write_text
     from rcnn.datasets.coco import load_results
     from rcnn.evaluation import evaluate_coco, evaluate_voc
     from rcnn.evaluation.voc import check_iou
@@ -73,7 +82,9 @@ def run(args) -> int:
         raise RcnnError(f"--iou must be in (0, 1], not {args.iou:g}") from None
     classes = parse_classes(args.classes)
     # Only the annotations are read: no image is opened, so image paths are not checked either.
-    dataset = load_dataset(args.gt, args.split, args.images, classes=classes, check_images=False, allow_outside_images=True)
+    dataset = load_dataset(
+        args.gt, args.split, args.images, classes=classes, check_images=False, allow_outside_images=True
+    )
     records = load_results(args.detections)
     added = []
     if classes is None:

@@ -16,7 +16,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("explain", help="one page of pictures: what each stage of a model did on one image")
     p.add_argument("model", help="model file written by `rcnn train`")
-    p.add_argument("image", help="an image (ground truth from a same-stem .xml beside it, if any), or a dataset with --sample")
+    p.add_argument(
+        "image", help="an image (ground truth from a same-stem .xml beside it, if any), or a dataset with --sample"
+    )
     p.add_argument("--sample", metavar="ID", help="the sample of the dataset IMAGE to explain")
     p.add_argument("--split", help="VOC or YOLO split of a dataset IMAGE")
     p.add_argument("--images", help="image folder (COCO)")

@@ -5,17 +5,28 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("propose", help="compute region proposals for a dataset (cached, parallel, resumable)")
-    p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
-    p.add_argument("--method", choices=["selective_search", "sliding_window"],
-                   help="default: --config's, else selective_search; a change of method drops the config's other settings")
-    p.add_argument("--mode", help="selective search: single | fast | quality | custom (default: the measured custom setting)")
+    p.add_argument(
+        "dataset", metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv"
+    )
+    p.add_argument(
+        "--method",
+        choices=["selective_search", "sliding_window"],
+        help="default: --config's, else selective_search; a change of method drops the config's other settings",
+    )
+    p.add_argument(
+        "--mode", help="selective search: single | fast | quality | custom (default: the measured custom setting)"
+    )
     p.add_argument("--max-boxes", type=int, help="boxes kept per image (default 2000)")
-    p.add_argument("--longest-side", type=int, help="selective search: shrink longer images to this side (default 300; 0: never)")
+    p.add_argument(
+        "--longest-side", type=int, help="selective search: shrink longer images to this side (default 300; 0: never)"
+    )
     p.add_argument("--min-size", type=float, help="smallest box side kept, pixels (default 20)")
     p.add_argument("--config", metavar="TOML", help="a config file whose [proposals] table sets method and parameters")
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder, when not the dataset's own")
-    p.add_argument("--skip-bad", action="store_true", help="leave out (and count) unreadable samples instead of failing")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="leave out (and count) unreadable samples instead of failing"
+    )
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
     p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler instead (needs rcnn[dask])")
     p.add_argument("--out", required=True, metavar="DIR", help="proposal cache folder")
@@ -28,8 +39,13 @@ def proposer_from_args(args):
     from rcnn.config import load_toml, merge
     from rcnn.proposals import ProposalsConfig, make_proposer, proposals_config
 
-    options = {"method": args.method, "max_boxes": args.max_boxes, "min_size": args.min_size,
-               "mode": args.mode, "longest_side": args.longest_side}
+    options = {
+        "method": args.method,
+        "max_boxes": args.max_boxes,
+        "min_size": args.min_size,
+        "mode": args.mode,
+        "longest_side": args.longest_side,
+    }
     options = {k: v for k, v in options.items() if v is not None}
     if not args.config:
         return make_proposer(proposals_config(options, where="command line"))
@@ -46,8 +62,13 @@ def run(args) -> int:
     proposer = proposer_from_args(args)
     from rcnn.commands.train import report_skipped
 
-    dataset = load_dataset(args.dataset, args.split, args.images, args.skip_bad,
-                           **({"check_images": True, "decode": True} if args.skip_bad else {}))
+    dataset = load_dataset(
+        args.dataset,
+        args.split,
+        args.images,
+        args.skip_bad,
+        **({"check_images": True, "decode": True} if args.skip_bad else {}),
+    )
     report_skipped(dataset)
     store = ProposalStore(args.out, proposer)
     stats = store.compute(dataset, workers=args.workers, dask=args.dask)

@@ -9,7 +9,9 @@ from rcnn.errors import RcnnError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("recall", help="recall / AR / MABO of cached proposals against ground truth")
-    p.add_argument("dataset", metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
+    p.add_argument(
+        "dataset", metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv"
+    )
     p.add_argument("--proposals", required=True, metavar="DIR", help="the --out folder of `rcnn propose`")
     p.add_argument("--key", help="which proposer's files, when DIR holds several (a prefix of the key)")
     p.add_argument("--ks", default="10,50,100,200,500,1000,2000", help="comma-separated box counts")
@@ -21,8 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rcnn.datasets import load_dataset
     from rcnn.cache import write_text
+    from rcnn.datasets import load_dataset
     from rcnn.evaluation.recall import format_report, proposal_recall
     from rcnn.proposals import ProposalStore
 

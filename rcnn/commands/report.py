@@ -12,7 +12,9 @@ def register(subparsers) -> None:
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder (COCO)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, results.json, plots and gallery/")
-    p.add_argument("--detections", metavar="DETS.json", help="report these detections (COCO results) instead of running the model")
+    p.add_argument(
+        "--detections", metavar="DETS.json", help="report these detections (COCO results) instead of running the model"
+    )
     p.add_argument("--title", help="report title")
     p.add_argument("--gallery", type=int, default=6, help="best and worst images to draw (default 6 each; 0: none)")
     p.add_argument("--top-fp", type=int, default=12, help="top-scoring false positives to draw (default 12)")
@@ -33,17 +35,31 @@ def run(args) -> int:
     model = load_model(args.model, args.device)
     dataset = load_dataset(args.dataset, args.split, args.images, classes=model.classes_)
     options = dict(gallery=args.gallery, top_false_positives=args.top_fp, score_threshold=args.threshold)
-    title = args.title or f"{type(model).__name__} report: {args.model} on {args.dataset}" + (f" ({args.split})" if args.split else "")
+    title = args.title or f"{type(model).__name__} report: {args.model} on {args.dataset}" + (
+        f" ({args.split})" if args.split else ""
+    )
     extra = {"model": args.model, "dataset": args.dataset, "split": args.split}
     if args.detections:
         start = time.perf_counter()
         detections = read_detections(args.detections, dataset)
         extra["detections"] = args.detections
-        results = build_report(dataset, detections, args.out, title=title, extra=extra, config=to_dict(model.config),
-                               timings={"read_seconds": time.perf_counter() - start}, **options)
+        results = build_report(
+            dataset,
+            detections,
+            args.out,
+            title=title,
+            extra=extra,
+            config=to_dict(model.config),
+            timings={"read_seconds": time.perf_counter() - start},
+            **options,
+        )
     else:
-        results = report_model(model, dataset, args.out, title=title, extra=extra, use_cache=not args.no_cache, **options)
+        results = report_model(
+            model, dataset, args.out, title=title, extra=extra, use_cache=not args.no_cache, **options
+        )
     fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-    print(f"mAP VOC07 {fmt(results['voc07']['mAP'])}, VOC {fmt(results['voc']['mAP'])}, "
-          f"COCO AP {fmt(results['coco']['AP'])} on {results['images']} images -> {args.out}/report.md")
+    print(
+        f"mAP VOC07 {fmt(results['voc07']['mAP'])}, VOC {fmt(results['voc']['mAP'])}, "
+        f"COCO AP {fmt(results['coco']['AP'])} on {results['images']} images -> {args.out}/report.md"
+    )
     return 0

@@ -6,14 +6,20 @@ import json
 
 
 def add_device_option(parser) -> None:
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                        help="where the networks run (default: the config's device, auto: CUDA when torch sees a GPU)")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where the networks run (default: the config's device, auto: CUDA when torch sees a GPU)",
+    )
 
 
 def add_config_options(parser) -> None:
     parser.add_argument("--config", help="experiment TOML file (default: the built-in defaults)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
         help="override one setting, value in TOML syntax, e.g. --set features.crop_size=128 (repeatable)",
     )
 
@@ -57,7 +63,9 @@ def report_skipped(dataset) -> None:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a detector (the config's `detector`: rcnn by default) on a dataset")
+    parser = subparsers.add_parser(
+        "train", help="train a detector (the config's `detector`: rcnn by default) on a dataset"
+    )
     parser.add_argument("dataset", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
     parser.add_argument("--split", help="VOC split (ImageSets/Main/SPLIT.txt) or YOLO split, e.g. train")
     parser.add_argument("--images", help="image folder (COCO)")
@@ -75,8 +83,13 @@ def run(args) -> int:
     config = config_from_args(args)
     # --skip-bad decodes every image now, so a truncated or corrupt one is skipped here, not
     # met (and fatal) minutes later in the proposal stage
-    dataset = load_dataset(args.dataset, args.split, args.images, skip_bad=args.skip_bad,
-                           **({"check_images": True, "decode": True} if args.skip_bad else {}))
+    dataset = load_dataset(
+        args.dataset,
+        args.split,
+        args.images,
+        skip_bad=args.skip_bad,
+        **({"check_images": True, "decode": True} if args.skip_bad else {}),
+    )
     report_skipped(dataset)
     check_trainable(dataset, args.dataset)
     model = build_detector(config).fit(dataset)

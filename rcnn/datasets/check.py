@@ -39,7 +39,9 @@ class CheckReport:
 
     def summary(self) -> str:
         shown = list(self.class_counts.items())
-        classes = ", ".join(f"{n} {c}" for n, c in shown[:12]) + (f", ... {len(shown) - 12} more" if len(shown) > 12 else "")
+        classes = ", ".join(f"{n} {c}" for n, c in shown[:12]) + (
+            f", ... {len(shown) - 12} more" if len(shown) > 12 else ""
+        )
         return (
             f"{self.path}: {self.samples} good samples, {self.boxes} boxes, {len(self.class_counts)} classes"
             f" ({classes}); {self.count('error')} errors, {self.count('repair')} repairs, {self.count('note')} notes"
@@ -63,9 +65,13 @@ def check_dataset(path, split=None, images=None, classes=None, check_images: boo
         annotated = {p.stem for p in Path(path).glob("*.xml")}
         for p in sorted(folder.iterdir()):
             if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in annotated:
-                policy.problems.append(Problem(str(p), "image without a .xml annotation: not part of the dataset", "note"))
+                policy.problems.append(
+                    Problem(str(p), "image without a .xml annotation: not part of the dataset", "note")
+                )
     report.samples = len(dataset)
     report.boxes = sum(len(s.boxes) for s in dataset)
-    counts = np.bincount(np.concatenate([s.labels for s in dataset] + [np.zeros(0, np.int64)]), minlength=dataset.num_classes + 1)
+    counts = np.bincount(
+        np.concatenate([s.labels for s in dataset] + [np.zeros(0, np.int64)]), minlength=dataset.num_classes + 1
+    )
     report.class_counts = {name: int(counts[i + 1]) for i, name in enumerate(dataset.classes)}
     return report

@@ -109,7 +109,9 @@ def read_coco(
     except DatasetError as e:
         policy.fatal(Problem(where, e.message))
         return Dataset([], [])
-    if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("categories"), list)):
+    if not (
+        isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("categories"), list)
+    ):
         policy.fatal(Problem(where, "not a COCO instances file: needs 'images' and 'categories' lists"))
         return Dataset([], [])
     annotations = data.get("annotations", [])
@@ -154,7 +156,9 @@ def read_coco(
             policy.accept([Problem(where, f"annotation #{k}: unknown image_id {image_id!r:.60}")])
             continue
         if "id" in a and not _scalar_id(a["id"]):
-            entry["problems"].append(Problem(where, f"image {image_id}: annotation #{k}: 'id' must be an integer, not {a['id']!r:.60}"))
+            entry["problems"].append(
+                Problem(where, f"image {image_id}: annotation #{k}: 'id' must be an integer, not {a['id']!r:.60}")
+            )
             continue
         what = f"image {image_id}: annotation {a.get('id', '#' + str(k))}"
         if "id" in a:
@@ -348,6 +352,11 @@ def write_detections(path, detections: dict[str, Detections], dataset: Dataset) 
             if not 1 <= label <= len(names):
                 raise DatasetError(path, f"sample {s.id}: label {label} outside 1..{len(names)}")
             records.append(
-                {"image_id": image_id, "category_id": names[label - 1], "bbox": _xywh(box), "score": exact_number(score)}
+                {
+                    "image_id": image_id,
+                    "category_id": names[label - 1],
+                    "bbox": _xywh(box),
+                    "score": exact_number(score),
+                }
             )
     write_text(path, json.dumps(records, separators=(",", ":")))

@@ -80,7 +80,7 @@ class Dataset:
         """The class name of a label ``1..C``."""
         return self.classes[int(label) - 1]
 
-    def with_classes(self, classes, category_ids=None) -> "Dataset":
+    def with_classes(self, classes, category_ids=None) -> Dataset:
         """This dataset with the class list `classes` (labels renumbered to match), which must
         contain every class of this one; the others become classes with no ground truth.
 
@@ -122,7 +122,7 @@ class Dataset:
             seen[s.id] = s
         return None
 
-    def subset(self, ids) -> "Dataset":
+    def subset(self, ids) -> Dataset:
         """A dataset of the samples whose id is in `ids`, in this dataset's order."""
         ids = set(ids)
         return Dataset(list(self.classes), [s for s in self.samples if s.id in ids], category_ids=self.category_ids)

@@ -53,7 +53,10 @@ def _size(row, line, where):
     try:
         w, h = int(row["width"]), int(row["height"])
     except (TypeError, ValueError):
-        return None, Problem(where, f"line {line}: width and height must be integers, not {row.get('width')!r:.20}, {row.get('height')!r:.20}")
+        return None, Problem(
+            where,
+            f"line {line}: width and height must be integers, not {row.get('width')!r:.20}, {row.get('height')!r:.20}",
+        )
     if not (0 < w < 2**31 and 0 < h < 2**31):
         return None, Problem(where, f"line {line}: width and height must be positive, not {w}x{h}")
     return (w, h), None
@@ -93,7 +96,9 @@ def read_csv_labels(
     columns = [c.strip().lower() for c in header or []]
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
-        policy.fatal(Problem(where, f"needs a header row naming the columns {','.join(COLUMNS)}; lacks {', '.join(missing)}"))
+        policy.fatal(
+            Problem(where, f"needs a header row naming the columns {','.join(COLUMNS)}; lacks {', '.join(missing)}")
+        )
         return Dataset([], [])
     if ("width" in columns) != ("height" in columns):
         policy.fatal(Problem(where, "has one of the columns width, height but not the other"))
@@ -127,7 +132,10 @@ def read_csv_labels(
                 elif group["size"][0] != size:
                     (w, h), first = group["size"]
                     group["problems"].append(
-                        Problem(where, f"line {line}: {filename}: size {size[0]}x{size[1]} differs from line {first}'s {w}x{h}")
+                        Problem(
+                            where,
+                            f"line {line}: {filename}: size {size[0]}x{size[1]} differs from line {first}'s {w}x{h}",
+                        )
                     )
             name, corners = values["class"], [values[c] for c in _CORNERS]
             if not name and not any(corners):
@@ -139,7 +147,10 @@ def read_csv_labels(
                 numbers = [float(v) for v in corners]
             except ValueError:
                 group["problems"].append(
-                    Problem(where, f"line {line}: {filename}: xmin, ymin, xmax, ymax must be numbers, not {','.join(corners)!r:.80}")
+                    Problem(
+                        where,
+                        f"line {line}: {filename}: xmin, ymin, xmax, ymax must be numbers, not {','.join(corners)!r:.80}",
+                    )
                 )
                 continue
             if known is not None and name not in known:
@@ -160,10 +171,16 @@ def read_csv_labels(
             problems.append(Problem(where, f"line {group['line']}: filename {filename!r:.200} {outside}"))
         elif check_images or size is None:
             actual, image_problems = check_image(image_path, decode)
-            problems += image_problems + size_problem(where, size, actual, image_path, f"line {group['line']}: {filename}")
+            problems += image_problems + size_problem(
+                where, size, actual, image_path, f"line {group['line']}: {filename}"
+            )
             size = size or actual
         if stem in stems:
-            problems.append(Problem(where, f"line {group['line']}: {filename} has the stem of {stems[stem]}: sample ids would clash"))
+            problems.append(
+                Problem(
+                    where, f"line {group['line']}: {filename} has the stem of {stems[stem]}: sample ids would clash"
+                )
+            )
         else:
             stems[stem] = filename
         rows = group["rows"]
@@ -177,7 +194,9 @@ def read_csv_labels(
     if classes is None:
         classes = sorted({name for *_, names in kept for name in names})
     label = {name: i + 1 for i, name in enumerate(classes)}
-    samples = [Sample(stem, p, size[0], size[1], boxes, [label[n] for n in names]) for stem, p, size, boxes, names in kept]
+    samples = [
+        Sample(stem, p, size[0], size[1], boxes, [label[n] for n in names]) for stem, p, size, boxes, names in kept
+    ]
     return Dataset(list(classes), samples, policy.skipped, repairs=policy.repairs)
 
 

@@ -92,18 +92,32 @@ def load_dataset(
     check = True if check_images is None else check_images
     outside = allow_outside_images
     if kind in ("coco", "csv", "folder") and split is not None:
-        what = {"coco": "a COCO file is one split", "csv": "a CSV file is one split", "folder": "this is a plain folder"}[kind]
+        what = {
+            "coco": "a COCO file is one split",
+            "csv": "a CSV file is one split",
+            "folder": "this is a plain folder",
+        }[kind]
         raise DatasetError(path, f"--split applies to VOC roots (with ImageSets/Main/) and YOLO roots; {what}")
     if kind == "coco":
-        dataset = read_coco(path, images, check_images=check, allow_outside_images=outside, policy=policy, decode=decode)
+        dataset = read_coco(
+            path, images, check_images=check, allow_outside_images=outside, policy=policy, decode=decode
+        )
         return _with_classes(dataset, classes, path, policy)
     if kind == "yolo":
         if images is not None:
-            raise DatasetError(path, "--images does not apply to a YOLO root: its images are found by its layout (images/, data.yaml)")
+            raise DatasetError(
+                path, "--images does not apply to a YOLO root: its images are found by its layout (images/, data.yaml)"
+            )
         dataset = read_yolo(path, split, allow_outside_images=outside, policy=policy, decode=decode)
         return _with_classes(dataset, classes, path, policy)
     if kind == "csv":
-        return read_csv_labels(path, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode)
+        return read_csv_labels(
+            path, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode
+        )
     if kind == "voc":
-        return read_voc(path, split, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode)
-    return read_voc_folder(path, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode)
+        return read_voc(
+            path, split, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode
+        )
+    return read_voc_folder(
+        path, images, classes, check_images=check, allow_outside_images=outside, policy=policy, decode=decode
+    )

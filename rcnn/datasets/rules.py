@@ -108,7 +108,9 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, path, what=None):
         name = what[i] if what is not None else f"object {i + 1}"
         shown = "[" + " ".join(f"{v:g}" for v in b) + "]"
         if not np.isfinite(b).all():
-            problems.append(Problem(path, f"{name}: box {shown} (x1 y1 x2 y2) has a coordinate that is not a finite number"))
+            problems.append(
+                Problem(path, f"{name}: box {shown} (x1 y1 x2 y2) has a coordinate that is not a finite number")
+            )
         elif b[2] <= b[0] or b[3] <= b[1]:
             problems.append(Problem(path, f"{name}: box {shown} (x1 y1 x2 y2) has zero area"))
         elif b[0] < -TOLERANCE or b[1] < -TOLERANCE or b[2] > width + TOLERANCE or b[3] > height + TOLERANCE:
@@ -162,7 +164,10 @@ def image_path_in(folder, name: str, allow_outside: bool = False):
         return path, None
     norm = os.path.normpath(name)
     if os.path.isabs(name) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
-        return path, f"leaves the image folder {folder} (image paths must stay inside it; choose the folder with --images)"
+        return (
+            path,
+            f"leaves the image folder {folder} (image paths must stay inside it; choose the folder with --images)",
+        )
     if norm == os.curdir:
         return path, "names the image folder itself, not a file"
     return path, None

@@ -38,7 +38,18 @@ from rcnn.errors import ConfigError, DatasetError
 from rcnn.progress import progress
 
 CLASSES = ["circle", "rectangle", "star", "triangle"]
-BACKGROUNDS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "brick", "camera", "grass", "gravel", "moon"]
+BACKGROUNDS = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "brick",
+    "camera",
+    "grass",
+    "gravel",
+    "moon",
+]
 MIN_VISIBLE = 0.8  # share of a shape's area that must stay in view
 VERSION = 2  # bump when the generator's output changes
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0]
@@ -153,7 +164,9 @@ def _pose(rng: np.random.Generator, outline: np.ndarray, size: int, scale=(0.12,
     return points, alpha
 
 
-def _paint(rng: np.random.Generator, image: np.ndarray, points: np.ndarray, alpha: np.ndarray, solid: np.ndarray) -> None:
+def _paint(
+    rng: np.random.Generator, image: np.ndarray, points: np.ndarray, alpha: np.ndarray, solid: np.ndarray
+) -> None:
     """Paint a shape (its `points`, coverage `alpha` and `solid` mask from `_pose`) into
     `image` in place: a textured fill in a colour that contrasts with the pixels beneath."""
     colour = _contrasting_colour(rng, image[solid].mean(0))
@@ -235,19 +248,45 @@ class Preset:
 
 
 _TRANSFORMS = dict(scale=(0.2, 0.6), rotate=True, flip=True, jitter=True)
-PRESETS = {p.name: p for p in [
-    Preset("rectangle", "one white axis-aligned rectangle on black", ("rectangle",), (0.15, 0.6), "black", suffix=".png"),
-    Preset("object", "one textured star of a fixed size on a plain background"),
-    Preset("sizes", "one star of any size (20 to 60 % of the side) on a plain background", scale=(0.2, 0.6)),
-    Preset("transforms", "one star, rotated, flipped, brighter or darker, more or less contrast", **_TRANSFORMS),
-    Preset("backgrounds", "the same on photographs with clutter", background="photo", **_TRANSFORMS),
-    Preset("absent", "the same, but about a third of the images hold no object", background="photo", absent=1 / 3,
-           **_TRANSFORMS),
-    Preset("classes", "one object per image of four classes (circle, rectangle, star, triangle)", tuple(CLASSES),
-           background="photo", **_TRANSFORMS),
-    Preset("multi", "0 to 5 objects per image of four classes (the default set)", tuple(CLASSES), (0.12, 0.55), "photo",
-           rotate=True),
-]}
+PRESETS = {
+    p.name: p
+    for p in [
+        Preset(
+            "rectangle",
+            "one white axis-aligned rectangle on black",
+            ("rectangle",),
+            (0.15, 0.6),
+            "black",
+            suffix=".png",
+        ),
+        Preset("object", "one textured star of a fixed size on a plain background"),
+        Preset("sizes", "one star of any size (20 to 60 % of the side) on a plain background", scale=(0.2, 0.6)),
+        Preset("transforms", "one star, rotated, flipped, brighter or darker, more or less contrast", **_TRANSFORMS),
+        Preset("backgrounds", "the same on photographs with clutter", background="photo", **_TRANSFORMS),
+        Preset(
+            "absent",
+            "the same, but about a third of the images hold no object",
+            background="photo",
+            absent=1 / 3,
+            **_TRANSFORMS,
+        ),
+        Preset(
+            "classes",
+            "one object per image of four classes (circle, rectangle, star, triangle)",
+            tuple(CLASSES),
+            background="photo",
+            **_TRANSFORMS,
+        ),
+        Preset(
+            "multi",
+            "0 to 5 objects per image of four classes (the default set)",
+            tuple(CLASSES),
+            (0.12, 0.55),
+            "photo",
+            rotate=True,
+        ),
+    ]
+}
 
 
 def _render_rectangle(rng: np.random.Generator, size: int):
@@ -255,9 +294,9 @@ def _render_rectangle(rng: np.random.Generator, size: int):
     image = np.zeros((size, size, 3), np.float32)
     w, h = (rng.uniform(0.15, 0.6, 2) * size).astype(int)
     x, y = rng.integers(0, size - w + 1), rng.integers(0, size - h + 1)
-    image[y:y + h, x:x + w] = 255
+    image[y : y + h, x : x + w] = 255
     mask = np.zeros((size, size), bool)
-    mask[y:y + h, x:x + w] = True
+    mask[y : y + h, x : x + w] = True
     return _finish(image, [[x, y, x + w, y + h]], [1], [mask])
 
 
@@ -270,7 +309,7 @@ def _render_single(rng: np.random.Generator, size: int, preset: Preset):
         image = np.empty((size, size, 3), np.float32)
         image[:] = rng.uniform(30, 225, 3) if preset.background == "plain" else 0
     present = rng.random() >= preset.absent
-    boxes, labels, masks = [], [], []
+    labels, masks = [], []
     if present:
         label = int(rng.integers(len(preset.classes))) + 1 if len(preset.classes) > 1 else 1
         outline = _outline(rng, preset.classes[label - 1])
@@ -303,8 +342,9 @@ def render_preset(rng: np.random.Generator, preset: str = "multi", size: int = 2
     return _render_single(rng, size, PRESETS[preset])
 
 
-def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: float = 0.2,
-                   preset: str | None = None) -> Dataset:
+def make_synthetic(
+    out, images: int, seed: int, size: int = 256, test_fraction: float = 0.2, preset: str | None = None
+) -> Dataset:
     """Write `images` synthetic images as a VOC root at `out` (``ImageSets/Main/`` train.txt,
     test.txt and trainval.txt, which equals train) and return the whole dataset. `preset`:
     one of `PRESETS` (None: ``multi``, the default set).
@@ -339,7 +379,9 @@ def make_synthetic(out, images: int, seed: int, size: int = 256, test_fraction: 
     for i in progress(range(images), desc="synthetic images"):
         image, boxes, labels, _ = render_preset(np.random.default_rng([seed, i]), preset, size)
         path = out / "JPEGImages" / f"{i:0{width}d}{spec.suffix}"
-        ok, data = cv2.imencode(spec.suffix, np.ascontiguousarray(image[:, :, ::-1]), _JPEG if spec.suffix == ".jpg" else [])
+        ok, data = cv2.imencode(
+            spec.suffix, np.ascontiguousarray(image[:, :, ::-1]), _JPEG if spec.suffix == ".jpg" else []
+        )
         if not ok:
             raise DatasetError(path, "OpenCV could not encode the image")
         with atomic_write(path) as f:

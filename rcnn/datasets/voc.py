@@ -57,14 +57,18 @@ def parse_voc_xml(path) -> tuple[dict | None, list[Problem]]:
         try:
             corners = [float(obj.findtext(f"bndbox/{k}")) for k in _CORNERS]
         except (TypeError, ValueError):
-            problems.append(Problem(str(path), f"object {i + 1} '{name}': <bndbox> needs numbers xmin, ymin, xmax, ymax"))
+            problems.append(
+                Problem(str(path), f"object {i + 1} '{name}': <bndbox> needs numbers xmin, ymin, xmax, ymax")
+            )
             continue
         if not name:
             problems.append(Problem(str(path), f"object {i + 1}: no <name>"))
             continue
         difficult = (obj.findtext("difficult") or "0").strip().lower()
         if difficult not in _FLAGS:
-            problems.append(Problem(str(path), f"object {i + 1} '{name}': <difficult> must be 0 or 1, not {difficult!r:.40}"))
+            problems.append(
+                Problem(str(path), f"object {i + 1} '{name}': <difficult> must be 0 or 1, not {difficult!r:.40}")
+            )
             continue
         record["objects"].append((name, corners, _FLAGS[difficult]))
     return record, problems
@@ -79,7 +83,9 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _read(xml_paths, image_dir: Path, classes, check_images, policy: ProblemPolicy, decode: bool, allow_outside=False) -> Dataset:
+def _read(
+    xml_paths, image_dir: Path, classes, check_images, policy: ProblemPolicy, decode: bool, allow_outside=False
+) -> Dataset:
     """Samples from annotation files, images looked up in `image_dir` by stem (or <filename>,
     which must not lead outside `image_dir` unless `allow_outside`)."""
     images = _images_by_stem(image_dir)
@@ -104,7 +110,9 @@ def _read(xml_paths, image_dir: Path, classes, check_images, policy: ProblemPoli
                 candidates = [image_path]  # <filename> as a path under the folder (or outside, when allowed)
         size = record["size"]
         if len(candidates) > 1:
-            names = " and ".join(str(p) for p in candidates) if len(candidates) == 2 else ", ".join(map(str, candidates))
+            names = (
+                " and ".join(str(p) for p in candidates) if len(candidates) == 2 else ", ".join(map(str, candidates))
+            )
             problems.append(Problem(str(xml_path), f"more than one image for sample '{stem}': {names} (keep one)"))
         elif outside:
             problems.append(Problem(str(xml_path), f"<filename> {filename!r:.200} {outside}"))
@@ -121,7 +129,9 @@ def _read(xml_paths, image_dir: Path, classes, check_images, policy: ProblemPoli
                     problems.append(Problem(str(xml_path), f"object {i + 1}: unknown class '{name}'"))
         boxes = [[x1 - 1, y1 - 1, x2, y2] for _, (x1, y1, x2, y2), _ in objects]
         if size is not None:
-            what = [f"object {i + 1} '{n}' <bndbox> {' '.join(f'{v:g}' for v in c)}" for i, (n, c, _) in enumerate(objects)]
+            what = [
+                f"object {i + 1} '{n}' <bndbox> {' '.join(f'{v:g}' for v in c)}" for i, (n, c, _) in enumerate(objects)
+            ]
             boxes, box_problems = check_boxes(boxes, size[0], size[1], xml_path, what)
             problems += box_problems
         if policy.accept(problems):
@@ -233,7 +243,9 @@ def write_voc(dataset: Dataset, root, split=None, images: str = "copy") -> None:
     duplicate = dataset.duplicate_id()
     if duplicate:
         i, a, b = duplicate
-        raise DatasetError(root, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); VOC file names would clash")
+        raise DatasetError(
+            root, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); VOC file names would clash"
+        )
     root = Path(root)
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,9 @@ def is_yolo_root(path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    return any((path / n).is_file() for n in DATA_FILES) or ((path / "classes.txt").is_file() and (path / "labels").is_dir())
+    return any((path / n).is_file() for n in DATA_FILES) or (
+        (path / "classes.txt").is_file() and (path / "labels").is_dir()
+    )
 
 
 # --- the data.yaml subset ---------------------------------------------------------------
@@ -164,7 +166,9 @@ def _value(rest: str, children, where):
         if rest[0] == "{":
             if not rest.endswith("}"):
                 raise DatasetError(*where("a flow mapping must end on its line with '}'"))
-            return dict(_key_value(item, where) for item in _split_flow(rest[1:-1], where)) if rest[1:-1].strip() else {}
+            return (
+                dict(_key_value(item, where) for item in _split_flow(rest[1:-1], where)) if rest[1:-1].strip() else {}
+            )
         return _scalar(rest, where)
     if not children:
         return None
@@ -337,13 +341,17 @@ def _split_images(root, split, names_data, yaml_path, policy, allow_outside) -> 
     where = yaml_path or root
     if split is None:
         if entries:
-            found = [p for k in entries for e in entries[k] for p in _entry_images(base, e, where, policy, allow_outside)]
+            found = [
+                p for k in entries for e in entries[k] for p in _entry_images(base, e, where, policy, allow_outside)
+            ]
             return list(dict.fromkeys(found))  # an image in two entries counts once
         if not (root / "images").is_dir():
             raise DatasetError(root, "no images/ folder")
         return _images_in(root / "images")
     if split in entries:
-        return list(dict.fromkeys(p for e in entries[split] for p in _entry_images(base, e, where, policy, allow_outside)))
+        return list(
+            dict.fromkeys(p for e in entries[split] for p in _entry_images(base, e, where, policy, allow_outside))
+        )
     if not split or split.startswith(".") or "/" in split or os.sep in split:
         raise DatasetError(root, f"split '{split}' is not a split name")
     if (root / "images" / split).is_dir():
@@ -392,14 +400,18 @@ def _parse_labels(path: Path, names: list[str]):
             continue
         if len(fields) != 5:
             hint = " (a segmentation polygon? only boxes are read)" if len(fields) > 5 else ""
-            problems.append(Problem(str(path), f"line {n}: expected 5 values 'class cx cy w h', found {len(fields)}{hint}"))
+            problems.append(
+                Problem(str(path), f"line {n}: expected 5 values 'class cx cy w h', found {len(fields)}{hint}")
+            )
             continue
         if not _INT.fullmatch(fields[0]):
             problems.append(Problem(str(path), f"line {n}: class {fields[0]!r:.40} is not an integer index"))
             continue
         index = int(fields[0])
         if not 0 <= index < len(names):
-            problems.append(Problem(str(path), f"line {n}: unknown class index {index} (the names are 0..{len(names) - 1})"))
+            problems.append(
+                Problem(str(path), f"line {n}: unknown class index {index} (the names are 0..{len(names) - 1})")
+            )
             continue
         try:
             numbers = [float(v) for v in fields[1:]]
@@ -434,7 +446,12 @@ def read_yolo(
         labels = label_path(image)
         problems = []
         if image.stem in first:
-            problems.append(Problem(str(image), f"another image has the stem '{image.stem}' ({first[image.stem]}): sample ids would clash"))
+            problems.append(
+                Problem(
+                    str(image),
+                    f"another image has the stem '{image.stem}' ({first[image.stem]}): sample ids would clash",
+                )
+            )
         else:
             first[image.stem] = image
         size, image_problems = check_image(image, decode)
@@ -480,7 +497,9 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> None
     duplicate = dataset.duplicate_id()
     if duplicate:
         i, a, b = duplicate
-        raise DatasetError(root, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); YOLO file names would clash")
+        raise DatasetError(
+            root, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); YOLO file names would clash"
+        )
     root = Path(root)
     if split is not None and (not split or "/" in split or os.sep in split or split.startswith(".")):
         raise DatasetError(root, f"split '{split}' cannot be a folder name")
@@ -491,7 +510,9 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> None
         if data.get("path"):
             raise DatasetError(yaml_path, "has a 'path' key: write the YOLO root to a new folder")
         if names != list(dataset.classes):
-            raise DatasetError(yaml_path, f"has the classes {', '.join(names)}; the dataset's are {', '.join(dataset.classes)}")
+            raise DatasetError(
+                yaml_path, f"has the classes {', '.join(names)}; the dataset's are {', '.join(dataset.classes)}"
+            )
         entries = {k: data[k] for k in SPLIT_KEYS if data.get(k)}
     sub = Path(split) if split is not None else Path()
     for s in progress(dataset, desc="writing YOLO", total=len(dataset)):

@@ -16,9 +16,22 @@ from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
 from rcnn.errors import ConfigError, ModelError
 
-__all__ = ["DETECTORS", "RCNN", "FastRCNN", "FastRCNNConfig", "Localizer", "LocalizerConfig", "DetectorConfig", "RCNNConfig",
-           "CommonConfig", "Detector",
-           "build_detector", "check_trainable", "load_config", "load_model"]
+__all__ = [
+    "DETECTORS",
+    "RCNN",
+    "FastRCNN",
+    "FastRCNNConfig",
+    "Localizer",
+    "LocalizerConfig",
+    "DetectorConfig",
+    "RCNNConfig",
+    "CommonConfig",
+    "Detector",
+    "build_detector",
+    "check_trainable",
+    "load_config",
+    "load_model",
+]
 
 RCNNConfig = DetectorConfig
 DETECTORS: dict[str, type[Detector]] = {RCNN.kind: RCNN, FastRCNN.kind: FastRCNN, Localizer.kind: Localizer}

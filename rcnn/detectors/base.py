@@ -30,8 +30,16 @@ from rcnn.progress import notice, progress
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
 from rcnn.proposals.advice import scale_advice
 
-__all__ = ["CommonConfig", "Detector", "check_trainable", "postprocess", "read_model", "resolve_device", "timed",
-           "training_key"]
+__all__ = [
+    "CommonConfig",
+    "Detector",
+    "check_trainable",
+    "postprocess",
+    "read_model",
+    "resolve_device",
+    "timed",
+    "training_key",
+]
 
 MODEL_FORMAT = "rcnn-model"
 MODEL_VERSION = 1
@@ -73,7 +81,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = \"cuda\", but torch sees no GPU here; use \"auto\" or \"cpu\"")
+        raise ConfigError('device = "cuda", but torch sees no GPU here; use "auto" or "cpu"')
     return torch.device(device)
 
 
@@ -113,8 +121,11 @@ def check_trainable(dataset: Dataset, where=None) -> None:
     counts = np.bincount(labels, minlength=len(dataset.classes) + 1)[1:]
     empty = [name for name, n in zip(dataset.classes, counts) if n == 0]
     if empty:
-        raise DatasetError(where, f"cannot train: no training object of class(es) {', '.join(map(repr, empty))}; "
-                                  "add examples or leave the class out of the class list")
+        raise DatasetError(
+            where,
+            f"cannot train: no training object of class(es) {', '.join(map(repr, empty))}; "
+            "add examples or leave the class out of the class list",
+        )
 
 
 def training_key(params: dict, dataset: Dataset, proposals: ProposalStore) -> str:
@@ -123,9 +134,7 @@ def training_key(params: dict, dataset: Dataset, proposals: ProposalStore) -> st
     flags) with the class list, so an edited dataset never resumes a stale checkpoint.
     Proposals follow from the images and `proposals`' folder (name it in `params` or in the
     checkpoint's file name)."""
-    samples = [
-        (proposals.store.image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset
-    ]
+    samples = [(proposals.store.image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset]
     return params_key({**params, "classes": list(dataset.classes), "samples": samples})
 
 
@@ -162,8 +171,12 @@ def _load_error(e: Exception) -> str:
 
 def check_classes(classes) -> list[str]:
     """A model file's class list: distinct names (raises ValueError otherwise)."""
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes) \
-            or len(set(classes)) != len(classes):
+    if (
+        not isinstance(classes, list)
+        or not classes
+        or not all(isinstance(c, str) for c in classes)
+        or len(set(classes)) != len(classes)
+    ):
         raise ValueError(f"class list {classes!r} is not a list of distinct names")
     return list(classes)
 
@@ -182,7 +195,9 @@ class Detector:
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
         if not isinstance(self.config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(self.config).__name__}")
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(self.config).__name__}"
+            )
 
     @property
     def draw_threshold(self) -> float:
@@ -212,12 +227,16 @@ class Detector:
         overall = proposal_recall(dataset, store.load, ks=[k])["overall"][0]
         recall = {name: overall[name] for name in ("boxes_per_image", "recall@0.5", "recall@0.7", "ar")}
         if recall["recall@0.5"] is not None:
-            notice(f"proposals cover the training objects: recall@0.5 {recall['recall@0.5']:.3f}, "
-                   f"recall@0.7 {recall['recall@0.7']:.3f} with {recall['boxes_per_image']:.0f} boxes per image")
+            notice(
+                f"proposals cover the training objects: recall@0.5 {recall['recall@0.5']:.3f}, "
+                f"recall@0.7 {recall['recall@0.7']:.3f} with {recall['boxes_per_image']:.0f} boxes per image"
+            )
         stats.update(proposal_advice=advice, proposal_recall=recall, proposals_seconds=time.perf_counter() - start)
         return store
 
-    def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
+    def detect_dataset(
+        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+    ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``; with `use_cache`,
         proposals come from (and go to) the cache under `cache_dir`."""
         self._check_fitted()
@@ -235,8 +254,13 @@ class Detector:
         """The fitted model as tensors and plain values (see the module docstring)."""
         self._check_fitted()
         return {
-            "format": MODEL_FORMAT, "version": MODEL_VERSION, "detector": self.kind, "rcnn_version": __version__,
-            "config": to_dict(self.config), "classes": list(self.classes_), **self._state(),
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "detector": self.kind,
+            "rcnn_version": __version__,
+            "config": to_dict(self.config),
+            "classes": list(self.classes_),
+            **self._state(),
         }
 
     def save(self, path) -> Path:
@@ -247,7 +271,7 @@ class Detector:
         return path
 
     @classmethod
-    def load(cls, path, device: str | None = None) -> "Detector":
+    def load(cls, path, device: str | None = None) -> Detector:
         """A fitted detector from a file written by `save`, to run on `device` (None: the
         config's); a corrupt file, one from another format version or of another detector
         kind raises `ModelError` naming the file."""
@@ -258,7 +282,7 @@ class Detector:
         return cls.from_state(state, path, device)
 
     @classmethod
-    def from_state(cls, state: dict, path, device: str | None = None) -> "Detector":
+    def from_state(cls, state: dict, path, device: str | None = None) -> Detector:
         """A fitted detector from a model file's checked `state` (see `read_model`)."""
         try:
             config = from_dict(cls.config_class, state["config"], where=f"{path}: config")

@@ -26,13 +26,26 @@ from rcnn.boxes import BoxCoder
 from rcnn.config import require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
-from rcnn.detectors.base import (CommonConfig, Detector, check_trainable, postprocess, resolve_device, timed,
-                                 training_key)
-from rcnn.errors import ModelError
+from rcnn.detectors.base import (
+    CommonConfig,
+    Detector,
+    check_trainable,
+    postprocess,
+    resolve_device,
+    timed,
+    training_key,
+)
 from rcnn.features.extractor import freeze_for_inference, set_threads
 from rcnn.features.roi import BackboneConfig, RoIConfig, RoIPooler, build_trunk, image_tensor, rescale
-from rcnn.heads.fast_rcnn import (BOX_STDS, FastRCNNHead, FastRCNNTrainer, HeadConfig, TrainConfig, TrainImage,
-                                  compress_head)
+from rcnn.heads.fast_rcnn import (
+    BOX_STDS,
+    FastRCNNHead,
+    FastRCNNTrainer,
+    HeadConfig,
+    TrainConfig,
+    TrainImage,
+    compress_head,
+)
 from rcnn.heads.svm import SVMConfig, SVMHead
 from rcnn.progress import progress
 from rcnn.proposals import make_proposer
@@ -107,11 +120,15 @@ class FastRCNN(Detector):
         """Where training on `dataset` keeps its checkpoint: ``cache_dir/fast_rcnn/<key>.pt``,
         the key from the training settings, the proposals and every image and annotation."""
         c = self.config
-        params = {"fast_rcnn": {name: to_dict(getattr(c, name)) for name in ("backbone", "roi", "head", "train")},
-                  "scale": c.scale, "max_size": c.max_size, "proposals": proposals.folder.name}
+        params = {
+            "fast_rcnn": {name: to_dict(getattr(c, name)) for name in ("backbone", "roi", "head", "train")},
+            "scale": c.scale,
+            "max_size": c.max_size,
+            "proposals": proposals.folder.name,
+        }
         return Path(c.cache_dir) / "fast_rcnn" / f"{training_key(params, dataset, proposals)}.pt"
 
-    def fit(self, dataset: Dataset, callback=None) -> "FastRCNN":
+    def fit(self, dataset: Dataset, callback=None) -> FastRCNN:
         """Train on `dataset`; returns self. `callback(iteration, loss)` follows each step."""
         c = self.config
         check_trainable(dataset)
@@ -127,8 +144,14 @@ class FastRCNN(Detector):
         start = time.perf_counter()
         self.trunk_, self.channels_, self.weights_source_ = build_trunk(c.backbone)
         self.head_ = self._new_head(num_classes)
-        trainer = FastRCNNTrainer(c.train, RoIPooler(c.roi), c.scale, c.max_size,
-                                  checkpoint=self.checkpoint_path(dataset, proposals), device=device)
+        trainer = FastRCNNTrainer(
+            c.train,
+            RoIPooler(c.roi),
+            c.scale,
+            c.max_size,
+            checkpoint=self.checkpoint_path(dataset, proposals),
+            device=device,
+        )
         images = [TrainImage(s.image_path, proposals.load(s), s.boxes, s.labels, s.difficult) for s in dataset]
         trainer.fit(self.trunk_, self.head_, images, callback=callback)
         self.history_ = trainer.history_
@@ -145,8 +168,9 @@ class FastRCNN(Detector):
 
     def _new_head(self, num_classes: int) -> FastRCNNHead:
         c = self.config
-        return FastRCNNHead(self.channels_ * c.roi.output_size ** 2, num_classes, c.head.fc, c.head.dropout,
-                            seed=c.train.seed)
+        return FastRCNNHead(
+            self.channels_ * c.roi.output_size**2, num_classes, c.head.fc, c.head.dropout, seed=c.train.seed
+        )
 
     def _fit_svms(self, dataset: Dataset, images) -> SVMHead:
         """Linear SVMs on the fc7 features of every training image's proposals and ground truth."""
@@ -156,7 +180,9 @@ class FastRCNN(Detector):
         def image_data(i: int):
             if i not in cache:
                 im = images[i]
-                boxes = np.concatenate([np.asarray(im.proposals, np.float32)[:n_props], np.asarray(im.gt_boxes, np.float32)])
+                boxes = np.concatenate(
+                    [np.asarray(im.proposals, np.float32)[:n_props], np.asarray(im.gt_boxes, np.float32)]
+                )
                 feats = self._network(read_image(im.image_path), boxes)[0]
                 cache[i] = (feats, boxes)
             feats, boxes = cache[i]
@@ -230,8 +256,9 @@ class FastRCNN(Detector):
             boxes = proposals[rows]
             if c.box_regression and len(rows):
                 boxes = np.asarray(self.coder_.decode(boxes, deltas[rows, cols]), np.float32)
-            return postprocess(boxes, scores[rows, cols], cols.astype(np.int64) + 1, image.shape[:2],
-                               c.nms_threshold, c.max_detections)
+            return postprocess(
+                boxes, scores[rows, cols], cols.astype(np.int64) + 1, image.shape[:2], c.nms_threshold, c.max_detections
+            )
 
     # -- the model file ---------------------------------------------------------------------
 
@@ -257,8 +284,9 @@ class FastRCNN(Detector):
             self.trunk_.load_state_dict(state["trunk"])
             self.head_.load_state_dict(state["head"])
         except RuntimeError as e:
-            raise ValueError(f"the networks do not fit this config and its {num_classes} classes: "
-                             f"{str(e).splitlines()[0]}") from None
+            raise ValueError(
+                f"the networks do not fit this config and its {num_classes} classes: {str(e).splitlines()[0]}"
+            ) from None
         self.svm_ = None
         if c.classifier == "svm":
             if state.get("svm") is None:
@@ -267,6 +295,8 @@ class FastRCNN(Detector):
             if self.svm_.num_classes != num_classes:
                 raise ValueError(f"the SVMs have {self.svm_.num_classes} classes, the class list {num_classes}")
             if self.svm_.weights_.shape[0] != c.head.fc[-1]:
-                raise ValueError(f"the SVMs take {self.svm_.weights_.shape[0]}-d features, the head gives {c.head.fc[-1]}")
+                raise ValueError(
+                    f"the SVMs take {self.svm_.weights_.shape[0]}-d features, the head gives {c.head.fc[-1]}"
+                )
         self.history_ = {k: list(v) for k, v in (state.get("history") or {}).items()}
         self._prepare()

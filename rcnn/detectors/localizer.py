@@ -90,8 +90,12 @@ class LocalizerConfig(CommonConfig):
         super().__post_init__()
         require(self, "detector", self.detector == "localizer", '"localizer" for a localiser config')
         require(self, "backbone", self.backbone in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}")
-        require(self, "weights", self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
-                f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path")
+        require(
+            self,
+            "weights",
+            self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
+            f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path",
+        )
         require(self, "pool", self.pool >= 1, "an integer >= 1")
         require(self, "input_size", self.input_size >= 32, "an integer >= 32")
         for name in ("epochs", "lr_step", "seed"):
@@ -132,8 +136,16 @@ class LocalizerNet(nn.Module):
         return self.presence(f).squeeze(1), self.classes(f), boxes
 
 
-def localizer_loss(presence_logits, class_logits, boxes, present, labels, target_boxes,
-                   box_weight: float = 1.0, box_loss: str = "smooth_l1") -> dict[str, torch.Tensor]:
+def localizer_loss(
+    presence_logits,
+    class_logits,
+    boxes,
+    present,
+    labels,
+    target_boxes,
+    box_weight: float = 1.0,
+    box_loss: str = "smooth_l1",
+) -> dict[str, torch.Tensor]:
     """The three terms and their total for a batch: presence logits ``[B]``, class logits
     ``[B, C]``, boxes ``[B, 4]`` (normalised), and the targets: `present` ``bool [B]``, labels
     ``int64 [B]`` in ``1..C`` and normalised boxes ``[B, 4]`` (both ignored where not present).
@@ -144,8 +156,13 @@ def localizer_loss(presence_logits, class_logits, boxes, present, labels, target
     present = torch.as_tensor(present, dtype=torch.bool, device=presence_logits.device)
     presence = nn.functional.binary_cross_entropy_with_logits(presence_logits, present.float())
     if present.any():
-        cls = nn.functional.cross_entropy(class_logits[present], torch.as_tensor(labels)[present].to(class_logits.device) - 1)
-        diff_pred, diff_true = boxes[present], torch.as_tensor(target_boxes, dtype=boxes.dtype).to(boxes.device)[present]
+        cls = nn.functional.cross_entropy(
+            class_logits[present], torch.as_tensor(labels)[present].to(class_logits.device) - 1
+        )
+        diff_pred, diff_true = (
+            boxes[present],
+            torch.as_tensor(target_boxes, dtype=boxes.dtype).to(boxes.device)[present],
+        )
         if box_loss == "l2":
             per = (diff_pred - diff_true) ** 2
         else:
@@ -201,7 +218,7 @@ class Localizer(Detector):
 
     # -- training ---------------------------------------------------------------------------
 
-    def fit(self, dataset: Dataset) -> "Localizer":
+    def fit(self, dataset: Dataset) -> Localizer:
         """Train the CNN and its three heads on `dataset`; returns self."""
         c = self.config
         check_trainable(dataset)
@@ -209,8 +226,12 @@ class Localizer(Detector):
         self.classes_ = list(dataset.classes)
         device = resolve_device(c.device)
         net = self._build(len(self.classes_)).to(device)
-        images = np.stack([resize_square(read_image(s.image_path), c.input_size)
-                           for s in progress(dataset.samples, desc="loading images")])
+        images = np.stack(
+            [
+                resize_square(read_image(s.image_path), c.input_size)
+                for s in progress(dataset.samples, desc="loading images")
+            ]
+        )
         present, labels, boxes = map(np.asarray, zip(*(targets(s) for s in dataset)))
         for name, p in net.backbone.named_parameters():
             p.requires_grad_(not name.startswith(tuple(c.frozen)))
@@ -234,16 +255,19 @@ class Localizer(Detector):
                 sums = dict.fromkeys(self.history_, 0.0)
                 self._train_mode(net)
                 for b in range(0, n, B):
-                    idx = order[b:b + B]
+                    idx = order[b : b + B]
                     batch, target = images[idx], boxes[idx].copy()
                     flip = flips[idx]
                     batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
-                    target[flip] = np.stack([1 - target[flip, 2], target[flip, 1], 1 - target[flip, 0], target[flip, 3]], 1)
+                    target[flip] = np.stack(
+                        [1 - target[flip, 2], target[flip, 1], 1 - target[flip, 0], target[flip, 3]], 1
+                    )
                     x = normalize(batch).to(device)
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(c.seed * 1_000_003 + epoch * n + b)  # dropout (AlexNet, VGG)
-                        terms = localizer_loss(*net(x), present[idx], labels[idx], torch.from_numpy(target),
-                                               c.box_weight, c.box_loss)
+                        terms = localizer_loss(
+                            *net(x), present[idx], labels[idx], torch.from_numpy(target), c.box_weight, c.box_loss
+                        )
                         optimizer.zero_grad(set_to_none=True)
                         terms["total"].backward()
                         optimizer.step()
@@ -260,9 +284,14 @@ class Localizer(Detector):
         for p in net.parameters():
             p.requires_grad_(True)
         self.net_ = net.eval()
-        self.fit_stats_ = {"images": n, "with_object": int(present.sum()), "epochs": c.epochs,
-                           "resumed_from_epoch": first, "final_loss": self.history_["total"][-1] if self.history_["total"] else None,
-                           "fit_seconds": time.perf_counter() - start}
+        self.fit_stats_ = {
+            "images": n,
+            "with_object": int(present.sum()),
+            "epochs": c.epochs,
+            "resumed_from_epoch": first,
+            "final_loss": self.history_["total"][-1] if self.history_["total"] else None,
+            "fit_seconds": time.perf_counter() - start,
+        }
         return self
 
     def _train_mode(self, net: LocalizerNet) -> None:
@@ -274,8 +303,12 @@ class Localizer(Detector):
 
     def _save_checkpoint(self, path: Path, epoch: int, net, optimizer) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"epoch": epoch, "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                 "optimizer": optimizer.state_dict(), "history": self.history_}
+        state = {
+            "epoch": epoch,
+            "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "history": self.history_,
+        }
         with atomic_write(path) as f:
             torch.save(state, f)
 
@@ -305,7 +338,7 @@ class Localizer(Detector):
         device = next(self.net_.parameters()).device
         out = {"presence": [], "class_probs": [], "boxes": []}
         for b in range(0, len(images), batch_size):
-            batch = [im if isinstance(im, np.ndarray) else read_image(im) for im in images[b:b + batch_size]]
+            batch = [im if isinstance(im, np.ndarray) else read_image(im) for im in images[b : b + batch_size]]
             x = normalize(np.stack([resize_square(im, self.config.input_size) for im in batch])).to(device)
             presence, logits, boxes = self.net_(x)
             sizes = torch.tensor([[im.shape[1], im.shape[0]] * 2 for im in batch], dtype=torch.float32)
@@ -313,8 +346,11 @@ class Localizer(Detector):
             out["class_probs"].append(torch.softmax(logits, 1).cpu())
             out["boxes"].append(boxes.cpu() * sizes)
         if not out["boxes"]:
-            return {"presence": np.zeros(0, np.float32), "class_probs": np.zeros((0, len(self.classes_)), np.float32),
-                    "boxes": np.zeros((0, 4), np.float32)}
+            return {
+                "presence": np.zeros(0, np.float32),
+                "class_probs": np.zeros((0, len(self.classes_)), np.float32),
+                "boxes": np.zeros((0, 4), np.float32),
+            }
         return {k: torch.cat(v).numpy().astype(np.float32) for k, v in out.items()}
 
     def _detections(self, presence: float, class_probs: np.ndarray, box: np.ndarray, image_size) -> Detections:
@@ -325,7 +361,9 @@ class Localizer(Detector):
         if box[2] <= box[0] or box[3] <= box[1]:
             return Detections()
         label = int(np.argmax(class_probs))
-        return Detections(box[None], np.array([presence * class_probs[label]], np.float32), np.array([label + 1], np.int64))
+        return Detections(
+            box[None], np.array([presence * class_probs[label]], np.float32), np.array([label + 1], np.int64)
+        )
 
     def detect(self, image, proposals=None, timings: dict | None = None) -> Detections:
         """At most one detection on `image` (a path or ``uint8 [H, W, 3]`` RGB): the box, when
@@ -337,14 +375,16 @@ class Localizer(Detector):
             p = self.predict([image])
         return self._detections(p["presence"][0], p["class_probs"][0], p["boxes"][0], image.shape[:2])
 
-    def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
+    def detect_dataset(
+        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+    ) -> dict[str, Detections]:
         """Detections for every sample, in batches; no proposals are computed (`use_cache`
         has nothing to cache)."""
         self._check_fitted()
         out = {}
         samples = dataset.samples
         for b in progress(range(0, len(samples), 32), desc="detect", unit="batch"):
-            chunk = samples[b:b + 32]
+            chunk = samples[b : b + 32]
             images = [read_image(s.image_path) for s in chunk]
             with timed(timings, "cnn"):
                 p = self.predict(images)
@@ -355,8 +395,11 @@ class Localizer(Detector):
     # -- the model file ---------------------------------------------------------------------
 
     def _state(self) -> dict:
-        return {"weights_source": self.weights_source, "history": self.history_,
-                "net": {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()}}
+        return {
+            "weights_source": self.weights_source,
+            "history": self.history_,
+            "net": {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()},
+        }
 
     def _from_state(self, state: dict, path) -> None:
         c = self.config
@@ -366,7 +409,9 @@ class Localizer(Detector):
         try:
             net.load_state_dict(state["net"])
         except RuntimeError as e:
-            raise ModelError(f"{path}: the localiser's weights do not fit its config ({str(e).splitlines()[0]})") from None
+            raise ModelError(
+                f"{path}: the localiser's weights do not fit its config ({str(e).splitlines()[0]})"
+            ) from None
         self.weights_source = state["weights_source"]
         self.history_ = state.get("history", {})
         self.net_ = net.to(resolve_device(c.device)).eval()
@@ -375,7 +420,20 @@ class Localizer(Detector):
 def _fit_key(config: LocalizerConfig, dataset: Dataset) -> str:
     """What a training checkpoint depends on: the config (less what does not change the
     weights) and every image's content and annotations with the class list."""
-    skip = ("checkpoint_every", "nms_threshold", "score_threshold", "max_detections", "cache_dir", "workers", "proposals")
+    skip = (
+        "checkpoint_every",
+        "nms_threshold",
+        "score_threshold",
+        "max_detections",
+        "cache_dir",
+        "workers",
+        "proposals",
+    )
     samples = [(file_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset]
-    return params_key({"config": {k: v for k, v in to_dict(config).items() if k not in skip},
-                       "classes": list(dataset.classes), "samples": samples})
+    return params_key(
+        {
+            "config": {k: v for k, v in to_dict(config).items() if k not in skip},
+            "classes": list(dataset.classes),
+            "samples": samples,
+        }
+    )

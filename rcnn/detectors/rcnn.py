@@ -23,15 +23,22 @@ import numpy as np
 from rcnn.config import require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
-from rcnn.detectors.base import (CommonConfig, Detector, check_trainable, postprocess, resolve_device, timed,
-                                 training_key)
-from rcnn.progress import notice
+from rcnn.detectors.base import (
+    CommonConfig,
+    Detector,
+    check_trainable,
+    postprocess,
+    resolve_device,
+    timed,
+    training_key,
+)
 from rcnn.errors import ModelError
 from rcnn.features.extractor import FeatureConfig, FeatureExtractor
 from rcnn.features.store import DatasetFeatures, FeatureStore
 from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
 from rcnn.heads.data import LazySequence
 from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
+from rcnn.progress import notice
 from rcnn.proposals import ProposalStore, make_proposer
 
 __all__ = ["DetectorConfig", "RCNN"]
@@ -62,8 +69,12 @@ class DetectorConfig(CommonConfig):
         super().__post_init__()
         require(self, "detector", self.detector == "rcnn", '"rcnn" for an R-CNN config')
         require(self, "classifier", self.classifier in CLASSIFIERS, f"one of {', '.join(CLASSIFIERS)}")
-        require(self, "classifier", self.classifier != "softmax" or self.finetune.iterations > 0,
-                "\"svm\" (softmax needs fine-tuning: set finetune.iterations > 0)")
+        require(
+            self,
+            "classifier",
+            self.classifier != "softmax" or self.finetune.iterations > 0,
+            '"svm" (softmax needs fine-tuning: set finetune.iterations > 0)',
+        )
 
     @property
     def min_score(self) -> float:
@@ -99,7 +110,7 @@ class RCNN(Detector):
         features = FeatureStore(Path(c.cache_dir) / "features", self.extractor_)
         return DatasetFeatures(dataset, self.proposal_store(), features, ground_truth, workers=c.workers or None)
 
-    def fit(self, dataset: Dataset) -> "RCNN":
+    def fit(self, dataset: Dataset) -> RCNN:
         """Train every stage on `dataset`; returns self."""
         c = self.config
         check_trainable(dataset)
@@ -118,11 +129,10 @@ class RCNN(Detector):
             start = time.perf_counter()
             key = _finetune_key(c, dataset, proposals)
             checkpoint = Path(c.cache_dir) / "finetune" / f"{proposals.folder.name}-{key}.pt"
-            tuner = Finetuner(num_classes, c.finetune, c.features.crop_size, c.features.padding, checkpoint=checkpoint,
-                              device=device)
-            images = [
-                FinetuneImage(s.image_path, proposals.load(s), s.boxes, s.labels, s.difficult) for s in dataset
-            ]
+            tuner = Finetuner(
+                num_classes, c.finetune, c.features.crop_size, c.features.padding, checkpoint=checkpoint, device=device
+            )
+            images = [FinetuneImage(s.image_path, proposals.load(s), s.boxes, s.labels, s.difficult) for s in dataset]
             tuner.fit(self.extractor_.module, self.extractor_.feature_dim, images)
             self.finetuned_ = {k: v.detach().cpu().clone() for k, v in tuner.backbone_.state_dict().items()}
             self.extractor_.load_state_dict(self.finetuned_)
@@ -169,16 +179,22 @@ class RCNN(Detector):
         start = time.perf_counter()
         self.extractor_.extract(image, sample)
         rate = len(sample) / max(time.perf_counter() - start, 1e-9)
-        plan = {"boxes_per_image": float(np.mean(boxes)), "feature_crops": feature_crops,
-                "finetune_crops": finetune_crops, "crops_per_second": rate,
-                "estimated_seconds": (feature_crops + 3 * finetune_crops) / rate}
+        plan = {
+            "boxes_per_image": float(np.mean(boxes)),
+            "feature_crops": feature_crops,
+            "finetune_crops": finetune_crops,
+            "crops_per_second": rate,
+            "estimated_seconds": (feature_crops + 3 * finetune_crops) / rate,
+        }
         parts = [f"{len(dataset)} images, {plan['boxes_per_image']:.0f} boxes per image (ground truth + proposals)"]
         if finetune_crops:
             parts.append(f"fine-tuning {c.finetune.iterations} iterations x {c.finetune.batch_size} crops")
         if feature_crops:
             parts.append(f"{feature_crops} crops for features")
-        notice(f"plan: {'; '.join(parts)}; the CNN runs {rate:.0f} crops/s here, so about "
-               f"{_duration(plan['estimated_seconds'])} for the CNN stages (less for what is cached)")
+        notice(
+            f"plan: {'; '.join(parts)}; the CNN runs {rate:.0f} crops/s here, so about "
+            f"{_duration(plan['estimated_seconds'])} for the CNN stages (less for what is cached)"
+        )
         return plan
 
     # -- detection --------------------------------------------------------------------------
@@ -203,7 +219,9 @@ class RCNN(Detector):
         feats = self.extractor_.extract(image, proposals, timings)
         return self.predict(proposals, feats, (height, width), timings)
 
-    def predict(self, proposals: np.ndarray, features: np.ndarray, image_size, timings: dict | None = None) -> Detections:
+    def predict(
+        self, proposals: np.ndarray, features: np.ndarray, image_size, timings: dict | None = None
+    ) -> Detections:
         """Detections from proposals ``[N, 4]`` and their features ``[N, D]`` on an image of
         ``image_size = (height, width)``: scores, class-specific regression, clipping, the
         score threshold, per-class NMS and the cap on detections."""
@@ -219,7 +237,9 @@ class RCNN(Detector):
         with timed(timings, "nms"):
             return postprocess(boxes, scores[rows, cols], labels, image_size, c.nms_threshold, c.max_detections)
 
-    def detect_dataset(self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None) -> dict[str, Detections]:
+    def detect_dataset(
+        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+    ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``. With `use_cache`,
         proposals and their features come from (and go to) the caches under `cache_dir`, so
         re-fitted heads are scored in seconds; without, every image runs through `detect`."""
@@ -230,7 +250,9 @@ class RCNN(Detector):
         regions = self.dataset_features(dataset)
         for sample in dataset:
             boxes = regions.boxes(sample)
-            out[sample.id] = self.predict(boxes, regions.features(sample, boxes), (sample.height, sample.width), timings)
+            out[sample.id] = self.predict(
+                boxes, regions.features(sample, boxes), (sample.height, sample.width), timings
+            )
         return out
 
     # -- the model file ---------------------------------------------------------------------
@@ -260,7 +282,7 @@ class RCNN(Detector):
         _check_heads(self)
 
 
-def _check_heads(model: "RCNN") -> None:
+def _check_heads(model: RCNN) -> None:
     """The class list, the heads and the backbone of a loaded model must fit one another."""
     classes = model.classes_
     dim = model.extractor_.feature_dim
@@ -279,7 +301,9 @@ def _finetune_key(config: DetectorConfig, dataset: Dataset, proposals: ProposalS
     """What a fine-tuning checkpoint depends on (`rcnn.detectors.base.training_key`): its
     config, the features, the images and their annotations; the proposal folder is part of
     the checkpoint's name."""
-    return training_key({"finetune": to_dict(config.finetune), "features": to_dict(config.features)}, dataset, proposals)
+    return training_key(
+        {"finetune": to_dict(config.finetune), "features": to_dict(config.features)}, dataset, proposals
+    )
 
 
 def _duration(seconds: float) -> str:

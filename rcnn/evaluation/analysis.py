@@ -91,7 +91,9 @@ def classify_false_positives(
     return out
 
 
-def rank_false_positives(detections: dict[str, Detections], types: dict[str, np.ndarray], label: int | None = None) -> dict:
+def rank_false_positives(
+    detections: dict[str, Detections], types: dict[str, np.ndarray], label: int | None = None
+) -> dict:
     """The false positives (of class `label`, or all) by decreasing score (ties keep the
     order of `detections`, then of each image's detections): ``{"id": str [F], "index": int64 [F], "label": int64 [F],
     "type": int8 [F], "score": float64 [F]}``; ``index`` is the row in that image's `Detections`."""
@@ -134,7 +136,10 @@ def _summary(fp_types: np.ndarray, ks) -> dict:
 
 
 def error_summary(
-    dataset: Dataset, detections: dict[str, Detections], types: dict[str, np.ndarray], ks=(25, 50, 100, 200, 400, 800, 1600, 3200)
+    dataset: Dataset,
+    detections: dict[str, Detections],
+    types: dict[str, np.ndarray],
+    ks=(25, 50, 100, 200, 400, 800, 1600, 3200),
 ) -> dict:
     """Counts and top-``k`` shares of each error type, overall (false positives of every
     class pooled by score) and per class: ``{"overall": S, "per_class": {name: S}}`` with
@@ -177,7 +182,9 @@ def best_f1_threshold(dataset: Dataset, detections: dict[str, Detections], types
     return float(s[np.flatnonzero(cut)[np.argmax(f1[cut])]])
 
 
-def image_f1(dataset: Dataset, detections: dict[str, Detections], types: dict[str, np.ndarray], threshold: float) -> dict:
+def image_f1(
+    dataset: Dataset, detections: dict[str, Detections], types: dict[str, np.ndarray], threshold: float
+) -> dict:
     """Per image, counting the detections scoring >= `threshold`: ``{"tp", "fp", "fn":
     int64 [N], "f1": float64 [N]}`` in dataset order. Ignored detections and difficult boxes
     count neither way; an image with nothing to find and nothing found has F1 1. (Matching

@@ -42,7 +42,20 @@ RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 
 MAX_DETS = (1, 10, 100)
 AREA_RANGES = np.array([[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]])
 AREA_NAMES = ("all", "small", "medium", "large")
-STAT_NAMES = ("AP", "AP50", "AP75", "APsmall", "APmedium", "APlarge", "AR1", "AR10", "AR100", "ARsmall", "ARmedium", "ARlarge")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APsmall",
+    "APmedium",
+    "APlarge",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARsmall",
+    "ARmedium",
+    "ARlarge",
+)
 
 
 def _image_order(dataset: Dataset) -> np.ndarray:
@@ -89,7 +102,9 @@ def _match(f, g_ig, d_sel, d_group, g_group):
             m = np.where(cand & (iou == best), later[None, :, :n], -1).argmax(-1)  # [T, A, n]
             hit = cand.any(-1)
             matched[:, :, di] = hit
-            to_ignored[:, :, di] = hit & np.take_along_axis(np.broadcast_to(ig[None, :, :n], cand.shape), m[..., None], -1)[..., 0]
+            to_ignored[:, :, di] = (
+                hit & np.take_along_axis(np.broadcast_to(ig[None, :, :n], cand.shape), m[..., None], -1)[..., 0]
+            )
             taken[:, :, :n] |= (j == m[..., None]) & hit[..., None]
     return matched, to_ignored
 

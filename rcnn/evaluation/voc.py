@@ -70,7 +70,9 @@ def gather(dataset: Dataset, detections: dict[str, Detections]) -> Flat:
     duplicate = dataset.duplicate_id()
     if duplicate:
         i, a, b = duplicate
-        raise DatasetError(None, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); ids must be unique")
+        raise DatasetError(
+            None, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); ids must be unique"
+        )
     index = {s.id: i for i, s in enumerate(dataset)}
     unknown = [k for k in detections if k not in index]
     if unknown:
@@ -229,4 +231,6 @@ def evaluate_voc(
         precision.append(prec)
         recall.append(rec)
         scores.append(f.d_score[order][s])
-    return VocResult(list(dataset.classes), ap, precision, recall, scores, npos, float(iou_threshold), bool(use_07_metric))
+    return VocResult(
+        list(dataset.classes), ap, precision, recall, scores, npos, float(iou_threshold), bool(use_07_metric)
+    )

@@ -10,7 +10,18 @@ from rcnn.features.store import FeatureStore
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD, context_boxes, normalize, warp_crops, warp_normalized
 
 __all__ = [
-    "ARCHITECTURES", "WEIGHT_SOURCES", "build_backbone", "load_weights",
-    "FeatureConfig", "FeatureExtractor", "set_threads", "FeatureStore",
-    "IMAGENET_MEAN", "IMAGENET_STD", "context_boxes", "normalize", "warp_crops", "warp_normalized",
+    "ARCHITECTURES",
+    "WEIGHT_SOURCES",
+    "build_backbone",
+    "load_weights",
+    "FeatureConfig",
+    "FeatureExtractor",
+    "set_threads",
+    "FeatureStore",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "context_boxes",
+    "normalize",
+    "warp_crops",
+    "warp_normalized",
 ]

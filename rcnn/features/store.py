@@ -101,10 +101,14 @@ class FeatureStore:
         if entry is None and len(self.store.damaged) > damaged:
             entry = self._extract(sample, boxes)  # damaged: recomputed (and reported by the store)
         if entry is None:
-            raise RcnnError(f"{self.path(sample, boxes)}: no cached features for sample {sample.id!r} "
-                            f"on these {len(boxes)} boxes; run FeatureStore.compute first")
+            raise RcnnError(
+                f"{self.path(sample, boxes)}: no cached features for sample {sample.id!r} "
+                f"on these {len(boxes)} boxes; run FeatureStore.compute first"
+            )
         if not np.array_equal(entry["boxes"], boxes):  # a hash collision, or a hand-edited cache
-            raise RcnnError(f"{self.path(sample, boxes)}: cached features of sample {sample.id!r} were computed on other boxes")
+            raise RcnnError(
+                f"{self.path(sample, boxes)}: cached features of sample {sample.id!r} were computed on other boxes"
+            )
         return entry
 
     def load(self, sample, boxes) -> np.ndarray:
@@ -126,8 +130,9 @@ class DatasetFeatures:
     ``features(sample) -> float32 [N, D]``, ``seconds(sample) -> (proposals, features)``.
     """
 
-    def __init__(self, dataset, proposals, features: FeatureStore, ground_truth: bool = False,
-                 workers: int | None = None):
+    def __init__(
+        self, dataset, proposals, features: FeatureStore, ground_truth: bool = False, workers: int | None = None
+    ):
         self.dataset, self.proposals, self.store, self.ground_truth = dataset, proposals, features, ground_truth
         self.proposal_stats = proposals.compute(dataset, workers=workers)
         self.feature_stats = features.compute(dataset, self.boxes)

@@ -47,9 +47,15 @@ def warp_crops(image: np.ndarray, boxes, crop_size: int = 224, padding: int = 16
     offset = big[:, :2] + 0.5 * step - 0.5  # source pixel index of output pixel (0, 0)
     for i in range(len(big)):
         m = np.array([[step[i, 0], 0, offset[i, 0]], [0, step[i, 1], offset[i, 1]]], np.float64)
-        cv2.warpAffine(image, m, (crop_size, crop_size), dst=out[i],
-                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=MEAN_PIXEL)
+        cv2.warpAffine(
+            image,
+            m,
+            (crop_size, crop_size),
+            dst=out[i],
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=MEAN_PIXEL,
+        )
     return out
 
 
@@ -61,8 +67,9 @@ def normalize(crops: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-def warp_normalized(image: np.ndarray, boxes, crop_size: int = 224, padding: int = 16,
-                    method: str = "cv2") -> torch.Tensor:
+def warp_normalized(
+    image: np.ndarray, boxes, crop_size: int = 224, padding: int = 16, method: str = "cv2"
+) -> torch.Tensor:
     """Warped, normalised crops ``float32 [N, 3, S, S]`` by `method` ``"cv2"`` or ``"roi_align"``."""
     if method == "cv2":
         return normalize(warp_crops(image, boxes, crop_size, padding))

@@ -7,8 +7,8 @@ them a `LazySequence` whose items are read from the feature cache on access.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,8 +37,17 @@ from rcnn.features.roi import RoIPooler, image_tensor, rescale
 from rcnn.heads.sampler import RoISampler
 from rcnn.progress import notice, progress
 
-__all__ = ["BOX_STDS", "FastRCNNHead", "HeadConfig", "TrainConfig", "TrainImage", "FastRCNNTrainer",
-           "fast_rcnn_loss", "flip_boxes", "truncated_svd"]
+__all__ = [
+    "BOX_STDS",
+    "FastRCNNHead",
+    "HeadConfig",
+    "TrainConfig",
+    "TrainImage",
+    "FastRCNNTrainer",
+    "fast_rcnn_loss",
+    "flip_boxes",
+    "truncated_svd",
+]
 
 BOX_STDS = (0.1, 0.1, 0.2, 0.2)  # the paper's target normalisation
 
@@ -115,8 +125,9 @@ class FastRCNNHead(nn.Module):
     """Pooled features ``[K, C_map, S, S]`` -> ``(logits [K, C + 1], deltas [K, 4C])``;
     `features` gives the last fc layer's output ``[K, fc[-1]]`` (fc7, for SVMs)."""
 
-    def __init__(self, in_features: int, num_classes: int, fc: Sequence[int] = (1024, 1024), dropout: float = 0.0,
-                 seed: int = 0):
+    def __init__(
+        self, in_features: int, num_classes: int, fc: Sequence[int] = (1024, 1024), dropout: float = 0.0, seed: int = 0
+    ):
         super().__init__()
         self.num_classes = num_classes
         layers: list[nn.Module] = []
@@ -170,8 +181,13 @@ def compress_head(head: FastRCNNHead, rank: int) -> FastRCNNHead:
     return out
 
 
-def fast_rcnn_loss(logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                   box_loss_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fast_rcnn_loss(
+    logits: torch.Tensor,
+    deltas: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    box_loss_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(total, classification, box)`` for logits ``[K, C + 1]``, deltas ``[K, 4C]``, labels
     ``int64 [K]`` (0 background) and the foreground RoIs' targets ``[F, 4]`` (in the order of
     ``labels > 0``): cross-entropy averaged over the K RoIs, smooth L1 (beta 1, the paper's)
@@ -212,8 +228,15 @@ class FastRCNNTrainer:
     together, in place. Fitted: `history_` (per iteration ``loss``, ``cls``, ``box``),
     `resumed_from_` (the iteration a checkpoint gave, 0 when fresh), `seconds_`."""
 
-    def __init__(self, config: TrainConfig, pooler: RoIPooler, scale: int, max_size: int,
-                 checkpoint: str | os.PathLike | None = None, device="cpu"):
+    def __init__(
+        self,
+        config: TrainConfig,
+        pooler: RoIPooler,
+        scale: int,
+        max_size: int,
+        checkpoint: str | os.PathLike | None = None,
+        device="cpu",
+    ):
         self.config = config
         self.pooler = pooler
         self.scale = scale
@@ -274,8 +297,13 @@ class FastRCNNTrainer:
             out.append((x, rois.astype(np.float32), s.labels, np.asarray(targets, np.float32)))
         return out
 
-    def fit(self, trunk: nn.Module, head: FastRCNNHead, images: Sequence[TrainImage],
-            callback: Callable[[int, float], None] | None = None) -> "FastRCNNTrainer":
+    def fit(
+        self,
+        trunk: nn.Module,
+        head: FastRCNNHead,
+        images: Sequence[TrainImage],
+        callback: Callable[[int, float], None] | None = None,
+    ) -> FastRCNNTrainer:
         """Train `trunk` and `head` on `images`; both end in eval mode on the CPU. `callback(it,
         loss)` is called after each iteration (after its checkpoint)."""
         cfg = self.config
@@ -288,15 +316,21 @@ class FastRCNNTrainer:
         optimizer = torch.optim.SGD(
             [{"params": list(head.parameters()), "lr_mult": cfg.head_lr_mult}]
             + [{"params": trainable, "lr_mult": 1.0}] * bool(trainable),
-            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
         )
         self.history_ = {"loss": [], "cls": [], "box": []}
         start = self.resumed_from_ = self._resume(trunk, head, optimizer)
         cache: dict = {}
         stem, rest = self._split(trunk)
         t0 = time.perf_counter()
-        bar = progress(total=cfg.iterations * cfg.images_per_batch, initial=start * cfg.images_per_batch,
-                       desc="Fast R-CNN training", unit="img")
+        bar = progress(
+            total=cfg.iterations * cfg.images_per_batch,
+            initial=start * cfg.images_per_batch,
+            desc="Fast R-CNN training",
+            unit="img",
+        )
         try:
             for it in range(start, cfg.iterations):
                 batch = self.batch(it, images, prepared, cache, stem)
@@ -362,8 +396,12 @@ class FastRCNNTrainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _meta(self) -> dict:
-        return {"config": to_dict(self.config), "scale": self.scale, "max_size": self.max_size,
-                "roi": to_dict(self.pooler.config)}
+        return {
+            "config": to_dict(self.config),
+            "scale": self.scale,
+            "max_size": self.max_size,
+            "roi": to_dict(self.pooler.config),
+        }
 
     def _save(self, iteration: int, trunk, head, optimizer) -> None:
         if self.checkpoint is None:
@@ -371,10 +409,12 @@ class FastRCNNTrainer:
         path = Path(self.checkpoint)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
-            "iteration": iteration, "meta": self._meta(),
+            "iteration": iteration,
+            "meta": self._meta(),
             "trunk": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
             "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "history": self.history_,
+            "optimizer": optimizer.state_dict(),
+            "history": self.history_,
         }
         with atomic_write(path) as f:
             torch.save(state, f)

@@ -10,7 +10,6 @@ class learns from them. Targets are normalised per class (means and stds are sto
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,7 +141,7 @@ class BoxRegressor:
         }
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> "BoxRegressor":
+    def from_state_dict(cls, d: dict) -> BoxRegressor:
         """The fitted regressor saved by `state_dict` (raises `ModelError` when it does not fit)."""
         try:
             reg = cls(int(d["num_classes"]), from_dict(RegressionConfig, d["config"]))

@@ -35,8 +35,9 @@ class RoISampler:
     -> `RoISample`; `rng` is a ``numpy.random.Generator`` (seed it from the config).
     """
 
-    def __init__(self, rois_per_image: int = 128, fg_fraction: float = 0.25, fg_iou: float = 0.5,
-                 bg_iou_low: float = 0.1):
+    def __init__(
+        self, rois_per_image: int = 128, fg_fraction: float = 0.25, fg_iou: float = 0.5, bg_iou_low: float = 0.1
+    ):
         if not 0 <= bg_iou_low < fg_iou <= 1:
             raise ValueError(f"need 0 <= bg_iou_low < fg_iou <= 1, got {bg_iou_low}, {fg_iou}")
         self.rois_per_image = rois_per_image

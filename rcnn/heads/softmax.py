@@ -20,9 +20,10 @@ for the SVMs) and a `SoftmaxHead`, usable as the classifier itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -78,8 +79,12 @@ class FinetuneConfig:
         require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
         require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
         require(self, "positive_iou", 0 < self.positive_iou <= 1, "an IoU in (0, 1]")
-        require(self, "background_iou", 0 < self.background_iou <= self.positive_iou,
-                f"an IoU in (0, positive_iou] (positive_iou = {self.positive_iou})")
+        require(
+            self,
+            "background_iou",
+            0 < self.background_iou <= self.positive_iou,
+            f"an IoU in (0, positive_iou] (positive_iou = {self.positive_iou})",
+        )
 
     @property
     def matcher(self) -> Matcher:
@@ -111,7 +116,7 @@ class SoftmaxHead:
         self.num_classes = num_classes
         self.feature_dim = feature_dim
 
-    def init(self, seed: int = 0) -> "SoftmaxHead":
+    def init(self, seed: int = 0) -> SoftmaxHead:
         """Fresh weights: normal (std 0.01) weights, zero bias, as R-CNN's new fc8."""
         g = torch.Generator().manual_seed(seed)
         self.weight_ = torch.randn(self.num_classes + 1, self.feature_dim, generator=g) * 0.01
@@ -129,20 +134,29 @@ class SoftmaxHead:
         return p.cpu().numpy() if isinstance(features, np.ndarray) else p
 
     def state_dict(self) -> dict:
-        return {"kind": "softmax", "num_classes": self.num_classes, "feature_dim": self.feature_dim,
-                "weight": self.weight_.detach().cpu().clone(), "bias": self.bias_.detach().cpu().clone()}
+        return {
+            "kind": "softmax",
+            "num_classes": self.num_classes,
+            "feature_dim": self.feature_dim,
+            "weight": self.weight_.detach().cpu().clone(),
+            "bias": self.bias_.detach().cpu().clone(),
+        }
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> "SoftmaxHead":
+    def from_state_dict(cls, d: dict) -> SoftmaxHead:
         try:
             head = cls(int(d["num_classes"]), int(d["feature_dim"]))
             head.weight_ = torch.as_tensor(d["weight"], dtype=torch.float32)
             head.bias_ = torch.as_tensor(d["bias"], dtype=torch.float32)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"softmax head state: {e!r}") from None
-        if head.weight_.shape != (head.num_classes + 1, head.feature_dim) or head.bias_.shape != (head.num_classes + 1,):
-            raise ModelError(f"softmax head state: weight {tuple(head.weight_.shape)} does not fit "
-                             f"{head.num_classes} classes x {head.feature_dim} features")
+        if head.weight_.shape != (head.num_classes + 1, head.feature_dim) or head.bias_.shape != (
+            head.num_classes + 1,
+        ):
+            raise ModelError(
+                f"softmax head state: weight {tuple(head.weight_.shape)} does not fit "
+                f"{head.num_classes} classes x {head.feature_dim} features"
+            )
         return head
 
 
@@ -154,8 +168,15 @@ class Finetuner:
     (positives and background boxes available), `resumed_from_` (iteration, 0 when fresh).
     """
 
-    def __init__(self, num_classes: int, config: FinetuneConfig = FinetuneConfig(), crop_size: int = 224,
-                 padding: int = 16, checkpoint: str | os.PathLike | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        num_classes: int,
+        config: FinetuneConfig = FinetuneConfig(),
+        crop_size: int = 224,
+        padding: int = 16,
+        checkpoint: str | os.PathLike | None = None,
+        device: str = "cpu",
+    ):
         self.num_classes = num_classes
         self.config = config
         self.crop_size = crop_size
@@ -178,8 +199,10 @@ class Finetuner:
             labels.append(lab[keep])
         idx, boxes, labels = np.concatenate(idx), np.concatenate(boxes), np.concatenate(labels)
         if not (labels > 0).any() or not (labels == 0).any():
-            raise ValueError(f"fine-tuning needs positive and background boxes; found {(labels > 0).sum()} "
-                             f"and {(labels == 0).sum()} in {len(images)} images")
+            raise ValueError(
+                f"fine-tuning needs positive and background boxes; found {(labels > 0).sum()} "
+                f"and {(labels == 0).sum()} in {len(images)} images"
+            )
         return idx, boxes, labels
 
     def _epoch(self, epoch: int, images, pool):
@@ -217,23 +240,27 @@ class Finetuner:
         trainable = [p for p in backbone.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             [{"params": trainable, "lr_mult": 1.0}, {"params": list(linear.parameters()), "lr_mult": cfg.head_lr_mult}],
-            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
         )
         self.history_ = {"loss": [], "accuracy": []}
         start = self.resumed_from_ = self._resume(backbone, linear, optimizer, feature_dim)
         crops, crop_labels, epoch = None, None, -1
-        bar = progress(total=cfg.iterations * B, initial=min(start, cfg.iterations) * B, desc="fine-tuning", unit="crop")
+        bar = progress(
+            total=cfg.iterations * B, initial=min(start, cfg.iterations) * B, desc="fine-tuning", unit="crop"
+        )
         try:
             for it in range(start, cfg.iterations):
                 e, b = divmod(it, cfg.epoch_iterations)
                 if e != epoch:
                     crops, crop_labels, epoch = *self._epoch(e, images, pool), e
-                batch = crops[b * B:(b + 1) * B]
+                batch = crops[b * B : (b + 1) * B]
                 if cfg.flip:
                     flip = np.random.default_rng([cfg.seed, e, b, 1]).random(B) < 0.5
                     batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
                 x = normalize(batch).to(self.device)
-                y = torch.as_tensor(crop_labels[b * B:(b + 1) * B]).to(self.device)
+                y = torch.as_tensor(crop_labels[b * B : (b + 1) * B]).to(self.device)
                 for group in optimizer.param_groups:
                     group["lr"] = self._lr(it) * group["lr_mult"]
                 self._train_mode(backbone)
@@ -274,8 +301,13 @@ class Finetuner:
     # -- checkpoints -------------------------------------------------------------------------------
     def _meta(self, feature_dim: int) -> dict:
         cfg = {k: v for k, v in to_dict(self.config).items() if k not in ("iterations", "checkpoint_every")}
-        return {"config": cfg, "num_classes": self.num_classes, "feature_dim": feature_dim,
-                "crop_size": self.crop_size, "padding": self.padding}
+        return {
+            "config": cfg,
+            "num_classes": self.num_classes,
+            "feature_dim": feature_dim,
+            "crop_size": self.crop_size,
+            "padding": self.padding,
+        }
 
     def _save(self, iteration, backbone, linear, optimizer, feature_dim):
         if self.checkpoint is None:

@@ -16,9 +16,8 @@ Only the cache is held in memory, never all features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,14 +69,22 @@ class SVMConfig:
         require(self, "feature_norm", self.feature_norm is None or self.feature_norm > 0, "a number > 0")
         pos = GT_IOU if self.positive_iou is None else self.positive_iou
         require(self, "neg_iou", 0 < self.neg_iou < 1, "an IoU in (0, 1)")
-        require(self, "positive_iou", self.neg_iou < pos <= 1,
-                f"0 (ground truth only) or an IoU in (neg_iou, 1] (neg_iou = {self.neg_iou})")
+        require(
+            self,
+            "positive_iou",
+            self.neg_iou < pos <= 1,
+            f"0 (ground truth only) or an IoU in (neg_iou, 1] (neg_iou = {self.neg_iou})",
+        )
         for name in ("negatives_per_image", "rounds", "seed"):
             require(self, name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("max_negatives", "max_iter"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
-        require(self, "easy_threshold", self.easy_threshold <= self.hard_threshold,
-                f"a number <= hard_threshold (hard_threshold = {self.hard_threshold})")
+        require(
+            self,
+            "easy_threshold",
+            self.easy_threshold <= self.hard_threshold,
+            f"a number <= hard_threshold (hard_threshold = {self.hard_threshold})",
+        )
 
     @property
     def matcher(self) -> Matcher:
@@ -194,7 +201,12 @@ class SVMHead:
                 self._limit(cache, self.decision_function(cache.x), cfg.max_negatives)
         self._limit(cache, self.decision_function(cache.x), cfg.max_negatives)
         self.history_.append(
-            {"pass": pass_no, "negatives": cache.negatives().tolist(), "added": added.tolist(), "evicted": evicted.tolist()}
+            {
+                "pass": pass_no,
+                "negatives": cache.negatives().tolist(),
+                "added": added.tolist(),
+                "evicted": evicted.tolist(),
+            }
         )
         return bool(added.any())
 
@@ -235,8 +247,11 @@ class SVMHead:
             self.n_iter_[c] = int(svm.n_iter_)
         if self.empty_classes_:
             hint = " (positive_iou=None takes the ground-truth boxes themselves: are they among `boxes`?)"
-            warnings.warn(f"SVMHead: classes {self.empty_classes_} had only one kind of example; they score a "
-                          f"constant{hint if self.config.positive_iou is None else ''}", stacklevel=2)
+            warnings.warn(
+                f"SVMHead: classes {self.empty_classes_} had only one kind of example; they score a "
+                f"constant{hint if self.config.positive_iou is None else ''}",
+                stacklevel=2,
+            )
         self.weights_, self.bias_ = weights, bias
 
     # -- use ---------------------------------------------------------------------------------------
@@ -263,7 +278,7 @@ class SVMHead:
         }
 
     @classmethod
-    def from_state_dict(cls, d: dict) -> "SVMHead":
+    def from_state_dict(cls, d: dict) -> SVMHead:
         """The fitted head saved by `state_dict` (raises `ModelError` when it does not fit)."""
         try:
             head = cls(int(d["num_classes"]), from_dict(SVMConfig, d["config"]))
@@ -273,8 +288,12 @@ class SVMHead:
             head.history_ = list(d.get("history", []))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"SVM head state: {e!r}") from None
-        if head.weights_.ndim != 2 or head.weights_.shape[1] != head.num_classes or head.bias_.shape != (head.num_classes,):
-            raise ModelError(f"SVM head state: weights {head.weights_.shape} / bias {head.bias_.shape} do not fit {head.num_classes} classes")
+        if (
+            head.weights_.ndim != 2
+            or head.weights_.shape[1] != head.num_classes
+            or head.bias_.shape != (head.num_classes,)
+        ):
+            raise ModelError(
+                f"SVM head state: weights {head.weights_.shape} / bias {head.bias_.shape} do not fit {head.num_classes} classes"
+            )
         return head
-
-

@@ -49,8 +49,10 @@ def scale_advice(dataset, config) -> list[str]:
         too_small = float(np.mean(sides < config.min_size))
         if too_small > SHARE:
             suggest = max(1.0, math.floor(float(np.quantile(sides, 0.05)) * 0.8))
-            lines.append(f"{too_small:.0%} of the training objects are under proposals.min_size = {config.min_size:g} px "
-                         f"on their shorter side, so no proposal can fit them: try --set proposals.min_size={suggest:g}")
+            lines.append(
+                f"{too_small:.0%} of the training objects are under proposals.min_size = {config.min_size:g} px "
+                f"on their shorter side, so no proposal can fit them: try --set proposals.min_size={suggest:g}"
+            )
     if config.longest_side > 0:
         shrink = np.minimum(1.0, config.longest_side / np.maximum(longest, 1.0))
         working = sides * shrink
@@ -59,7 +61,9 @@ def scale_advice(dataset, config) -> list[str]:
             needed = SMALL_AT_WORKING_SIZE / max(float(np.quantile(working, SHARE)), 1e-6)
             suggest = int(min(float(longest.max()), math.ceil(config.longest_side * needed / 50) * 50))
             if suggest > config.longest_side:
-                lines.append(f"{small:.0%} of the training objects are under {SMALL_AT_WORKING_SIZE:g} px at Selective "
-                             f"Search's working size (proposals.longest_side = {config.longest_side}), where they "
-                             f"segment poorly: try --set proposals.longest_side={suggest} (slower, better recall)")
+                lines.append(
+                    f"{small:.0%} of the training objects are under {SMALL_AT_WORKING_SIZE:g} px at Selective "
+                    f"Search's working size (proposals.longest_side = {config.longest_side}), where they "
+                    f"segment poorly: try --set proposals.longest_side={suggest} (slower, better recall)"
+                )
     return lines

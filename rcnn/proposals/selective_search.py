@@ -224,4 +224,3 @@ def opencv_stock_fast(image) -> np.ndarray:
     boxes = np.asarray(ss.process(), np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
     return boxes
-

@@ -41,8 +41,12 @@ class SlidingWindowConfig(ProposerConfig):
     def __post_init__(self):
         require(self, "method", self.method == "sliding_window", '"sliding_window"')
         require(self, "scales", self.scales and all(s > 0 for s in self.scales), "a list of positive numbers")
-        require(self, "aspect_ratios", self.aspect_ratios and all(a > 0 for a in self.aspect_ratios),
-                "a list of positive numbers")
+        require(
+            self,
+            "aspect_ratios",
+            self.aspect_ratios and all(a > 0 for a in self.aspect_ratios),
+            "a list of positive numbers",
+        )
         require(self, "stride", 0 < self.stride <= 1, "a number in (0, 1]")
         require(self, "min_size", self.min_size >= 0, "a number >= 0")
         require(self, "max_boxes", self.max_boxes >= 0, "an integer >= 0")
@@ -61,7 +65,9 @@ def window_grid(width: int, height: int, scales, aspect_ratios, stride: float) -
             ny = int(np.ceil((height - h) / (stride * h) - 1e-6)) + 1
             x, y = np.meshgrid(np.linspace(0, width - w, nx), np.linspace(0, height - h, ny))
             x, y = x.ravel(), y.ravel()
-            out.append(xywh_to_xyxy(np.stack([x, y, np.full_like(x, w), np.full_like(y, h)], axis=1)).astype(np.float32))
+            out.append(
+                xywh_to_xyxy(np.stack([x, y, np.full_like(x, w), np.full_like(y, h)], axis=1)).astype(np.float32)
+            )
     return out
 
 

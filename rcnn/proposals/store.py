@@ -94,7 +94,7 @@ class ProposalStore:
         self.store.folder = Path(value)
 
     @classmethod
-    def open(cls, root, key: str | None = None) -> "ProposalStore":
+    def open(cls, root, key: str | None = None) -> ProposalStore:
         """The store written under `root` (or `root` itself being one store's folder); `key`
         picks among several (a prefix of the folder name's key is enough)."""
         root = Path(root)

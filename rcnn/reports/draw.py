@@ -21,7 +21,9 @@ def class_colour(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: np.ndarray, detections: Detections, classes, gt_boxes=None, scores: bool = True) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray, detections: Detections, classes, gt_boxes=None, scores: bool = True
+) -> np.ndarray:
     """A copy of ``uint8 [H, W, 3]`` RGB `image` with each detection's box, class name and
     score (unless not `scores`: ground truth, say) drawn; `gt_boxes` ``[G, 4]``, when given,
     are drawn first as thin white boxes."""
@@ -59,7 +61,9 @@ def draw_boxes(image: np.ndarray, boxes, colour=(255, 255, 255), thickness: int 
     return out
 
 
-def draw_moves(image: np.ndarray, before, after, before_colour=(255, 255, 255), after_colour=(255, 64, 64)) -> np.ndarray:
+def draw_moves(
+    image: np.ndarray, before, after, before_colour=(255, 255, 255), after_colour=(255, 64, 64)
+) -> np.ndarray:
     """A copy of `image` with paired boxes: each `before` box (thin, `before_colour`), the
     `after` box it became (`after_colour`) and an arrow from the one's centre to the other's."""
     before = np.asarray(before, np.float32).reshape(-1, 4)
@@ -105,7 +109,7 @@ def image_grid(tiles, columns: int, pad: int = 3, background=(32, 32, 32)) -> np
     out[:] = background
     for i, t in enumerate(tiles):
         y, x = pad + (i // columns) * (ch + pad), pad + (i % columns) * (cw + pad)
-        out[y:y + t.shape[0], x:x + t.shape[1]] = t
+        out[y : y + t.shape[0], x : x + t.shape[1]] = t
     return out
 
 

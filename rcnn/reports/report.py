@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.config import to_dict
-from rcnn.evaluation.coco import STAT_NAMES
 from rcnn.cache import atomic_write, write_text
+from rcnn.config import to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.evaluation import evaluate_coco, evaluate_voc
@@ -48,6 +47,7 @@ from rcnn.evaluation.analysis import (
     image_f1,
     rank_false_positives,
 )
+from rcnn.evaluation.coco import STAT_NAMES
 from rcnn.progress import progress
 from rcnn.reports.draw import draw_detections, save_image
 
@@ -59,11 +59,11 @@ LEGEND = {ERROR_TYPES[0]: "Loc", ERROR_TYPES[1]: "Other (confusion)", ERROR_TYPE
 GALLERY_SIDE = 640  # longest side of gallery images, pixels
 
 
-
 def save_figure(fig, path, dpi: int) -> None:
     """Save a matplotlib figure atomically (`rcnn.cache.atomic_write`), in the format of the suffix."""
     with atomic_write(path) as f:
         fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+
 
 def run_record() -> dict:
     """Where and with what this ran: git commit (``+dirty`` with uncommitted changes to
@@ -71,8 +71,11 @@ def run_record() -> dict:
     root = Path(__file__).resolve().parents[2]
     commit = None
     try:
+
         def git(*args):
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+            )
             return done.stdout.strip()
 
         commit = git("rev-parse", "--short", "HEAD")
@@ -128,8 +131,14 @@ def _grid(n: int, bottom: float = 0.35):
     height = 2.6 * rows + bottom + 0.2
     fig = Figure(figsize=(3.0 * cols, height))
     # Fixed margins in inches: constrained layout took seconds per panel with 80 classes.
-    fig.subplots_adjust(left=0.5 / (3.0 * cols), right=1 - 0.1 / (3.0 * cols), bottom=bottom / height,
-                        top=1 - 0.55 / height, wspace=0.3, hspace=0.55)
+    fig.subplots_adjust(
+        left=0.5 / (3.0 * cols),
+        right=1 - 0.1 / (3.0 * cols),
+        bottom=bottom / height,
+        top=1 - 0.55 / height,
+        wspace=0.3,
+        hspace=0.55,
+    )
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_axis_off()
@@ -239,7 +248,7 @@ def _gallery(dataset, detections, types, threshold, out_dir: Path, per_kind: int
         sid, row = ranked["id"][r], int(ranked["index"][r])
         s, d = dataset[index[sid]], detections[sid]
         kind = ERROR_NAMES[int(ranked["type"][r])]
-        one = Detections(d.boxes[row:row + 1], d.scores[row:row + 1], d.labels[row:row + 1])
+        one = Detections(d.boxes[row : row + 1], d.scores[row : row + 1], d.labels[row : row + 1])
         name = _draw(s, one, dataset.classes, folder / f"fp_{r + 1:02d}_{kind}_{_safe(sid)}.jpg")
         name_of = dataset.classes[int(ranked["label"][r]) - 1]
         out["false_positives"].append(
@@ -326,32 +335,58 @@ def build_report(
 
 def _markdown(r: dict) -> str:
     classes = r["classes"]
-    lines = [f"# {r['title']}", "", f"{r['images']} images, {sum(r['objects'].values())} objects, "
-             f"{sum(r['detections'].values())} detections.", ""]
+    lines = [
+        f"# {r['title']}",
+        "",
+        f"{r['images']} images, {sum(r['objects'].values())} objects, {sum(r['detections'].values())} detections.",
+        "",
+    ]
     if r["extra"]:
         lines += ["| setting | value |", "|---|---|"]
         lines += [f"| {k} | {json.dumps(v) if not isinstance(v, str) else v} |" for k, v in r["extra"].items()]
         lines += [""]
-    lines += ["## Average precision", "",
-              "VOC07: 11-point AP at IoU 0.5; VOC: all-point AP at IoU 0.5 (VOC2010+); "
-              "COCO: AP averaged over IoU 0.50:0.05:0.95 (101-point). Difficult boxes are ignored.", "",
-              "| class | objects | detections | VOC07 AP | VOC AP | COCO AP |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## Average precision",
+        "",
+        "VOC07: 11-point AP at IoU 0.5; VOC: all-point AP at IoU 0.5 (VOC2010+); "
+        "COCO: AP averaged over IoU 0.50:0.05:0.95 (101-point). Difficult boxes are ignored.",
+        "",
+        "| class | objects | detections | VOC07 AP | VOC AP | COCO AP |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for c in classes:
-        lines.append(f"| {c} | {r['objects'][c]} | {r['detections'][c]} | {_fmt(r['voc07']['per_class'][c])} | "
-                     f"{_fmt(r['voc']['per_class'][c])} | {_fmt(r['coco']['per_class'][c])} |")
-    lines.append(f"| **mean** | {sum(r['objects'].values())} | {sum(r['detections'].values())} | "
-                 f"**{_fmt(r['voc07']['mAP'])}** | **{_fmt(r['voc']['mAP'])}** | **{_fmt(r['coco']['AP'])}** |")
-    lines += ["", "COCO summary:", "", "| " + " | ".join(STAT_NAMES) + " |", "|" + "---:|" * len(STAT_NAMES),
-              "| " + " | ".join(_fmt(r["coco"][k], 3) for k in STAT_NAMES) + " |", "",
-              "![precision-recall curves](pr_curves.png)", ""]
+        lines.append(
+            f"| {c} | {r['objects'][c]} | {r['detections'][c]} | {_fmt(r['voc07']['per_class'][c])} | "
+            f"{_fmt(r['voc']['per_class'][c])} | {_fmt(r['coco']['per_class'][c])} |"
+        )
+    lines.append(
+        f"| **mean** | {sum(r['objects'].values())} | {sum(r['detections'].values())} | "
+        f"**{_fmt(r['voc07']['mAP'])}** | **{_fmt(r['voc']['mAP'])}** | **{_fmt(r['coco']['AP'])}** |"
+    )
+    lines += [
+        "",
+        "COCO summary:",
+        "",
+        "| " + " | ".join(STAT_NAMES) + " |",
+        "|" + "---:|" * len(STAT_NAMES),
+        "| " + " | ".join(_fmt(r["coco"][k], 3) for k in STAT_NAMES) + " |",
+        "",
+        "![precision-recall curves](pr_curves.png)",
+        "",
+    ]
 
     fp = r["false_positives"]
-    lines += ["## False positives", "",
-              "Each false positive (VOC matching at IoU 0.5) is a localisation error (loc: IoU 0.1 to 0.5 with an "
-              "object of its class, or a duplicate detection), a confusion with another class (other: IoU >= 0.1 with "
-              "an object of another class) or background (bg). Shares among the top-k false positives by score "
-              "(all classes pooled by score, then per class):", "",
-              "| | FP | loc | other | bg | top-k shares (loc / other / bg) |", "|---|---:|---:|---:|---:|---|"]
+    lines += [
+        "## False positives",
+        "",
+        "Each false positive (VOC matching at IoU 0.5) is a localisation error (loc: IoU 0.1 to 0.5 with an "
+        "object of its class, or a duplicate detection), a confusion with another class (other: IoU >= 0.1 with "
+        "an object of another class) or background (bg). Shares among the top-k false positives by score "
+        "(all classes pooled by score, then per class):",
+        "",
+        "| | FP | loc | other | bg | top-k shares (loc / other / bg) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for name, s in [("all classes", fp["overall"])] + list(fp["per_class"].items()):
         at = ", ".join(f"k={k}: {v['loc']:.2f}/{v['other']:.2f}/{v['bg']:.2f}" for k, v in s["share_at_top_k"].items())
         cnt = s["counts"]
@@ -361,32 +396,62 @@ def _markdown(r: dict) -> str:
     g = r["gallery"]
     if g:
         cut = "+inf (no detections)" if g["threshold"] is None else f"{g['threshold']:.4g}"
-        lines += ["## Gallery", "",
-                  f"Images ranked by F1 over their detections scoring >= {cut} (the threshold that "
-                  "maximises F1 over the whole set; matching as VOC at IoU 0.5). Ground truth in white.", ""]
+        lines += [
+            "## Gallery",
+            "",
+            f"Images ranked by F1 over their detections scoring >= {cut} (the threshold that "
+            "maximises F1 over the whole set; matching as VOC at IoU 0.5). Ground truth in white.",
+            "",
+        ]
         for kind in ("best", "worst"):
             if g[kind]:
-                lines += [f"**{kind.capitalize()} images**", "", "| image | F1 | TP | FP | FN |", "|---|---:|---:|---:|---:|"]
-                lines += [f"| [{e['id']}]({e['file']}) | {e['f1']:.2f} | {e['tp']} | {e['fp']} | {e['fn']} |" for e in g[kind]]
+                lines += [
+                    f"**{kind.capitalize()} images**",
+                    "",
+                    "| image | F1 | TP | FP | FN |",
+                    "|---|---:|---:|---:|---:|",
+                ]
+                lines += [
+                    f"| [{e['id']}]({e['file']}) | {e['f1']:.2f} | {e['tp']} | {e['fp']} | {e['fn']} |" for e in g[kind]
+                ]
                 lines += [""]
         if g["false_positives"]:
-            lines += ["**Top-scoring false positives**", "", "| # | image | class | score | type |", "|---:|---|---|---:|---|"]
-            lines += [f"| {i} | [{e['id']}]({e['file']}) | {e['class']} | {e['score']:.3f} | {e['type']} |"
-                      for i, e in enumerate(g["false_positives"], 1)]
+            lines += [
+                "**Top-scoring false positives**",
+                "",
+                "| # | image | class | score | type |",
+                "|---:|---|---|---:|---|",
+            ]
+            lines += [
+                f"| {i} | [{e['id']}]({e['file']}) | {e['class']} | {e['score']:.3f} | {e['type']} |"
+                for i, e in enumerate(g["false_positives"], 1)
+            ]
             lines += [""]
 
     m = r["meta"]
-    lines += ["## Run", "", f"- git commit: {m['git_commit'] or 'unknown'}",
-              "- packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
-              f"- machine: {m['platform']}, Python {m['python']}, {m['cpu_count']} CPUs",
-              "- seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["seconds"].items())]
+    lines += [
+        "## Run",
+        "",
+        f"- git commit: {m['git_commit'] or 'unknown'}",
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
+        f"- machine: {m['platform']}, Python {m['python']}, {m['cpu_count']} CPUs",
+        "- seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in m["seconds"].items()),
+    ]
     if r["config"]:
         lines += ["", "Config:", "", "```json", json.dumps(r["config"], indent=2), "```"]
     return "\n".join(lines) + "\n"
 
 
-def report_model(model, dataset: Dataset, out_dir, *, title: str | None = None, extra: dict | None = None,
-                 use_cache: bool = True, **kwargs) -> dict:
+def report_model(
+    model,
+    dataset: Dataset,
+    out_dir,
+    *,
+    title: str | None = None,
+    extra: dict | None = None,
+    use_cache: bool = True,
+    **kwargs,
+) -> dict:
     """Run fitted `model` (`rcnn.detectors.RCNN`) over `dataset`, then `build_report` with
     its config and the detection time; `kwargs` go to `build_report`."""
     start = time.perf_counter()
@@ -394,5 +459,13 @@ def report_model(model, dataset: Dataset, out_dir, *, title: str | None = None, 
     seconds = time.perf_counter() - start
     key = "detect_seconds_with_caches" if use_cache else "detect_seconds"  # cached features take no CNN time
     timings = {key: seconds, f"{key}_per_image": seconds / max(len(dataset), 1)}
-    return build_report(dataset, detections, out_dir, title=title or "R-CNN detection report", extra=extra,
-                        config=to_dict(model.config), timings=timings, **kwargs)
+    return build_report(
+        dataset,
+        detections,
+        out_dir,
+        title=title or "R-CNN detection report",
+        extra=extra,
+        config=to_dict(model.config),
+        timings=timings,
+        **kwargs,
+    )

@@ -100,14 +100,19 @@ def test_cli_convert_round_trip_and_skip_bad(tmp_path, capsys):
     assert json.loads((tmp_path / "c" / "gt.json").read_text())["images"][0]["file_name"] == "a.jpg"
     coco = load_dataset(tmp_path / "c" / "gt.json", images=folder, check_images=True)
     gt = str(tmp_path / "c" / "gt.json")
-    assert main(["--quiet", "data", "convert", gt, str(tmp_path / "voc"), "--split", "train", "--images", str(folder)]) == 0
+    assert (
+        main(["--quiet", "data", "convert", gt, str(tmp_path / "voc"), "--split", "train", "--images", str(folder)])
+        == 0
+    )
     voc = load_dataset(tmp_path / "voc", split="train")
     src = load_dataset(folder)
     for s, c, v in zip(src, coco, voc):
         np.testing.assert_array_equal(s.boxes, c.boxes)
         np.testing.assert_array_equal(s.boxes, v.boxes)
         np.testing.assert_array_equal(s.difficult, v.difficult)
-    assert [src.name_of(label) for s in src for label in s.labels] == [voc.name_of(label) for s in voc for label in s.labels]
+    assert [src.name_of(label) for s in src for label in s.labels] == [
+        voc.name_of(label) for s in voc for label in s.labels
+    ]
     (folder / "c.xml").write_text("<annotation>")
     assert main(["--quiet", "data", "convert", str(folder), str(tmp_path / "out.json")]) == 1
     assert "malformed XML" in capsys.readouterr().err
@@ -141,6 +146,8 @@ def test_an_image_over_the_pixel_limit_is_skipped_at_load_time_and_reported_by_c
         load_dataset(folder)  # what `rcnn propose` / `rcnn train` do
     assert e.value.path == str(folder / "big.jpg")
     ds = load_dataset(folder, skip_bad=True)  # --skip-bad
-    assert [s.id for s in ds] == ["small"] and ds.skipped == [(str(folder / "big.jpg"), message + " (rcnn.datasets.images.MAX_PIXELS)")]
+    assert [s.id for s in ds] == ["small"] and ds.skipped == [
+        (str(folder / "big.jpg"), message + " (rcnn.datasets.images.MAX_PIXELS)")
+    ]
     assert main(["--quiet", "data", "check", str(folder)]) == 1
     assert f"{folder / 'big.jpg'}: error: {message}" in capsys.readouterr().out

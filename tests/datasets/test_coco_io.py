@@ -79,13 +79,34 @@ def test_write_coco_numbers_ids_of_a_voc_style_dataset(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda d: d["annotations"].append({"id": 9, "image_id": 99, "category_id": 5, "bbox": [0, 0, 1, 1]}), "unknown image_id 99"),
-        (lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 77, "bbox": [0, 0, 1, 1]}), "unknown category_id 77"),
-        (lambda d: d["images"].append({"id": 3, "file_name": "c.jpg", "width": 5, "height": 5}), "duplicate image id 3"),
-        (lambda d: d["annotations"].append({"id": 1, "image_id": 3, "category_id": 5, "bbox": [0, 0, 1, 1]}), "duplicate annotation id"),
-        (lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 5, "bbox": [5, 5, 0, 3]}), "zero area"),
-        (lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 5, "bbox": [40, 40, 20, 5]}), "outside"),
-        (lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 5, "bbox": [1, 2]}), "not 4 numbers"),
+        (
+            lambda d: d["annotations"].append({"id": 9, "image_id": 99, "category_id": 5, "bbox": [0, 0, 1, 1]}),
+            "unknown image_id 99",
+        ),
+        (
+            lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 77, "bbox": [0, 0, 1, 1]}),
+            "unknown category_id 77",
+        ),
+        (
+            lambda d: d["images"].append({"id": 3, "file_name": "c.jpg", "width": 5, "height": 5}),
+            "duplicate image id 3",
+        ),
+        (
+            lambda d: d["annotations"].append({"id": 1, "image_id": 3, "category_id": 5, "bbox": [0, 0, 1, 1]}),
+            "duplicate annotation id",
+        ),
+        (
+            lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 5, "bbox": [5, 5, 0, 3]}),
+            "zero area",
+        ),
+        (
+            lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 5, "bbox": [40, 40, 20, 5]}),
+            "outside",
+        ),
+        (
+            lambda d: d["annotations"].append({"id": 9, "image_id": 3, "category_id": 5, "bbox": [1, 2]}),
+            "not 4 numbers",
+        ),
     ],
 )
 def test_bad_entries_raise_or_are_skipped(tmp_path, change, message):
@@ -192,7 +213,9 @@ def test_coco_image_sizes_are_checked_when_loading_for_use(tmp_path):
     path = write_json(tmp_path / "gt.json", coco_dict())
     assert len(load_dataset(path)) == 2
     _image(tmp_path / "a.jpg", 90, 80)
-    with pytest.raises(DatasetError, match=r"image 7 \(.*a.jpg\): annotated size 100x80 differs from the image's 90x80$") as e:
+    with pytest.raises(
+        DatasetError, match=r"image 7 \(.*a.jpg\): annotated size 100x80 differs from the image's 90x80$"
+    ) as e:
         load_dataset(path)
     assert e.value.path == str(path)
     ds = load_dataset(path, skip_bad=True)
@@ -200,7 +223,9 @@ def test_coco_image_sizes_are_checked_when_loading_for_use(tmp_path):
     assert len(load_dataset(path, check_images=False)) == 2  # annotations alone, as `rcnn evaluate` reads them
     # Stored 80x100 with EXIF orientation 6: displayed (and annotated) 100x80; rcnn uses the stored pixels.
     _image(tmp_path / "a.jpg", 80, 100, exif_orientation=6)
-    with pytest.raises(DatasetError, match="EXIF orientation 6 rotates it for display; that is its displayed size") as e:
+    with pytest.raises(
+        DatasetError, match="EXIF orientation 6 rotates it for display; that is its displayed size"
+    ) as e:
         load_dataset(path)
     assert "annotated size 100x80 differs from the image's 80x100" in str(e.value)
 
@@ -248,7 +273,10 @@ def test_data_convert_does_not_copy_files_from_outside_the_image_folder(tmp_path
         (lambda a: a.update(area=1e300), "annotation 1: 'area' must be a number >= 0, not 1e+300"),
         (lambda a: a.update(area=-5), "'area' must be a number >= 0"),
         (lambda a: a.update(bbox=[1e300, 10, 1e300, 20]), "lies outside the 100x80 image"),
-        (lambda a: a.update(bbox=[1e308, 10, 1e308, 5]), "box [1e+308 10 inf 15] (x1 y1 x2 y2) has a coordinate that is not a finite"),
+        (
+            lambda a: a.update(bbox=[1e308, 10, 1e308, 5]),
+            "box [1e+308 10 inf 15] (x1 y1 x2 y2) has a coordinate that is not a finite",
+        ),
         (lambda a: a.update(bbox=[10, 10, 10**400, 5]), "not 4 numbers"),
     ],
 )

@@ -59,19 +59,36 @@ def test_columns_by_name_in_any_order_without_sizes_and_with_images(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("a.jpg,40,30,cat,1,2,3,4\n", "needs a header row naming the columns filename,width,height,class,xmin,ymin,xmax,ymax; lacks"),
+        (
+            "a.jpg,40,30,cat,1,2,3,4\n",
+            "needs a header row naming the columns filename,width,height,class,xmin,ymin,xmax,ymax; lacks",
+        ),
         ("filename,width,class,xmin,ymin,xmax,ymax\n", "has one of the columns width, height but not the other"),
-        ("filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,1,2,x,4\n", "line 2: a.jpg: xmin, ymin, xmax, ymax must be numbers"),
+        (
+            "filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,1,2,x,4\n",
+            "line 2: a.jpg: xmin, ymin, xmax, ymax must be numbers",
+        ),
         ("filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,1,2,3\n", "line 2: 5 fields, the columns read need 6"),
         ("filename,class,xmin,ymin,xmax,ymax\n\na.jpg,,1,2,3,4\n", "line 3: a.jpg: no class"),
         ("filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,1,2,3,4\n,cat,1,2,3,4\n", "line 3: no filename"),
-        ("filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,30,2,50,4\n", "line 2: a.jpg 'cat': box [30 2 50 4] (x1 y1 x2 y2) lies outside the 40x30 image"),
+        (
+            "filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,30,2,50,4\n",
+            "line 2: a.jpg 'cat': box [30 2 50 4] (x1 y1 x2 y2) lies outside the 40x30 image",
+        ),
         ("filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,3,2,3,4\n", "has zero area"),
-        ("filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,40,30,cat,1,2,3,4\na.jpg,41,30,cat,1,2,3,4\n",
-         "line 3: a.jpg: size 41x30 differs from line 2's 40x30"),
-        ("filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,50,30,cat,1,2,3,4\n", "line 2: a.jpg: annotated size 50x30 differs from the image's 40x30"),
+        (
+            "filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,40,30,cat,1,2,3,4\na.jpg,41,30,cat,1,2,3,4\n",
+            "line 3: a.jpg: size 41x30 differs from line 2's 40x30",
+        ),
+        (
+            "filename,width,height,class,xmin,ymin,xmax,ymax\na.jpg,50,30,cat,1,2,3,4\n",
+            "line 2: a.jpg: annotated size 50x30 differs from the image's 40x30",
+        ),
         ("filename,class,xmin,ymin,xmax,ymax\nz.jpg,cat,1,2,3,4\n", "image file not found"),
-        ("filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,1,2,3,4\nsub/a.jpg,cat,1,2,3,4\n", "line 3: sub/a.jpg has the stem of a.jpg"),
+        (
+            "filename,class,xmin,ymin,xmax,ymax\na.jpg,cat,1,2,3,4\nsub/a.jpg,cat,1,2,3,4\n",
+            "line 3: sub/a.jpg has the stem of a.jpg",
+        ),
     ],
 )
 def test_errors_name_the_file_and_line(tmp_path, text, message):
@@ -107,17 +124,29 @@ def test_cli_check_and_convert(tmp_path, capsys):
     path = csv_folder(tmp_path / "c")
     assert main(["--quiet", "data", "check", str(path)]) == 0
     assert "3 good samples, 3 boxes, 2 classes (cat 2, dog 1); 0 errors" in capsys.readouterr().out
-    assert main(["--quiet", "data", "convert", str(path), str(tmp_path / "y"), "--format", "yolo", "--split", "train"]) == 0
-    assert main(["--quiet", "data", "convert", str(tmp_path / "y"), str(tmp_path / "out" / "gt.csv"), "--split", "train"]) == 0
+    assert (
+        main(["--quiet", "data", "convert", str(path), str(tmp_path / "y"), "--format", "yolo", "--split", "train"])
+        == 0
+    )
+    assert (
+        main(["--quiet", "data", "convert", str(tmp_path / "y"), str(tmp_path / "out" / "gt.csv"), "--split", "train"])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "(csv)" in out and f"read {tmp_path / 'out' / 'gt.csv'} with --images {tmp_path / 'y' / 'images' / 'train'}" in out
+    assert (
+        "(csv)" in out
+        and f"read {tmp_path / 'out' / 'gt.csv'} with --images {tmp_path / 'y' / 'images' / 'train'}" in out
+    )
     back = load_dataset(tmp_path / "out" / "gt.csv", images=tmp_path / "y" / "images" / "train")
     assert [s.id for s in back] == ["a", "b", "c"]  # the YOLO root's order: sorted files
     src = {s.id: s for s in load_dataset(path)}
     for b in back:
         np.testing.assert_array_equal(src[b.id].boxes, b.boxes)
     assert main(["--quiet", "data", "check", str(path), "--split", "x"]) == 1
-    assert "--split applies to VOC roots (with ImageSets/Main/) and YOLO roots; a CSV file is one split" in capsys.readouterr().out
+    assert (
+        "--split applies to VOC roots (with ImageSets/Main/) and YOLO roots; a CSV file is one split"
+        in capsys.readouterr().out
+    )
     (tmp_path / "c" / "labels.csv").write_text(HAND_WRITTEN + "a.jpg,40,30,cat,1,2,3\n")
     assert main(["--quiet", "data", "check", str(path)]) == 1
     assert f"{path}: error: line 6: 7 fields, the columns read need 8" in capsys.readouterr().out

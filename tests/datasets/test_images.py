@@ -35,7 +35,11 @@ def test_rgb_png_and_jpeg(tmp_path):
             lambda p: Image.fromarray(np.dstack([RGB[:, :, 0], RGB[:, :, 1]]), "LA").save(p),
             np.repeat(RGB[:, :, :1], 3, 2),
         ),
-        ("grey16.png", lambda p: cv2.imwrite(str(p), RGB[:, :, 0].astype(np.uint16) * 257), np.repeat(RGB[:, :, :1], 3, 2)),
+        (
+            "grey16.png",
+            lambda p: cv2.imwrite(str(p), RGB[:, :, 0].astype(np.uint16) * 257),
+            np.repeat(RGB[:, :, :1], 3, 2),
+        ),
         ("rgb16.png", lambda p: cv2.imwrite(str(p), RGB[:, :, ::-1].astype(np.uint16) * 257), RGB),
     ],
 )
@@ -49,7 +53,9 @@ def test_other_pixel_formats_become_rgb8(tmp_path, name, write, expected):
 def test_palette_png(tmp_path):
     Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(tmp_path / "p.png")
     assert Image.open(tmp_path / "p.png").mode == "P"
-    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), np.asarray(Image.open(tmp_path / "p.png").convert("RGB")))
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "p.png"), np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    )
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
@@ -91,7 +97,9 @@ def _png_header_only(path, width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -132,8 +140,8 @@ def test_a_decompression_bomb_is_an_image_error_not_a_pil_traceback(tmp_path):
 
 
 def test_exif_orientation_is_not_applied_by_read_image_nor_the_header_check(tmp_path):
-    from rcnn.datasets.rules import check_image
     from rcnn.datasets.images import read_header
+    from rcnn.datasets.rules import check_image
 
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees for display

@@ -24,7 +24,9 @@ def test_same_seed_same_bytes(synth, tmp_path):
     for f in files:
         assert (out / f).read_bytes() == (tmp_path / "again" / f).read_bytes(), f
     make_synthetic(tmp_path / "other", 30, seed=4, size=128)
-    assert (out / "JPEGImages" / "000000.jpg").read_bytes() != (tmp_path / "other" / "JPEGImages" / "000000.jpg").read_bytes()
+    assert (out / "JPEGImages" / "000000.jpg").read_bytes() != (
+        tmp_path / "other" / "JPEGImages" / "000000.jpg"
+    ).read_bytes()
 
 
 def test_layout_and_splits(synth):

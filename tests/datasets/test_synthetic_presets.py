@@ -55,8 +55,10 @@ def test_single_object_presets_hold_exactly_one_object():
             seen.add(int(labels[0]))
         assert seen == ({1, 2, 3, 4} if name == "classes" else {1}), name
     # object: one fixed size; sizes: many
-    widths = {name: [np.ptp(render_preset(np.random.default_rng([3, i]), name, 96)[1][0, [0, 2]]) for i in range(12)]
-              for name in ("object", "sizes")}
+    widths = {
+        name: [np.ptp(render_preset(np.random.default_rng([3, i]), name, 96)[1][0, [0, 2]]) for i in range(12)]
+        for name in ("object", "sizes")
+    }
     assert np.std(widths["sizes"]) > 2 * np.std(widths["object"])
 
 
@@ -88,8 +90,25 @@ def test_presets_are_deterministic(tmp_path):
 
 
 def test_cli_synth_preset(tmp_path, capsys):
-    assert main(["--quiet", "data", "synth", str(tmp_path / "s"), "--images", "6", "--seed", "0", "--size", "64",
-                 "--preset", "classes"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "synth",
+                str(tmp_path / "s"),
+                "--images",
+                "6",
+                "--seed",
+                "0",
+                "--size",
+                "64",
+                "--preset",
+                "classes",
+            ]
+        )
+        == 0
+    )
     assert "wrote 6 images" in capsys.readouterr().out
     assert load_dataset(tmp_path / "s", split="train").classes == CLASSES
     with pytest.raises(SystemExit):

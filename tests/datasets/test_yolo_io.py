@@ -99,7 +99,12 @@ def test_data_yaml_entries_names_as_list_or_mapping(tmp_path):
     assert ds.classes == ["cat", "dog # not a comment"] and [s.id for s in ds] == ["a", "b"]
     assert [s.id for s in load_dataset(root, split="val")] == ["c"]
     assert [s.id for s in load_dataset(root)] == ["a", "b", "c"]  # every entry together
-    for names in ('names: ["cat", dog]\n', "names:\n- cat\n- dog\n", "names:\n  - cat\n  - dog\n", "names: {0: cat, 1: dog}\n"):
+    for names in (
+        'names: ["cat", dog]\n',
+        "names:\n- cat\n- dog\n",
+        "names:\n  - cat\n  - dog\n",
+        "names: {0: cat, 1: dog}\n",
+    ):
         (root / "data.yaml").write_text("train: images/train\n" + names)
         assert load_dataset(root).classes == ["cat", "dog"], names
 
@@ -145,8 +150,14 @@ def test_bad_lines_are_errors_naming_the_file_and_line(tmp_path):
         "float_class": ("0 0.5 0.5 0.1 0.1\n1.0 0.5 0.5 0.1 0.1\n", "line 2: class '1.0' is not an integer index"),
         "unknown": ("\n\n2 0.5 0.5 0.1 0.1\n", "line 3: unknown class index 2 (the names are 0..1)"),
         "nan_text": ("0 0.5 x 0.1 0.1\n", "line 1: cx cy w h must be numbers"),
-        "outside": ("0 0.5 0.5 0.1 0.1\n1 0.9 0.5 0.5 0.5\n", "line 2 (class 1 'dog': 0.9 0.5 0.5 0.5): box [26 7.5 46 22.5]"),
-        "zero": ("0 0.5 0.5 0 0.1\n", "line 1 (class 0 'cat': 0.5 0.5 0 0.1): box [20 13.5 20 16.5] (x1 y1 x2 y2) has zero area"),
+        "outside": (
+            "0 0.5 0.5 0.1 0.1\n1 0.9 0.5 0.5 0.5\n",
+            "line 2 (class 1 'dog': 0.9 0.5 0.5 0.5): box [26 7.5 46 22.5]",
+        ),
+        "zero": (
+            "0 0.5 0.5 0 0.1\n",
+            "line 1 (class 0 'cat': 0.5 0.5 0 0.1): box [20 13.5 20 16.5] (x1 y1 x2 y2) has zero area",
+        ),
     }
     root = yolo_root(tmp_path / "y", [("good", "0 0.5 0.5 0.5 0.5\n")] + [(k, v[0]) for k, v in bad.items()])
     for stem, (_, message) in bad.items():
@@ -158,7 +169,9 @@ def test_bad_lines_are_errors_naming_the_file_and_line(tmp_path):
     assert [s.id for s in ds] == ["good"] and len(ds.skipped) == len(bad)
     report = check_dataset(root)
     assert report.count("error") == len(bad) and report.samples == 1
-    assert "outside the 40x30 image" in str(report.problems[[p.path for p in report.problems].index(str(root / "labels" / "outside.txt"))])
+    assert "outside the 40x30 image" in str(
+        report.problems[[p.path for p in report.problems].index(str(root / "labels" / "outside.txt"))]
+    )
 
 
 def test_a_box_poking_out_by_rounding_is_clipped_and_reported(tmp_path):
@@ -245,8 +258,22 @@ def test_cli_check_and_convert(tmp_path, capsys):
     assert main(["--quiet", "data", "convert", str(root), str(tmp_path / "gt.json"), "--split", "train"]) == 0
     assert "wrote 3 samples, 3 boxes, 2 classes" in capsys.readouterr().out
     coco = load_dataset(tmp_path / "gt.json")  # file_names y/images/train/*.png
-    assert main(["--quiet", "data", "convert", str(tmp_path / "gt.json"), str(tmp_path / "y2"), "--format", "yolo",
-                 "--split", "val"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "convert",
+                str(tmp_path / "gt.json"),
+                str(tmp_path / "y2"),
+                "--format",
+                "yolo",
+                "--split",
+                "val",
+            ]
+        )
+        == 0
+    )
     assert "(yolo)" in capsys.readouterr().out
     again = load_dataset(tmp_path / "y2", split="val")
     for s, c, a in zip(load_dataset(root, split="train"), coco, again):

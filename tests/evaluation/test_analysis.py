@@ -82,7 +82,9 @@ def test_counts_agree_with_evaluate_voc():
         g = rng.integers(0, 5)
         xy = rng.uniform(0, 150, (g, 2))
         gt = np.c_[xy, xy + rng.uniform(20, 80, (g, 2))]
-        samples.append(Sample(f"s{i}", f"s{i}.jpg", 256, 256, gt, rng.integers(1, 4, g), difficult=rng.random(g) < 0.15))
+        samples.append(
+            Sample(f"s{i}", f"s{i}.jpg", 256, 256, gt, rng.integers(1, 4, g), difficult=rng.random(g) < 0.15)
+        )
         k = rng.integers(0, 12)
         src = gt[rng.integers(0, g, k)] if g else np.zeros((k, 4))
         boxes = src + rng.normal(0, 12, (k, 4)) * (rng.random((k, 1)) < 0.7) + np.array([0, 0, 1, 1])

@@ -69,7 +69,15 @@ def pycocotools_eval(dataset, detections):
     for s in dataset:
         for b, lab, c, d, a in zip(s.boxes, s.labels, s.iscrowd, s.difficult, s.area):
             anns.append(
-                dict(id=len(anns) + 1, image_id=int(s.id), category_id=int(lab), bbox=_xywh(b), area=float(a), iscrowd=int(c), difficult=int(d))
+                dict(
+                    id=len(anns) + 1,
+                    image_id=int(s.id),
+                    category_id=int(lab),
+                    bbox=_xywh(b),
+                    area=float(a),
+                    iscrowd=int(c),
+                    difficult=int(d),
+                )
             )
     results = [
         {"image_id": int(k), "category_id": int(lab), "bbox": _xywh(b), "score": float(sc)}
@@ -78,7 +86,11 @@ def pycocotools_eval(dataset, detections):
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c + 1, "name": n} for c, n in enumerate(dataset.classes)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": c + 1, "name": n} for c, n in enumerate(dataset.classes)],
+        }
         gt.createIndex()
         E = _DifficultCOCOeval(gt, gt.loadRes(results), "bbox")
         E.evaluate()

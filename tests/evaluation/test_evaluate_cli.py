@@ -34,7 +34,12 @@ def voc_folder(folder, dataset):
 def records(detections, image_id, category_id):
     """Results records of ``{sample id: Detections}``; `image_id(sample id)`, `category_id(label)`."""
     return [
-        {"image_id": image_id(k), "category_id": category_id(int(lab)), "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(sc)}
+        {
+            "image_id": image_id(k),
+            "category_id": category_id(int(lab)),
+            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+            "score": float(sc),
+        }
         for k, d in detections.items()
         for b, sc, lab in zip(d.boxes, d.scores, d.labels)
     ]
@@ -75,11 +80,16 @@ def test_voc_ground_truth_lacking_a_detected_class(tmp_path, case, capsys):
         code, out, err = _run(["--gt", gt, "--detections", dets, "--out", tmp_path / "r.json", *extra], capsys)
         assert code == 0, err
         report = json.loads((tmp_path / "r.json").read_text())
-        assert report["per_class"] == pytest.approx(expected["per_class"]) and report["mAP"] == pytest.approx(expected["mAP"])
+        assert report["per_class"] == pytest.approx(expected["per_class"]) and report["mAP"] == pytest.approx(
+            expected["mAP"]
+        )
         assert "c4           0     n/a" in out and "left out of the means" in out
         assert ("named only by the detections (no ground truth): c4" in out) == (not extra)
     # The mAP is the mean over the classes with ground truth: as if c4 had not been detected.
-    without = {k: Detections(d.boxes[d.labels < 4], d.scores[d.labels < 4], d.labels[d.labels < 4]) for k, d in detections.items()}
+    without = {
+        k: Detections(d.boxes[d.labels < 4], d.scores[d.labels < 4], d.labels[d.labels < 4])
+        for k, d in detections.items()
+    }
     assert expected["mAP"] == pytest.approx(evaluate_voc(load_dataset(gt, check_images=False), without).mAP)
     # --classes is the model's list: ground truth of another class is an error, one line.
     code, _, err = _run(["--gt", gt, "--detections", dets, "--classes", "c1,c2,c4"], capsys)
@@ -107,7 +117,9 @@ def test_coco_ground_truth_lacking_a_detected_category_equals_pycocotools(tmp_pa
     write_coco(gt_dataset, tmp_path / "gt.json")
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps(records(detections, int, int)))
-    code, out, err = _run(["--gt", tmp_path / "gt.json", "--detections", dets, "--metric", "coco", "--out", tmp_path / "r.json"], capsys)
+    code, out, err = _run(
+        ["--gt", tmp_path / "gt.json", "--detections", dets, "--metric", "coco", "--out", tmp_path / "r.json"], capsys
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
     stats = _pycocotools(tmp_path / "gt.json", dets)
@@ -131,7 +143,11 @@ def test_iou_outside_0_1_is_a_one_line_error(tmp_path, case, capsys, iou):
     write_detections(tmp_path / "dets.json", detections, dataset)
     argv = ["--gt", tmp_path / "gt.json", "--detections", tmp_path / "dets.json"]
     code, out, err = _run(argv + [f"--iou={iou}"], capsys)
-    assert code == 1 and err.strip().endswith(f"--iou must be in (0, 1], not {float(iou):g}") and len(err.splitlines()) == 1
+    assert (
+        code == 1
+        and err.strip().endswith(f"--iou must be in (0, 1], not {float(iou):g}")
+        and len(err.splitlines()) == 1
+    )
     assert "mAP" not in out
     assert _run(argv + ["--iou", "1"], capsys)[0] == 0
 
@@ -141,6 +157,8 @@ def test_a_score_beyond_float32_is_a_one_line_error(tmp_path, case, capsys):
     dataset, detections, _ = case
     dataset.category_ids = [1, 2, 3, 4]
     write_coco(dataset, tmp_path / "gt.json")
-    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1e308}]))
+    (tmp_path / "dets.json").write_text(
+        json.dumps([{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1e308}])
+    )
     code, _, err = _run(["--gt", tmp_path / "gt.json", "--detections", tmp_path / "dets.json"], capsys)
     assert code == 1 and "record 0: 'score' 1e+308 is beyond float32's range" in err and len(err.splitlines()) == 1

@@ -80,7 +80,9 @@ def random_case(seed, n_images=25, n_classes=3):
 
 
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("thresh, use_07, inclusive", [(0.5, False, False), (0.5, True, True), (0.3, False, True), (0.7, True, False)])
+@pytest.mark.parametrize(
+    "thresh, use_07, inclusive", [(0.5, False, False), (0.5, True, True), (0.3, False, True), (0.7, True, False)]
+)
 def test_random_cases_equal_devkit_loop(seed, thresh, use_07, inclusive):
     dataset, dets = random_case(seed)
     r = evaluate_voc(dataset, dets, thresh, use_07, inclusive)

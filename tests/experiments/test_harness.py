@@ -28,11 +28,11 @@ import run  # noqa: E402
 from rcnn.boxes import box_iou  # noqa: E402
 from rcnn.commands.train import config_from_args  # noqa: E402
 from rcnn.config import merge, to_dict  # noqa: E402
+from rcnn.datasets import load_dataset  # noqa: E402
+from rcnn.datasets.synthetic import make_synthetic  # noqa: E402
 from rcnn.detectors import DetectorConfig  # noqa: E402
 from rcnn.errors import ConfigError  # noqa: E402
 from rcnn.proposals import PROPOSERS, SlidingWindowConfig  # noqa: E402
-from rcnn.datasets import load_dataset  # noqa: E402
-from rcnn.datasets.synthetic import make_synthetic  # noqa: E402
 
 DEMO = ROOT / "experiments" / "configs" / "demo.toml"
 
@@ -48,8 +48,12 @@ def test_merge_nested_tables_key_by_key_without_mutating_inputs():
 
     out = harness.merge(base, first, None, second)
 
-    assert out == {"cache_dir": "b", "features": {"crop_size": 32, "padding": 8, "pool": 1},
-                   "svm": None, "box_regression": False}
+    assert out == {
+        "cache_dir": "b",
+        "features": {"crop_size": 32, "padding": 8, "pool": 1},
+        "svm": None,
+        "box_regression": False,
+    }
     assert (base, first, second) == before
     out["features"]["padding"] = 0  # the result shares no table with the inputs
     assert base["features"]["padding"] == 8
@@ -80,12 +84,15 @@ def test_harness_merge_is_the_cli_rule_set_method_over_a_config_setting_mode(tmp
     base.write_text('[proposals]\nmethod = "selective_search"\nmode = "fast"\nmax_boxes = 500\n[features]\npool = 2\n')
     args = argparse.Namespace(config=str(base), set=["proposals.method=sliding_window", "features.crop_size=96"])
     from_cli = config_from_args(args)
-    from_harness = harness.detector_config(base, {"proposals": {"method": "sliding_window"}}, {"features": {"crop_size": 96}})
+    from_harness = harness.detector_config(
+        base, {"proposals": {"method": "sliding_window"}}, {"features": {"crop_size": 96}}
+    )
     assert from_cli == from_harness
     assert from_cli.proposals == SlidingWindowConfig() and from_cli.features.pool == 2
     values = tomllib.loads(base.read_text())
-    assert harness.merge(values, {"proposals": {"method": "sliding_window"}}) == \
-        merge(values, {"proposals": {"method": "sliding_window"}}, cls=DetectorConfig)
+    assert harness.merge(values, {"proposals": {"method": "sliding_window"}}) == merge(
+        values, {"proposals": {"method": "sliding_window"}}, cls=DetectorConfig
+    )
     with pytest.raises(ConfigError, match=r"base.toml \+ overrides: features.crop_size = 64.7: expected an integer"):
         harness.detector_config(base, {"features": {"crop_size": 64.7}})
 
@@ -101,8 +108,10 @@ def tiny(tmp_path_factory):
     data = root / "tiny"
     make_synthetic(data, images=12, seed=0, size=128, test_fraction=0.25)
     cache = json.dumps(str(root / "cache"))  # absolute: run.main chdirs to the repository root
-    overrides = ("{ proposals = { max_boxes = 20 }, features = { crop_size = 32, padding = 2, pool = 1 }, "
-                 f"finetune = {{ iterations = 0 }}, workers = 1, cache_dir = {cache} }}")
+    overrides = (
+        "{ proposals = { max_boxes = 20 }, features = { crop_size = 32, padding = 2, pool = 1 }, "
+        f"finetune = {{ iterations = 0 }}, workers = 1, cache_dir = {cache} }}"
+    )
     return root, data, overrides
 
 
@@ -113,8 +122,21 @@ def _run(name, config, out, data, monkeypatch, relative: bool = False) -> dict:
     if relative:
         paths = [p.relative_to(out.parent) for p in paths]
     config_arg, out_arg, data_arg = map(str, paths)
-    code = run.main([name, "--config", config_arg, "--out", out_arg, "--data", data_arg, "--only", "tiny",
-                     "--base-config", str(DEMO)])
+    code = run.main(
+        [
+            name,
+            "--config",
+            config_arg,
+            "--out",
+            out_arg,
+            "--data",
+            data_arg,
+            "--only",
+            "tiny",
+            "--base-config",
+            str(DEMO),
+        ]
+    )
     assert code == 0
     assert Path.cwd() == ROOT
     assert (out / "report.md").is_file()
@@ -243,7 +265,9 @@ def test_windows_vs_proposals_runner(tiny, monkeypatch):
         config = method["config"]
         method_name = "sliding_window" if name == "sliding windows" else "selective_search"
         assert config["proposals"]["method"] == method_name and config["proposals"]["max_boxes"] == 10  # train_boxes
-        defaults = to_dict(PROPOSERS[method_name][0]())  # the rest: that method's defaults (a changed method drops the base's)
+        defaults = to_dict(
+            PROPOSERS[method_name][0]()
+        )  # the rest: that method's defaults (a changed method drops the base's)
         assert config["proposals"] == {**defaults, "max_boxes": 10}
         budgets = method["budgets"]
         assert set(budgets) == {"5", "20"}

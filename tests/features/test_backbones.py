@@ -21,8 +21,9 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
 
 
-@pytest.mark.parametrize("name, dim", [("alexnet", 4096), ("vgg16", 4096), ("resnet18", 512),
-                                       ("resnet50", 2048), ("mobilenet_v2", 1280)])
+@pytest.mark.parametrize(
+    "name, dim", [("alexnet", 4096), ("vgg16", 4096), ("resnet18", 512), ("resnet50", 2048), ("mobilenet_v2", 1280)]
+)
 def test_architectures_map_crops_to_feature_vectors(name, dim):
     module, feature_dim, source = build_backbone(name, "random", seed=3)
     assert feature_dim == dim and source == "random:seed=3"

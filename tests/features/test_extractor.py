@@ -43,8 +43,14 @@ def test_config_from_toml_and_bad_values():
     extractor = FeatureExtractor(config, batch_size=4, num_threads=1)  # keywords override
     assert extractor.config.batch_size == 4 and extractor.feature_dim == 512
     assert torch.get_num_threads() == 1
-    assert extractor.params() == {"backbone": "resnet18", "weights": "random:seed=0", "finetuned": None,
-                             "crop_size": 96, "padding": 8, "warp": "cv2"}
+    assert extractor.params() == {
+        "backbone": "resnet18",
+        "weights": "random:seed=0",
+        "finetuned": None,
+        "crop_size": 96,
+        "padding": 8,
+        "warp": "cv2",
+    }
     for bad in ({"backbone": "lenet"}, {"padding": 48, "crop_size": 96}, {"warp": "nearest"}, {"colour": 1}):
         with pytest.raises(ConfigError):
             from_dict(FeatureConfig, bad)

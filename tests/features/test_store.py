@@ -79,8 +79,12 @@ def test_any_parameter_change_is_a_miss(tmp_path, data, extractor):
     state["layer4.1.bn2.bias"] += 1
     tuned.load_state_dict(state)
     moved = {**boxes, "im0": boxes["im0"] + np.float32([1, 0, 1, 0])}  # one box's x moved by a pixel
-    for store, b in [(FeatureStore(root, extractor), moved), (FeatureStore(root, other_size), boxes),
-                     (FeatureStore(root, other_weights), boxes), (FeatureStore(root, tuned), boxes)]:
+    for store, b in [
+        (FeatureStore(root, extractor), moved),
+        (FeatureStore(root, other_size), boxes),
+        (FeatureStore(root, other_weights), boxes),
+        (FeatureStore(root, tuned), boxes),
+    ]:
         assert store.compute(dataset.subset(["im0"]), b)["computed"] == 1
     assert len(entries(root)) == 3 + 4
     # the image's content is part of the key: a rewritten image is a miss

@@ -28,7 +28,7 @@ def test_crop_shows_the_box_and_p_pixels_of_context(padding):
     assert crop.shape == (1, 64, 64, 3) and crop.dtype == np.uint8
     expected = np.empty((64, 64, 3), np.uint8)
     expected[:] = B
-    expected[padding:64 - padding, padding:64 - padding] = A
+    expected[padding : 64 - padding, padding : 64 - padding] = A
     np.testing.assert_array_equal(crop[0], expected)
 
 

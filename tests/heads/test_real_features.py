@@ -46,7 +46,9 @@ def cards_features():
         data = []
         for s in ds.samples[:n]:
             boxes = _boxes(s, rng)
-            data.append(ImageData(extractor.extract(read_image(s.image_path), boxes), boxes, s.boxes, s.labels, s.difficult))
+            data.append(
+                ImageData(extractor.extract(read_image(s.image_path), boxes), boxes, s.boxes, s.labels, s.difficult)
+            )
         out[split] = data
     out["classes"] = ds.classes
     return out

@@ -81,7 +81,9 @@ def test_state_dict_round_trip_and_torch_boxes(tmp_path):
     loaded = BoxRegressor.from_state_dict(torch.load(tmp_path / "reg.pt", weights_only=True))
     im = train[3]
     labels = np.full(len(im.boxes), im.gt_labels[0])
-    np.testing.assert_array_equal(loaded.predict(im.features, im.boxes, labels), reg.predict(im.features, im.boxes, labels))
+    np.testing.assert_array_equal(
+        loaded.predict(im.features, im.boxes, labels), reg.predict(im.features, im.boxes, labels)
+    )
     out = loaded.predict(torch.from_numpy(im.features), torch.from_numpy(im.boxes), labels)
     assert isinstance(out, torch.Tensor)
     np.testing.assert_allclose(out.numpy(), reg.predict(im.features, im.boxes, labels), atol=1e-4)

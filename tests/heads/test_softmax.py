@@ -48,8 +48,16 @@ def _backbone():
 
 
 def _config(**kw):
-    base = dict(iterations=4, batch_positives=4, batch_negatives=8, epoch_iterations=3, checkpoint_every=2,
-                frozen=FROZEN, lr=0.001, seed=0)
+    base = dict(
+        iterations=4,
+        batch_positives=4,
+        batch_negatives=8,
+        epoch_iterations=3,
+        checkpoint_every=2,
+        frozen=FROZEN,
+        lr=0.001,
+        seed=0,
+    )
     return FinetuneConfig(**{**base, **kw})
 
 

@@ -10,8 +10,10 @@ from rcnn.proposals.advice import scale_advice
 def dataset_of(side: float, image=(640, 480), n=20) -> Dataset:
     """`n` images of `image` (width, height) px, each with one square object of `side` px."""
     w, h = image
-    samples = [Sample(f"im{i}", f"im{i}.jpg", w, h, np.array([[10, 10, 10 + side, 10 + side]], np.float32), [1])
-               for i in range(n)]
+    samples = [
+        Sample(f"im{i}", f"im{i}.jpg", w, h, np.array([[10, 10, 10 + side, 10 + side]], np.float32), [1])
+        for i in range(n)
+    ]
     return Dataset(["thing"], samples)
 
 

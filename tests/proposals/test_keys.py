@@ -16,13 +16,16 @@ def opencv_510(monkeypatch):
     monkeypatch.setattr(ss.cv2, "__version__", "5.1.0")
 
 
-@pytest.mark.parametrize(("method", "params", "key"), [
-    ("selective_search", {}, "36700b37d709"),
-    ("selective_search", {"max_boxes": 500}, "9bca32257eb0"),
-    ("selective_search", {"mode": "fast", "max_boxes": 500}, "f9d7a62a3fa9"),
-    ("sliding_window", {}, "72fe69567c31"),
-    ("sliding_window", {"max_boxes": 500, "scales": [0.5, 1.0]}, "2c9e3fd1bc98"),
-])
+@pytest.mark.parametrize(
+    ("method", "params", "key"),
+    [
+        ("selective_search", {}, "36700b37d709"),
+        ("selective_search", {"max_boxes": 500}, "9bca32257eb0"),
+        ("selective_search", {"mode": "fast", "max_boxes": 500}, "f9d7a62a3fa9"),
+        ("sliding_window", {}, "72fe69567c31"),
+        ("sliding_window", {"max_boxes": 500, "scales": [0.5, 1.0]}, "2c9e3fd1bc98"),
+    ],
+)
 def test_keys_of_existing_caches_are_unchanged(opencv_510, method, params, key):
     proposer = make_proposer(method, **params)
     assert proposer.key() == key

@@ -1,12 +1,12 @@
 import json
 
 import numpy as np
+from test_proposal_store import make_images
 
 from rcnn.cli import main
 from rcnn.datasets import Dataset, Sample, load_dataset, write_voc
 from rcnn.evaluation.recall import proposal_recall
 from rcnn.proposals import SlidingWindows
-from test_proposal_store import make_images
 
 
 def voc(tmp_path):
@@ -18,16 +18,42 @@ def voc(tmp_path):
 
 def test_propose_then_recall(tmp_path, capsys):
     root = voc(tmp_path)
-    args = ["--quiet", "propose", str(root), "--method", "sliding_window", "--max-boxes", "300", "--out", str(tmp_path / "p")]
+    args = [
+        "--quiet",
+        "propose",
+        str(root),
+        "--method",
+        "sliding_window",
+        "--max-boxes",
+        "300",
+        "--out",
+        str(tmp_path / "p"),
+    ]
     assert main([*args, "--workers", "1"]) == 0
     assert "3 computed" in capsys.readouterr().out
     assert main([*args, "--workers", "1"]) == 0
     assert "0 computed, 3 already cached" in capsys.readouterr().out
-    assert main(["recall", str(root), "--proposals", str(tmp_path / "p"), "--ks", "10,300", "--out", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "recall",
+                str(root),
+                "--proposals",
+                str(tmp_path / "p"),
+                "--ks",
+                "10,300",
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     dataset = load_dataset(root)
     proposer = SlidingWindows(max_boxes=300)
-    expected = proposal_recall(dataset, {s.id: proposer(np.zeros((s.height, s.width), np.uint8)) for s in dataset}, [10, 300])
+    expected = proposal_recall(
+        dataset, {s.id: proposer(np.zeros((s.height, s.width), np.uint8)) for s in dataset}, [10, 300]
+    )
     assert report["overall"] == expected["overall"]
     assert report["proposer"]["max_boxes"] == 300 and report["seconds_per_image"] > 0
 

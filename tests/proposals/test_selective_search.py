@@ -15,7 +15,12 @@ def scene(height=120, width=160, seed=0):
     """A textured background with three coloured rectangles; returns (image, rectangles xyxy)."""
     rng = np.random.default_rng(seed)
     image = rng.integers(90, 140, (height, width, 3), dtype=np.uint8)
-    rects = np.array([[0.1, 0.1, 0.45, 0.5], [0.55, 0.2, 0.9, 0.9], [0.2, 0.6, 0.45, 0.95]]) * [width, height, width, height]
+    rects = np.array([[0.1, 0.1, 0.45, 0.5], [0.55, 0.2, 0.9, 0.9], [0.2, 0.6, 0.45, 0.95]]) * [
+        width,
+        height,
+        width,
+        height,
+    ]
     rects = rects.round().astype(np.float32)
     for (x1, y1, x2, y2), colour in zip(rects.astype(int), [(220, 30, 30), (30, 200, 40), (20, 40, 210)]):
         image[y1:y2, x1:x2] = colour

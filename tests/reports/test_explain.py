@@ -42,8 +42,23 @@ def test_explain_writes_every_picture_for_an_rcnn(trained, tmp_path, capsys):
     test = load_dataset(trained / "synth", split="test")
     sample = next(s for s in test if len(s.boxes))
     out = tmp_path / "page"
-    assert main(["--quiet", "explain", str(trained / "model.pt"), str(trained / "synth"), "--split", "test",
-                 "--sample", sample.id, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "explain",
+                str(trained / "model.pt"),
+                str(trained / "synth"),
+                "--split",
+                "test",
+                "--sample",
+                sample.id,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "index.md" in capsys.readouterr().out
     index = (out / "index.md").read_text()
     for name in RCNN_PICTURES:
@@ -56,7 +71,9 @@ def test_explain_writes_every_picture_for_an_rcnn(trained, tmp_path, capsys):
     image = read_image(sample.image_path)
     result = explain(model, image, tmp_path / "again", sample.boxes, sample.labels)
     direct = model.detect(image)
-    assert np.allclose(result["detections"].boxes, direct.boxes) and np.allclose(result["detections"].scores, direct.scores)
+    assert np.allclose(result["detections"].boxes, direct.boxes) and np.allclose(
+        result["detections"].scores, direct.scores
+    )
 
 
 def test_explain_an_image_with_its_xml_beside_it_and_one_without(trained, tmp_path):
@@ -68,11 +85,20 @@ def test_explain_an_image_with_its_xml_beside_it_and_one_without(trained, tmp_pa
     shutil.copy(sample.image_path, folder / "a.jpg")
     shutil.copy(trained / "synth" / "Annotations" / f"{sample.id}.xml", folder / "a.xml")
     shutil.copy(sample.image_path, folder / "b.jpg")
-    assert main(["--quiet", "explain", str(trained / "model.pt"), str(folder / "a.jpg"), "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(["--quiet", "explain", str(trained / "model.pt"), str(folder / "a.jpg"), "--out", str(tmp_path / "a")])
+        == 0
+    )
     assert f"ground truth holds {len(sample.boxes)} object" in (tmp_path / "a" / "index.md").read_text()
-    assert main(["--quiet", "explain", str(trained / "model.pt"), str(folder / "b.jpg"), "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(["--quiet", "explain", str(trained / "model.pt"), str(folder / "b.jpg"), "--out", str(tmp_path / "b")])
+        == 0
+    )
     assert "no annotation was given" in (tmp_path / "b" / "index.md").read_text()
-    assert main(["--quiet", "explain", str(trained / "model.pt"), str(trained / "synth"), "--out", str(tmp_path / "c")]) == 1
+    assert (
+        main(["--quiet", "explain", str(trained / "model.pt"), str(trained / "synth"), "--out", str(tmp_path / "c")])
+        == 1
+    )
 
 
 def test_explain_a_localizer_says_which_stages_it_skips(trained, tmp_path):
@@ -80,8 +106,19 @@ def test_explain_a_localizer_says_which_stages_it_skips(trained, tmp_path):
     torch.set_num_threads(1)
     try:
         train = load_dataset(trained / "synth", split="train")
-        model = Localizer(load_config(None, {"detector": "localizer", "backbone": "resnet18", "weights": "random",
-                                             "input_size": 32, "epochs": 1, "cache_dir": str(tmp_path / "cache")}))
+        model = Localizer(
+            load_config(
+                None,
+                {
+                    "detector": "localizer",
+                    "backbone": "resnet18",
+                    "weights": "random",
+                    "input_size": 32,
+                    "epochs": 1,
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+            )
+        )
         model.fit(train)
     finally:
         torch.set_num_threads(before)

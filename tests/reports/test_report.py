@@ -64,7 +64,9 @@ def test_report_from_detections(synth, tmp_path):
     dataset = load_dataset(synth / "synth", split="train")
     detections = _noisy_detections(dataset)
     out = tmp_path / "rep"
-    results = build_report(dataset, detections, out, title="hand-made", extra={"noise": "2 or 25 px"}, gallery=3, top_false_positives=4)
+    results = build_report(
+        dataset, detections, out, title="hand-made", extra={"noise": "2 or 25 px"}, gallery=3, top_false_positives=4
+    )
     on_disk, md = _check_files(out, results, dataset, detections)
     assert on_disk["extra"] == {"noise": "2 or 25 px"} and "| noise | 2 or 25 px |" in md
     fp = on_disk["false_positives"]["overall"]
@@ -108,7 +110,23 @@ def test_report_command_on_a_tiny_model(synth, tmp_path, capsys):
     model = RCNN(config).fit(train)
     path = model.save(tmp_path / "model.pt")
     out = tmp_path / "cli"
-    assert main(["--quiet", "report", str(path), str(synth / "synth"), "--split", "test", "--out", str(out), "--gallery", "2"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "report",
+                str(path),
+                str(synth / "synth"),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--gallery",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "report.md" in capsys.readouterr().out
     detections = model.detect_dataset(test)
     on_disk, md = _check_files(out, json.loads((out / "results.json").read_text()), test, detections)
@@ -117,7 +135,16 @@ def test_report_command_on_a_tiny_model(synth, tmp_path, capsys):
     assert on_disk["images"] == len(test)
     # The same detections through a results file: the same numbers.
     write_detections(tmp_path / "dets.json", detections, test)
-    args = ["--quiet", "report", str(path), str(synth / "synth"), "--split", "test", "--out", str(tmp_path / "from-file")]
+    args = [
+        "--quiet",
+        "report",
+        str(path),
+        str(synth / "synth"),
+        "--split",
+        "test",
+        "--out",
+        str(tmp_path / "from-file"),
+    ]
     assert main([*args, "--detections", str(tmp_path / "dets.json"), "--gallery", "0", "--top-fp", "0"]) == 0
     again = json.loads((tmp_path / "from-file" / "results.json").read_text())
     assert again["voc"]["per_class"] == pytest.approx(on_disk["voc"]["per_class"])
