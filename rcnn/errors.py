@@ -30,5 +30,9 @@ class ConfigError(RcnnError):
     """A configuration file or option has an unknown key or an invalid value."""
 
 
+class DeviceError(ConfigError):
+    """The configured device is not available here (``cuda`` without a GPU)."""
+
+
 class ModelError(RcnnError):
     """A saved model file is corrupt, from another version, or does not fit the data."""

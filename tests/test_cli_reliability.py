@@ -259,3 +259,17 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_model_asked_to_run_on_a_missing_gpu_says_so_not_damaged(trained, tmp_path, capsys):
+    from rcnn.detectors import load_model
+    from rcnn.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="torch sees no GPU") as info:
+        load_model(trained / "model.pt", device="cuda")
+    assert "damaged" not in str(info.value)
+    image = next((trained / "synth" / "JPEGImages").glob("*.jpg"))
+    args = ["--quiet", "detect", str(trained / "model.pt"), str(image), "--out", str(tmp_path / "d.json")]
+    assert main([*args, "--device", "cuda"]) == 1
+    assert "use --device cpu" in capsys.readouterr().err

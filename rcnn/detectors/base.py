@@ -24,7 +24,7 @@ from rcnn.cache import array_hash, atomic_write, params_key
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
-from rcnn.errors import ConfigError, DatasetError, ModelError
+from rcnn.errors import ConfigError, DatasetError, DeviceError, ModelError
 from rcnn.evaluation.recall import proposal_recall
 from rcnn.progress import notice, progress
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
@@ -81,7 +81,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError('device = "cuda", but torch sees no GPU here; use "auto" or "cpu"')
+        raise DeviceError('device = "cuda", but torch sees no GPU here; use --device cpu (or "auto")')
     return torch.device(device)
 
 
@@ -291,6 +291,8 @@ class Detector:
             model = cls(config)
             model.classes_ = check_classes(state["classes"])
             model._from_state(state, path)
+        except DeviceError:
+            raise  # the file is fine; this machine lacks the device
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise ModelError(f"{path}: damaged model file ({type(e).__name__}: {e})") from None
         return model
