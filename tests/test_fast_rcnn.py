@@ -235,7 +235,9 @@ def test_save_load_gives_identical_detections(fitted, synth, tmp_path):
     loaded = load_model(path)
     assert isinstance(loaded, FastRCNN)
     sample = synth[1][0]
-    proposals = fitted.proposal_store().load(sample)
+    store = fitted.proposal_store()
+    store.compute(synth[1].subset([sample.id]), workers=1)  # not left to another test to have done
+    proposals = store.load(sample)
     a = fitted.detect(sample.image_path, proposals=proposals)
     b = loaded.detect(sample.image_path, proposals=proposals)
     assert len(a) > 0

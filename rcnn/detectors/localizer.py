@@ -38,7 +38,7 @@ from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.detectors.base import CommonConfig, Detector, check_trainable, resolve_device, timed
 from rcnn.errors import ModelError
-from rcnn.features.backbones import ARCHITECTURES, WEIGHT_SOURCES, build_backbone
+from rcnn.features.backbones import ARCHITECTURES, WEIGHTS_EXPECTED, build_backbone, is_weights
 from rcnn.features.warp import normalize
 from rcnn.progress import notice, progress
 
@@ -90,12 +90,7 @@ class LocalizerConfig(CommonConfig):
         super().__post_init__()
         require(self, "detector", self.detector == "localizer", '"localizer" for a localiser config')
         require(self, "backbone", self.backbone in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}")
-        require(
-            self,
-            "weights",
-            self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
-            f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path",
-        )
+        require(self, "weights", is_weights(self.weights), WEIGHTS_EXPECTED)
         require(self, "pool", self.pool >= 1, "an integer >= 1")
         require(self, "input_size", self.input_size >= 32, "an integer >= 32")
         for name in ("epochs", "lr_step", "seed"):

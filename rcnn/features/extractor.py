@@ -28,7 +28,14 @@ import numpy as np
 import torch
 
 from rcnn.config import from_dict, require, to_dict
-from rcnn.features.backbones import ARCHITECTURES, WEIGHT_SOURCES, build_backbone, load_weights, weights_hash
+from rcnn.features.backbones import (
+    ARCHITECTURES,
+    WEIGHTS_EXPECTED,
+    build_backbone,
+    is_weights,
+    load_weights,
+    weights_hash,
+)
 from rcnn.features.warp import warp_normalized
 
 __all__ = ["FeatureConfig", "FeatureExtractor", "set_threads"]
@@ -63,12 +70,7 @@ class FeatureConfig:
 
     def __post_init__(self):
         require(self, "backbone", self.backbone in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}")
-        require(
-            self,
-            "weights",
-            self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
-            f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path",
-        )
+        require(self, "weights", is_weights(self.weights), WEIGHTS_EXPECTED)
         require(self, "seed", self.seed >= 0, "an integer >= 0")
         require(self, "crop_size", self.crop_size >= 32, "an integer >= 32")
         require(

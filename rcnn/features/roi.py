@@ -20,7 +20,7 @@ from torch import nn
 from torchvision import ops
 
 from rcnn.config import require
-from rcnn.features.backbones import STRIDE16_CHANNELS, WEIGHT_SOURCES, build_backbone, cut_at_stride16
+from rcnn.features.backbones import STRIDE16_CHANNELS, WEIGHTS_EXPECTED, build_backbone, cut_at_stride16, is_weights
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BackboneConfig", "RoIConfig", "RoIPooler", "build_trunk", "image_tensor", "rescale", "STRIDE"]
@@ -46,12 +46,7 @@ class BackboneConfig:
 
     def __post_init__(self):
         require(self, "name", self.name in STRIDE16_CHANNELS, f"one of {', '.join(STRIDE16_CHANNELS)}")
-        require(
-            self,
-            "weights",
-            self.weights in WEIGHT_SOURCES or self.weights.endswith((".pt", ".pth")),
-            f"one of {', '.join(WEIGHT_SOURCES)} or a .pt/.pth path",
-        )
+        require(self, "weights", is_weights(self.weights), WEIGHTS_EXPECTED)
         require(self, "seed", self.seed >= 0, "an integer >= 0")
         require(self, "num_threads", self.num_threads >= 0, "an integer >= 0 (0: all cores)")
 
