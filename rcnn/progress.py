@@ -4,7 +4,8 @@ On a terminal (stderr is a TTY) `progress` is a tqdm bar with items per second. 
 terminal (``make demo | tee log``, CI, ``nohup``) a bar's carriage returns would be noise, so
 it prints plain lines to stderr instead: one when a stage starts, one every `LOG_INTERVAL`
 seconds with done/total, the rate and the bar's postfix (e.g. the loss), and one when it
-ends. ``rcnn --quiet`` (`QUIET`) silences both.
+ends. A stage over within `LOG_DEFER` seconds gets its end line only. ``rcnn --quiet``
+(`QUIET`) silences both.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 QUIET = False  # set by `rcnn --quiet`
 LOG_INTERVAL = 30.0  # seconds between progress lines off a terminal
+LOG_DEFER = 1.0  # a stage's start line waits this long: a quicker stage gets its end line only
 
 
 def progress(iterable=None, desc: str = "", total=None, unit: str = "img", **kwargs):
@@ -38,17 +40,24 @@ class LogProgress:
         unit: str = "img",
         initial: int = 0,
         interval: float | None = None,
+        defer: float | None = None,
     ):
         self.iterable, self.desc, self.unit = iterable, desc or "progress", unit
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self.initial = total, initial, initial
         self.interval = LOG_INTERVAL if interval is None else interval
+        self.defer = LOG_DEFER if defer is None else defer
         self.postfix = ""
         self.start = self.last = time.monotonic()
-        self.closed = False
-        of = f" of {total} {unit}" if total is not None else ""
-        self._line(f"started{of}" + (f" (resuming at {initial})" if initial else ""))
+        self.closed = self.started = False
+        self._start_line()
+
+    def _start_line(self) -> None:
+        if not self.started and time.monotonic() - self.start >= self.defer:
+            self.started = True
+            of = f" of {self.total} {self.unit}" if self.total is not None else ""
+            self._line(f"started{of}" + (f" (resuming at {self.initial})" if self.initial else ""))
 
     def _line(self, text: str) -> None:
         print(f"rcnn: {self.desc}: {text}", file=sys.stderr, flush=True)
@@ -59,6 +68,7 @@ class LogProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        self._start_line()
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.last = now
