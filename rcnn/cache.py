@@ -27,7 +27,17 @@ import numpy as np
 from rcnn.errors import ImageError
 from rcnn.progress import notice
 
-__all__ = ["file_hash", "array_hash", "params_key", "atomic_write", "write_text", "save_npz", "load_npz", "ImageStore"]
+__all__ = [
+    "file_hash",
+    "image_hash",
+    "array_hash",
+    "params_key",
+    "atomic_write",
+    "write_text",
+    "save_npz",
+    "load_npz",
+    "ImageStore",
+]
 
 FAULT_ENV = "RCNN_FAULT_WRITE"  # tests only: see `_fault`
 
@@ -55,6 +65,24 @@ def params_key(params, length: int = 12) -> str:
     """A short stable hash of JSON-able parameters (dict keys sorted)."""
     text = json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+_image_hashes: dict[tuple, str] = {}  # (path, size, mtime) -> content hash, for every store in the process
+
+
+def image_hash(image_path) -> str:
+    """`file_hash` of an image, remembered (process-wide) while its size and mtime stay the
+    same, so the proposal, feature and detection caches hash each image once. A missing
+    file raises `ImageError`."""
+    image_path = Path(image_path)
+    try:
+        st = image_path.stat()
+    except OSError as e:
+        raise ImageError(image_path, f"cannot read image: {e.strerror or e}") from None
+    memo = (str(image_path), st.st_size, st.st_mtime_ns)
+    if memo not in _image_hashes:
+        _image_hashes[memo] = file_hash(image_path)
+    return _image_hashes[memo]
 
 
 _writes = 0
@@ -143,28 +171,16 @@ class ImageStore:
         self.folder = Path(folder)
         self.params = params
         self.damaged: list[str] = []
-        self._hashes: dict[tuple, str] = {}
-
-    def image_hash(self, image_path) -> str:
-        """Content hash of an image file, remembered while its size and mtime stay the same."""
-        image_path = Path(image_path)
-        try:
-            st = image_path.stat()
-        except OSError as e:
-            raise ImageError(image_path, f"cannot read image: {e.strerror or e}") from None
-        memo = (str(image_path), st.st_size, st.st_mtime_ns)
-        if memo not in self._hashes:
-            self._hashes[memo] = file_hash(image_path)
-        return self._hashes[memo]
 
     def path(self, image_path, extra: str = "") -> Path:
         """Where the entry of an image (and `extra`) is, or will be, stored."""
-        name = self.image_hash(image_path) + (f"-{extra}" if extra else "")
+        name = image_hash(image_path) + (f"-{extra}" if extra else "")
         return self.folder / f"{name}.npz"
 
-    def read(self, image_path, extra: str = "", require: tuple[str, ...] = ()) -> dict | None:
-        """The entry's arrays, or None when missing or damaged (then reported and deleted).
-        An entry lacking any array named in `require` counts as damaged."""
+    def read(self, image_path, extra: str = "", require: tuple[str, ...] = (), repair=None) -> dict | None:
+        """The entry's arrays, or None when it is missing. A damaged one (unreadable, or
+        lacking an array named in `require`) is reported, deleted and counted; then
+        ``repair()`` recomputes and returns it, or without `repair` it reads as missing."""
         path = self.path(image_path, extra)
         try:
             entry = load_npz(path)
@@ -174,7 +190,7 @@ class ImageStore:
             self.damaged.append(str(path))
             notice(f"damaged cache entry, recomputing it ({e})")
             path.unlink(missing_ok=True)
-            return None
+            return None if repair is None else repair()
         return entry
 
     def has(self, image_path, extra: str = "", require: tuple[str, ...] = ()) -> bool:

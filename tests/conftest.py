@@ -1,3 +1,45 @@
-"""Import rcnn before torch in every test: it sets OMP_WAIT_POLICY=PASSIVE (see rcnn/__init__.py)."""
+"""Shared test set-up. Import rcnn before torch in every test: it sets OMP_WAIT_POLICY=PASSIVE
+(see rcnn/__init__.py)."""
+
+import pytest
 
 import rcnn  # noqa: F401
+
+# A tiny R-CNN that trains in seconds: sliding windows, random resnet18 weights, 32 px crops.
+TINY_RCNN = {
+    "proposals": {"method": "sliding_window", "max_boxes": 40},
+    "features": {"backbone": "resnet18", "weights": "random", "crop_size": 32, "padding": 2, "frozen": False},
+    "svm": {"positive_iou": 0.7, "C": 0.01},
+    "workers": 1,
+}
+
+
+def tiny_rcnn_set_args(cache_dir, max_boxes: int = 40) -> list[str]:
+    """`TINY_RCNN` as ``rcnn train --set`` options, caching under `cache_dir`."""
+    values = {
+        "proposals.method": "'sliding_window'",
+        "proposals.max_boxes": str(max_boxes),
+        "features.backbone": "'resnet18'",
+        "features.weights": "'random'",
+        "features.crop_size": "32",
+        "features.padding": "2",
+        "features.frozen": "false",
+        "cache_dir": f"'{cache_dir}'",
+        "workers": "1",
+    }
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """A folder with a small synthetic set (``synth``: 8 images of 128 px, 6 train / 2 test)
+    and a tiny R-CNN trained on its train split (``model.pt``). Read-only: copy before changing."""
+    from rcnn.datasets import load_dataset
+    from rcnn.datasets.synthetic import make_synthetic
+    from rcnn.detectors import RCNN, load_config
+
+    root = tmp_path_factory.mktemp("tiny-trained")
+    make_synthetic(root / "synth", images=8, seed=2, size=128, test_fraction=0.25)
+    model = RCNN(load_config(None, {**TINY_RCNN, "cache_dir": str(root / "cache")}))
+    model.fit(load_dataset(root / "synth", split="train")).save(root / "model.pt")
+    return root

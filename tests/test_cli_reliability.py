@@ -15,28 +15,16 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_rcnn_set_args
 
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
-from rcnn.datasets.synthetic import make_synthetic
-from rcnn.detectors import RCNN, load_config
 from rcnn.proposals import ProposalStore, make_proposer
-
-TINY = {
-    "proposals": {"method": "sliding_window", "max_boxes": 40},
-    "features": {"backbone": "resnet18", "weights": "random", "crop_size": 32, "padding": 2, "frozen": False},
-    "svm": {"positive_iou": 0.7, "C": 0.01},
-    "workers": 1,
-}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    make_synthetic(root / "synth", images=8, seed=2, size=128, test_fraction=0.25)
-    model = RCNN(load_config(None, {**TINY, "cache_dir": str(root / "cache")}))
-    model.fit(load_dataset(root / "synth", split="train")).save(root / "model.pt")
-    return root
+def trained(tiny_trained):
+    return tiny_trained
 
 
 def images_folder(trained, tmp_path, n=5):
@@ -122,24 +110,7 @@ def test_skip_bad_skips_truncated_images_in_train_and_propose(trained, tmp_path,
                 "--skip-bad",
                 "--out",
                 str(tmp_path / "m.pt"),
-                "--set",
-                "proposals.method='sliding_window'",
-                "--set",
-                "proposals.max_boxes=40",
-                "--set",
-                "features.backbone='resnet18'",
-                "--set",
-                "features.weights='random'",
-                "--set",
-                "features.crop_size=32",
-                "--set",
-                "features.padding=2",
-                "--set",
-                "features.frozen=false",
-                "--set",
-                f"cache_dir='{tmp_path / 'cache'}'",
-                "--set",
-                "workers=1",
+                *tiny_rcnn_set_args(tmp_path / "cache"),
             ]
         )
         == 0

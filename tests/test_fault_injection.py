@@ -120,43 +120,19 @@ TRAIN = (
 )
 
 
+PROPOSE = ("propose", "synth", "--method", "sliding_window", "--max-boxes", "40", "--workers", "1", "--out", "cache")
+
+
 def test_propose_killed_anywhere_resumes_to_the_same_boxes(work):
     ref = clean_copy(work, "propose-ref")
-    assert (
-        rcnn(
-            "propose",
-            "synth",
-            "--method",
-            "sliding_window",
-            "--max-boxes",
-            "40",
-            "--workers",
-            "1",
-            "--out",
-            "cache",
-            cwd=ref,
-        )
-        == 0
-    )
+    assert rcnn(*PROPOSE, cwd=ref) == 0
     reference = {p.name: load_npz(p)["boxes"] for p in ref.glob("cache/*/*.npz")}
     assert len(reference) == 8
     rng = random.Random(0)
     for n in rng.sample(range(1, 10), 2):  # 9 writes: params.json and 8 entries
         d = clean_copy(work, f"propose-{n}")
-        args = (
-            "propose",
-            "synth",
-            "--method",
-            "sliding_window",
-            "--max-boxes",
-            "40",
-            "--workers",
-            "1",
-            "--out",
-            "cache",
-        )
-        assert rcnn(*args, cwd=d, fault=n) == -9
-        assert rcnn(*args, cwd=d) == 0
+        assert rcnn(*PROPOSE, cwd=d, fault=n) == -9
+        assert rcnn(*PROPOSE, cwd=d) == 0
         got = {p.name: load_npz(p)["boxes"] for p in d.glob("cache/*/*.npz")}
         assert got.keys() == reference.keys()
         for k in got:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from conftest import tiny_rcnn_set_args
+
 from rcnn import progress as progress_module
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.progress import LogProgress
@@ -58,24 +60,7 @@ def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path):
                 str(tmp_path / "synth"),
                 "--out",
                 str(tmp_path / "m.pt"),
-                "--set",
-                "proposals.method='sliding_window'",
-                "--set",
-                "proposals.max_boxes=30",
-                "--set",
-                "features.backbone='resnet18'",
-                "--set",
-                "features.weights='random'",
-                "--set",
-                "features.crop_size=32",
-                "--set",
-                "features.padding=2",
-                "--set",
-                "features.frozen=false",
-                "--set",
-                f"cache_dir='{tmp_path / 'cache'}'",
-                "--set",
-                "workers=1",
+                *tiny_rcnn_set_args(tmp_path / "cache", max_boxes=30),
             ],
             stdout=f,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from rcnn import __version__
 from rcnn.boxes import batched_nms, box_area, clip_boxes
-from rcnn.cache import array_hash, atomic_write, params_key
+from rcnn.cache import array_hash, atomic_write, image_hash, params_key
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
@@ -128,13 +129,13 @@ def check_trainable(dataset: Dataset, where=None) -> None:
         )
 
 
-def training_key(params: dict, dataset: Dataset, proposals: ProposalStore) -> str:
+def training_key(params: dict, dataset: Dataset) -> str:
     """The key of a training checkpoint: what it depends on, `params` (the training settings
     as plain values), and every image's content and annotations (boxes, labels, difficult
     flags) with the class list, so an edited dataset never resumes a stale checkpoint.
-    Proposals follow from the images and `proposals`' folder (name it in `params` or in the
+    Proposals follow from the images and the proposal folder (name it in `params` or in the
     checkpoint's file name)."""
-    samples = [(proposals.store.image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset]
+    samples = [(image_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset]
     return params_key({**params, "classes": list(dataset.classes), "samples": samples})
 
 
@@ -181,7 +182,7 @@ def check_classes(classes) -> list[str]:
     return list(classes)
 
 
-class Detector:
+class Detector(ABC):
     """The surface every detector has. Subclasses set `kind` and `config_class`, and write
     `fit`, `detect`, `_state` (their part of the model file) and `_from_state`.
 
@@ -297,8 +298,18 @@ class Detector:
             raise ModelError(f"{path}: damaged model file ({type(e).__name__}: {e})") from None
         return model
 
-    def _state(self) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, dataset: Dataset) -> Detector:
+        """Train every stage on `dataset`; returns self (fitted: ``classes_``, ``fit_stats_``)."""
 
+    @abstractmethod
+    def detect(self, image, proposals=None, timings: dict | None = None) -> Detections:
+        """Detections on one image (a path or ``uint8 [H, W, 3]`` RGB array)."""
+
+    @abstractmethod
+    def _state(self) -> dict:
+        """This detector's part of the model file (tensors and plain values)."""
+
+    @abstractmethod
     def _from_state(self, state: dict, path) -> None:
-        raise NotImplementedError
+        """Rebuild the fitted parts from a model file's `state` (`path` names it in errors)."""

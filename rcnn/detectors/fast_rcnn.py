@@ -126,7 +126,7 @@ class FastRCNN(Detector):
             "max_size": c.max_size,
             "proposals": proposals.folder.name,
         }
-        return Path(c.cache_dir) / "fast_rcnn" / f"{training_key(params, dataset, proposals)}.pt"
+        return Path(c.cache_dir) / "fast_rcnn" / f"{training_key(params, dataset)}.pt"
 
     def fit(self, dataset: Dataset, callback=None) -> FastRCNN:
         """Train on `dataset`; returns self. `callback(iteration, loss)` follows each step."""

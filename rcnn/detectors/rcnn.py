@@ -127,7 +127,7 @@ class RCNN(Detector):
         softmax = None
         if c.finetune.iterations > 0:
             start = time.perf_counter()
-            key = _finetune_key(c, dataset, proposals)
+            key = _finetune_key(c, dataset)
             checkpoint = Path(c.cache_dir) / "finetune" / f"{proposals.folder.name}-{key}.pt"
             tuner = Finetuner(
                 num_classes, c.finetune, c.features.crop_size, c.features.padding, checkpoint=checkpoint, device=device
@@ -298,13 +298,11 @@ def _check_heads(model: RCNN) -> None:
             raise ValueError(f"the {name} takes {head_dim}-d features, the backbone gives {dim}")
 
 
-def _finetune_key(config: DetectorConfig, dataset: Dataset, proposals: ProposalStore) -> str:
+def _finetune_key(config: DetectorConfig, dataset: Dataset) -> str:
     """What a fine-tuning checkpoint depends on (`rcnn.detectors.base.training_key`): its
     config, the features, the images and their annotations; the proposal folder is part of
     the checkpoint's name."""
-    return training_key(
-        {"finetune": to_dict(config.finetune), "features": to_dict(config.features)}, dataset, proposals
-    )
+    return training_key({"finetune": to_dict(config.finetune), "features": to_dict(config.features)}, dataset)
 
 
 def _duration(seconds: float) -> str:

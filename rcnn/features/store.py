@@ -96,10 +96,9 @@ class FeatureStore:
 
     def _entry(self, sample, boxes) -> dict:
         boxes = _boxes(boxes)
-        damaged = len(self.store.damaged)
-        entry = self.store.read(sample.image_path, array_hash(boxes), ENTRY)
-        if entry is None and len(self.store.damaged) > damaged:
-            entry = self._extract(sample, boxes)  # damaged: recomputed (and reported by the store)
+        entry = self.store.read(
+            sample.image_path, array_hash(boxes), ENTRY, repair=lambda: self._extract(sample, boxes)
+        )
         if entry is None:
             raise RcnnError(
                 f"{self.path(sample, boxes)}: no cached features for sample {sample.id!r} "

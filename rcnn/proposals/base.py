@@ -10,6 +10,7 @@ it `params()`, `key()` and the repr.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -46,7 +47,7 @@ class ProposerConfig(Mapping):
         return len(self._names())
 
 
-class Proposer:
+class Proposer(ABC):
     """Base of the proposers: ``proposer(image)`` -> ranked ``float32 [N, 4]`` xyxy boxes (best
     first) in the image's own pixels, for a ``uint8 [H, W, 3]`` RGB image.
 
@@ -79,5 +80,6 @@ class Proposer:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 
+    @abstractmethod
     def __call__(self, image) -> np.ndarray:
-        raise NotImplementedError
+        """Ranked boxes ``float32 [N, 4]`` (best first) of a ``uint8 [H, W, 3]`` RGB image."""

@@ -115,13 +115,14 @@ class ProposalStore:
 
     def _entry(self, sample) -> dict:
         image_path = getattr(sample, "image_path", sample)
-        damaged = len(self.store.damaged)
-        entry = self.store.read(image_path, require=ENTRY)
-        if entry is None and len(self.store.damaged) > damaged:  # damaged: recompute it here
+
+        def repair() -> dict | None:  # a damaged entry: propose again here
             n, info = _propose_file(self._params_json(), str(image_path), str(self.folder), wait=True)
             if n is None:
                 raise DatasetError(image_path, info)
-            entry = self.store.read(image_path, require=ENTRY)
+            return self.store.read(image_path, require=ENTRY)
+
+        entry = self.store.read(image_path, require=ENTRY, repair=repair)
         if entry is None:
             raise RcnnError(f"{self.folder}: no proposals for {image_path}; run compute first")
         return entry

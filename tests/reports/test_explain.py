@@ -8,25 +8,13 @@ import torch
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
 from rcnn.datasets.images import read_image
-from rcnn.datasets.synthetic import make_synthetic
 from rcnn.detectors import RCNN, Localizer, load_config
 from rcnn.reports.explain import RCNN_PICTURES, coverage, explain
 
-TINY = {
-    "proposals": {"method": "sliding_window", "max_boxes": 40},
-    "features": {"backbone": "resnet18", "weights": "random", "crop_size": 32, "padding": 2, "frozen": False},
-    "svm": {"positive_iou": 0.7, "C": 0.01},
-    "workers": 1,
-}
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain")
-    make_synthetic(root / "synth", images=8, seed=2, size=128, test_fraction=0.25)
-    model = RCNN(load_config(None, {**TINY, "cache_dir": str(root / "cache")}))
-    model.fit(load_dataset(root / "synth", split="train")).save(root / "model.pt")
-    return root
+def trained(tiny_trained):
+    return tiny_trained
 
 
 def test_coverage_counts_boxes_over_each_pixel():
