@@ -14,7 +14,7 @@ TINY_RCNN = {
 }
 
 
-def tiny_rcnn_set_args(cache_dir, max_boxes: int = 40) -> list[str]:
+def _tiny_rcnn_set_args(cache_dir, max_boxes: int = 40) -> list[str]:
     """`TINY_RCNN` as ``rcnn train --set`` options, caching under `cache_dir`."""
     values = {
         "proposals.method": "'sliding_window'",
@@ -28,6 +28,12 @@ def tiny_rcnn_set_args(cache_dir, max_boxes: int = 40) -> list[str]:
         "workers": "1",
     }
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+@pytest.fixture(scope="session")
+def tiny_rcnn_set_args():
+    """``f(cache_dir, max_boxes=40) -> list``: the tiny R-CNN as ``rcnn train --set`` options."""
+    return _tiny_rcnn_set_args
 
 
 @pytest.fixture(scope="session")

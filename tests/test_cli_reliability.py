@@ -15,7 +15,6 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_rcnn_set_args
 
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
@@ -73,7 +72,7 @@ def test_detect_names_the_stem_two_images_share(trained, tmp_path, capsys):
     assert f"share the file stem '{first.stem}'" in err and first.name in err and f"{first.stem}.png" in err
 
 
-def test_skip_bad_skips_truncated_images_in_train_and_propose(trained, tmp_path, capsys):
+def test_skip_bad_skips_truncated_images_in_train_and_propose(trained, tmp_path, capsys, tiny_rcnn_set_args):
     data = tmp_path / "synth"
     shutil.copytree(trained / "synth", data)
     first_train = (data / "ImageSets" / "Main" / "train.txt").read_text().split()[0]

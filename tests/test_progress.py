@@ -6,8 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import tiny_rcnn_set_args
-
 from rcnn import progress as progress_module
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.progress import LogProgress
@@ -47,7 +45,7 @@ def test_progress_picks_log_lines_off_a_terminal_and_nothing_when_quiet(monkeypa
     assert capsys.readouterr().err == ""
 
 
-def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path):
+def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path, tiny_rcnn_set_args):
     make_synthetic(tmp_path / "synth", images=6, seed=4, size=96, test_fraction=0.0)
     log = tmp_path / "train.log"
     with open(log, "w") as f:
