@@ -1,5 +1,7 @@
-"""Mini-batch sampling of regions of interest (Fast R-CNN, Sec. 2.3), shareable by any
-detector that trains a head on labelled proposals."""
+"""Balanced positive/negative sampling, one policy for every head that learns from labelled
+proposals: `draw` and `BalancedSampler` (torchvision's ``BalancedPositiveNegativeSampler``
+with a numpy ``Generator`` and a rule for a short supply), used by the SVMs' first mining pass,
+R-CNN's fine-tuning batches and `RoISampler` (Fast R-CNN's mini-batches, Sec. 2.3)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,52 @@ import numpy as np
 
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
 
-__all__ = ["RoISample", "RoISampler"]
+__all__ = ["BalancedSampler", "RoISample", "RoISampler", "draw"]
+
+
+def draw(candidates: np.ndarray, n: int | None, rng: np.random.Generator, *, short: str = "all", shuffle: bool = True):
+    """`n` of `candidates` (``int64 [M]`` indices) at random, without replacement while there
+    are enough. With fewer than `n`, `short` says what happens: ``"all"`` takes them all (the
+    sample is smaller), ``"repeat"`` draws `n` with replacement (an empty supply gives an
+    empty sample). `n` None: all of them. `shuffle` False: a subset in any order is enough,
+    so the generator is used only when there are more than `n` (the sample comes back
+    sorted); True: always in random order (a mini-batch's order). -> ``int64 [K]``."""
+    _check_short(short)
+    candidates = np.asarray(candidates, np.int64).reshape(-1)
+    m = len(candidates)
+    n = m if n is None else int(n)
+    if m == 0 or n <= 0:
+        return np.zeros(0, np.int64)
+    if not shuffle and m <= n and short == "all":
+        return candidates
+    if m < n and short == "all":
+        n = m
+    picked = rng.choice(candidates, n, replace=m < n).astype(np.int64)
+    return picked if shuffle else np.sort(picked)
+
+
+def _check_short(short: str):
+    if short not in ("all", "repeat"):
+        raise ValueError(f"short must be 'all' or 'repeat', got {short!r}")
+
+
+class BalancedSampler:
+    """Up to `positives` indices with ``labels > 0`` and up to `negatives` with
+    ``labels == 0`` (other labels never drawn; None: all of a kind), each by `draw` with
+    `short` and `shuffle` (positives drawn first, then negatives, from one generator).
+    ``sampler(labels int [N], rng) -> (positive int64 [P'], negative int64 [N'])``."""
+
+    def __init__(self, positives: int | None, negatives: int | None, short: str = "all", shuffle: bool = True):
+        self.positives, self.negatives, self.short, self.shuffle = positives, negatives, short, shuffle
+        _check_short(short)
+
+    def __call__(self, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.asarray(labels)
+        kw = {"short": self.short, "shuffle": self.shuffle}
+        return (
+            draw(np.flatnonzero(labels > 0), self.positives, rng, **kw),
+            draw(np.flatnonzero(labels == 0), self.negatives, rng, **kw),
+        )
 
 
 class RoISample(NamedTuple):
@@ -62,9 +109,7 @@ class RoISampler:
 
     def sample(self, labels: np.ndarray, gt_index: np.ndarray, rng: np.random.Generator) -> RoISample:
         """Draw from precomputed `label` output (labels ``[N]``, gt_index ``[N]``)."""
-        fg, bg = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
-        n_fg = min(len(fg), int(round(self.fg_fraction * self.rois_per_image)))
-        n_bg = min(len(bg), self.rois_per_image - n_fg)
-        index = np.concatenate([rng.choice(fg, n_fg, replace=False), rng.choice(bg, n_bg, replace=False)])
-        index = index.astype(np.int64)
+        n_fg = min(int((labels > 0).sum()), int(round(self.fg_fraction * self.rois_per_image)))
+        fg, bg = BalancedSampler(n_fg, self.rois_per_image - n_fg)(labels, rng)
+        index = np.concatenate([fg, bg])
         return RoISample(index, labels[index].astype(np.int64), gt_index[index].astype(np.int64))

@@ -35,6 +35,7 @@ from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.warp import normalize, warp_crops
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
+from rcnn.heads.sampler import BalancedSampler
 from rcnn.progress import notice, progress
 
 __all__ = ["FinetuneConfig", "FinetuneImage", "Finetuner", "SoftmaxHead"]
@@ -209,10 +210,9 @@ class Finetuner:
         """Crops ``uint8 [E * B, S, S, 3]`` and labels of epoch `epoch`'s batches, batch-major."""
         cfg, (idx, boxes, labels) = self.config, pool
         rng = np.random.default_rng([cfg.seed, epoch])
-        pos, neg = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
         E, P, N = cfg.epoch_iterations, cfg.batch_positives, cfg.batch_negatives
-        pos = rng.choice(pos, E * P, replace=len(pos) < E * P).reshape(E, P)
-        neg = rng.choice(neg, E * N, replace=len(neg) < E * N).reshape(E, N)
+        pos, neg = BalancedSampler(E * P, E * N, short="repeat")(labels, rng)
+        pos, neg = pos.reshape(E, P), neg.reshape(E, N)
         sel = np.concatenate([pos, neg], axis=1).reshape(-1)  # batch b: rows b*B .. (b+1)*B
         S = self.crop_size
         crops = np.empty((len(sel), S, S, 3), np.uint8)

@@ -29,6 +29,7 @@ from rcnn.config import from_dict, require, to_dict
 from rcnn.errors import ModelError
 from rcnn.heads.data import as_image_data, feature_scale
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, class_labels
+from rcnn.heads.sampler import BalancedSampler
 from rcnn.progress import progress
 
 __all__ = ["SVMConfig", "SVMHead", "GT_IOU"]
@@ -140,6 +141,7 @@ class SVMHead:
         cfg, C = self.config, self.num_classes
         cache, norm_sum, count = None, 0.0, 0
         n_images = len(images)
+        sampler = BalancedSampler(0, cfg.negatives_per_image, shuffle=False)  # every positive is kept anyway
         for i in progress(range(n_images), desc="SVM pass 1", total=n_images):
             d = as_image_data(images[i], i)
             if cache is None:
@@ -150,10 +152,7 @@ class SVMHead:
             rng = np.random.default_rng([cfg.seed, i])
             roles = np.where(labels == POSITIVE, POSITIVE, IGNORE).astype(np.int8)
             for c in range(C):
-                negs = np.flatnonzero(labels[:, c] == NEGATIVE)
-                if len(negs) > cfg.negatives_per_image:
-                    negs = rng.choice(negs, cfg.negatives_per_image, replace=False)
-                roles[negs, c] = NEGATIVE
+                roles[sampler(labels[:, c], rng)[1], c] = NEGATIVE  # labels: POSITIVE 1, NEGATIVE 0
             rows = np.flatnonzero((roles != IGNORE).any(1))
             cache.add(i, rows, d.features[rows], roles[rows])
         if cache is None:
