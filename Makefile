@@ -45,9 +45,9 @@ bench-eval: $(STAMP)
 # Synthetic always, cards when ../shared/data/cards exists, or DATA=path instead of cards.
 # The order shares caches: ablations fits the models that svm-training, budget and
 # windows-vs-proposals reuse.
-EXPERIMENTS := ablations svm-training budget windows-vs-proposals warp proposals localization
+EXPERIMENTS := ablations svm-training budget windows-vs-proposals warp proposals localization family
 
-.PHONY: experiments experiment-proposals experiment-localization
+.PHONY: experiments experiment-proposals experiment-localization experiment-family
 experiments: $(STAMP)
 	for e in $(EXPERIMENTS); do $(MAKE) --no-print-directory experiment-$$e || exit 1; done
 
@@ -57,6 +57,10 @@ experiment-proposals: $(STAMP)
 # The road to R-CNN: the localiser on every synthetic preset, then beside R-CNN (about 10 minutes).
 experiment-localization: $(STAMP)
 	$(PY) experiments/localization.py
+
+# The family on one backbone: R-CNN, Fast R-CNN, Faster R-CNN on synthetic and cards (cold caches: about an hour here).
+experiment-family: $(STAMP)
+	$(PY) experiments/family.py $(if $(DATA),--data $(DATA))
 
 experiment-%: $(STAMP)
 	$(PY) experiments/run.py $* $(if $(DATA),--data $(DATA))

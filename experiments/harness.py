@@ -41,7 +41,7 @@ from rcnn.config import merge as merge_config  # noqa: E402
 from rcnn.config import to_dict  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402
 from rcnn.datasets.core import Dataset  # noqa: E402
-from rcnn.detectors import RCNN, DetectorConfig, load_config  # noqa: E402
+from rcnn.detectors import RCNN, DetectorConfig, build_detector, load_config, load_model  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
 from rcnn.reports.report import run_record, save_figure  # noqa: E402
@@ -128,18 +128,24 @@ def detector_config(base: Path, *overrides: dict | None) -> DetectorConfig:
     return load_config(base, overrides)
 
 
-def fit_or_load(config: DetectorConfig, train: Dataset) -> tuple[RCNN, dict]:
-    """A detector fitted on `train` with `config`, from the model cache when it was fitted
-    before; also returns the fit statistics (counts and seconds per stage of the first fit)."""
+def fit_or_load(config, train: Dataset) -> tuple:
+    """A detector (any kind: the config's ``detector``) fitted on `train` with `config`, from
+    the model cache when it was fitted before; also returns the fit statistics of the first
+    fit: counts and seconds per stage, ``fit_seconds`` (wall) and ``fit_cpu_seconds`` (this
+    process's CPU time, all its threads; worker processes not counted)."""
     ids = sorted(s.id for s in train)
     key = params_key({"config": to_dict(config), "ids": ids, "n": len(train), "rcnn": __version__}, 16)
     folder = Path(config.cache_dir) / "models"
     path, info_path = folder / f"{key}.pt", folder / f"{key}.json"
     if path.is_file() and info_path.is_file():
-        return RCNN.load(path), {**json.loads(info_path.read_text()), "from_cache": True}
-    start = time.perf_counter()
-    model = RCNN(config).fit(train)
-    info = {**model.fit_stats_, "fit_seconds": time.perf_counter() - start}
+        return load_model(path), {**json.loads(info_path.read_text()), "from_cache": True}
+    start, cpu = time.perf_counter(), time.process_time()
+    model = build_detector(config).fit(train)
+    info = {
+        **model.fit_stats_,
+        "fit_seconds": time.perf_counter() - start,
+        "fit_cpu_seconds": time.process_time() - cpu,
+    }
     model.save(path)
     write_text(info_path, json.dumps(info, indent=1) + "\n")
     return model, {**info, "from_cache": False}

@@ -12,9 +12,7 @@ into ``experiments/configs/demo.toml`` for the R-CNN beside it.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +20,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from harness import CONFIGS, ROOT, Report, table  # noqa: E402
+from harness import CONFIGS, ROOT, Report, fit_or_load, table  # noqa: E402
 
 from rcnn.boxes import box_iou  # noqa: E402
-from rcnn.cache import params_key, write_text  # noqa: E402
 from rcnn.config import load_toml, to_dict  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402
 from rcnn.datasets.core import Detections  # noqa: E402
 from rcnn.datasets.images import read_image  # noqa: E402
 from rcnn.datasets.synthetic import PRESETS, make_synthetic  # noqa: E402
-from rcnn.detectors import Localizer, build_detector, load_config, load_model  # noqa: E402
+from rcnn.detectors import Localizer, load_config  # noqa: E402
 from rcnn.detectors.localizer import targets  # noqa: E402
 from rcnn.evaluation import evaluate_voc  # noqa: E402
 from rcnn.reports.draw import caption, draw_detections, image_grid, save_image  # noqa: E402
@@ -62,28 +59,6 @@ VERSUS_COLUMNS = [
     ("objects_per_image", "objects / image", 2),
     ("fit_seconds", "fit s", 0),
 ]
-
-
-def fit_or_load(config, train) -> tuple:
-    """A fitted detector from the model cache (keyed by config, images and version), or a new fit."""
-    key = params_key(
-        {
-            "config": to_dict(config),
-            "ids": sorted(s.id for s in train),
-            "root": str(train.samples[0].image_path.parent),
-        },
-        16,
-    )
-    path = Path(config.cache_dir) / "models" / f"{config.detector}-{key}.pt"
-    info = path.with_suffix(".json")
-    if path.is_file() and info.is_file():
-        return load_model(path), json.loads(info.read_text())
-    start = time.perf_counter()
-    model = build_detector(config).fit(train)
-    seconds = time.perf_counter() - start
-    model.save(path)
-    write_text(info, json.dumps({"fit_seconds": seconds}))
-    return model, {"fit_seconds": seconds}
 
 
 def localizer_metrics(model: Localizer, test) -> tuple[dict, dict]:

@@ -1,0 +1,144 @@
+"""`make experiment-family` (experiments/family.py) end to end on a tiny synthetic set: R-CNN
+with SVMs and with the fine-tuned softmax, Fast R-CNN with a test-time SVD, from the
+experiment's own config format, and a warm re-run from the model cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import family  # noqa: E402
+
+from rcnn.datasets.synthetic import make_synthetic  # noqa: E402
+
+RCNN_BASE = """
+[proposals]
+method = "selective_search"
+max_boxes = 30
+[features]
+backbone = "resnet18"
+weights = "random"
+crop_size = 32
+padding = 2
+frozen = false
+[finetune]
+iterations = 4
+batch_positives = 4
+batch_negatives = 12
+epoch_iterations = 2
+[svm]
+positive_iou = 0.7
+C = 0.01
+"""
+FAST_BASE = """
+detector = "fast_rcnn"
+scale = 128
+max_size = 128
+test_proposals = 30
+[proposals]
+method = "selective_search"
+max_boxes = 30
+[backbone]
+name = "resnet18"
+weights = "random"
+[head]
+fc = [64, 64]
+[train]
+iterations = 6
+rois_per_image = 16
+checkpoint_every = 100
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("family")
+    make_synthetic(root / "tiny", images=12, seed=0, size=128, test_fraction=0.25)
+    (root / "rcnn.toml").write_text(RCNN_BASE)
+    (root / "fast.toml").write_text(FAST_BASE)
+    (root / "family.toml").write_text(f"""
+[experiment]
+title = "Tiny family"
+timed_images = 2
+cache = "{root / "cache"}"
+
+[experiment.bases.tiny]
+rcnn = "{root / "rcnn.toml"}"
+fast_rcnn = "{root / "fast.toml"}"
+
+[[arms]]
+name = "R-CNN, SVMs"
+detector = "rcnn"
+overrides = {{classifier = "svm"}}
+
+[[arms]]
+name = "R-CNN, softmax"
+detector = "rcnn"
+overrides = {{classifier = "softmax"}}
+shares = "R-CNN, SVMs"
+
+[[arms]]
+name = "Fast R-CNN, SVD 8"
+detector = "fast_rcnn"
+test = {{svd_rank = 8}}
+
+[[arms]]
+name = "No such detector"
+detector = "no_such_kind"
+""")
+    return root
+
+
+def _run(root, monkeypatch) -> dict:
+    monkeypatch.chdir(root)  # family.main chdirs to the repository root; monkeypatch restores the cwd
+    args = ["--config", str(root / "family.toml"), "--out", str(root / "out"), "--data", str(root / "tiny")]
+    assert family.main([*args, "--only", "tiny"]) == 0
+    return json.loads((root / "out" / "results.json").read_text())["tiny"]
+
+
+def test_family_table_plot_shared_training_and_test_time_settings(setup, monkeypatch):
+    first = _run(setup, monkeypatch)
+    rows = {r["arm"]: r for r in first["rows"]}
+    assert list(rows) == ["R-CNN, SVMs", "R-CNN, softmax", "Fast R-CNN, SVD 8"]
+    assert first["left_out"] == ["No such detector"]
+    for name, r in rows.items():
+        assert 0.0 <= r["mAP50"] <= 1.0 and -1.0 <= r["coco_AP"] <= 1.0, name
+        assert r["proposals_seconds"] > 0 and r["network_seconds"] > 0, name
+        assert r["total_seconds"] == pytest.approx(r["proposals_seconds"] + r["network_seconds"])
+        assert r["train_seconds"] > 0, name
+    # the softmax arm read the SVM arm's fine-tuned network and features from the cache: its
+    # training counts them at the SVM arm's cost, and it has no CPU time of its own to show
+    assert rows["R-CNN, softmax"]["train_cpu_seconds"] is None
+    assert rows["R-CNN, SVMs"]["train_cpu_seconds"] > 0
+    svm = first["fits"]["R-CNN, SVMs"]
+    assert svm["finetune_seconds"] > 0 and svm["features_seconds"] > 0
+    assert rows["R-CNN, softmax"]["train_seconds"] >= svm["finetune_seconds"] + svm["features_seconds"]
+    assert first["configs"]["Fast R-CNN, SVD 8"]["svd_rank"] == 8  # set on the fitted model at test time
+    assert first["configs"]["R-CNN, softmax"]["classifier"] == "softmax"
+    report = (setup / "out" / "report.md").read_text()
+    assert "| R-CNN, softmax |" in report and "Left out" in report and "Faster R-CNN paper" in report
+    assert (setup / "out" / "family.png").stat().st_size > 0
+
+    second = _run(setup, monkeypatch)  # warm: every model from the cache, the same scores
+    for a, b in zip(first["rows"], second["rows"]):
+        assert b["fit_from_cache"] is True
+        assert (a["mAP50"], a["coco_AP"], a["train_seconds"]) == (b["mAP50"], b["coco_AP"], b["train_seconds"])
+
+
+def test_a_sharing_arm_counts_the_shared_stages_at_the_other_arms_cost():
+    own = {
+        "fit_seconds": 10.0,
+        "proposals_seconds": 2.0,
+        "finetune_seconds": 0.5,
+        "features_seconds": 1.5,
+        "fit_cpu_seconds": 9.0,
+    }
+    shared = {"finetune_seconds": 100.0, "features_seconds": 50.0}
+    assert family.train_seconds(own, None) == (8.0, 9.0)
+    assert family.train_seconds(own, shared) == (8.0 - 0.5 - 1.5 + 150.0, None)
