@@ -108,7 +108,9 @@ class RCNN(Detector):
         first (the training set of regions)."""
         c = self.config
         features = FeatureStore(Path(c.cache_dir) / "features", self.extractor_)
-        return DatasetFeatures(dataset, self.proposal_store(), features, ground_truth, workers=c.workers or None)
+        return DatasetFeatures(
+            dataset, self.proposal_store(), features, ground_truth, workers=c.workers or None, dask=self.dask
+        )
 
     def fit(self, dataset: Dataset) -> RCNN:
         """Train every stage on `dataset`; returns self."""
