@@ -165,34 +165,44 @@ def test_cli_train_report_and_detect_on_a_cluster_equal_local(cluster, synth, tm
 
 @pytest.fixture(scope="module")
 def hidden_worker(tmp_path_factory):
-    """A scheduler and one worker process whose view of ``hidden/`` is an empty tmpfs of its
-    own (a mount namespace, `unshare -m`): a folder at the same path as the client's, on
-    storage the worker does not share, as a local disk of another machine would be."""
+    """A scheduler and one worker process with storage of its own (a mount namespace,
+    `unshare -m`), at the same paths as the client's: ``hidden/`` is an empty tmpfs there (a
+    local disk of another machine), and ``overlaid/`` reads the client's files but keeps what
+    the worker writes to itself (an overlay with a private upper layer; None where overlays
+    cannot be mounted). Yields ``(scheduler address, hidden, overlaid)``."""
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs root and unshare to give a worker storage of its own")
     root = tmp_path_factory.mktemp("hidden-worker")
-    hidden = root / "hidden"
-    hidden.mkdir()
-    probe = subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "tmpfs", str(hidden)], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount in a new namespace here: {probe.stderr.decode().strip()}")
+    hidden, overlaid, scratch = root / "hidden", root / "overlaid", root / "scratch"
+    for folder in (hidden, overlaid, scratch):
+        folder.mkdir()
+    mounts = [
+        f"mount -t tmpfs tmpfs {hidden}",
+        f"mount -t tmpfs tmpfs {scratch} && mkdir {scratch}/up {scratch}/work && mount -t overlay overlay "
+        f"-o lowerdir={overlaid},upperdir={scratch}/up,workdir={scratch}/work {overlaid}",
+    ]
+    works = [subprocess.run(["unshare", "-m", "sh", "-c", m], capture_output=True).returncode == 0 for m in mounts]
+    if not works[0]:
+        pytest.skip("cannot mount in a new namespace here")
+    if not works[1]:
+        mounts, overlaid = mounts[:1], None
     with distributed.LocalCluster(n_workers=0, protocol="tcp://", host="127.0.0.1", dashboard_address=":0") as cluster:
         command = (
-            f"mount -t tmpfs tmpfs {hidden} && exec {sys.executable} -m distributed.cli.dask_worker "
+            " && ".join(mounts) + f" && exec {sys.executable} -m distributed.cli.dask_worker "
             f"{cluster.scheduler_address} --nthreads 1 --no-nanny --no-dashboard --host 127.0.0.1"
         )
         worker = subprocess.Popen(["unshare", "-m", "sh", "-c", command], stderr=subprocess.DEVNULL)
         try:
             with distributed.Client(cluster.scheduler_address) as client:
                 client.wait_for_workers(1, timeout=60)
-            yield cluster.scheduler_address, hidden
+            yield cluster.scheduler_address, hidden, overlaid
         finally:
             worker.kill()  # its mount namespace, and the tmpfs, go with it
             worker.wait(timeout=30)
 
 
 def test_a_cache_folder_the_workers_do_not_see_is_refused(hidden_worker, synth, tmp_path):
-    address, hidden = hidden_worker
+    address, hidden, _ = hidden_worker
     dataset = load_dataset(synth, split="test")
     cache = hidden / f"cache-{time.monotonic_ns()}"
     with pytest.raises(RcnnError, match="is not visible to the Dask workers") as e:
@@ -207,9 +217,63 @@ def test_a_cache_folder_the_workers_do_not_see_is_refused(hidden_worker, synth, 
 
 
 def test_images_the_workers_do_not_see_are_refused(hidden_worker, synth, tmp_path):
-    address, hidden = hidden_worker
+    address, hidden, _ = hidden_worker
     images = hidden / f"synth-{time.monotonic_ns()}"
     shutil.copytree(synth, images)
     dataset = load_dataset(images, split="test")
     with pytest.raises(RcnnError, match=r"\.jpg is not visible to the Dask workers .*cannot read it"):
         features_of(dataset, tmp_path / "cache", dask=address)
+
+
+def test_a_cache_folder_that_keeps_a_workers_writes_to_itself_is_refused(hidden_worker, synth):
+    """The worker reads the client's files there, but what it writes the client never sees."""
+    address, _, overlaid = hidden_worker
+    if overlaid is None:
+        pytest.skip("cannot mount an overlay here")
+    dataset = load_dataset(synth, split="test")
+    cache = overlaid / f"cache-{time.monotonic_ns()}"
+    with pytest.raises(RcnnError, match="a file worker .* wrote there is not seen here.*storage every worker sees"):
+        features_of(dataset, cache, dask=address)
+    assert not list((cache / "proposals").rglob("*.npz"))
+
+
+def test_a_worker_whose_extractor_differs_is_refused():
+    """The worker builds its extractor from the spec and compares its params with the
+    client's (here the client claims fine-tuned weights the worker was not sent)."""
+    from rcnn.config import to_dict
+    from rcnn.features.distributed import _extractor
+
+    extractor = FeatureExtractor(**TINY)
+    params = {**extractor.params(), "finetuned": "0123456789ab"}
+    spec = {"config": to_dict(extractor.config), "device": "cpu", "weights": "", "params": params}
+    with pytest.raises(RcnnError, match="this Dask worker's extractor is .* the client's"):
+        _extractor(json.dumps(spec, sort_keys=True))
+
+
+def test_fast_rcnn_sends_its_proposals_to_the_cluster(cluster, synth, tmp_path):
+    """Fast R-CNN has no per-image feature cache: --dask runs its proposals on the workers,
+    its CNN here; the model equals a local run's."""
+    from rcnn.detectors import FastRCNN, load_config
+
+    train, test = load_dataset(synth, split="train"), load_dataset(synth, split="test")
+    detections = {}
+    for name, dask in (("local", None), ("remote", cluster.scheduler_address)):
+        overrides = {
+            "detector": "fast_rcnn",
+            "scale": 96,
+            "max_size": 96,
+            "device": "cpu",
+            "cache_dir": str(tmp_path / name),
+            "proposals": {"method": "sliding_window", "max_boxes": 30},
+            "backbone": {"weights": "random", "torchscript": False},
+            "head": {"fc": [32, 32]},
+            "train": {"iterations": 2, "rois_per_image": 16},
+        }
+        model = FastRCNN(load_config(overrides=overrides))
+        model.dask = dask
+        detections[name] = model.fit(train).detect_dataset(test)
+    assert assert_same_entries(tmp_path / "local" / "proposals", tmp_path / "remote" / "proposals") == 6
+    for sample_id, local in detections["local"].items():
+        remote = detections["remote"][sample_id]
+        for field in ("boxes", "scores", "labels"):
+            assert np.array_equal(getattr(local, field), getattr(remote, field))
