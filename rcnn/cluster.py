@@ -67,7 +67,13 @@ def check_shared(client, folder, images=(), files=(), hint: str = HINT) -> None:
     probes = [remote_path(p) for p in [*list(images)[:1], *files]]
     written: list[str] = []
     try:
-        answers = client.run(_probe, str(marker), token, probes)
+        try:
+            answers = client.run(_probe, str(marker), token, probes)
+        except Exception as e:  # noqa: BLE001  whatever the workers raised: they cannot run our code
+            raise RcnnError(
+                f"the Dask workers cannot run rcnn {__version__}'s code ({type(e).__name__}: {e}): "
+                "install this rcnn where the workers run"
+            ) from None
         if not answers:
             raise RcnnError(
                 f"the Dask scheduler at {client.scheduler.address} has no workers (start some: dask worker)"

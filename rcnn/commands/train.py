@@ -24,7 +24,7 @@ def add_dask_option(parser) -> None:
 
 # what `--dask` sends to the cluster, per detector kind; the rest runs here
 DASK_STAGES = {
-    "rcnn": "proposals and CNN features run on the Dask workers; fine-tuning and the heads run here",
+    "rcnn": "proposals and CNN features run on the Dask workers, the rest (fine-tuning, the heads) here",
     "fast_rcnn": "proposals run on the Dask workers; the CNN (once per image, inside training and detection) "
     "runs here: Fast R-CNN has no per-image feature cache",
 }

@@ -85,7 +85,7 @@ def compute_on_cluster(store, todo: list[tuple], address: str, bar=None) -> None
     images = [remote_path(sample.image_path) for sample, _ in todo]
     with dask_client(address, store.folder, images, [weights] if weights else []) as client:
         futures = [
-            client.submit(_extract_task, spec, image, boxes, root, pure=False)
+            client.submit(_extract_task, type(store), spec, image, boxes, root, pure=False)
             for image, (_, boxes) in zip(images, todo)
         ]
         for future in as_completed(futures):
@@ -123,17 +123,17 @@ def _extractor(spec_json: str):
     return extractor
 
 
-def _extract_task(spec_json: str, image_path: str, boxes: np.ndarray, root: str) -> tuple[int, str | None]:
-    """Runs on a worker: extract and store one image's features. ``(crops, None)`` or
-    ``(0, error text)`` (rcnn errors are sent as text: they do not survive pickling)."""
+def _extract_task(store_class, spec_json: str, image_path: str, boxes: np.ndarray, root: str) -> tuple[int, str | None]:
+    """Runs on a worker: extract and store one image's features in a `store_class`
+    (`FeatureStore`, sent by reference: this module does not import its importer).
+    ``(crops, None)`` or ``(0, error text)`` (rcnn errors are sent as text: they do not
+    survive pickling)."""
     import socket
-
-    from rcnn.features.store import FeatureStore
 
     spec = json.loads(spec_json)
     try:
         worker_threads(spec["config"].get("num_threads", 0))
-        store = FeatureStore(root, _extractor(spec_json), spec["dtype"])
+        store = store_class(root, _extractor(spec_json), spec["dtype"])
         store.extract(image_path, boxes)
     except RcnnError as e:
         return 0, f"{e} (on Dask worker {socket.gethostname()})"
