@@ -100,7 +100,7 @@ def check_shared(client, folder, images=(), files=(), hint: str = HINT) -> None:
                 if problem is not None:
                     raise RcnnError(
                         f"{path} is not visible to the Dask workers (worker {worker} on {answer['host']}: "
-                        f"{problem}): put the data and the model on storage every worker sees"
+                        f"{problem}): put it on storage every worker sees"
                     )
     finally:
         marker.unlink(missing_ok=True)

@@ -58,7 +58,8 @@ def compute_on_cluster(store, todo: list[tuple], address: str, bar=None) -> None
     """Extract the features of `todo` (``(sample, boxes float32 [N, 4])`` pairs) for
     `store` (a `FeatureStore`) on the Dask scheduler at `address`, one task per image;
     `bar` (a progress bar) counts crops. A worker's error is raised here as `RcnnError`."""
-    from dask.distributed import as_completed
+    from rcnn.config import to_dict
+    from rcnn.features.backbones import WEIGHT_SOURCES
 
     extractor = store.extractor
     weights = ""
@@ -69,11 +70,15 @@ def compute_on_cluster(store, todo: list[tuple], address: str, bar=None) -> None
 
             with atomic_write(weights) as f:
                 torch.save({k: v.detach().cpu() for k, v in extractor.module.state_dict().items()}, f)
-    from rcnn.config import to_dict
-
+    config = to_dict(extractor.config)
+    files = [weights] if weights else []
+    for key in ("weights", "weights_file"):  # a weights file named in the config: absolute, and checked
+        if config[key] and config[key] not in WEIGHT_SOURCES:
+            config[key] = remote_path(config[key])
+            files.append(config[key])
     spec = json.dumps(
         {
-            "config": to_dict(extractor.config),
+            "config": config,
             "device": extractor.device.type,
             "weights": remote_path(weights) if weights else "",
             "params": extractor.params(),
@@ -83,7 +88,9 @@ def compute_on_cluster(store, todo: list[tuple], address: str, bar=None) -> None
     )
     root = remote_path(store.root)
     images = [remote_path(sample.image_path) for sample, _ in todo]
-    with dask_client(address, store.folder, images, [weights] if weights else []) as client:
+    with dask_client(address, store.folder, images, files) as client:
+        from dask.distributed import as_completed
+
         futures = [
             client.submit(_extract_task, type(store), spec, image, boxes, root, pure=False)
             for image, (_, boxes) in zip(images, todo)
