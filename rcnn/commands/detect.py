@@ -4,6 +4,12 @@ Each image's detections are stored as soon as they are found (`rcnn.cache.ImageS
 ``.DETS.json.parts/<model hash>/`` beside the output, keyed by the image's content), so an
 interrupted or failed run keeps its finished images and a re-run with the same model resumes;
 the folder is removed once the results file is written.
+
+With ``--dask ADDRESS`` each image's whole detection (proposals, CNN, heads, NMS: what the
+model's `detect` does) runs on the Dask workers, which load the model file and write each
+image's entry into that same folder; the client then draws and writes the results as
+without. The model file and the output's folder must be on storage every worker sees
+(checked first, `rcnn.cluster`); detections equal a local run's.
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ def register(subparsers) -> None:
         help="draw only detections scoring at least this (default: 0 for SVM margins, 0.5 for probabilities)",
     )
     add_device_option(parser)
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="detect on this Dask scheduler's workers (needs rcnn[dask]; the model and --out on storage every "
+        "worker sees)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -85,21 +97,26 @@ def run(args) -> int:
         out.parent / f".{out.name}.parts" / model_key, {"model": str(args.model), "model_hash": model_key}
     )
     detections, skipped, resumed = {}, [], 0
+    remote = {}  # on the cluster: image path -> None (stored) or the ImageError's message
+    if args.dask:
+        remote = detect_on_cluster(args.dask, args.model, model_key, args.device, dataset, parts)
     limit = args.draw_limit or len(dataset)
     min_score = args.draw_min_score
     if min_score is None:
         min_score = model.draw_threshold
     for i, sample in enumerate(progress(dataset.samples, desc="detect")):
         try:
-            entry = parts.read(sample.image_path, require=("boxes", "scores", "labels"))
+            entry = parts.read(sample.image_path, require=ENTRY)
             image = None
+            if remote.get(str(sample.image_path)) is not None:
+                raise ImageError(sample.image_path, remote[str(sample.image_path)])
             if entry is None:
                 image = read_image(sample.image_path)
                 d = model.detect(image)
                 parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
             else:
                 d = Detections(entry["boxes"], entry["scores"], entry["labels"])
-                resumed += 1
+                resumed += str(sample.image_path) not in remote
             if args.draw and i < limit:
                 image = read_image(sample.image_path) if image is None else image
                 shown = d.scores >= min_score
@@ -124,3 +141,85 @@ def run(args) -> int:
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
     return 0
+
+
+ENTRY = ("boxes", "scores", "labels")
+
+
+def detect_on_cluster(address: str, model_path, model_key: str, device, dataset, parts) -> dict:
+    """Detect every image of `dataset` not in `parts` (an `ImageStore`) on the Dask scheduler
+    at `address`, each worker writing its images' entries into `parts`. Returns ``{image
+    path: None}`` for each stored image, or the message of the `ImageError` it raised."""
+    from rcnn.cluster import dask_client, remote_path
+    from rcnn.errors import ImageError, RcnnError
+    from rcnn.progress import progress
+
+    todo = []
+    for s in dataset:
+        try:
+            if not parts.has(s.image_path, require=ENTRY):
+                todo.append(str(s.image_path))
+        except ImageError:  # unreadable here: the local loop reports (or skips) it
+            continue
+    out = {}
+    if not todo:
+        return out
+    model_path, folder = remote_path(model_path), remote_path(parts.folder)
+    hint = "put --out on storage every worker sees"
+    with dask_client(address, parts.folder, [todo[0]], [model_path], hint=hint) as client:
+        from dask.distributed import as_completed
+
+        futures = {
+            client.submit(
+                _detect_task, model_path, model_key, device, remote_path(image), folder, parts.params, pure=False
+            ): image
+            for image in todo
+        }
+        with progress(total=len(futures), desc="detect (Dask)") as bar:
+            for future in as_completed(futures):
+                kind, message = future.result()
+                if kind == "error":
+                    raise RcnnError(message)
+                out[futures[future]] = message  # None, or an unreadable image's message
+                bar.update(1)
+    return out
+
+
+def _detect_task(model_path: str, model_key: str, device, image_path: str, folder: str, params: dict):
+    """Runs on a Dask worker: detect on one image and store the entry. ``("ok", None)``,
+    ``("image", message)`` for an unreadable image, or ``("error", text)``."""
+    import socket
+
+    from rcnn.cache import ImageStore
+    from rcnn.datasets import read_image
+    from rcnn.errors import ImageError, RcnnError
+    from rcnn.features.distributed import worker_threads
+
+    try:
+        worker_threads()
+        model = _worker_model(model_path, model_key, device)
+        d = model.detect(read_image(image_path))
+        ImageStore(folder, params).write(image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+    except ImageError as e:
+        return "image", e.message
+    except RcnnError as e:  # rcnn errors do not survive pickling between processes: send the text
+        return "error", f"{e} (on Dask worker {socket.gethostname()})"
+    return "ok", None
+
+
+_models: dict = {}
+
+
+def _worker_model(model_path: str, model_key: str, device):
+    """The model a worker has loaded (one at a time), checked to be the client's file."""
+    from rcnn.cache import file_hash
+    from rcnn.detectors import load_model
+    from rcnn.errors import ModelError
+
+    key = (model_path, model_key, device)
+    if key not in _models:
+        if file_hash(model_path) != model_key:
+            raise ModelError(f"{model_path}: the Dask worker reads another file than the client")
+        _models.clear()
+        _models[key] = load_model(model_path, device)
+    return _models[key]

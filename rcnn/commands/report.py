@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    from rcnn.commands.train import add_device_option
+    from rcnn.commands.train import add_dask_option, add_device_option
 
     p = subparsers.add_parser("report", help="evaluation report: AP tables, PR curves, false-positive types, gallery")
     p.add_argument("model", help="model file written by `rcnn train`")
@@ -21,18 +21,25 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, help="gallery score threshold (default: the one maximising F1)")
     p.add_argument("--no-cache", action="store_true", help="run every image through the model instead of the caches")
     add_device_option(p)
+    add_dask_option(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import time
 
+    from rcnn.commands.train import use_dask
     from rcnn.config import to_dict
     from rcnn.datasets import load_dataset, read_detections
     from rcnn.detectors import load_model
+    from rcnn.errors import RcnnError
     from rcnn.reports.report import build_report, report_model
 
     model = load_model(args.model, args.device)
+    if not (args.detections or args.no_cache):  # else nothing per-image is computed through the caches
+        use_dask(model, args.dask)
+    elif args.dask:
+        raise RcnnError("--dask runs the cached stages: it does not go with --detections or --no-cache")
     dataset = load_dataset(args.dataset, args.split, args.images, classes=model.classes_)
     options = dict(gallery=args.gallery, top_false_positives=args.top_fp, score_threshold=args.threshold)
     title = args.title or f"{type(model).__name__} report: {args.model} on {args.dataset}" + (

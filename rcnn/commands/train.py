@@ -13,6 +13,35 @@ def add_device_option(parser) -> None:
     )
 
 
+def add_dask_option(parser) -> None:
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the per-image stages on this Dask scheduler (needs rcnn[dask] and cache_dir on storage "
+        "every worker sees): R-CNN proposals and CNN features, Fast R-CNN proposals",
+    )
+
+
+# what `--dask` sends to the cluster, per detector kind; the rest runs here
+DASK_STAGES = {
+    "rcnn": "proposals and CNN features run on the Dask workers, the rest (fine-tuning, the heads) here",
+    "fast_rcnn": "proposals run on the Dask workers; the CNN (once per image, inside training and detection) "
+    "runs here: Fast R-CNN has no per-image feature cache",
+}
+
+
+def use_dask(model, address) -> None:
+    """Send `model`'s per-image stages to the Dask scheduler at `address` (None: none), and
+    say which stages go there."""
+    from rcnn.progress import notice
+
+    if not address:
+        return
+    model.dask = address
+    stages = DASK_STAGES.get(model.kind, f"a {model.kind} has no per-image cached stage: nothing runs on the cluster")
+    notice(f"--dask {address}: {stages}")
+
+
 def add_config_options(parser) -> None:
     parser.add_argument("--config", help="experiment TOML file (default: the built-in defaults)")
     parser.add_argument(
@@ -73,6 +102,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     add_config_options(parser)
     add_device_option(parser)
+    add_dask_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -92,7 +122,9 @@ def run(args) -> int:
     )
     report_skipped(dataset)
     check_trainable(dataset, args.dataset)
-    model = build_detector(config).fit(dataset)
+    model = build_detector(config)
+    use_dask(model, args.dask)
+    model.fit(dataset)
     model.save(args.out)
     print(json.dumps({"model": args.out, **model.fit_stats_}, indent=2))
     return 0

@@ -192,6 +192,7 @@ class Detector(ABC):
 
     kind = ""
     config_class = CommonConfig
+    dask: str | None = None  # a Dask scheduler address for the per-image stages (not saved; `rcnn ... --dask`)
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -223,7 +224,7 @@ class Detector(ABC):
         for line in advice:
             notice(line)
         store = self.proposal_store()
-        store.compute(dataset, workers=self.config.workers or None)
+        store.compute(dataset, workers=self.config.workers or None, dask=self.dask)
         k = int(getattr(self.config.proposals, "max_boxes", 0)) or 100000
         overall = proposal_recall(dataset, store.load, ks=[k])["overall"][0]
         recall = {name: overall[name] for name in ("boxes_per_image", "recall@0.5", "recall@0.7", "ar")}
@@ -244,7 +245,7 @@ class Detector(ABC):
         store = None
         if use_cache:
             store = self.proposal_store()
-            store.compute(dataset, workers=self.config.workers or None)
+            store.compute(dataset, workers=self.config.workers or None, dask=self.dask)
         out = {}
         for sample in progress(dataset.samples, desc="detect"):
             proposals = None if store is None else store.load(sample)

@@ -104,11 +104,14 @@ class RCNN(Detector):
 
     def dataset_features(self, dataset: Dataset, ground_truth: bool = False) -> DatasetFeatures:
         """`dataset`'s proposals and this detector's features of them, from (and into) the
-        caches under `cache_dir`; with `ground_truth`, each image's ground-truth boxes come
-        first (the training set of regions)."""
+        caches under `cache_dir` (both computed on the Dask scheduler `dask` when it is set);
+        with `ground_truth`, each image's ground-truth boxes come first (the training set of
+        regions)."""
         c = self.config
         features = FeatureStore(Path(c.cache_dir) / "features", self.extractor_)
-        return DatasetFeatures(dataset, self.proposal_store(), features, ground_truth, workers=c.workers or None)
+        return DatasetFeatures(
+            dataset, self.proposal_store(), features, ground_truth, workers=c.workers or None, dask=self.dask
+        )
 
     def fit(self, dataset: Dataset) -> RCNN:
         """Train every stage on `dataset`; returns self."""

@@ -38,8 +38,9 @@ def _boxes(boxes) -> np.ndarray:
 class FeatureStore:
     """Features of `extractor` (a `FeatureExtractor`) cached under `root`.
 
-    ``compute(dataset, boxes_for)`` fills the cache (``boxes_for``: a callable
-    ``sample -> float32 [N, 4]`` or a dict ``sample id -> boxes``);
+    ``compute(dataset, boxes_for, dask=None)`` fills the cache (``boxes_for``: a callable
+    ``sample -> float32 [N, 4]`` or a dict ``sample id -> boxes``; `dask`: a scheduler
+    address to extract on, `rcnn.features.distributed`);
     ``load(sample, boxes) -> float32 [N, D]`` reads one entry, ``seconds(sample, boxes)`` the
     time its extraction took. A damaged entry is reported and recomputed.
     """
@@ -65,9 +66,10 @@ class FeatureStore:
         """Where `sample`'s features on `boxes` are (or will be) stored."""
         return self.store.path(sample.image_path, array_hash(_boxes(boxes)))
 
-    def compute(self, dataset, boxes_for) -> dict:
-        """Extract and store the features of every sample not cached yet; a progress bar
-        counts crops/s. Returns counts ``{"computed", "cached", "crops", "damaged"}``."""
+    def compute(self, dataset, boxes_for, dask: str | None = None) -> dict:
+        """Extract and store the features of every sample not cached yet, here or on the
+        Dask scheduler at `dask`; a progress bar counts crops/s. Returns counts
+        ``{"computed", "cached", "crops", "damaged"}``."""
         damaged = len(self.store.damaged)
         todo, cached = [], 0
         for sample in dataset:
@@ -77,27 +79,33 @@ class FeatureStore:
             else:
                 todo.append((sample, boxes))
         crops = sum(len(b) for _, b in todo)
-        with progress(total=crops, desc="features", unit="crop") as bar:
-            for sample, boxes in todo:
-                self._extract(sample, boxes)
+        with progress(total=crops, desc="features" + (" (Dask)" if dask else ""), unit="crop") as bar:
+            if dask and todo:
+                from rcnn.features.distributed import compute_on_cluster
+
+                compute_on_cluster(self, todo, dask, bar)
+            for sample, boxes in [] if dask else todo:
+                self.extract(sample.image_path, boxes)
                 bar.update(len(boxes))
         return {"computed": len(todo), "cached": cached, "crops": crops, "damaged": len(self.store.damaged) - damaged}
 
-    def _extract(self, sample, boxes: np.ndarray) -> dict:
+    def extract(self, image_path, boxes: np.ndarray) -> dict:
+        """Extract the features of `boxes` ``float32 [N, 4]`` in an image and store the entry
+        (``features``, ``boxes``, ``seconds``), which it returns."""
         start = time.perf_counter()
-        features = self.extractor.extract(read_image(sample.image_path), boxes)
+        features = self.extractor.extract(read_image(image_path), boxes)
         seconds = time.perf_counter() - start
         stored = features.astype(self.dtype)
         if self.dtype == "float16" and not _close(stored, features):
             stored = features  # out of float16's range (e.g. random weights' vanishing features)
         entry = {"features": stored, "boxes": boxes, "seconds": np.float64(seconds)}
-        self.store.write(sample.image_path, array_hash(boxes), **entry)
+        self.store.write(image_path, array_hash(boxes), **entry)
         return entry
 
     def _entry(self, sample, boxes) -> dict:
         boxes = _boxes(boxes)
         entry = self.store.read(
-            sample.image_path, array_hash(boxes), ENTRY, repair=lambda: self._extract(sample, boxes)
+            sample.image_path, array_hash(boxes), ENTRY, repair=lambda: self.extract(sample.image_path, boxes)
         )
         if entry is None:
             raise RcnnError(
@@ -127,14 +135,22 @@ class DatasetFeatures:
     With `ground_truth`, each image's boxes are its ground-truth boxes followed by its
     proposals (R-CNN's training set of regions). ``boxes(sample) -> float32 [N, 4]``,
     ``features(sample) -> float32 [N, D]``, ``seconds(sample) -> (proposals, features)``.
+    `workers`: proposal processes; `dask`: a Dask scheduler address that runs both stages
+    instead (the caches must be on storage every worker sees).
     """
 
     def __init__(
-        self, dataset, proposals, features: FeatureStore, ground_truth: bool = False, workers: int | None = None
+        self,
+        dataset,
+        proposals,
+        features: FeatureStore,
+        ground_truth: bool = False,
+        workers: int | None = None,
+        dask: str | None = None,
     ):
         self.dataset, self.proposals, self.store, self.ground_truth = dataset, proposals, features, ground_truth
-        self.proposal_stats = proposals.compute(dataset, workers=workers)
-        self.feature_stats = features.compute(dataset, self.boxes)
+        self.proposal_stats = proposals.compute(dataset, workers=workers, dask=dask)
+        self.feature_stats = features.compute(dataset, self.boxes, dask=dask)
 
     def boxes(self, sample) -> np.ndarray:
         boxes = self.proposals.load(sample)

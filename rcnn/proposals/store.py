@@ -22,12 +22,13 @@ import cv2
 import numpy as np
 
 from rcnn.cache import ImageStore
+from rcnn.cluster import dask_client, remote_path
 from rcnn.datasets.images import read_image
 from rcnn.errors import DatasetError, RcnnError
 from rcnn.progress import progress
 from rcnn.proposals.registry import make_proposer
 
-DASK_TIMEOUT = 30  # seconds to reach a Dask scheduler
+DASK_TIMEOUT = 30  # seconds to reach a Dask scheduler (`rcnn.cluster.dask_client`)
 ENTRY = ("boxes", "seconds")
 BUSY = "busy"  # a worker's answer for an image another run is proposing
 
@@ -140,7 +141,8 @@ class ProposalStore:
 
     def compute(self, dataset, workers: int | None = None, dask: str | None = None) -> dict:
         """Propose for every sample not cached yet. `workers`: processes (None: all cores;
-        1: in this process); `dask`: a scheduler address to run on instead. Returns counts
+        1: in this process); `dask`: a scheduler address to run on instead (the cache must be
+        on storage every worker sees: `rcnn.cluster.dask_client` checks it). Returns counts
         (``images``, ``computed``, ``cached``, ``by_another_run``: stored by a concurrent run
         while this one ran, ``damaged``: unreadable entries recomputed),
         ``seconds`` and ``images_per_second``."""
@@ -149,17 +151,18 @@ class ProposalStore:
         self.store.write_params()
         damaged = len(self.store.damaged)
         params_json = self._params_json()
+        where = remote_path if dask else str  # a worker's working directory is not ours
         todo = {}
         for sample in dataset:
             out = str(self.path(sample))
             if out not in todo and not self.store.has(sample.image_path, require=ENTRY):
-                todo[out] = str(sample.image_path)
-        jobs = [joblib.delayed(_propose_file)(params_json, image, str(self.folder)) for image in todo.values()]
+                todo[out] = where(sample.image_path)
+        jobs = [joblib.delayed(_propose_file)(params_json, image, where(self.folder)) for image in todo.values()]
         start, shared = time.perf_counter(), 0
         if jobs:
             with progress(total=len(jobs), desc=f"proposals ({self.proposer.method})") as bar:
                 busy = []
-                for (n, info), image in zip(self._run(jobs, workers, dask), todo.values()):
+                for (n, info), image in zip(self._run(jobs, workers, dask, list(todo.values())), todo.values()):
                     if n is None:
                         raise DatasetError(image, info)
                     if n == BUSY:
@@ -185,21 +188,16 @@ class ProposalStore:
             "folder": str(self.folder),
         }
 
-    @staticmethod
-    def _run(jobs, workers, dask):
-        """Results of joblib `jobs` in order, as they finish: in-process, loky or Dask."""
+    def _run(self, jobs, workers, dask, images=()):
+        """Results of joblib `jobs` in order, as they finish: in-process, loky or Dask (after
+        checking that the workers see this cache folder and the first of `images`)."""
         import joblib
 
         if dask:
-            try:
-                from dask.distributed import Client
-            except ImportError:
-                raise RcnnError("--dask needs Dask: pip install 'rcnn[dask]'") from None
-            try:
-                client = Client(dask, timeout=DASK_TIMEOUT)
-            except (OSError, TimeoutError) as e:
-                raise RcnnError(f"cannot reach the Dask scheduler at {dask}: {e}") from None
-            with client, joblib.parallel_config(backend="dask"):
+            with (
+                dask_client(dask, self.folder, images, timeout=DASK_TIMEOUT),
+                joblib.parallel_config(backend="dask"),
+            ):
                 yield from joblib.Parallel(n_jobs=-1, return_as="generator")(jobs)
             return
         if workers == 1 or len(jobs) == 1:
