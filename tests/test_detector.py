@@ -101,7 +101,7 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(None, {"svm": {"no_such_option": 1}})
     with pytest.raises(ConfigError, match="softmax"):
-        load_config(None, {"classifier": "softmax"})
+        load_config(None, {"classifier": "softmax", "finetune": {"iterations": 0}})
     toml = tmp_path / "c.toml"
     toml.write_text('[features]\ncrop_size = 96\n[proposals]\nmethod = "sliding_window"\nmax_boxes = 100\n')
     config = load_config(toml)
