@@ -145,3 +145,22 @@ def test_detect_on_a_dataset_resumed_writes_what_an_uninterrupted_run_writes(tin
 def test_test_rule_settings_are_checked(changes, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, changes)
+
+
+def test_the_base_candidates_from_detect_match_the_detectors_own(tiny):
+    """`Detector.candidates`' default (detect with no threshold, no NMS, no cap; for a detector
+    that does not write its own, such as a new one) gives what `RCNN.candidates` gives."""
+    from rcnn.detectors.base import Detector
+
+    _, model, images = tiny
+    model = with_config(model, top_per_class=7)
+    for s in images.samples[:3]:
+        image, proposals = read_image(s.image_path), model.proposal_store().load(s)
+        own = model.candidates(image, proposals)
+        generic = Detector.candidates(model, image, proposals)
+        assert model.config.score_threshold is None and model.config.nms_threshold == 0.3  # put back
+
+        def rows(d):
+            return sorted(zip(d.labels.tolist(), np.round(d.scores, 4).tolist(), np.round(d.boxes, 2).tolist()))
+
+        assert rows(own) == rows(generic) and len(own) == 7 * len(model.classes_)
