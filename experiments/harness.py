@@ -165,15 +165,28 @@ class TestSet:
         self.seconds = {s.id: self.regions.seconds(s) for s in test}
 
     def score(
-        self, boxes: int | None = None, nms_threshold: float | None = None, score_threshold: float | None = None
+        self,
+        boxes: int | None = None,
+        nms_threshold: float | None = None,
+        score_threshold: float | None = None,
+        test_rule: str | None = None,
     ) -> tuple[dict, dict]:
         """``(metrics, detections)``: VOC mAP@0.5 (all-point and VOC07), COCO AP, AP50 and
         AP75, proposal recall of the boxes used, and seconds per image split into proposals
         (Selective Search's time does not depend on `boxes`), features (the cached extraction's
-        time scaled to the boxes used) and heads + NMS (measured here)."""
+        time scaled to the boxes used) and heads + NMS (measured here). `test_rule` (None: the
+        config's, or ``threshold`` when a `score_threshold` is given) as in `CommonConfig`."""
         model = copy.copy(self.model)
+        if test_rule is None and score_threshold is not None:
+            test_rule = "threshold"
         changes = {
-            k: v for k, v in (("nms_threshold", nms_threshold), ("score_threshold", score_threshold)) if v is not None
+            k: v
+            for k, v in (
+                ("nms_threshold", nms_threshold),
+                ("score_threshold", score_threshold),
+                ("test_rule", test_rule),
+            )
+            if v is not None
         }
         model.config = replace(self.model.config, **changes)
         detections, timings, secs = {}, {}, {"proposals": [], "features": []}
@@ -181,10 +194,12 @@ class TestSet:
             all_boxes = self.boxes[s.id]
             n = len(all_boxes) if boxes is None else min(boxes, len(all_boxes))
             feats = self.regions.features(s, all_boxes)[:n]
-            detections[s.id] = model.predict(all_boxes[:n], feats, (s.height, s.width), timings)
+            detections[s.id] = model.predict(all_boxes[:n], feats, (s.height, s.width), timings, model.set_rule)
             p, f = self.seconds[s.id]
             secs["proposals"].append(p)
             secs["features"].append(None if f is None else f * n / max(len(all_boxes), 1))
+        if model.set_rule:
+            detections = model.select_over_set(detections, timings)
         voc = evaluate_voc(self.test, detections, 0.5)
         voc07 = evaluate_voc(self.test, detections, 0.5, use_07_metric=True)
         coco = evaluate_coco(self.test, detections)
@@ -193,8 +208,13 @@ class TestSet:
         per_image = {name: _mean(v) for name, v in secs.items()}
         per_image["heads_nms"] = sum(timings.values()) / max(len(self.test), 1)
         total = None if None in per_image.values() else sum(per_image.values())
+        ends = [(r[-1], p[-1]) for r, p, n in zip(voc.recall, voc.precision, voc.npos) if n > 0 and len(r)]
         metrics = {
             "mAP50": voc.mAP,
+            "test_rule": model.config.test_rule,
+            "detections_per_image": sum(len(d) for d in detections.values()) / max(len(self.test), 1),
+            "pr_end_recall": _mean([r for r, _ in ends]),  # where the precision-recall curves stop
+            "pr_end_precision": _mean([p for _, p in ends]),
             "mAP50_voc07": voc07.mAP,
             "coco_AP": coco["AP"],
             "coco_AP50": coco["AP50"],

@@ -75,14 +75,17 @@ def load_toml(path) -> dict:
         raise ConfigError(f"{path}: malformed TOML: {e}") from None
 
 
-def from_dict(cls, values: dict | None, where: str = "", table: str = ""):
+def from_dict(cls, values: dict | None, where: str = "", table: str = "", *, as_saved: bool = False):
     """An instance of dataclass `cls` (or of a member of a tagged union of dataclasses) from
     `values`, every value checked against its field's annotation first.
 
     `where` names the source in messages (a file; default the class name) and `table` the
     dotted path of `values` within it (``features``). Unknown keys, values of the wrong type
     and values out of range raise `ConfigError`. Nested dataclass fields are filled from
-    nested tables; lists become tuples so the result stays hashable.
+    nested tables, each laid over the field's default (a table changes only the keys it
+    names); lists become tuples so the result stays hashable. `as_saved`: `values` is a
+    config a model file stored (in full, by `to_dict`; older files may lack keys added
+    since), so a table's missing keys take its own class's defaults, as when it was written.
     """
     where = where or getattr(cls, "__name__", "config")
     if _tagged(cls) is not None:
@@ -98,6 +101,8 @@ def from_dict(cls, values: dict | None, where: str = "", table: str = ""):
             f"known: {', '.join(fields)}"
         )
     hints = _hints(cls)
+    if not as_saved:
+        values = {name: _over_default(fields[name], value, hints.get(name)) for name, value in values.items()}
     kwargs = {name: _convert(value, hints.get(name), where, _join(table, name)) for name, value in values.items()}
     try:
         return cls(**kwargs)
@@ -105,6 +110,19 @@ def from_dict(cls, values: dict | None, where: str = "", table: str = ""):
         raise ConfigError(f"{where}: {_join(table, e.name)} = {show(e.value)}: expected {e.expected}") from None
     except (ConfigError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {table + ': ' if table else ''}{e}") from None
+
+
+def _over_default(f: dataclasses.Field, value, hint):
+    """A table given for a field whose default is a config instance (``DetectorConfig``'s
+    ``features``, ``finetune``, ...) laid over that default's values by `merge`'s rule, so a
+    table changes only the keys it names: ``[finetune] lr = 0.01`` keeps the detector's own
+    ``iterations``. Anything else is returned as it is."""
+    if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default) or isinstance(default, type):
+        return value
+    return _merge(to_dict(default), value, hint)
 
 
 def merge(values: dict | None, *changes: dict | None, cls=None) -> dict:

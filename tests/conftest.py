@@ -5,10 +5,19 @@ import pytest
 
 import rcnn  # noqa: F401
 
-# A tiny R-CNN that trains in seconds: sliding windows, random resnet18 weights, 32 px crops.
+# A tiny R-CNN that trains in seconds: sliding windows, random resnet18 weights, 32 px crops,
+# one global pool, no fine-tuning.
 TINY_RCNN = {
     "proposals": {"method": "sliding_window", "max_boxes": 40},
-    "features": {"backbone": "resnet18", "weights": "random", "crop_size": 32, "padding": 2, "frozen": False},
+    "features": {
+        "backbone": "resnet18",
+        "weights": "random",
+        "crop_size": 32,
+        "padding": 2,
+        "frozen": False,
+        "pool": 1,
+    },
+    "finetune": {"iterations": 0},
     "svm": {"positive_iou": 0.7, "C": 0.01},
     "workers": 1,
 }
@@ -24,6 +33,8 @@ def _tiny_rcnn_set_args(cache_dir, max_boxes: int = 40) -> list[str]:
         "features.crop_size": "32",
         "features.padding": "2",
         "features.frozen": "false",
+        "features.pool": "1",
+        "finetune.iterations": "0",
         "cache_dir": f"'{cache_dir}'",
         "workers": "1",
     }

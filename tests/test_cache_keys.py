@@ -22,7 +22,14 @@ def tiny_config(cache_dir, iterations: int = 0):
         None,
         {
             "proposals": {"method": "sliding_window", "max_boxes": 40},
-            "features": {"backbone": "resnet18", "weights": "random", "crop_size": 32, "padding": 2, "frozen": False},
+            "features": {
+                "backbone": "resnet18",
+                "weights": "random",
+                "crop_size": 32,
+                "padding": 2,
+                "frozen": False,
+                "pool": 1,
+            },
             "finetune": {
                 "iterations": iterations,
                 "checkpoint_every": 1,

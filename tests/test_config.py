@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -182,8 +183,10 @@ def test_a_config_saved_before_typed_proposers_still_loads():
     old = {**to_dict(DetectorConfig()), "proposals": {"method": "sliding_window", "max_boxes": 150}}
     config = from_dict(DetectorConfig, old, where="m.pt: config")
     assert config.proposals == SlidingWindowConfig(max_boxes=150)
-    old["proposals"] = {"method": "selective_search"}  # the old default table
-    assert from_dict(DetectorConfig, old).proposals == SelectiveSearchConfig()
+    old["proposals"] = {"method": "selective_search"}  # the old default table, read as a model file is
+    assert from_dict(DetectorConfig, old, as_saved=True).proposals == SelectiveSearchConfig()
+    # a config file's table is laid over the detector's defaults instead (500 boxes)
+    assert from_dict(DetectorConfig, old).proposals == SelectiveSearchConfig(max_boxes=500)
     saved = to_dict(config)  # what a model stores now: a plain table with its method
     assert saved["proposals"]["method"] == "sliding_window" and from_dict(DetectorConfig, saved) == config
 
@@ -192,8 +195,9 @@ def test_a_config_saved_before_typed_proposers_still_loads():
 
 
 def test_proposals_table_becomes_the_config_of_its_method():
-    assert DetectorConfig().proposals == SelectiveSearchConfig()
-    assert load_config(None, {"proposals": {"mode": "fast"}}).proposals == SelectiveSearchConfig(mode="fast")
+    assert DetectorConfig().proposals == SelectiveSearchConfig(max_boxes=500)  # the detector's default
+    fast = load_config(None, {"proposals": {"mode": "fast"}}).proposals
+    assert fast == SelectiveSearchConfig(mode="fast", max_boxes=500)
     windows = load_config(None, {"proposals": {"method": "sliding_window", "scales": [0.5]}}).proposals
     assert windows == SlidingWindowConfig(scales=(0.5,)) and windows.method == "sliding_window"
     # it still reads like the table it came from, for code written against the dict
@@ -278,3 +282,43 @@ def test_propose_command_method_option_over_a_config_setting_mode(tmp_path, caps
     path.write_text("[proposals]\nmax_boxes = 50.5\n")
     with pytest.raises(ConfigError, match=rf"^{path}: proposals.max_boxes = 50.5: expected an integer$"):
         proposer_from_args(args)
+
+
+# -- the defaults: measured settings; R-CNN's paper settings one file away ----------------------
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def test_the_defaults_are_the_measured_cards_settings():
+    defaults, cards = to_dict(load_config(None)), to_dict(load_config(CONFIGS / "cards.toml"))
+    assert defaults.pop("cache_dir") == "cache" and cards.pop("cache_dir") == "data/cache"
+    assert defaults == cards
+    assert defaults["test_rule"] == "rcnn" and defaults["finetune"]["iterations"] == 400
+
+
+def test_paper_toml_is_rcnns_settings_the_old_defaults():
+    from rcnn.features.extractor import FeatureConfig
+    from rcnn.heads import SVMConfig
+    from rcnn.heads.softmax import FinetuneConfig
+
+    paper = load_config(CONFIGS / "paper.toml")
+    old = DetectorConfig(
+        proposals=SelectiveSearchConfig(),
+        features=FeatureConfig(),
+        finetune=FinetuneConfig(iterations=0),
+        svm=SVMConfig(),
+    )
+    assert paper == old
+    assert (paper.proposals.max_boxes, paper.features.crop_size, paper.features.padding) == (2000, 224, 16)
+    assert paper.finetune.iterations == 0 and paper.svm.C == 0.001 and paper.svm.positive_iou is None
+
+
+def test_a_table_changes_only_the_keys_it_names(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[finetune]\nlr = 0.01\n[features]\nbackbone = "resnet18"\n[proposals]\nmode = "fast"\n')
+    config, defaults = load_config(path), DetectorConfig()
+    assert config.finetune == dataclasses.replace(defaults.finetune, lr=0.01)
+    assert config.features == dataclasses.replace(defaults.features, backbone="resnet18")
+    assert config.proposals == dataclasses.replace(defaults.proposals, mode="fast")
+    # another proposal method starts from its own defaults
+    assert load_config(None, {"proposals": {"method": "sliding_window"}}).proposals == SlidingWindowConfig()

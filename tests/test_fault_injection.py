@@ -34,6 +34,7 @@ weights = "random"
 crop_size = 32
 padding = 2
 frozen = false
+pool = 1
 [finetune]
 iterations = 3
 checkpoint_every = 1

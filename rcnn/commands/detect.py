@@ -1,7 +1,7 @@
 """`rcnn detect MODEL.pt IMAGE|DIR|DATASET --out DETS.json [--draw DIR] [--skip-bad]`.
 
 Each image's detections are stored as soon as they are found (`rcnn.cache.ImageStore` in
-``.DETS.json.parts/<model hash>/`` beside the output, keyed by the image's content), so an
+``.DETS.json.parts/<model hash>[-candidatesK]/`` beside the output, keyed by the image's content), so an
 interrupted or failed run keeps its finished images and a re-run with the same model resumes;
 the folder is removed once the results file is written.
 
@@ -10,6 +10,12 @@ model's `detect` does) runs on the Dask workers, which load the model file and w
 image's entry into that same folder; the client then draws and writes the results as
 without. The model file and the output's folder must be on storage every worker sees
 (checked first, `rcnn.cluster`); detections equal a local run's.
+
+On a dataset (annotations beside the images) the model's `test_rule` applies (`--test-rule`
+overrides it): under ``rcnn`` the parts hold each image's candidates (each class's best
+`top_per_class` boxes, no threshold, no NMS) and the per-class thresholds over the set are
+chosen once every image is done, so a resumed run writes what an uninterrupted one would.
+Plain images (one, or a folder without annotations) get `Detector.detect`'s fixed threshold.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def register(subparsers) -> None:
         type=float,
         help="draw only detections scoring at least this (default: 0 for SVM margins, 0.5 for probabilities)",
     )
+    add_test_rule_option(parser)
     add_device_option(parser)
     parser.add_argument(
         "--dask",
@@ -47,6 +54,24 @@ def register(subparsers) -> None:
         "worker sees)",
     )
     parser.set_defaults(func=run)
+
+
+def add_test_rule_option(parser) -> None:
+    parser.add_argument(
+        "--test-rule",
+        choices=["rcnn", "threshold"],
+        help="over a dataset: rcnn (per-class thresholds over the set, R-CNN's rcnn_test.m) or threshold "
+        "(the fixed score threshold, as on one image); default: the model's config (rcnn unless set)",
+    )
+
+
+def with_test_rule(model, rule: str | None):
+    """`model` with its config's `test_rule` replaced by `rule` (None: unchanged)."""
+    from dataclasses import replace
+
+    if rule:
+        model.config = replace(model.config, test_rule=rule)
+    return model
 
 
 def images_as_dataset(path: Path, classes):
@@ -81,7 +106,7 @@ def run(args) -> int:
     from rcnn.progress import notice, progress
     from rcnn.reports.draw import draw_detections, save_image
 
-    model = load_model(args.model, args.device)
+    model = with_test_rule(load_model(args.model, args.device), args.test_rule)
     src = Path(args.input)
     annotated = src.suffix.lower() in (".json", ".csv") or (
         src.is_dir() and (dataset_kind(src) in ("voc", "yolo") or any(src.glob("*.xml")))
@@ -91,51 +116,56 @@ def run(args) -> int:
         report_skipped(dataset)
     else:
         dataset = images_as_dataset(src, model.classes_)
+    set_rule = annotated and model.set_rule
     out = Path(args.out)
     model_key = file_hash(args.model)
+    kind = f"-candidates{model.config.top_per_class}" if set_rule else ""  # what an entry holds
     parts = ImageStore(
-        out.parent / f".{out.name}.parts" / model_key, {"model": str(args.model), "model_hash": model_key}
+        out.parent / f".{out.name}.parts" / (model_key + kind),
+        {"model": str(args.model), "model_hash": model_key, "entries": kind.lstrip("-") or "detections"},
     )
-    detections, skipped, resumed = {}, [], 0
+    found, skipped, resumed = {}, [], 0
     remote = {}  # on the cluster: image path -> None (stored) or the ImageError's message
     if args.dask:
-        remote = detect_on_cluster(args.dask, args.model, model_key, args.device, dataset, parts)
-    limit = args.draw_limit or len(dataset)
-    min_score = args.draw_min_score
-    if min_score is None:
-        min_score = model.draw_threshold
-    for i, sample in enumerate(progress(dataset.samples, desc="detect")):
+        remote = detect_on_cluster(args.dask, args.model, model_key, args.device, dataset, parts, set_rule)
+    for sample in progress(dataset.samples, desc="detect"):
         try:
             entry = parts.read(sample.image_path, require=ENTRY)
-            image = None
             if remote.get(str(sample.image_path)) is not None:
                 raise ImageError(sample.image_path, remote[str(sample.image_path)])
             if entry is None:
                 image = read_image(sample.image_path)
-                d = model.detect(image)
+                d = model.candidates(image) if set_rule else model.detect(image)
                 parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
             else:
                 d = Detections(entry["boxes"], entry["scores"], entry["labels"])
                 resumed += str(sample.image_path) not in remote
-            if args.draw and i < limit:
-                image = read_image(sample.image_path) if image is None else image
-                shown = d.scores >= min_score
-                shown = Detections(d.boxes[shown], d.scores[shown], d.labels[shown])
-                drawn = draw_detections(image, shown, model.classes_, sample.boxes if annotated else None)
-                save_image(Path(args.draw) / f"{sample.id}.jpg", drawn)
         except ImageError as e:
             if not args.skip_bad:
                 raise
             skipped.append(sample.id)
             notice(f"skipped {e}")
             continue
-        detections[sample.id] = d
+        found[sample.id] = d
+    detections = model.select_over_set(found) if set_rule else found
+    if args.draw:
+        min_score = model.draw_threshold if args.draw_min_score is None else args.draw_min_score
+        drawn = [s for s in dataset.samples if s.id in detections][: args.draw_limit or None]
+        for sample in drawn:
+            d = detections[sample.id]
+            shown = d.scores >= min_score
+            shown = Detections(d.boxes[shown], d.scores[shown], d.labels[shown])
+            picture = draw_detections(
+                read_image(sample.image_path), shown, model.classes_, sample.boxes if annotated else None
+            )
+            save_image(Path(args.draw) / f"{sample.id}.jpg", picture)
     write_detections(out, detections, dataset)
     shutil.rmtree(parts.folder.parent, ignore_errors=True)
     total = sum(len(d) for d in detections.values())
     print(
         f"{total} detections on {len(detections)} image(s) -> {args.out}"
         + (f" ({resumed} from an interrupted run)" if resumed else "")
+        + (" (test rule rcnn: per-class thresholds over the set)" if set_rule else "")
         + (f"; drawn in {args.draw}" if args.draw else "")
     )
     if skipped:
@@ -146,9 +176,10 @@ def run(args) -> int:
 ENTRY = ("boxes", "scores", "labels")
 
 
-def detect_on_cluster(address: str, model_path, model_key: str, device, dataset, parts) -> dict:
+def detect_on_cluster(address: str, model_path, model_key: str, device, dataset, parts, candidates: bool) -> dict:
     """Detect every image of `dataset` not in `parts` (an `ImageStore`) on the Dask scheduler
-    at `address`, each worker writing its images' entries into `parts`. Returns ``{image
+    at `address`, each worker writing its images' entries into `parts` (with `candidates`:
+    `Detector.candidates`, for the test rule over the set). Returns ``{image
     path: None}`` for each stored image, or the message of the `ImageError` it raised."""
     from rcnn.cluster import dask_client, remote_path
     from rcnn.errors import ImageError, RcnnError
@@ -171,7 +202,15 @@ def detect_on_cluster(address: str, model_path, model_key: str, device, dataset,
 
         futures = {
             client.submit(
-                _detect_task, model_path, model_key, device, remote_path(image), folder, parts.params, pure=False
+                _detect_task,
+                model_path,
+                model_key,
+                device,
+                remote_path(image),
+                folder,
+                parts.params,
+                candidates,
+                pure=False,
             ): image
             for image in todo
         }
@@ -185,7 +224,7 @@ def detect_on_cluster(address: str, model_path, model_key: str, device, dataset,
     return out
 
 
-def _detect_task(model_path: str, model_key: str, device, image_path: str, folder: str, params: dict):
+def _detect_task(model_path: str, model_key: str, device, image_path: str, folder: str, params: dict, candidates: bool):
     """Runs on a Dask worker: detect on one image and store the entry. ``("ok", None)``,
     ``("image", message)`` for an unreadable image, or ``("error", text)``."""
     import socket
@@ -198,7 +237,8 @@ def _detect_task(model_path: str, model_key: str, device, image_path: str, folde
     try:
         worker_threads()
         model = _worker_model(model_path, model_key, device)
-        d = model.detect(read_image(image_path))
+        image = read_image(image_path)
+        d = model.candidates(image) if candidates else model.detect(image)
         ImageStore(folder, params).write(image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
     except ImageError as e:
         return "image", e.message

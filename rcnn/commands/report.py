@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.detect import add_test_rule_option
     from rcnn.commands.train import add_dask_option, add_device_option
 
     p = subparsers.add_parser("report", help="evaluation report: AP tables, PR curves, false-positive types, gallery")
@@ -20,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-fp", type=int, default=12, help="top-scoring false positives to draw (default 12)")
     p.add_argument("--threshold", type=float, help="gallery score threshold (default: the one maximising F1)")
     p.add_argument("--no-cache", action="store_true", help="run every image through the model instead of the caches")
+    add_test_rule_option(p)
     add_device_option(p)
     add_dask_option(p)
     p.set_defaults(func=run)
@@ -28,6 +30,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import time
 
+    from rcnn.commands.detect import with_test_rule
     from rcnn.commands.train import use_dask
     from rcnn.config import to_dict
     from rcnn.datasets import load_dataset, read_detections
@@ -35,7 +38,7 @@ def run(args) -> int:
     from rcnn.errors import RcnnError
     from rcnn.reports.report import build_report, report_model
 
-    model = load_model(args.model, args.device)
+    model = with_test_rule(load_model(args.model, args.device), args.test_rule)
     if not (args.detections or args.no_cache):  # else nothing per-image is computed through the caches
         use_dask(model, args.dask)
     elif args.dask:
@@ -46,6 +49,8 @@ def run(args) -> int:
         f" ({args.split})" if args.split else ""
     )
     extra = {"model": args.model, "dataset": args.dataset, "split": args.split}
+    if not args.detections:
+        extra["test rule"] = model.config.test_rule
     if args.detections:
         start = time.perf_counter()
         detections = read_detections(args.detections, dataset)

@@ -34,10 +34,15 @@ from rcnn.proposals.advice import scale_advice
 __all__ = [
     "CommonConfig",
     "Detector",
+    "best_per_class",
+    "best_per_label",
     "check_trainable",
+    "clean_candidates",
     "postprocess",
     "read_model",
     "resolve_device",
+    "set_thresholds",
+    "suppress",
     "timed",
     "training_key",
 ]
@@ -45,17 +50,26 @@ __all__ = [
 MODEL_FORMAT = "rcnn-model"
 MODEL_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
+TEST_RULES = ("rcnn", "threshold")
 
 
 @dataclass(frozen=True)
 class CommonConfig:
     """Settings every detector has. `detector`: which one the config builds (``rcnn``,
     ``fast_rcnn``). `proposals`: the ``[proposals]`` table (``method`` and that proposer's
-    settings, `rcnn.proposals.PROPOSERS`). At test time boxes scoring under the detector's
-    score threshold are dropped, per-class NMS at `nms_threshold` (IoU) follows, then the best
-    `max_detections` per image are kept. `cache_dir` holds proposals, features and
+    settings, `rcnn.proposals.PROPOSERS`). `cache_dir` holds proposals, features and
     checkpoints; `workers`: processes for proposals (0: all cores); `device`: ``auto`` (CUDA
     when torch sees a GPU), ``cpu`` or ``cuda``.
+
+    Test time. On one image (`Detector.detect`: drawing, ``rcnn detect`` of images) boxes
+    scoring under the detector's score threshold are dropped, per-class NMS at
+    `nms_threshold` (IoU) follows, then the best `max_detections` are kept. Over a dataset
+    (`Detector.detect_dataset`, ``rcnn detect`` of a dataset, ``rcnn report``) `test_rule`
+    decides: ``"rcnn"`` (the default) is R-CNN's ``rcnn_test.m``: no fixed threshold; each
+    class's best `top_per_class` boxes of each image are candidates, and each class keeps
+    its best ``per_class_per_image x images`` candidates over the whole set (a per-class
+    threshold), then per-class NMS and `max_detections` per image; precision-recall curves
+    run on to the recall the candidates reach. ``"threshold"``: every image as `detect` does.
     """
 
     detector: str = "rcnn"
@@ -63,6 +77,9 @@ class CommonConfig:
     nms_threshold: float = 0.3
     score_threshold: float | None = None
     max_detections: int = 100
+    test_rule: str = "rcnn"
+    top_per_class: int = 100
+    per_class_per_image: int = 40
     cache_dir: str = "cache"
     workers: int = 0
     device: str = "auto"
@@ -72,6 +89,11 @@ class CommonConfig:
             object.__setattr__(self, "proposals", proposals_config(self.proposals, type(self).__name__, "proposals"))
         require(self, "nms_threshold", 0 < self.nms_threshold <= 1, "an IoU in (0, 1]")
         require(self, "max_detections", self.max_detections >= 1, "an integer >= 1")
+        require(self, "test_rule", self.test_rule in TEST_RULES, f"one of {', '.join(TEST_RULES)}")
+        require(self, "top_per_class", self.top_per_class >= 1, "an integer >= 1 (boxes per class per image)")
+        require(
+            self, "per_class_per_image", self.per_class_per_image >= 1, "an integer >= 1 (boxes per class per image)"
+        )
         require(self, "workers", self.workers >= 0, "an integer >= 0 (0: all cores)")
         require(self, "cache_dir", bool(self.cache_dir), "a folder name")
         require(self, "device", self.device in DEVICES, f"one of {', '.join(DEVICES)}")
@@ -102,13 +124,59 @@ def postprocess(boxes, scores, labels, image_size, nms_threshold: float, max_det
     ``[K]``, labels ``int64 [K]`` in ``1..C`` on an image of ``image_size = (height, width)``:
     boxes clipped to the image, those left without area dropped, per-class NMS at
     `nms_threshold`, the best `max_detections` kept (by score)."""
+    return suppress(clean_candidates(boxes, scores, labels, image_size), nms_threshold, max_detections)
+
+
+def clean_candidates(boxes, scores, labels, image_size) -> Detections:
+    """Candidates (boxes ``[K, 4]``, scores ``[K]``, labels ``[K]``) with the boxes clipped
+    to an image of ``image_size = (height, width)`` and those left without area dropped."""
     boxes = clip_boxes(np.asarray(boxes, np.float32).reshape(-1, 4), image_size)
     scores = np.asarray(scores, np.float32).reshape(-1)
     labels = np.asarray(labels, np.int64).reshape(-1)
     ok = box_area(boxes) > 0
-    boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
-    keep = batched_nms(boxes, scores, labels, nms_threshold)[:max_detections]
-    return Detections(boxes[keep], scores[keep], labels[keep])
+    return Detections(boxes[ok], scores[ok], labels[ok])
+
+
+def suppress(d: Detections, nms_threshold: float, max_detections: int) -> Detections:
+    """Per-class NMS of `d` at `nms_threshold` (IoU), then its best `max_detections` by score."""
+    keep = batched_nms(d.boxes, d.scores, d.labels, nms_threshold)[:max_detections]
+    return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+
+
+def best_per_class(scores: np.ndarray, min_score: float = -np.inf, top: int | None = None):
+    """``(rows, cols)`` of the entries of ``scores [N, C]`` reaching `min_score`, and with
+    `top` only each class's best `top` of them (by class, then decreasing score)."""
+    scores = np.asarray(scores)
+    rows, cols = np.nonzero(scores >= min_score)
+    if top is not None:
+        keep = best_per_label(scores[rows, cols], cols, top)
+        rows, cols = rows[keep], cols[keep]
+    return rows, cols
+
+
+def best_per_label(scores: np.ndarray, labels: np.ndarray, top: int) -> np.ndarray:
+    """Indices of each label's best `top` entries of ``scores [K]`` (``labels [K]``), by
+    label, then decreasing score (ties: the earlier entry first)."""
+    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores), np.asarray(labels)))
+    ordered = np.asarray(labels)[order]
+    rank = np.arange(len(order)) - np.searchsorted(ordered, ordered, side="left")
+    return order[rank < top]
+
+
+def set_thresholds(candidates: dict[str, Detections], num_classes: int, per_image: int) -> np.ndarray:
+    """Each class's score threshold over a set (R-CNN's ``rcnn_test.m``): the score of its
+    ``per_image x len(candidates)``-th best candidate over all images, or -inf when it has no
+    more candidates than that; ``float64 [C]`` for labels ``1..C``."""
+    keep = per_image * len(candidates)
+    thresholds = np.full(num_classes, -np.inf)
+    scores = [d.scores for d in candidates.values()] + [np.zeros(0, np.float32)]
+    labels = [d.labels for d in candidates.values()] + [np.zeros(0, np.int64)]
+    scores, labels = np.concatenate(scores).astype(np.float64), np.concatenate(labels)
+    for c in range(num_classes):
+        mine = scores[labels == c + 1]
+        if len(mine) > keep:
+            thresholds[c] = np.partition(mine, len(mine) - keep)[len(mine) - keep]
+    return thresholds
 
 
 def check_trainable(dataset: Dataset, where=None) -> None:
@@ -239,17 +307,59 @@ class Detector(ABC):
     def detect_dataset(
         self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
     ) -> dict[str, Detections]:
-        """Detections for every sample, ``{sample id: Detections}``; with `use_cache`,
-        proposals come from (and go to) the cache under `cache_dir`."""
+        """Detections for every sample, ``{sample id: Detections}``, by the config's
+        `test_rule` (`CommonConfig`); with `use_cache`, proposals come from (and go to) the
+        cache under `cache_dir`."""
         self._check_fitted()
         store = None
         if use_cache:
             store = self.proposal_store()
             store.compute(dataset, workers=self.config.workers or None, dask=self.dask)
+        run = self.candidates if self.set_rule else self.detect
         out = {}
         for sample in progress(dataset.samples, desc="detect"):
             proposals = None if store is None else store.load(sample)
-            out[sample.id] = self.detect(read_image(sample.image_path), proposals=proposals, timings=timings)
+            out[sample.id] = run(read_image(sample.image_path), proposals=proposals, timings=timings)
+        return self.select_over_set(out, timings) if self.set_rule else out
+
+    @property
+    def set_rule(self) -> bool:
+        """Whether `detect_dataset` chooses over the whole set (``test_rule = "rcnn"``):
+        `candidates` per image, then `select_over_set`."""
+        return self.config.test_rule == "rcnn"
+
+    def candidates(self, image, proposals=None, timings: dict | None = None) -> Detections:
+        """Each class's best `top_per_class` boxes on one image (a path or ``uint8 [H, W, 3]``
+        RGB) with no score threshold and no NMS: what ``test_rule = "rcnn"`` chooses from over
+        a set (class-specific boxes, clipped, none without area).
+
+        This default runs `detect` with no score threshold, no NMS and no cap, which fits a
+        detector whose `detect` follows its config's ``score_threshold`` (through
+        ``min_score``), `nms_threshold` and `max_detections`; a detector that can score fewer
+        boxes overrides it."""
+        config = self.config
+        self.config = replace(config, score_threshold=-np.inf, nms_threshold=1.0, max_detections=2**31 - 1)
+        try:
+            d = self.detect(image, proposals=proposals, timings=timings)
+        finally:
+            self.config = config
+        keep = best_per_label(d.scores, d.labels, config.top_per_class)
+        return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+
+    def select_over_set(self, candidates: dict[str, Detections], timings: dict | None = None) -> dict[str, Detections]:
+        """``test_rule = "rcnn"`` over a set of images' `candidates` (``{sample id:
+        Detections}``): each class's threshold from all of them (`set_thresholds`), then in
+        every image the candidates reaching it, per-class NMS and the best `max_detections`.
+        The same candidates give the same detections in any order."""
+        c = self.config
+        with timed(timings, "nms"):
+            thresholds = set_thresholds(candidates, len(self.classes_), c.per_class_per_image)
+            out = {}
+            for key, d in candidates.items():
+                ok = d.scores >= thresholds[d.labels - 1]
+                out[key] = suppress(
+                    Detections(d.boxes[ok], d.scores[ok], d.labels[ok]), c.nms_threshold, c.max_detections
+                )
         return out
 
     def state_dict(self) -> dict:
@@ -287,7 +397,7 @@ class Detector(ABC):
     def from_state(cls, state: dict, path, device: str | None = None) -> Detector:
         """A fitted detector from a model file's checked `state` (see `read_model`)."""
         try:
-            config = from_dict(cls.config_class, state["config"], where=f"{path}: config")
+            config = from_dict(cls.config_class, state["config"], where=f"{path}: config", as_saved=True)
             if device is not None:
                 config = replace(config, device=device)
             model = cls(config)

