@@ -16,7 +16,6 @@ too). Arms whose detector kind or base config is missing are left out with a lin
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -156,10 +155,13 @@ def run(args) -> None:
                 print(f"-- {arm['name']}: left out (no detector {arm['detector']!r} or no base config {base.name})")
                 continue
             print(f"-- {arm['name']}")
-            config = load_config(base, [arm.get("overrides"), {"cache_dir": cache}])
-            model, fit = fit_or_load(config, target.train)
-            if arm.get("test"):
-                model.config = dataclasses.replace(model.config, **arm["test"])
+            config = load_config(base, [arm.get("overrides"), arm.get("test"), {"cache_dir": cache}])
+            not_test = set(arm.get("test", {})) - set(config.TEST_TIME)
+            if not_test:
+                raise SystemExit(
+                    f"{args.config}: arm {arm['name']!r}: test = {{{', '.join(not_test)}}}: not test-time settings"
+                )
+            model, fit = fit_or_load(config, target.train)  # an arm differing only in `test` shares the model
             fits[arm["name"]] = fit
             configs[arm["name"]] = to_dict(model.config)
             detections = model.detect_dataset(target.test)

@@ -130,15 +130,19 @@ def detector_config(base: Path, *overrides: dict | None) -> DetectorConfig:
 
 def fit_or_load(config, train: Dataset) -> tuple:
     """A detector (any kind: the config's ``detector``) fitted on `train` with `config`, from
-    the model cache when it was fitted before; also returns the fit statistics of the first
+    the model cache when it was fitted before with the same config but for its test-time
+    settings (``config.TEST_TIME``); also returns the fit statistics of the first
     fit: counts and seconds per stage, ``fit_seconds`` (wall) and ``fit_cpu_seconds`` (this
     process's CPU time, all its threads; worker processes not counted)."""
     ids = sorted(s.id for s in train)
-    key = params_key({"config": to_dict(config), "ids": ids, "n": len(train), "rcnn": __version__}, 16)
+    fitted = {k: v for k, v in to_dict(config).items() if k not in config.TEST_TIME}
+    key = params_key({"config": fitted, "ids": ids, "n": len(train), "rcnn": __version__}, 16)
     folder = Path(config.cache_dir) / "models"
     path, info_path = folder / f"{key}.pt", folder / f"{key}.json"
     if path.is_file() and info_path.is_file():
-        return load_model(path), {**json.loads(info_path.read_text()), "from_cache": True}
+        model = load_model(path)
+        model.config = config  # equal but for the test-time settings (`TEST_TIME`), which it takes
+        return model, {**json.loads(info_path.read_text()), "from_cache": True}
     start, cpu = time.perf_counter(), time.process_time()
     model = build_detector(config).fit(train)
     info = {

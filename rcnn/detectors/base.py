@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -70,7 +71,19 @@ class CommonConfig:
     its best ``per_class_per_image x images`` candidates over the whole set (a per-class
     threshold), then per-class NMS and `max_detections` per image; precision-recall curves
     run on to the recall the candidates reach. ``"threshold"``: every image as `detect` does.
+
+    `TEST_TIME` names the settings read only at test time (a fitted model takes new values
+    of them without refitting); subclasses add theirs.
     """
+
+    TEST_TIME: ClassVar[tuple[str, ...]] = (
+        "nms_threshold",
+        "score_threshold",
+        "max_detections",
+        "test_rule",
+        "top_per_class",
+        "per_class_per_image",
+    )
 
     detector: str = "rcnn"
     proposals: ProposalsConfig = field(default_factory=SelectiveSearchConfig)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -73,6 +74,8 @@ class FastRCNNConfig(CommonConfig):
     """
 
     detector: str = "fast_rcnn"
+    TEST_TIME: ClassVar[tuple[str, ...]] = (*CommonConfig.TEST_TIME, "test_proposals", "svd_rank")
+
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
     head: HeadConfig = field(default_factory=HeadConfig)

@@ -429,18 +429,7 @@ class Localizer(Detector):
 def _fit_key(config: LocalizerConfig, dataset: Dataset) -> str:
     """What a training checkpoint depends on: the config (less what does not change the
     weights) and every image's content and annotations with the class list."""
-    skip = (
-        "checkpoint_every",
-        "nms_threshold",
-        "score_threshold",
-        "max_detections",
-        "test_rule",
-        "top_per_class",
-        "per_class_per_image",
-        "cache_dir",
-        "workers",
-        "proposals",
-    )
+    skip = (*config.TEST_TIME, "checkpoint_every", "cache_dir", "workers", "proposals")
     samples = [(file_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset]
     return params_key(
         {

@@ -142,3 +142,30 @@ def test_a_sharing_arm_counts_the_shared_stages_at_the_other_arms_cost():
     shared = {"finetune_seconds": 100.0, "features_seconds": 50.0}
     assert family.train_seconds(own, None) == (8.0, 9.0)
     assert family.train_seconds(own, shared) == (8.0 - 0.5 - 1.5 + 150.0, None)
+
+
+def test_test_time_settings_share_the_fitted_model_and_others_are_refused(setup, monkeypatch, tmp_path):
+    import harness
+
+    from rcnn.datasets import load_dataset
+    from rcnn.detectors import load_config
+
+    train = load_dataset(setup / "tiny", split="train")
+    base = [{"cache_dir": str(tmp_path / "cache")}, {"train": {"iterations": 2}}]
+    model, fit = harness.fit_or_load(load_config(setup / "fast.toml", base), train)
+    again, fit2 = harness.fit_or_load(
+        load_config(setup / "fast.toml", [*base, {"svd_rank": 4, "test_rule": "threshold"}]), train
+    )
+    assert fit["from_cache"] is False and fit2["from_cache"] is True
+    assert (again.config.svd_rank, again.config.test_rule) == (4, "threshold")  # the new test-time values
+    _, fit3 = harness.fit_or_load(load_config(setup / "fast.toml", [*base, {"head": {"fc": [32, 32]}}]), train)
+    assert fit3["from_cache"] is False  # a training setting: a model of its own
+    config = setup / "bad.toml"
+    config.write_text(
+        (setup / "family.toml").read_text().replace("test = {svd_rank = 8}", 'test = {roi = {mode = "pool"}}')
+    )
+    monkeypatch.chdir(setup)
+    with pytest.raises(SystemExit, match="not test-time settings"):
+        family.main(
+            ["--config", str(config), "--out", str(tmp_path / "out"), "--data", str(setup / "tiny"), "--only", "tiny"]
+        )
