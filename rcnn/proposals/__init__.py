@@ -15,6 +15,7 @@ dataset in parallel and caches the boxes on disk.
 from __future__ import annotations
 
 from rcnn.proposals.base import Proposer, ProposerConfig
+from rcnn.proposals.rpn import RPNProposals, RPNProposalsConfig
 from rcnn.proposals.registry import PROPOSERS, ProposalsConfig, make_proposer, proposals_config, propose
 from rcnn.proposals.selective_search import SelectiveSearch, SelectiveSearchConfig
 from rcnn.proposals.sliding_window import SlidingWindowConfig, SlidingWindows
@@ -25,6 +26,8 @@ __all__ = [
     "ProposalStore",
     "ProposalsConfig",
     "Proposer",
+    "RPNProposals",
+    "RPNProposalsConfig",
     "ProposerConfig",
     "SelectiveSearch",
     "SelectiveSearchConfig",
