@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from rcnn.cli import main
 from rcnn.datasets import Dataset, Sample, load_dataset, read_image
@@ -16,7 +17,6 @@ from rcnn.detectors.faster_rcnn import anchor_generator, choose_anchor_sizes
 from rcnn.errors import ConfigError, ModelError
 from rcnn.evaluation import evaluate_voc
 from rcnn.proposals import ProposalStore, make_proposer
-from torchvision.models.detection.image_list import ImageList
 
 FASTER = {
     "detector": "faster_rcnn",

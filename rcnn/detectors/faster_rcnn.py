@@ -487,8 +487,7 @@ class FasterRCNN(Detector):
             self.net_.load_state_dict(state["net"])
         except RuntimeError as e:
             raise ValueError(
-                f"the network does not fit this config and its {len(self.classes_)} classes: "
-                f"{str(e).splitlines()[0]}"
+                f"the network does not fit this config and its {len(self.classes_)} classes: {str(e).splitlines()[0]}"
             ) from None
         self.weights_source_ = str(state["weights_source"])
         self.history_ = {k: list(v) for k, v in (state.get("history") or {}).items()}
@@ -555,7 +554,7 @@ class _Trainer:
                     m.eval()
 
     def fit(self, dataset: Dataset, callback=None) -> None:
-        c, cfg, net = self.config, self.config.train, self.net
+        cfg, net = self.config.train, self.net
         targets = self._targets(dataset)
         samples = dataset.samples
         net.to(self.device)
@@ -606,7 +605,9 @@ class _Trainer:
                     optimizer.step()
                 self.history["loss"].append(loss.item())
                 for name, k in zip(LOSSES, _TORCHVISION_LOSSES):
-                    self.history[name].append(float(parts[k].detach()) if torch.is_tensor(parts[k]) else float(parts[k]))
+                    self.history[name].append(
+                        float(parts[k].detach()) if torch.is_tensor(parts[k]) else float(parts[k])
+                    )
                 bar.update(len(chosen))
                 bar.set_postfix({k: f"{self.history[k][-1]:.3f}" for k in ("loss", *LOSSES)})
                 if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
