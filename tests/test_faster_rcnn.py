@@ -236,3 +236,13 @@ def test_fast_rcnn_trains_on_rpn_proposals(fitted, synth, tmp_path):
     model = build_detector(fast).fit(data)
     assert model.fit_stats_["proposal_recall"]["recall@0.5"] > 0.5
     assert any((tmp_path / "cache" / "proposals").glob("rpn-*"))
+
+
+def test_test_time_settings_keep_the_checkpoint_and_other_settings_change_it(tmp_path):
+    data = make_synthetic(tmp_path / "synth", images=3, seed=2, size=128, test_fraction=0.0)
+    base = FasterRCNN(config(tmp_path)).checkpoint_path(data)
+    same = FasterRCNN(config(tmp_path, rpn={"post_nms_top_n_test": 50}, nms_threshold=0.5)).checkpoint_path(data)
+    other = FasterRCNN(config(tmp_path, rpn={"post_nms_top_n_train": 100})).checkpoint_path(data)
+    assert same == base != other
+    data.samples[0].boxes[0, 0] += 1.0  # an edited dataset: another checkpoint
+    assert FasterRCNN(config(tmp_path)).checkpoint_path(data) != base

@@ -70,6 +70,24 @@ __all__ = [
 ]
 
 LOSSES = ("rpn_objectness", "rpn_box", "classifier", "box")
+TEST_ONLY = ("pre_nms_top_n_test", "post_nms_top_n_test")  # [rpn] settings training never reads
+
+
+def _training_settings(c) -> dict:
+    """The settings a training run depends on (its checkpoint's key and check): not the
+    test-time ones (the RPN's test counts, score threshold, NMS, cap)."""
+    return {
+        "backbone": to_dict(c.backbone),
+        "anchors": to_dict(c.anchors),
+        "rpn": {k: v for k, v in to_dict(c.rpn).items() if k not in TEST_ONLY},
+        "roi": to_dict(c.roi),
+        "head": to_dict(c.head),
+        "train": to_dict(c.train),
+        "scale": c.scale,
+        "max_size": c.max_size,
+    }
+
+
 _TORCHVISION_LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
 
@@ -324,15 +342,10 @@ class FasterRCNN(Detector):
 
     def checkpoint_path(self, dataset: Dataset) -> Path:
         """Where training on `dataset` keeps its checkpoint: ``cache_dir/faster_rcnn/<key>.pt``,
-        the key from the training settings (anchor sizes as chosen) and every image and
-        annotation."""
+        the key from the training settings (anchor sizes as chosen; not the test-time ones)
+        and every image and annotation."""
         c = self.config
-        params = {
-            "faster_rcnn": {name: to_dict(getattr(c, name)) for name in ("backbone", "anchors", "rpn", "roi", "head")},
-            "train": to_dict(c.train),
-            "scale": c.scale,
-            "max_size": c.max_size,
-        }
+        params = {"faster_rcnn": _training_settings(c)}
         return Path(c.cache_dir) / "faster_rcnn" / f"{training_key(params, dataset)}.pt"
 
     def fit(self, dataset: Dataset, callback=None) -> FasterRCNN:
@@ -386,11 +399,14 @@ class FasterRCNN(Detector):
             self._frozen_trunk = freeze_for_inference(self.net_.backbone, x, torch.contiguous_format)
         return self._frozen_trunk(x), scaled.shape[:2], factor
 
-    def propose(self, image, max_boxes: int | None = None, timings: dict | None = None) -> np.ndarray:
+    def propose(
+        self, image, max_boxes: int | None = None, nms_threshold: float | None = None, timings: dict | None = None
+    ) -> np.ndarray:
         """The RPN's ranked proposals ``float32 [N, 4]`` (best objectness first, after its
         NMS) in `image`'s own pixels: a path or ``uint8 [H, W, 3]`` RGB array. `max_boxes`
         (None: ``rpn.post_nms_top_n_test``) replaces the count kept after NMS (and raises
-        the count before it to at least as many)."""
+        the count before it to at least as many); `nms_threshold` (None: ``rpn.nms_threshold``)
+        the NMS IoU."""
         self._check_fitted()
         if not isinstance(image, np.ndarray):
             image = read_image(image)
@@ -398,20 +414,25 @@ class FasterRCNN(Detector):
             with timed(timings, "trunk"):
                 fmap, size, factor = self._trunk(image)
             with timed(timings, "rpn"):
-                boxes = self._rpn(fmap, size, max_boxes)[0]
+                boxes = self._rpn(fmap, size, max_boxes, nms_threshold)[0]
         return (boxes.cpu().numpy() / factor).astype(np.float32).reshape(-1, 4)
 
-    def _rpn(self, fmap: torch.Tensor, size, max_boxes: int | None = None) -> list[torch.Tensor]:
+    def _rpn(
+        self, fmap: torch.Tensor, size, max_boxes: int | None = None, nms_threshold: float | None = None
+    ) -> list[torch.Tensor]:
         rpn = self.net_.rpn
-        if max_boxes is None:
+        if max_boxes is None and nms_threshold is None:
             return rpn(_image_list(fmap, size), {"0": fmap})[0]
-        saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n)
-        rpn._post_nms_top_n["testing"] = int(max_boxes)
-        rpn._pre_nms_top_n["testing"] = max(int(max_boxes), saved[0]["testing"])
+        saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n), rpn.nms_thresh
+        if max_boxes is not None:
+            rpn._post_nms_top_n["testing"] = int(max_boxes)
+            rpn._pre_nms_top_n["testing"] = max(int(max_boxes), saved[0]["testing"])
+        if nms_threshold is not None:
+            rpn.nms_thresh = float(nms_threshold)
         try:
             return rpn(_image_list(fmap, size), {"0": fmap})[0]
         finally:
-            rpn._pre_nms_top_n, rpn._post_nms_top_n = saved
+            rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.nms_thresh = saved
 
     def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
         """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
@@ -505,16 +526,7 @@ class _Trainer:
         self.net, self.config, self.device, self.checkpoint = net, config, device, checkpoint
 
     def _meta(self) -> dict:
-        c = self.config
-        return {
-            "train": to_dict(c.train),
-            "anchors": to_dict(c.anchors),
-            "rpn": to_dict(c.rpn),
-            "roi": to_dict(c.roi),
-            "head": to_dict(c.head),
-            "scale": c.scale,
-            "max_size": c.max_size,
-        }
+        return _training_settings(self.config)
 
     def _split(self) -> tuple[nn.Module | None, nn.Module]:
         """``(stem, rest)`` of the trunk: its leading frozen ``features`` layers (run once
