@@ -60,6 +60,7 @@ def proposer_from_args(args):
 
 
 def run(args) -> int:
+    import rcnn.detectors  # noqa: F401  registers the Faster R-CNN model files the rpn method reads
     from rcnn.datasets import load_dataset
     from rcnn.proposals import ProposalStore
 

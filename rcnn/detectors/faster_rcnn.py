@@ -48,6 +48,7 @@ from rcnn.detectors.base import (
     Detector,
     check_trainable,
     postprocess,
+    read_model,
     resolve_device,
     timed,
     training_key,
@@ -58,6 +59,7 @@ from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, im
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig, flip_boxes
 from rcnn.progress import notice, progress
+from rcnn.proposals import rpn as rpn_proposals
 
 __all__ = [
     "AnchorConfig",
@@ -699,3 +701,23 @@ class _Trainer:
             self.net.load_state_dict(initial)
             self.history = {k: [] for k in ("loss", *LOSSES)}
             return 0
+
+
+# -- the RPN as a proposer (rcnn.proposals.rpn) --------------------------------------------------
+
+
+def _check_rpn_model(path) -> None:
+    """Raise `ModelError` naming `path` unless it is a Faster R-CNN model file."""
+    kind = read_model(path).get("detector", "rcnn")  # missing, unreadable, foreign: ModelError
+    if kind != FasterRCNN.kind:
+        raise ModelError(
+            f"{path}: a {kind} model, not a Faster R-CNN; RPN proposals need one trained with "
+            f'detector = "{FasterRCNN.kind}"'
+        )
+
+
+def _load_rpn_model(path) -> FasterRCNN:
+    return FasterRCNN.from_state(read_model(path), path)
+
+
+rpn_proposals.register(_check_rpn_model, _load_rpn_model)

@@ -9,8 +9,10 @@ when empty and recorded in the store's ``params.json``), so another model gives 
 folder and `rcnn recall` reads a store without the model file.
 
 The proposer needs a trained detector, which sits to the right of proposals in the
-pipeline: the detector package is imported only when a model is loaded. The store runs it
-in its own process (`in_process`): one model, torch's threads, no worker processes.
+pipeline: rather than import it (a cycle), `rcnn.detectors.faster_rcnn` registers how to check
+and load its model files (`register`) when it is imported, as ``import rcnn.detectors`` does.
+The store runs the proposer in its own process (`in_process`): one model, torch's threads, no
+worker processes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,24 @@ import numpy as np
 
 from rcnn.cache import file_hash
 from rcnn.config import require, to_dict
-from rcnn.errors import ModelError
+from rcnn.errors import ModelError, RcnnError
 from rcnn.proposals.base import Proposer, ProposerConfig
 
 VERSION = 1  # bump when the boxes change for the same model and parameters: cache keys follow it
-KIND = "faster_rcnn"
+_MODELS: dict = {}  # "check" and "load", registered by rcnn.detectors.faster_rcnn
+
+
+def register(check, load) -> None:
+    """How to use Faster R-CNN model files: ``check(path)`` raises `ModelError` naming a file
+    that is not one; ``load(path)`` returns the detector (with ``propose(image, max_boxes,
+    nms_threshold)``)."""
+    _MODELS.update(check=check, load=load)
+
+
+def _models(name: str):
+    if name not in _MODELS:
+        raise RcnnError("RPN proposals need the Faster R-CNN detector: import rcnn.detectors first")
+    return _MODELS[name]
 
 
 @dataclass(frozen=True)
@@ -54,14 +69,7 @@ class RPNProposalsConfig(ProposerConfig):
 def check_model(path) -> str:
     """The content hash of `path` after checking that it is a Faster R-CNN model file;
     anything else raises `ModelError` naming the file."""
-    from rcnn.detectors.base import read_model
-
-    state = read_model(path)  # missing, unreadable or foreign files: ModelError naming the file
-    kind = state.get("detector", "rcnn")
-    if kind != KIND:
-        raise ModelError(
-            f'{path}: a {kind} model, not a Faster R-CNN; RPN proposals need one trained with detector = "{KIND}"'
-        )
+    _models("check")(path)
     return file_hash(path)
 
 
@@ -86,9 +94,6 @@ class RPNProposals(Proposer):
     def load(self):
         """The Faster R-CNN of `model` (loaded once), checked against `model_hash`."""
         if self._model is None:
-            from rcnn.detectors.base import read_model
-            from rcnn.detectors.faster_rcnn import FasterRCNN
-
             path = self.config.model
             found = check_model(path)
             if found != self.config.model_hash:
@@ -96,7 +101,7 @@ class RPNProposals(Proposer):
                     f"{path}: the file changed (hash {found}, proposals keyed by {self.config.model_hash}); "
                     "propose again without model_hash"
                 )
-            self._model = FasterRCNN.from_state(read_model(path), path)
+            self._model = _models("load")(path)
         return self._model
 
     def __call__(self, image) -> np.ndarray:
