@@ -210,17 +210,20 @@ def test_proposals_table_becomes_the_config_of_its_method():
 
 
 def test_registry_maps_method_to_config_and_proposer_sharing_one_base():
+    from rcnn.proposals import RPNProposals, RPNProposalsConfig
+
     assert PROPOSERS == {
         "selective_search": (SelectiveSearchConfig, SelectiveSearch),
         "sliding_window": (SlidingWindowConfig, SlidingWindows),
+        "rpn": (RPNProposalsConfig, RPNProposals),  # needs a model file: tests/test_faster_rcnn.py
     }
-    for method, (config_class, proposer_class) in PROPOSERS.items():
+    for method, (config_class, proposer_class) in list(PROPOSERS.items())[:2]:
         proposer = make_proposer(method)
         assert type(proposer) is proposer_class and isinstance(proposer, Proposer)
         assert proposer.method == method == config_class().method
         assert proposer.config == config_class() and repr(proposer).startswith(f"{proposer_class.__name__}(")
         assert proposer.key() == make_proposer(**proposer.params()).key()
-    assert set(ProposalsConfig.__args__) == {SelectiveSearchConfig, SlidingWindowConfig}
+    assert set(ProposalsConfig.__args__) == {SelectiveSearchConfig, SlidingWindowConfig, RPNProposalsConfig}
     with pytest.raises(ConfigError, match="max_boxes = 2.5: expected an integer"):
         make_proposer("sliding_window", max_boxes=2.5)
     with pytest.raises(ConfigError, match="max_boxes = 2.5: expected an integer"):

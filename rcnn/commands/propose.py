@@ -10,13 +10,15 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--method",
-        choices=["selective_search", "sliding_window"],
+        choices=["selective_search", "sliding_window", "rpn"],
         help="default: --config's, else selective_search; a change of method drops the config's other settings",
     )
     p.add_argument(
         "--mode", help="selective search: single | fast | quality | custom (default: the measured custom setting)"
     )
-    p.add_argument("--max-boxes", type=int, help="boxes kept per image (default 2000)")
+    p.add_argument("--max-boxes", type=int, help="boxes kept per image (default 2000; rpn: 300)")
+    p.add_argument("--model", metavar="MODEL.pt", help="rpn: the Faster R-CNN model file whose RPN proposes")
+    p.add_argument("--nms", type=float, dest="nms_threshold", help="rpn: the RPN's NMS IoU (default: the model's)")
     p.add_argument(
         "--longest-side", type=int, help="selective search: shrink longer images to this side (default 300; 0: never)"
     )
@@ -45,6 +47,8 @@ def proposer_from_args(args):
         "min_size": args.min_size,
         "mode": args.mode,
         "longest_side": args.longest_side,
+        "model": getattr(args, "model", None),
+        "nms_threshold": getattr(args, "nms_threshold", None),
     }
     options = {k: v for k, v in options.items() if v is not None}
     if not args.config:
@@ -56,6 +60,7 @@ def proposer_from_args(args):
 
 
 def run(args) -> int:
+    import rcnn.detectors  # noqa: F401  registers the Faster R-CNN model files the rpn method reads
     from rcnn.datasets import load_dataset
     from rcnn.proposals import ProposalStore
 

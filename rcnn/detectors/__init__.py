@@ -1,5 +1,5 @@
 """The detectors, peers built from the same stages: `RCNN` (Girshick et al. 2014),
-`FastRCNN` (Girshick 2015), and what
+`FastRCNN` (Girshick 2015), `FasterRCNN` (Ren et al. 2015), and what
 they share (`rcnn.detectors.base`: common settings, the model file, post-processing).
 
 Which detector a config builds is its ``detector`` field (``"rcnn"`` by default);
@@ -12,6 +12,7 @@ from __future__ import annotations
 from rcnn.config import from_dict, load_toml, merge
 from rcnn.detectors.base import CommonConfig, Detector, check_trainable, read_model
 from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
+from rcnn.detectors.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
 from rcnn.errors import ConfigError, ModelError
@@ -21,6 +22,8 @@ __all__ = [
     "RCNN",
     "FastRCNN",
     "FastRCNNConfig",
+    "FasterRCNN",
+    "FasterRCNNConfig",
     "Localizer",
     "LocalizerConfig",
     "DetectorConfig",
@@ -34,7 +37,12 @@ __all__ = [
 ]
 
 RCNNConfig = DetectorConfig
-DETECTORS: dict[str, type[Detector]] = {RCNN.kind: RCNN, FastRCNN.kind: FastRCNN, Localizer.kind: Localizer}
+DETECTORS: dict[str, type[Detector]] = {
+    RCNN.kind: RCNN,
+    FastRCNN.kind: FastRCNN,
+    FasterRCNN.kind: FasterRCNN,
+    Localizer.kind: Localizer,
+}
 
 
 def detector_class(kind, where: str = "config") -> type[Detector]:

@@ -9,6 +9,7 @@ import typing
 
 from rcnn.config import from_dict
 from rcnn.proposals.base import Proposer, ProposerConfig
+from rcnn.proposals.rpn import RPNProposals
 from rcnn.proposals.selective_search import SelectiveSearch
 from rcnn.proposals.sliding_window import SlidingWindows
 
@@ -17,7 +18,7 @@ __all__ = ["PROPOSERS", "ProposalsConfig", "make_proposer", "proposals_config", 
 # the registry; the first is the default method. A new proposer: a `Proposer` subclass with
 # its `ProposerConfig` dataclass (``method: Literal["name"]``), added here.
 PROPOSERS: dict[str, tuple[type[ProposerConfig], type[Proposer]]] = {
-    cls.method: (cls.config_class, cls) for cls in (SelectiveSearch, SlidingWindows)
+    cls.method: (cls.config_class, cls) for cls in (SelectiveSearch, SlidingWindows, RPNProposals)
 }
 ProposalsConfig = typing.Union[tuple(config for config, _ in PROPOSERS.values())]  # noqa: UP007
 
@@ -32,7 +33,7 @@ def proposals_config(values: dict | ProposerConfig | None = None, where: str = "
 
 
 def make_proposer(method: str | ProposerConfig = "selective_search", **params) -> Proposer:
-    """A proposer by name (``selective_search`` or ``sliding_window``) with config `params`
+    """A proposer by name (``selective_search``, ``sliding_window`` or ``rpn``) with config `params`
     (lists are accepted for tuples, as read from TOML or JSON), or from a config; unknown
     methods or parameters and bad values raise `ConfigError`."""
     if isinstance(method, ProposerConfig):

@@ -148,6 +148,8 @@ class ProposalStore:
         ``seconds`` and ``images_per_second``."""
         import joblib
 
+        if getattr(self.proposer, "in_process", False) and not dask:
+            workers = 1  # a proposer holding a torch model (the RPN) runs here, with torch's threads
         self.store.write_params()
         damaged = len(self.store.damaged)
         params_json = self._params_json()

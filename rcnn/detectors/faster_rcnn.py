@@ -1,0 +1,723 @@
+"""The Faster R-CNN detector (Ren et al., NIPS 2015), a peer of `FastRCNN` built from the
+same parts and torchvision's own Faster R-CNN pieces.
+
+The network is a `torchvision.models.detection.FasterRCNN` whose backbone is the project's
+stride-16 trunk (`rcnn.features.roi.build_trunk`: the same cut and weight sources, offline
+MobileNetV2 weights included), with an `rpn.AnchorGenerator` of one feature map (sizes and
+ratios from the config; default sizes chosen from the training boxes), torchvision's
+`RegionProposalNetwork` and `RoIHeads`, `MultiScaleRoIAlign` over that one map, a
+fully connected head sized by ``[head] fc`` (`FastRCNNConvFCHead`) and `FastRCNNPredictor`.
+
+The project drives those parts itself rather than through torchvision's ``forward``, so that
+images are sized as `FastRCNN` sizes them (`rescale`: shortest side `scale`, longest at most
+`max_size`; `image_tensor`), the trunk's frozen first layers run once per image and flip in
+training (as in `FastRCNNTrainer`), and detections go through the project's `postprocess`
+(score threshold, per-class NMS, the cap) like every other detector's. ``net_`` stays a
+complete torchvision model: ``model.net_.eval()([tensor])`` runs torchvision's own pipeline.
+
+Training (`FasterRCNN.fit`): end to end (the approximate joint training of the paper's
+Sec. 3.2), SGD on mini-batches of images, the four losses summed (RPN objectness, RPN box,
+classifier, box), seeded, checkpointed to ``cache_dir/faster_rcnn/<key>.pt`` and resumed from
+there. No external proposals: `detect_dataset` computes none, and `propose` gives the RPN's
+ranked boxes (the ``rpn`` proposer, `rcnn.proposals.rpn`, caches them for any experiment).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from rcnn.cache import atomic_write
+from rcnn.config import FieldError, require, to_dict
+from rcnn.datasets.core import Dataset, Detections
+from rcnn.datasets.images import read_image
+from rcnn.detectors.base import (
+    CommonConfig,
+    Detector,
+    check_trainable,
+    postprocess,
+    read_model,
+    resolve_device,
+    timed,
+    training_key,
+)
+from rcnn.errors import ModelError
+from rcnn.features.extractor import freeze_for_inference, set_threads
+from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, image_tensor, rescale
+from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
+from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig, flip_boxes
+from rcnn.progress import notice, progress
+from rcnn.proposals import rpn as rpn_proposals
+
+__all__ = [
+    "AnchorConfig",
+    "FasterRCNN",
+    "FasterRCNNConfig",
+    "FasterTrainConfig",
+    "RPNConfig",
+    "anchor_generator",
+    "choose_anchor_sizes",
+]
+
+LOSSES = ("rpn_objectness", "rpn_box", "classifier", "box")
+TEST_ONLY = ("pre_nms_top_n_test", "post_nms_top_n_test")  # [rpn] settings training never reads
+
+
+def _training_settings(c) -> dict:
+    """The settings a training run depends on (its checkpoint's key and check): not the
+    test-time ones (the RPN's test counts, score threshold, NMS, cap)."""
+    return {
+        "backbone": to_dict(c.backbone),
+        "anchors": to_dict(c.anchors),
+        "rpn": {k: v for k, v in to_dict(c.rpn).items() if k not in TEST_ONLY},
+        "roi": to_dict(c.roi),
+        "head": to_dict(c.head),
+        "train": to_dict(c.train),
+        "scale": c.scale,
+        "max_size": c.max_size,
+    }
+
+
+_TORCHVISION_LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """The ``[anchors]`` table: anchor `sizes` (the side of a square anchor's equal-area box,
+    in pixels of the rescaled image; empty: chosen from the training boxes, `choose_anchor_sizes`)
+    and `ratios` (height / width, torchvision's convention), every size at every ratio, at
+    every cell of the stride-16 map."""
+
+    sizes: tuple[int, ...] = ()
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def __post_init__(self):
+        require(self, "sizes", all(s >= 1 for s in self.sizes), "a list of integers >= 1 (pixels; empty: chosen)")
+        require(self, "ratios", len(self.ratios) >= 1 and all(r > 0 for r in self.ratios), "a list of numbers > 0")
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """The ``[rpn]`` table (torchvision's and the paper's defaults, except the test-time
+    count): anchors with IoU >= `fg_iou` to a ground-truth box (or the best for one) are
+    positive, < `bg_iou` negative; `batch_size_per_image` anchors per image are sampled,
+    `positive_fraction` of them positive at most. Proposals: the best `pre_nms_top_n_*`
+    by objectness, NMS at `nms_threshold`, the best `post_nms_top_n_*` kept (training /
+    test); `score_threshold`: the objectness probability a proposal needs."""
+
+    fg_iou: float = 0.7
+    bg_iou: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_test: int = 300
+    nms_threshold: float = 0.7
+    score_threshold: float = 0.0
+
+    def __post_init__(self):
+        require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
+        require(self, "bg_iou", 0 <= self.bg_iou <= self.fg_iou, f"an IoU in [0, fg_iou = {self.fg_iou}]")
+        for name in ("batch_size_per_image", "pre_nms_top_n_train", "post_nms_top_n_train"):
+            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
+        for name in ("pre_nms_top_n_test", "post_nms_top_n_test"):
+            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
+        require(self, "positive_fraction", 0 < self.positive_fraction <= 1, "a number in (0, 1]")
+        require(self, "nms_threshold", 0 < self.nms_threshold <= 1, "an IoU in (0, 1]")
+        require(self, "score_threshold", 0 <= self.score_threshold < 1, "a probability in [0, 1)")
+
+
+@dataclass(frozen=True)
+class FasterTrainConfig:
+    """The ``[train]`` table. SGD with `momentum` and `weight_decay`; the rate `lr` (times
+    `head_lr_mult` for the RPN and the RoI head) rises linearly from ``lr / 10`` over the
+    first `warmup` iterations and is multiplied by `lr_gamma` every `lr_step` iterations
+    (0: never). Each iteration takes `images_per_batch` images (seeded; each flipped
+    left-right with probability 1/2 when `flip`). The RoI head samples `rois_per_image` of
+    the RPN's proposals (ground truth included) per image, `fg_fraction` of them foreground
+    (IoU >= `fg_iou`), the rest background (IoU < `bg_iou`). `frozen`: trunk parameter-name
+    prefixes left untouched (``features.0.``); `freeze_bn`: batch norm keeps its statistics;
+    `cache_frozen`: the frozen leading layers run once per image and flip (as
+    `FastRCNNTrainer`). A checkpoint every `checkpoint_every` iterations; `seed` seeds every
+    random choice (images, flips, the samplers, the new layers' initial weights).
+    Difficult objects are left out of the targets."""
+
+    iterations: int = 1000
+    images_per_batch: int = 2
+    rois_per_image: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou: float = 0.5
+    lr: float = 0.01
+    head_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0001
+    warmup: int = 50
+    lr_step: int = 0
+    lr_gamma: float = 0.1
+    flip: bool = True
+    freeze_bn: bool = True
+    frozen: tuple[str, ...] = ()
+    checkpoint_every: int = 100
+    seed: int = 0
+    cache_frozen: bool = True
+
+    def __post_init__(self):
+        for name in ("iterations", "lr_step", "seed", "warmup"):
+            require(self, name, getattr(self, name) >= 0, "an integer >= 0")
+        for name in ("images_per_batch", "rois_per_image", "checkpoint_every"):
+            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
+        require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
+        require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
+        require(self, "bg_iou", 0 < self.bg_iou <= self.fg_iou, f"an IoU in (0, fg_iou = {self.fg_iou}]")
+        for name in ("lr", "head_lr_mult", "lr_gamma"):
+            require(self, name, getattr(self, name) > 0, "a number > 0")
+        require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
+        require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class FasterRCNNConfig(CommonConfig):
+    """A Faster R-CNN config (``detector = "faster_rcnn"``). Besides the common settings
+    (`rcnn.detectors.base.CommonConfig`; its ``[proposals]`` table is not used: the RPN
+    proposes): `backbone` (the stride-16 trunk, as Fast R-CNN's), `anchors`, `rpn`, `roi`
+    (``mode = "align"`` only: `MultiScaleRoIAlign`), `head` (the fc sizes; no dropout),
+    `train`; images are rescaled to shortest side `scale` px, longest at most `max_size`.
+    The score threshold (None: 0.05, a class probability) drops boxes before NMS."""
+
+    detector: str = "faster_rcnn"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi: RoIConfig = field(default_factory=RoIConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: FasterTrainConfig = field(default_factory=FasterTrainConfig)
+    scale: int = 600
+    max_size: int = 1000
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "detector", self.detector == "faster_rcnn", '"faster_rcnn" for a Faster R-CNN config')
+        require(self, "scale", self.scale >= 32, "an integer >= 32 (pixels)")
+        require(self, "max_size", self.max_size >= self.scale, f"an integer >= scale ({self.scale})")
+        if self.roi.mode != "align":
+            raise FieldError("roi.mode", self.roi.mode, '"align" (Faster R-CNN pools with MultiScaleRoIAlign)')
+        if self.head.dropout:
+            raise FieldError("head.dropout", self.head.dropout, "0 (torchvision's fc head has no dropout)")
+        if self.score_threshold is not None:
+            require(self, "score_threshold", 0 <= self.score_threshold <= 1, "a class probability in [0, 1]")
+
+    @property
+    def min_score(self) -> float:
+        return 0.05 if self.score_threshold is None else self.score_threshold
+
+
+def choose_anchor_sizes(dataset: Dataset, scale: int, max_size: int) -> tuple[tuple[int, ...], str]:
+    """Anchor sizes for `dataset`'s objects once images are rescaled (`scale`, `max_size`):
+    octaves (each twice the last) centred on the geometric mean of the 5th and 95th
+    percentiles of the objects' ``sqrt(width * height)``, as many as cover that range (1 to
+    6); and a line saying so."""
+    sides = []
+    for s in dataset:
+        if len(s.boxes) == 0:
+            continue
+        h, w = (s.height, s.width) if s.height and s.width else read_image(s.image_path).shape[:2]
+        factor = min(scale / min(h, w), max_size / max(h, w))
+        wh = (s.boxes[:, 2:] - s.boxes[:, :2]).clip(min=1e-3)
+        sides.append(np.sqrt(wh[:, 0] * wh[:, 1]) * factor)
+    sides = np.concatenate(sides) if sides else np.zeros(0)
+    if len(sides) == 0:
+        return (32, 64, 128, 256, 512), "anchors: no training boxes, sizes 32-512 px"
+    lo, mid, hi = np.percentile(sides, [5, 50, 95])
+    n = int(np.clip(math.ceil(math.log2(hi / lo) - 1e-9) + 1, 1, 6))
+    centre = math.sqrt(lo * hi)
+    sizes = tuple(sorted({max(1, round(centre * 2 ** (k - (n - 1) / 2))) for k in range(n)}))
+    line = (
+        f"anchors: sizes {', '.join(map(str, sizes))} px chosen from the training objects "
+        f"(sqrt(w*h) after rescaling: 5th percentile {lo:.0f}, median {mid:.0f}, 95th {hi:.0f} px)"
+    )
+    return sizes, line
+
+
+def anchor_generator(sizes, ratios) -> AnchorGenerator:
+    """torchvision's `AnchorGenerator` for one feature map: every size at every ratio
+    (height / width); its anchors ``[H * W * A, 4]`` are the base boxes (side ``size *
+    sqrt(1 / ratio)`` wide and ``size * sqrt(ratio)`` high, centred on 0, rounded) shifted
+    by the stride times each cell's index, cell by cell (row-major), all A at a cell."""
+    return AnchorGenerator(sizes=(tuple(int(s) for s in sizes),), aspect_ratios=(tuple(float(r) for r in ratios),))
+
+
+def build_network(config: FasterRCNNConfig, num_classes: int, weights: str | None = None):
+    """``(torchvision FasterRCNN, weights source)`` for `config` (whose anchor sizes must be
+    set) and `num_classes` object classes; `weights` overrides the trunk's weight source
+    (``random`` when a model file brings every weight). The new layers' initial weights
+    follow ``train.seed``."""
+    c = config
+    backbone = c.backbone if weights is None else replace(c.backbone, weights=weights)
+    trunk, channels, source = build_trunk(backbone)
+    trunk.out_channels = channels
+    s = c.roi.output_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c.train.seed)
+        anchors = anchor_generator(c.anchors.sizes, c.anchors.ratios)
+        net = TorchvisionFasterRCNN(
+            trunk,
+            num_classes=None,
+            min_size=c.scale,
+            max_size=c.max_size,
+            image_mean=list(IMAGENET_MEAN),
+            image_std=list(IMAGENET_STD),
+            rpn_anchor_generator=anchors,
+            rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            rpn_pre_nms_top_n_train=c.rpn.pre_nms_top_n_train,
+            rpn_pre_nms_top_n_test=c.rpn.pre_nms_top_n_test,
+            rpn_post_nms_top_n_train=c.rpn.post_nms_top_n_train,
+            rpn_post_nms_top_n_test=c.rpn.post_nms_top_n_test,
+            rpn_nms_thresh=c.rpn.nms_threshold,
+            rpn_fg_iou_thresh=c.rpn.fg_iou,
+            rpn_bg_iou_thresh=c.rpn.bg_iou,
+            rpn_batch_size_per_image=c.rpn.batch_size_per_image,
+            rpn_positive_fraction=c.rpn.positive_fraction,
+            rpn_score_thresh=c.rpn.score_threshold,
+            box_roi_pool=MultiScaleRoIAlign(["0"], s, c.roi.sampling_ratio),
+            box_head=FastRCNNConvFCHead((channels, s, s), [], list(c.head.fc)),
+            box_predictor=FastRCNNPredictor(c.head.fc[-1], num_classes + 1),
+            box_score_thresh=c.min_score,
+            box_nms_thresh=c.nms_threshold,
+            box_detections_per_img=c.max_detections,
+            box_fg_iou_thresh=c.train.fg_iou,
+            box_bg_iou_thresh=c.train.bg_iou,
+            box_batch_size_per_image=c.train.rois_per_image,
+            box_positive_fraction=c.train.fg_fraction,
+            bbox_reg_weights=tuple(1.0 / s_ for s_ in BOX_STDS),
+        )
+    return net.eval(), source
+
+
+def _image_list(fmap: torch.Tensor, size) -> ImageList:
+    """The `ImageList` the RPN and RoI pooling need for one image of ``size = (h, w)`` whose
+    map is `fmap`: its tensor only gives the anchor generator the stride (map size x 16),
+    so it has no channels (no memory)."""
+    h, w = fmap.shape[-2:]
+    return ImageList(fmap.new_empty((1, 0, h * STRIDE, w * STRIDE)), [(int(size[0]), int(size[1]))])
+
+
+class FasterRCNN(Detector):
+    """Faster R-CNN: ``FasterRCNN(config).fit(dataset)``, then ``detect(image)`` /
+    ``detect_dataset(ds)`` / ``propose(image)``.
+
+    Fitted attributes: ``classes_``, ``net_`` (the torchvision `FasterRCNN`: ``backbone``
+    the stride-16 trunk, ``rpn``, ``roi_heads``), ``weights_source_``, ``fit_stats_``,
+    ``history_`` (per iteration: ``loss`` and the four losses, `LOSSES`). After `fit` the
+    config's anchor sizes are the ones used (chosen ones included), so the model file
+    rebuilds the same network.
+    """
+
+    kind = "faster_rcnn"
+    config_class = FasterRCNNConfig
+
+    # -- no external proposals ----------------------------------------------------------------
+
+    def proposal_store(self):
+        raise ModelError(
+            "Faster R-CNN has no external proposals: its RPN proposes "
+            "(`rcnn propose DATASET --method rpn --model MODEL.pt` caches them for other detectors)"
+        )
+
+    def training_proposals(self, dataset: Dataset, stats: dict):
+        return self.proposal_store()
+
+    # -- training ---------------------------------------------------------------------------
+
+    def checkpoint_path(self, dataset: Dataset) -> Path:
+        """Where training on `dataset` keeps its checkpoint: ``cache_dir/faster_rcnn/<key>.pt``,
+        the key from the training settings (anchor sizes as chosen; not the test-time ones)
+        and every image and annotation."""
+        c = self.config
+        params = {"faster_rcnn": _training_settings(c)}
+        return Path(c.cache_dir) / "faster_rcnn" / f"{training_key(params, dataset)}.pt"
+
+    def fit(self, dataset: Dataset, callback=None) -> FasterRCNN:
+        """Train on `dataset`; returns self. `callback(iteration, loss)` follows each step
+        (after its checkpoint)."""
+        c = self.config
+        check_trainable(dataset)
+        self.classes_ = list(dataset.classes)
+        stats = {"images": len(dataset)}
+        if c.backbone.num_threads:  # process-wide: only when the config names a number
+            set_threads(c.backbone.num_threads)
+        if not c.anchors.sizes:
+            sizes, line = choose_anchor_sizes(dataset, c.scale, c.max_size)
+            notice(line)
+            self.config = c = replace(c, anchors=replace(c.anchors, sizes=sizes))
+            stats["anchor_sizes_chosen"] = True
+        stats["anchor_sizes"] = list(c.anchors.sizes)
+        stats["anchor_ratios"] = list(c.anchors.ratios)
+        device = resolve_device(c.device)
+        start = time.perf_counter()
+        self.net_, self.weights_source_ = build_network(c, len(self.classes_))
+        trainer = _Trainer(self.net_, c, device, self.checkpoint_path(dataset))
+        trainer.fit(dataset, callback)
+        self.history_ = trainer.history
+        stats["train_seconds"] = time.perf_counter() - start
+        stats["resumed_from_iteration"] = trainer.resumed_from
+        trained = (c.train.iterations - trainer.resumed_from) * c.train.images_per_batch
+        stats["train_images_per_second"] = trained / trainer.seconds if trainer.seconds > 0 and trained else None
+        stats["final_losses"] = {k: float(np.mean(v[-20:])) for k, v in self.history_.items() if v}
+        self.fit_stats_ = stats
+        self._prepare()
+        return self
+
+    # -- detection --------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.device_ = resolve_device(self.config.device)
+        self.net_.to(self.device_).eval()
+        self._frozen_trunk = None
+
+    def _trunk(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], float]:
+        """``(map [1, C, h/16, w/16], rescaled size (h, w), factor)`` of ``uint8 [H, W, 3]``
+        `image`, under inference mode (on the CPU a TorchScript-frozen copy of the trunk when
+        ``backbone.torchscript``)."""
+        c = self.config
+        scaled, factor = rescale(image, c.scale, c.max_size)
+        x = image_tensor(scaled).to(self.device_)
+        if self.device_.type != "cpu" or not c.backbone.torchscript:
+            return self.net_.backbone(x), scaled.shape[:2], factor
+        if self._frozen_trunk is None:
+            self._frozen_trunk = freeze_for_inference(self.net_.backbone, x, torch.contiguous_format)
+        return self._frozen_trunk(x), scaled.shape[:2], factor
+
+    def propose(
+        self, image, max_boxes: int | None = None, nms_threshold: float | None = None, timings: dict | None = None
+    ) -> np.ndarray:
+        """The RPN's ranked proposals ``float32 [N, 4]`` (best objectness first, after its
+        NMS) in `image`'s own pixels: a path or ``uint8 [H, W, 3]`` RGB array. `max_boxes`
+        (None: ``rpn.post_nms_top_n_test``) replaces the count kept after NMS (and raises
+        the count before it to at least as many); `nms_threshold` (None: ``rpn.nms_threshold``)
+        the NMS IoU."""
+        self._check_fitted()
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        with torch.inference_mode():
+            with timed(timings, "trunk"):
+                fmap, size, factor = self._trunk(image)
+            with timed(timings, "rpn"):
+                boxes = self._rpn(fmap, size, max_boxes, nms_threshold)[0]
+        return (boxes.cpu().numpy() / factor).astype(np.float32).reshape(-1, 4)
+
+    def _rpn(
+        self, fmap: torch.Tensor, size, max_boxes: int | None = None, nms_threshold: float | None = None
+    ) -> list[torch.Tensor]:
+        rpn = self.net_.rpn
+        if max_boxes is None and nms_threshold is None:
+            return rpn(_image_list(fmap, size), {"0": fmap})[0]
+        saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n), rpn.nms_thresh
+        if max_boxes is not None:
+            rpn._post_nms_top_n["testing"] = int(max_boxes)
+            rpn._pre_nms_top_n["testing"] = max(int(max_boxes), saved[0]["testing"])
+        if nms_threshold is not None:
+            rpn.nms_thresh = float(nms_threshold)
+        try:
+            return rpn(_image_list(fmap, size), {"0": fmap})[0]
+        finally:
+            rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.nms_thresh = saved
+
+    def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
+        """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
+
+        `proposals` ``float32 [N, 4]`` (image pixels), when given, replace the RPN's (the RoI
+        head then scores them as Fast R-CNN would). `timings`, when given, is filled with
+        seconds spent in ``trunk``, ``rpn``, ``head`` (RoI pooling, fc layers, decoding) and
+        ``nms`` (threshold, per-class NMS, the cap), added to.
+        """
+        self._check_fitted()
+        c = self.config
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        heads = self.net_.roi_heads
+        with torch.inference_mode():
+            with timed(timings, "trunk"):
+                fmap, size, factor = self._trunk(image)
+            with timed(timings, "rpn"):
+                if proposals is None:
+                    rois = self._rpn(fmap, size)
+                else:
+                    given = np.asarray(proposals, np.float32).reshape(-1, 4) * factor
+                    rois = [torch.from_numpy(np.ascontiguousarray(given)).to(self.device_)]
+            if len(rois[0]) == 0:
+                return Detections()
+            with timed(timings, "head"):
+                feats = {"0": fmap}
+                pooled = heads.box_roi_pool(feats, rois, [tuple(size)])
+                logits, regression = heads.box_predictor(heads.box_head(pooled))
+                boxes = heads.box_coder.decode(regression, rois)[:, 1:]  # [N, C, 4], background dropped
+                scores = torch.softmax(logits, -1)[:, 1:]
+                boxes, scores = boxes.cpu().numpy() / factor, scores.cpu().numpy()
+        with timed(timings, "nms"):
+            rows, cols = np.nonzero(scores >= c.min_score)
+            return postprocess(
+                boxes[rows, cols],
+                scores[rows, cols],
+                cols.astype(np.int64) + 1,
+                image.shape[:2],
+                c.nms_threshold,
+                c.max_detections,
+            )
+
+    def detect_dataset(
+        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+    ) -> dict[str, Detections]:
+        """Detections for every sample, ``{sample id: Detections}``; the RPN proposes, so no
+        proposals are computed or cached (`use_cache` has nothing to cache)."""
+        self._check_fitted()
+        return {
+            s.id: self.detect(read_image(s.image_path), timings=timings)
+            for s in progress(dataset.samples, desc="detect")
+        }
+
+    # -- the model file ---------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            "weights_source": self.weights_source_,
+            "net": {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()},
+            "history": {k: [float(x) for x in v] for k, v in getattr(self, "history_", {}).items()},
+        }
+
+    def _from_state(self, state: dict, path) -> None:
+        c = self.config
+        if not c.anchors.sizes:
+            raise ValueError("the config names no anchor sizes")
+        if c.backbone.num_threads:
+            set_threads(c.backbone.num_threads)
+        # every weight is in the file: build the architecture without fetching weights
+        self.net_, _ = build_network(c, len(self.classes_), weights="random")
+        try:
+            self.net_.load_state_dict(state["net"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"the network does not fit this config and its {len(self.classes_)} classes: {str(e).splitlines()[0]}"
+            ) from None
+        self.weights_source_ = str(state["weights_source"])
+        self.history_ = {k: list(v) for k, v in (state.get("history") or {}).items()}
+        self._prepare()
+
+
+class _Trainer:
+    """End-to-end training of a torchvision `FasterRCNN` (`build_network`) in place: per
+    iteration `images_per_batch` images (seeded), each rescaled and maybe flipped, run
+    through the trunk (its frozen stem's output cached per image and flip), the RPN and the
+    RoI head with their targets; the four losses averaged over the images and summed.
+    Fitted: ``history`` (``loss`` and `LOSSES` per iteration), ``resumed_from``, ``seconds``."""
+
+    def __init__(self, net, config: FasterRCNNConfig, device: torch.device, checkpoint: Path | None):
+        self.net, self.config, self.device, self.checkpoint = net, config, device, checkpoint
+
+    def _meta(self) -> dict:
+        return _training_settings(self.config)
+
+    def _split(self) -> tuple[nn.Module | None, nn.Module]:
+        """``(stem, rest)`` of the trunk: its leading frozen ``features`` layers (run once
+        per image and flip, when ``cache_frozen`` and ``freeze_bn``) and the others."""
+        trunk, cfg = self.net.backbone, self.config.train
+        layers = getattr(trunk, "features", None)
+        if not (cfg.cache_frozen and cfg.freeze_bn and isinstance(layers, nn.Sequential)):
+            return None, trunk
+        k = 0
+        for layer in layers:
+            if any(p.requires_grad for p in layer.parameters()) or any(
+                isinstance(m, nn.Dropout) for m in layer.modules()
+            ):
+                break
+            k += 1
+        return (None, trunk) if k == 0 else (layers[:k], layers[k:])
+
+    def _targets(self, dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for s in dataset:
+            keep = ~s.difficult
+            out.append((s.boxes[keep].astype(np.float32), s.labels[keep].astype(np.int64)))
+        return out
+
+    def _lr(self, it: int) -> float:
+        cfg = self.config.train
+        lr = cfg.lr * (cfg.lr_gamma ** (it // cfg.lr_step) if cfg.lr_step else 1.0)
+        if it < cfg.warmup:
+            lr *= 0.1 + 0.9 * it / cfg.warmup
+        return lr
+
+    def _train_mode(self) -> None:
+        self.net.train()
+        if self.config.train.freeze_bn:
+            for m in self.net.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def fit(self, dataset: Dataset, callback=None) -> None:
+        cfg, net = self.config.train, self.net
+        targets = self._targets(dataset)
+        samples = dataset.samples
+        net.to(self.device)
+        for name, p in net.backbone.named_parameters():
+            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
+        heads = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
+        trunk = [p for p in net.backbone.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            [{"params": heads, "lr_mult": cfg.head_lr_mult}] + [{"params": trunk, "lr_mult": 1.0}] * bool(trunk),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+        self.history = {k: [] for k in ("loss", *LOSSES)}
+        start = self.resumed_from = self._resume(optimizer)
+        stem, rest = self._split()
+        images: dict = {}
+        t0 = time.perf_counter()
+        bar = progress(
+            total=cfg.iterations * cfg.images_per_batch,
+            initial=start * cfg.images_per_batch,
+            desc="Faster R-CNN training",
+            unit="img",
+        )
+        try:
+            for it in range(start, cfg.iterations):
+                rng = np.random.default_rng([cfg.seed, it])
+                chosen = rng.choice(len(samples), min(cfg.images_per_batch, len(samples)), replace=False)
+                flips = [bool(cfg.flip and rng.random() < 0.5) for _ in chosen]
+                for group in optimizer.param_groups:
+                    group["lr"] = self._lr(it) * group["lr_mult"]
+                self._train_mode()
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed * 1_000_003 + it)  # the samplers: the same on resume
+                    parts = {k: 0.0 for k in _TORCHVISION_LOSSES}
+                    for i, flip in zip(chosen, flips):
+                        x, size, target = self._example(int(i), flip, samples, targets, images, stem)
+                        fmap = rest(x)
+                        feats = {"0": fmap}
+                        image_list = _image_list(fmap, size)
+                        proposals, rpn_losses = net.rpn(image_list, feats, [target])
+                        _, head_losses = net.roi_heads(feats, proposals, image_list.image_sizes, [target])
+                        for k, v in {**rpn_losses, **head_losses}.items():
+                            parts[k] = parts[k] + v / len(chosen)
+                    loss = sum(parts.values())
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                self.history["loss"].append(loss.item())
+                for name, k in zip(LOSSES, _TORCHVISION_LOSSES):
+                    self.history[name].append(
+                        float(parts[k].detach()) if torch.is_tensor(parts[k]) else float(parts[k])
+                    )
+                bar.update(len(chosen))
+                bar.set_postfix({k: f"{self.history[k][-1]:.3f}" for k in ("loss", *LOSSES)})
+                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                    self._save(it + 1, optimizer)
+                if callback is not None:
+                    callback(it, self.history["loss"][-1])
+        finally:
+            bar.close()
+            net.cpu().eval()
+            for p in net.parameters():
+                p.requires_grad_(True)
+        self.seconds = time.perf_counter() - t0
+
+    def _example(self, i: int, flip: bool, samples, targets, images: dict, stem):
+        """Image `i`, rescaled and maybe flipped, as the trunk's input (or, with `stem`, the
+        stem's output, kept in `images`), its size and its targets in its pixels."""
+        c = self.config
+        if i not in images:
+            images[i] = rescale(read_image(samples[i].image_path), c.scale, c.max_size)
+        image, factor = images[i]
+        boxes, labels = targets[i]
+        boxes = boxes * factor
+        if flip:
+            boxes = flip_boxes(boxes, image.shape[1])
+            image = image[:, ::-1]
+        if stem is None:
+            x = image_tensor(image).to(self.device)
+        else:
+            if (i, flip) not in images:
+                with torch.no_grad():
+                    images[i, flip] = stem(image_tensor(image).to(self.device))
+            x = images[i, flip]
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).to(self.device),
+            "labels": torch.from_numpy(labels).to(self.device),
+        }
+        return x, image.shape[:2], target
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _save(self, iteration: int, optimizer) -> None:
+        if self.checkpoint is None:
+            return
+        path = Path(self.checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "iteration": iteration,
+            "meta": self._meta(),
+            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "history": self.history,
+        }
+        with atomic_write(path) as f:
+            torch.save(state, f)
+
+    def _resume(self, optimizer) -> int:
+        """Load the checkpoint when there is one; the iteration to go on from. A damaged
+        checkpoint is reported and training starts over."""
+        path = self.checkpoint
+        if path is None or not Path(path).is_file():
+            return 0
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
+            notice(f"{path}: unreadable Faster R-CNN checkpoint ({type(e).__name__}), starting over")
+            return 0
+        if not isinstance(state, dict) or state.get("meta") != self._meta():
+            raise ModelError(f"{path}: checkpoint of another training setup; delete it or choose another path")
+        initial = {k: v.clone() for k, v in self.net.state_dict().items()}
+        try:
+            self.net.load_state_dict(state["net"])
+            optimizer.load_state_dict(state["optimizer"])
+            self.history = {k: list(state["history"][k]) for k in ("loss", *LOSSES)}
+            return int(state["iteration"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            notice(f"{path}: damaged Faster R-CNN checkpoint ({type(e).__name__}), starting over")
+            self.net.load_state_dict(initial)
+            self.history = {k: [] for k in ("loss", *LOSSES)}
+            return 0
+
+
+# -- the RPN as a proposer (rcnn.proposals.rpn) --------------------------------------------------
+
+
+def _check_rpn_model(path) -> None:
+    """Raise `ModelError` naming `path` unless it is a Faster R-CNN model file."""
+    kind = read_model(path).get("detector", "rcnn")  # missing, unreadable, foreign: ModelError
+    if kind != FasterRCNN.kind:
+        raise ModelError(
+            f"{path}: a {kind} model, not a Faster R-CNN; RPN proposals need one trained with "
+            f'detector = "{FasterRCNN.kind}"'
+        )
+
+
+def _load_rpn_model(path) -> FasterRCNN:
+    return FasterRCNN.from_state(read_model(path), path)
+
+
+rpn_proposals.register(_check_rpn_model, _load_rpn_model)
