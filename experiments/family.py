@@ -62,12 +62,6 @@ on a CPU; not comparable in scale with the rows above, only in their ratios):
 """
 
 
-def learns_proposals(model) -> bool:
-    """Whether the detector proposes its own regions (Faster R-CNN's RPN) instead of reading
-    the configured proposer's."""
-    return bool(getattr(model, "learns_proposals", False))
-
-
 def shown(path: Path) -> str:
     """`path` relative to the repository root when it is inside it."""
     return os.path.relpath(path, harness.ROOT) if path.is_relative_to(harness.ROOT) else str(path)
@@ -89,7 +83,7 @@ def proposal_seconds(config, samples) -> float:
 def network_seconds(model, samples) -> float:
     """Seconds per image of `detect` after the proposals (read from the cache), over
     `samples`, after one warm-up image."""
-    store = None if learns_proposals(model) else model.proposal_store()
+    store = None if model.learns_proposals else model.proposal_store()
     images = [read_image(s.image_path) for s in samples]
     boxes = [None if store is None else store.load(s) for s in samples]
     model.detect(images[0], proposals=boxes[0])
@@ -167,7 +161,7 @@ def run(args) -> None:
             detections = model.detect_dataset(target.test)
             coco = evaluate_coco(target.test, detections)
             wall, cpu = train_seconds(fit, fits.get(arm.get("shares")))
-            if learns_proposals(model):
+            if model.learns_proposals:
                 proposals = 0.0
             else:
                 key = repr(to_dict(config)["proposals"])
@@ -229,12 +223,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = harness.parse_args("family", __doc__, argv)
-    args.config, args.out = os.path.abspath(args.config), os.path.abspath(args.out)
-    sys.stdout.reconfigure(line_buffering=True)
-    harness.chdir_root()
-    run(args)
-    return 0
+    return harness.script_main("family", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -364,6 +364,20 @@ def base_summary(target: Target) -> str:
     )
 
 
+def script_main(name: str, doc: str | None, run, argv=None) -> int:
+    """The entry point of an experiment with a script of its own: parse the arguments, make
+    the paths given from the caller's folder absolute, line-buffer stdout (progress reaches a
+    log as it comes), then `run(args)` from the repository root."""
+    args = parse_args(name, doc, argv)
+    for option in ("config", "out", "data", "base_config"):
+        if getattr(args, option):
+            setattr(args, option, os.path.abspath(getattr(args, option)))
+    sys.stdout.reconfigure(line_buffering=True)
+    chdir_root()
+    run(args)
+    return 0
+
+
 def chdir_root() -> None:
     """Experiments run from the repository root: the configs' cache_dir is relative to it."""
     os.chdir(ROOT)

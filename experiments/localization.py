@@ -275,14 +275,7 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
-    import os
-
-    args = harness.parse_args("localization", __doc__, argv)
-    args.config, args.out = os.path.abspath(args.config), os.path.abspath(args.out)
-    sys.stdout.reconfigure(line_buffering=True)
-    harness.chdir_root()
-    run(args)
-    return 0
+    return harness.script_main("localization", __doc__, run, argv)
 
 
 if __name__ == "__main__":

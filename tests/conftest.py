@@ -60,3 +60,16 @@ def tiny_trained(tmp_path_factory):
     model = RCNN(load_config(None, {**TINY_RCNN, "cache_dir": str(root / "cache")}))
     model.fit(load_dataset(root / "synth", split="train")).save(root / "model.pt")
     return root
+
+
+@pytest.fixture(scope="session")
+def synth60(tmp_path_factory):
+    """``(train, test)``: 60 synthetic images of 192 px (45 train, 15 test), for the tests
+    that fit a small Fast or Faster R-CNN. Read-only."""
+    from rcnn.datasets import load_dataset
+    from rcnn.datasets.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("synth60") / "synth"
+    make_synthetic(root, images=60, seed=5, size=192, test_fraction=0.25)
+    train = load_dataset(root, split="train")
+    return train, load_dataset(root, split="test", classes=train.classes)

@@ -9,7 +9,7 @@ import torch
 
 from rcnn.boxes import BoxCoder, box_iou
 from rcnn.cli import main
-from rcnn.datasets import load_dataset, read_image
+from rcnn.datasets import read_image
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.detectors import FastRCNN, FastRCNNConfig, load_config, load_model
 from rcnn.errors import ConfigError
@@ -49,22 +49,13 @@ FAST = {
 
 
 def config(tmp_path, **changes):
-    overrides = json.loads(json.dumps(FAST))
-    overrides["cache_dir"] = str(tmp_path / "cache")
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            overrides.setdefault(key, {}).update(value)
-        else:
-            overrides[key] = value
-    return load_config(overrides=overrides)
+    """`FAST` caching under `tmp_path`, with `changes` merged in (tables key by key)."""
+    return load_config(overrides=[FAST, {"cache_dir": str(tmp_path / "cache")}, changes])
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fast") / "synth"
-    make_synthetic(root, images=60, seed=5, size=192, test_fraction=0.25)
-    train = load_dataset(root, split="train")
-    return train, load_dataset(root, split="test", classes=train.classes)
+def synth(synth60):
+    return synth60
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 the RPN as a proposer (cached, reloaded, refused for other models). Real computations on
 small synthetic sets, on the CPU."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
 
 from rcnn.cli import main
-from rcnn.datasets import Dataset, Sample, load_dataset, read_image
+from rcnn.datasets import Dataset, Sample, read_image
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.detectors import FasterRCNN, FasterRCNNConfig, build_detector, load_config, load_model
 from rcnn.detectors.faster_rcnn import anchor_generator, choose_anchor_sizes
@@ -37,22 +35,13 @@ FASTER = {
 
 
 def config(tmp_path, **changes):
-    overrides = json.loads(json.dumps(FASTER))
-    overrides["cache_dir"] = str(tmp_path / "cache")
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            overrides.setdefault(key, {}).update(value)
-        else:
-            overrides[key] = value
-    return load_config(overrides=overrides)
+    """`FASTER` caching under `tmp_path`, with `changes` merged in (tables key by key)."""
+    return load_config(overrides=[FASTER, {"cache_dir": str(tmp_path / "cache")}, changes])
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faster") / "synth"
-    make_synthetic(root, images=60, seed=5, size=192, test_fraction=0.25)
-    train = load_dataset(root, split="train")
-    return train, load_dataset(root, split="test", classes=train.classes)
+def synth(synth60):
+    return synth60
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ DASK_STAGES = {
     "rcnn": "proposals and CNN features run on the Dask workers, the rest (fine-tuning, the heads) here",
     "fast_rcnn": "proposals run on the Dask workers; the CNN (once per image, inside training and detection) "
     "runs here: Fast R-CNN has no per-image feature cache",
+    "faster_rcnn": "nothing runs on the Dask workers: Faster R-CNN proposes with its own RPN and caches no "
+    "per-image stage (detect --dask still sends each image's detection there)",
 }
 
 

@@ -273,6 +273,7 @@ class Detector(ABC):
 
     kind = ""
     config_class = CommonConfig
+    learns_proposals = False  # True: it proposes its own regions (an RPN), no proposer is run for it
     dask: str | None = None  # a Dask scheduler address for the per-image stages (not saved; `rcnn ... --dask`)
 
     def __init__(self, config=None):

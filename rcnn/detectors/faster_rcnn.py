@@ -57,7 +57,7 @@ from rcnn.errors import ModelError
 from rcnn.features.extractor import freeze_for_inference, set_threads
 from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, image_tensor, rescale
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
-from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig, flip_boxes
+from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig, RoITrainConfig, flip_boxes
 from rcnn.progress import notice, progress
 from rcnn.proposals import rpn as rpn_proposals
 
@@ -141,52 +141,22 @@ class RPNConfig:
 
 
 @dataclass(frozen=True)
-class FasterTrainConfig:
-    """The ``[train]`` table. SGD with `momentum` and `weight_decay`; the rate `lr` (times
-    `head_lr_mult` for the RPN and the RoI head) rises linearly from ``lr / 10`` over the
-    first `warmup` iterations and is multiplied by `lr_gamma` every `lr_step` iterations
-    (0: never). Each iteration takes `images_per_batch` images (seeded; each flipped
-    left-right with probability 1/2 when `flip`). The RoI head samples `rois_per_image` of
-    the RPN's proposals (ground truth included) per image, `fg_fraction` of them foreground
-    (IoU >= `fg_iou`), the rest background (IoU < `bg_iou`). `frozen`: trunk parameter-name
-    prefixes left untouched (``features.0.``); `freeze_bn`: batch norm keeps its statistics;
-    `cache_frozen`: the frozen leading layers run once per image and flip (as
-    `FastRCNNTrainer`). A checkpoint every `checkpoint_every` iterations; `seed` seeds every
-    random choice (images, flips, the samplers, the new layers' initial weights).
-    Difficult objects are left out of the targets."""
+class FasterTrainConfig(RoITrainConfig):
+    """Faster R-CNN's ``[train]`` table: the settings Fast R-CNN's has
+    (`rcnn.heads.fast_rcnn.RoITrainConfig`; `head_lr_mult` applies to the RPN and the RoI
+    head, the RoIs are drawn from the RPN's proposals), background RoIs below IoU `bg_iou`,
+    and `warmup`: the rate rises linearly from ``lr / 10`` over the first `warmup`
+    iterations. Difficult objects are left out of the targets."""
 
-    iterations: int = 1000
-    images_per_batch: int = 2
-    rois_per_image: int = 128
-    fg_fraction: float = 0.25
-    fg_iou: float = 0.5
-    bg_iou: float = 0.5
     lr: float = 0.01
-    head_lr_mult: float = 1.0
-    momentum: float = 0.9
     weight_decay: float = 0.0001
+    bg_iou: float = 0.5
     warmup: int = 50
-    lr_step: int = 0
-    lr_gamma: float = 0.1
-    flip: bool = True
-    freeze_bn: bool = True
-    frozen: tuple[str, ...] = ()
-    checkpoint_every: int = 100
-    seed: int = 0
-    cache_frozen: bool = True
 
     def __post_init__(self):
-        for name in ("iterations", "lr_step", "seed", "warmup"):
-            require(self, name, getattr(self, name) >= 0, "an integer >= 0")
-        for name in ("images_per_batch", "rois_per_image", "checkpoint_every"):
-            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
-        require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
-        require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
+        super().__post_init__()
+        require(self, "warmup", self.warmup >= 0, "an integer >= 0")
         require(self, "bg_iou", 0 < self.bg_iou <= self.fg_iou, f"an IoU in (0, fg_iou = {self.fg_iou}]")
-        for name in ("lr", "head_lr_mult", "lr_gamma"):
-            require(self, name, getattr(self, name) > 0, "a number > 0")
-        require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
-        require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -328,6 +298,7 @@ class FasterRCNN(Detector):
 
     kind = "faster_rcnn"
     config_class = FasterRCNNConfig
+    learns_proposals = True
 
     # -- no external proposals ----------------------------------------------------------------
 

@@ -66,35 +66,30 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """The ``[train]`` table (defaults: the paper's, except the length).
-
-    SGD with `momentum` and `weight_decay`; the rate `lr` (times `head_lr_mult` for the new
-    head) is multiplied by `lr_gamma` every `lr_step` iterations (0: never). Mini-batches of
-    `images_per_batch` images x `rois_per_image` RoIs, `fg_fraction` of them foreground
-    (IoU >= `fg_iou`, ground-truth boxes included), background from IoU [`bg_iou_low`,
-    `fg_iou`); the first `train_proposals` proposals of each image are the candidates.
-    `box_loss_weight` weighs the smooth L1 term. `frozen`: trunk parameter-name prefixes left
-    untouched (torchvision's names, e.g. ``features.0.``); `freeze_bn`: batch-norm layers keep
-    their statistics (eval mode). `seed` seeds every random choice. `cache_frozen`: the
-    trunk's frozen leading layers run once per image and flip, their output kept in memory
-    (the same numbers, a fraction of the time; see `FastRCNNTrainer._split`).
-    """
+class RoITrainConfig:
+    """What the ``[train]`` tables of the detectors with a RoI head share: SGD with `momentum`
+    and `weight_decay`; the rate `lr` (times `head_lr_mult` for the new layers) is multiplied
+    by `lr_gamma` every `lr_step` iterations (0: never). Mini-batches of `images_per_batch`
+    images (each flipped left-right with probability 1/2 when `flip`) x `rois_per_image`
+    RoIs, `fg_fraction` of them foreground (IoU >= `fg_iou`, ground-truth boxes included).
+    `frozen`: trunk parameter-name prefixes left untouched (torchvision's names, e.g.
+    ``features.0.``); `freeze_bn`: batch-norm layers keep their statistics (eval mode);
+    `cache_frozen`: the trunk's frozen leading layers run once per image and flip, their
+    output kept in memory (the same numbers, a fraction of the time; see
+    `FastRCNNTrainer._split`). A checkpoint every `checkpoint_every` iterations; `seed`
+    seeds every random choice."""
 
     iterations: int = 1000
     images_per_batch: int = 2
     rois_per_image: int = 128
     fg_fraction: float = 0.25
     fg_iou: float = 0.5
-    bg_iou_low: float = 0.1
-    train_proposals: int = 2000
     lr: float = 0.001
     head_lr_mult: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 0.0005
     lr_step: int = 0
     lr_gamma: float = 0.1
-    box_loss_weight: float = 1.0
     flip: bool = True
     freeze_bn: bool = True
     frozen: tuple[str, ...] = ()
@@ -105,16 +100,32 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("iterations", "lr_step", "seed"):
             require(self, name, getattr(self, name) >= 0, "an integer >= 0")
-        for name in ("images_per_batch", "rois_per_image", "train_proposals", "checkpoint_every"):
+        for name in ("images_per_batch", "rois_per_image", "checkpoint_every"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
         require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
         require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
-        require(self, "bg_iou_low", 0 <= self.bg_iou_low < self.fg_iou, f"an IoU in [0, fg_iou = {self.fg_iou})")
         for name in ("lr", "head_lr_mult", "lr_gamma"):
             require(self, name, getattr(self, name) > 0, "a number > 0")
         require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
-        for name in ("weight_decay", "box_loss_weight"):
-            require(self, name, getattr(self, name) >= 0, "a number >= 0")
+        require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig(RoITrainConfig):
+    """Fast R-CNN's ``[train]`` table (defaults: the paper's, except the length): the shared
+    settings (`RoITrainConfig`), background RoIs from IoU [`bg_iou_low`, `fg_iou`), the first
+    `train_proposals` proposals of each image as the candidates, and `box_loss_weight` on
+    the smooth L1 term."""
+
+    bg_iou_low: float = 0.1
+    train_proposals: int = 2000
+    box_loss_weight: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "train_proposals", self.train_proposals >= 1, "an integer >= 1")
+        require(self, "bg_iou_low", 0 <= self.bg_iou_low < self.fg_iou, f"an IoU in [0, fg_iou = {self.fg_iou})")
+        require(self, "box_loss_weight", self.box_loss_weight >= 0, "a number >= 0")
 
     @property
     def sampler(self) -> RoISampler:
