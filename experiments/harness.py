@@ -133,7 +133,8 @@ def fit_or_load(config, train: Dataset) -> tuple:
     the model cache when it was fitted before with the same config but for its test-time
     settings (``config.TEST_TIME``); also returns the fit statistics of the first
     fit: counts and seconds per stage, ``fit_seconds`` (wall) and ``fit_cpu_seconds`` (this
-    process's CPU time, all its threads; worker processes not counted)."""
+    process's CPU time, all its threads; worker processes not counted), and ``path``, the
+    cached model file."""
     ids = sorted(s.id for s in train)
     fitted = {k: v for k, v in to_dict(config).items() if k not in config.TEST_TIME}
     key = params_key({"config": fitted, "ids": ids, "n": len(train), "rcnn": __version__}, 16)
@@ -142,7 +143,7 @@ def fit_or_load(config, train: Dataset) -> tuple:
     if path.is_file() and info_path.is_file():
         model = load_model(path)
         model.config = config  # equal but for the test-time settings (`TEST_TIME`), which it takes
-        return model, {**json.loads(info_path.read_text()), "from_cache": True}
+        return model, {**json.loads(info_path.read_text()), "from_cache": True, "path": str(path)}
     start, cpu = time.perf_counter(), time.process_time()
     model = build_detector(config).fit(train)
     info = {
@@ -152,7 +153,7 @@ def fit_or_load(config, train: Dataset) -> tuple:
     }
     model.save(path)
     write_text(info_path, json.dumps(info, indent=1) + "\n")
-    return model, {**info, "from_cache": False}
+    return model, {**info, "from_cache": False, "path": str(path)}
 
 
 class TestSet:

@@ -1,4 +1,5 @@
-"""Proposal quality experiment: sliding windows vs Selective Search (ours and OpenCV's stock).
+"""Proposal quality experiment: sliding windows vs Selective Search (ours and OpenCV's stock)
+vs a Region Proposal Network (a Faster R-CNN's, trained on each dataset's train split).
 
 Runs every [methods.*] of the config over the synthetic test split (generated when missing)
 and, when present, cards/test; writes report.md, recall.png and results.json to the output
@@ -32,23 +33,40 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def datasets(cfg: dict, data: str | None = None) -> dict:
-    """``{name: Dataset}``: the synthetic test split (made unless already there) and cards/test
-    if present, or instead of cards the test split of `data` (see `harness.splits`)."""
+    """``{name: (train, test)}``: the synthetic splits (made unless already there) and cards
+    if present, or instead of cards the splits of `data` (see `harness.splits`). The test
+    split is measured; the train split trains the learned proposers (``method = "rpn"``)."""
     from harness import splits
 
     from rcnn.datasets.synthetic import make_synthetic
 
     synth = ROOT / cfg["synth"]
     make_synthetic(synth, cfg["synth_images"], cfg["synth_seed"])  # reuses the folder when it holds this set
-    out = {f"synthetic/{cfg['split']}": load_dataset(synth, split=cfg["split"])}
+    out = {"synthetic": (load_dataset(synth, split="train"), load_dataset(synth, split=cfg["split"]))}
     cards = (ROOT / cfg["cards"]).resolve()
     if data:
-        out[f"{Path(data).resolve().name}/test"] = splits(Path(data).resolve())[1]
+        out[Path(data).resolve().name] = splits(Path(data).resolve())
     elif cards.is_dir():
-        out["cards/test"] = load_dataset(cards)
+        out["cards"] = (load_dataset(cards.parent / "train"), load_dataset(cards))
     else:
         print(f"{cards} not found: cards left out")
     return out
+
+
+def rpn_model(params: dict, name: str, train) -> dict:
+    """`params` of an ``rpn`` method with ``model`` set: the Faster R-CNN fitted on `train` with
+    the config ``train_config[name]`` (in experiments/configs), from (or into) the model cache
+    under ``fit_cache/name`` (`harness.fit_or_load`; the family experiment's cache, so its
+    models are reused)."""
+    from harness import CONFIGS, fit_or_load
+
+    from rcnn.detectors import load_config
+
+    params = dict(params)
+    configs, cache = params.pop("train_config"), params.pop("fit_cache")
+    config = load_config(CONFIGS / configs.get(name, configs["default"]), {"cache_dir": f"{cache}/{name}"})
+    _, fit = fit_or_load(config, train)
+    return {**params, "model": fit["path"]}
 
 
 def run_method(name: str, params: dict, dataset, run: dict) -> dict:
@@ -70,7 +88,7 @@ def run_method(name: str, params: dict, dataset, run: dict) -> dict:
 
 
 def markdown(results: dict, meta: dict, config_text: str) -> str:
-    lines = ["# Region proposals: sliding windows vs Selective Search", ""]
+    lines = ["# Region proposals: sliding windows vs Selective Search vs a Region Proposal Network", ""]
     lines += [
         "Recall of ground-truth boxes by the top k proposals of each image: recall at IoU 0.5 and 0.7,",
         "AR = average recall over IoU 0.5 to 1 (Hosang et al.), MABO = mean over classes of the",
@@ -78,6 +96,9 @@ def markdown(results: dict, meta: dict, config_text: str) -> str:
         "(one OpenCV thread). Difficult objects left out. Sliding windows: one even grid of 2000",
         "windows whose first k are an even thinning (equal budgets). OpenCV stock fast:",
         "`switchToSelectiveSearchFast()` on the full-size image, every box, OpenCV's ranking (seeded).",
+        "RPN: the Region Proposal Network of a Faster R-CNN trained on the dataset's train split",
+        "(`experiments/configs/faster_demo.toml`, `faster_cards.toml`), its boxes after its NMS ranked",
+        "by objectness (`rcnn propose --method rpn --model MODEL`).",
         "The machine is shared with other jobs, so s/img moves with their load (each method's",
         "images ran at different times); `make bench-proposals` times methods in one run.",
         "",
@@ -140,9 +161,11 @@ def main(argv=None) -> int:
     out = ROOT / run["out"]
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for ds_name, dataset in datasets(cfg["data"], args.data).items():
+    for name, (train, dataset) in datasets(cfg["data"], args.data).items():
+        ds_name = f"{name}/test"
         print(f"{ds_name}: {len(dataset)} images")
-        results[ds_name] = {name: run_method(name, params, dataset, run) for name, params in cfg["methods"].items()}
+        methods = {m: rpn_model(p, name, train) if "train_config" in p else p for m, p in cfg["methods"].items()}
+        results[ds_name] = {m: run_method(m, p, dataset, run) for m, p in methods.items()}
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
