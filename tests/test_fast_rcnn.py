@@ -259,17 +259,26 @@ def test_no_proposals_give_empty_detections_and_timings(fitted, synth):
 def test_svd_option_changes_little(fitted, synth):
     from dataclasses import replace
 
-    svd = FastRCNN.from_state(fitted.state_dict(), "memory")
-    svd.config = replace(svd.config, svd_rank=128)
-    svd._prepare()
+    svd = FastRCNN.from_state(fitted.state_dict(), "memory").use_config(replace(fitted.config, svd_rank=128))
     sample = synth[1][1]
-    proposals = fitted.proposal_store().load(sample)
+    store = fitted.proposal_store()
+    store.compute(synth[1].subset([sample.id]), workers=1)  # not left to another test to have done
+    proposals = store.load(sample)
     image = read_image(sample.image_path)
     _, p_full, _ = fitted._network(image, proposals)
     _, p_svd, _ = svd._network(image, proposals)
     assert svd.net_head_.fc[0][0].weight.shape[0] == 128
     assert np.abs(p_full - p_svd).mean() < 0.01
     assert (p_full.argmax(1) == p_svd.argmax(1)).mean() > 0.95
+
+
+def test_use_config_takes_test_time_settings_only(fitted):
+    from dataclasses import replace
+
+    model = FastRCNN.from_state(fitted.state_dict(), "memory")
+    with pytest.raises(ConfigError, match="scale differ; fit again"):
+        model.use_config(replace(fitted.config, scale=fitted.config.scale - 32))
+    assert model.use_config(replace(fitted.config, test_rule="threshold", svd_rank=0)).config.test_rule == "threshold"
 
 
 def test_devices(tmp_path):

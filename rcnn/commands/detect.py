@@ -69,9 +69,7 @@ def with_test_rule(model, rule: str | None):
     """`model` with its config's `test_rule` replaced by `rule` (None: unchanged)."""
     from dataclasses import replace
 
-    if rule:
-        model.config = replace(model.config, test_rule=rule)
-    return model
+    return model.use_config(replace(model.config, test_rule=rule)) if rule else model
 
 
 def images_as_dataset(path: Path, classes):

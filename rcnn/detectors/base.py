@@ -288,6 +288,24 @@ class Detector(ABC):
         """The score a detection needs to be drawn by default (0.5: a class probability)."""
         return 0.5
 
+    def use_config(self, config) -> Detector:
+        """Take `config`, which may differ from the current one only in test-time settings
+        (``config.TEST_TIME``: thresholds, the test rule, ...), and rebuild what detection
+        derives from them (`_prepare_detection`); returns self. Anything else raises
+        `ConfigError`: it would need another fit."""
+        old, new = to_dict(self.config), to_dict(config)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in config.TEST_TIME)
+        changed = [k for k in changed if k not in ("cache_dir", "workers", "device")]
+        if type(config) is not type(self.config) or changed:
+            raise ConfigError(f"{type(self).__name__}.use_config: {', '.join(changed) or 'the kind'} differ; fit again")
+        self.config = config
+        if hasattr(self, "classes_"):
+            self._prepare_detection()
+        return self
+
+    def _prepare_detection(self) -> None:  # noqa: B027  an optional hook, not abstract
+        """Rebuild what detection derives from the config (after `use_config`); nothing here."""
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):
             raise ModelError(f"this detector is not fitted: call fit() or {type(self).__name__}.load()")

@@ -198,6 +198,9 @@ class FastRCNN(Detector):
             image_data(i)
         return SVMHead(len(self.classes_), self.config.svm).fit(image_data, len(images))
 
+    def _prepare_detection(self) -> None:
+        self._prepare()
+
     def _prepare(self) -> None:
         """The networks as detection runs them: on the device, eval mode, the fc layers by
         truncated SVD when `svd_rank` > 0."""
