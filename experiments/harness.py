@@ -141,7 +141,8 @@ def fit_or_load(config, train: Dataset) -> tuple:
     folder = Path(config.cache_dir) / "models"
     path, info_path = folder / f"{key}.pt", folder / f"{key}.json"
     if path.is_file() and info_path.is_file():
-        model = load_model(path).use_config(config)  # equal but for the test-time settings (`TEST_TIME`)
+        model = load_model(path)  # fitted with `config` but for its test-time settings, which it takes now
+        model.use_config(replace(model.config, **{k: getattr(config, k) for k in config.TEST_TIME}))
         return model, {**json.loads(info_path.read_text()), "from_cache": True, "path": str(path)}
     start, cpu = time.perf_counter(), time.process_time()
     model = build_detector(config).fit(train)
