@@ -96,6 +96,22 @@ def test_fit_reaches_real_accuracy_and_reports_four_losses(fitted, synth):
     assert mAP > 0.5, mAP  # chance is near 0
 
 
+def test_detect_dataset_follows_the_test_rule_over_the_set(fitted, synth):
+    from dataclasses import replace
+
+    model, path = fitted
+    test = synth[1]
+    ruled = model.detect_dataset(test)  # test_rule "rcnn", the default
+    candidates = {s.id: model.candidates(read_image(s.image_path)) for s in test}
+    assert all(len(c) > 0 and (c.scores >= 0).all() for c in candidates.values())  # no threshold: every class
+    expected = model.select_over_set(candidates)
+    for s in test:
+        assert np.array_equal(ruled[s.id].boxes, expected[s.id].boxes), s.id
+        assert np.array_equal(ruled[s.id].scores, expected[s.id].scores), s.id
+    fixed = load_model(path).use_config(replace(model.config, test_rule="threshold")).detect_dataset(test)
+    assert sum(map(len, ruled.values())) > sum(map(len, fixed.values()))  # the rule keeps low scores too
+
+
 def test_save_load_gives_identical_detections_and_proposals(fitted, synth):
     model, path = fitted
     state = torch.load(path, weights_only=True)  # tensors and plain values only

@@ -274,6 +274,7 @@ class Detector(ABC):
     kind = ""
     config_class = CommonConfig
     learns_proposals = False  # True: it proposes its own regions (an RPN), no proposer is run for it
+    lowest_score = -np.inf  # a score threshold that keeps every box (`candidates`)
     dask: str | None = None  # a Dask scheduler address for the per-image stages (not saved; `rcnn ... --dask`)
 
     def __init__(self, config=None):
@@ -341,10 +342,10 @@ class Detector(ABC):
     ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``, by the config's
         `test_rule` (`CommonConfig`); with `use_cache`, proposals come from (and go to) the
-        cache under `cache_dir`."""
+        cache under `cache_dir` (unless the detector `learns_proposals`)."""
         self._check_fitted()
         store = None
-        if use_cache:
+        if use_cache and not self.learns_proposals:
             store = self.proposal_store()
             store.compute(dataset, workers=self.config.workers or None, dask=self.dask)
         run = self.candidates if self.set_rule else self.detect
@@ -370,7 +371,7 @@ class Detector(ABC):
         ``min_score``), `nms_threshold` and `max_detections`; a detector that can score fewer
         boxes overrides it."""
         config = self.config
-        self.config = replace(config, score_threshold=-np.inf, nms_threshold=1.0, max_detections=2**31 - 1)
+        self.config = replace(config, score_threshold=self.lowest_score, nms_threshold=1.0, max_detections=2**31 - 1)
         try:
             d = self.detect(image, proposals=proposals, timings=timings)
         finally:

@@ -299,6 +299,7 @@ class FasterRCNN(Detector):
     kind = "faster_rcnn"
     config_class = FasterRCNNConfig
     learns_proposals = True
+    lowest_score = 0.0  # scores are class probabilities
 
     # -- no external proposals ----------------------------------------------------------------
 
@@ -448,17 +449,6 @@ class FasterRCNN(Detector):
                 c.nms_threshold,
                 c.max_detections,
             )
-
-    def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
-    ) -> dict[str, Detections]:
-        """Detections for every sample, ``{sample id: Detections}``; the RPN proposes, so no
-        proposals are computed or cached (`use_cache` has nothing to cache)."""
-        self._check_fitted()
-        return {
-            s.id: self.detect(read_image(s.image_path), timings=timings)
-            for s in progress(dataset.samples, desc="detect")
-        }
 
     # -- the model file ---------------------------------------------------------------------
 
