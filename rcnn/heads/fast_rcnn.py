@@ -35,6 +35,7 @@ from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.roi import RoIPooler, image_tensor, rescale
 from rcnn.heads.sampler import RoISampler
+from rcnn.heads.sgd import SGDConfig
 from rcnn.progress import notice, progress
 
 __all__ = [
@@ -66,48 +67,26 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class RoITrainConfig:
-    """What the ``[train]`` tables of the detectors with a RoI head share: SGD with `momentum`
-    and `weight_decay`; the rate `lr` (times `head_lr_mult` for the new layers) is multiplied
-    by `lr_gamma` every `lr_step` iterations (0: never). Mini-batches of `images_per_batch`
-    images (each flipped left-right with probability 1/2 when `flip`) x `rois_per_image`
-    RoIs, `fg_fraction` of them foreground (IoU >= `fg_iou`, ground-truth boxes included).
-    `frozen`: trunk parameter-name prefixes left untouched (torchvision's names, e.g.
-    ``features.0.``); `freeze_bn`: batch-norm layers keep their statistics (eval mode);
-    `cache_frozen`: the trunk's frozen leading layers run once per image and flip, their
-    output kept in memory (the same numbers, a fraction of the time; see
-    `FastRCNNTrainer._split`). A checkpoint every `checkpoint_every` iterations; `seed`
-    seeds every random choice."""
+class RoITrainConfig(SGDConfig):
+    """What the ``[train]`` tables of the detectors with a RoI head share: SGD
+    (`rcnn.heads.sgd.SGDConfig`) over mini-batches of `images_per_batch` images x
+    `rois_per_image` RoIs, `fg_fraction` of them foreground (IoU >= `fg_iou`, ground-truth
+    boxes included). `cache_frozen`: the trunk's frozen leading layers run once per image and
+    flip, their output kept in memory (the same numbers, a fraction of the time; see
+    `FastRCNNTrainer._split`)."""
 
-    iterations: int = 1000
     images_per_batch: int = 2
     rois_per_image: int = 128
     fg_fraction: float = 0.25
     fg_iou: float = 0.5
-    lr: float = 0.001
-    head_lr_mult: float = 1.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    lr_step: int = 0
-    lr_gamma: float = 0.1
-    flip: bool = True
-    freeze_bn: bool = True
-    frozen: tuple[str, ...] = ()
-    checkpoint_every: int = 100
-    seed: int = 0
     cache_frozen: bool = True
 
     def __post_init__(self):
-        for name in ("iterations", "lr_step", "seed"):
-            require(self, name, getattr(self, name) >= 0, "an integer >= 0")
-        for name in ("images_per_batch", "rois_per_image", "checkpoint_every"):
+        super().__post_init__()
+        for name in ("images_per_batch", "rois_per_image"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
         require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
         require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
-        for name in ("lr", "head_lr_mult", "lr_gamma"):
-            require(self, name, getattr(self, name) > 0, "a number > 0")
-        require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
-        require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
 
 
 @dataclass(frozen=True)

@@ -36,49 +36,33 @@ from rcnn.errors import ModelError
 from rcnn.features.warp import normalize, warp_crops
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
 from rcnn.heads.sampler import BalancedSampler
+from rcnn.heads.sgd import SGDConfig
 from rcnn.progress import notice, progress
 
 __all__ = ["FinetuneConfig", "FinetuneImage", "Finetuner", "SoftmaxHead"]
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning by SGD with momentum (defaults: R-CNN's, except the length).
-
-    `head_lr_mult` multiplies the learning rate of the new softmax layer (R-CNN: 10);
-    `lr_step`: the rate is multiplied by `lr_gamma` every `lr_step` iterations (0: never);
-    `frozen`: parameter-name prefixes left untouched (e.g. ``["features.0.", "features.1."]``
-    for MobileNetV2's stem, cheaper backward passes); `freeze_bn`: batch-norm layers keep their
-    ImageNet statistics (eval mode) while their affine weights still learn.
-    """
+class FinetuneConfig(SGDConfig):
+    """Fine-tuning by SGD with momentum (`rcnn.heads.sgd.SGDConfig`; defaults: R-CNN's,
+    except the length): `head_lr_mult` multiplies the rate of the new softmax layer (R-CNN:
+    10); batches of `batch_positives` regions with IoU >= `positive_iou` and
+    `batch_negatives` below `background_iou`, drawn `epoch_iterations` batches at a time;
+    `frozen` spares e.g. MobileNetV2's stem (cheaper backward passes)."""
 
     iterations: int = 500
+    head_lr_mult: float = 10.0
     batch_positives: int = 32
     batch_negatives: int = 96
-    lr: float = 0.001
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    lr_step: int = 0
-    lr_gamma: float = 0.1
     positive_iou: float = 0.5
     background_iou: float = 0.5
-    flip: bool = True
-    freeze_bn: bool = True
-    frozen: tuple[str, ...] = ()
     epoch_iterations: int = 20
-    checkpoint_every: int = 100
-    seed: int = 0
 
     def __post_init__(self):
-        for name in ("iterations", "batch_negatives", "lr_step", "seed"):
-            require(self, name, getattr(self, name) >= 0, "an integer >= 0")
-        for name in ("batch_positives", "epoch_iterations", "checkpoint_every"):
+        super().__post_init__()
+        require(self, "batch_negatives", self.batch_negatives >= 0, "an integer >= 0")
+        for name in ("batch_positives", "epoch_iterations"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
-        for name in ("lr", "head_lr_mult", "lr_gamma"):
-            require(self, name, getattr(self, name) > 0, "a number > 0")
-        require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
-        require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
         require(self, "positive_iou", 0 < self.positive_iou <= 1, "an IoU in (0, 1]")
         require(
             self,
