@@ -146,8 +146,23 @@ def test_config_is_validated(tmp_path):
         config(tmp_path, anchors={"ratios": [0.0]})
     with pytest.raises(ConfigError, match="rpn.bg_iou"):
         config(tmp_path, rpn={"bg_iou": 0.8})
+    with pytest.raises(ConfigError, match="rpn.box_loss_weight"):
+        config(tmp_path, rpn={"box_loss_weight": -1.0})
     with pytest.raises(ConfigError, match="detector"):
         FasterRCNNConfig(detector="fast_rcnn")
+
+
+def test_rpn_box_loss_weight_scales_that_term_of_the_loss_trained_on(tmp_path):
+    data = make_synthetic(tmp_path / "synth", images=4, seed=3, size=128, test_fraction=0.0)
+    small = dict(train={"iterations": 3, "rois_per_image": 16}, scale=128, max_size=128)
+    plain = FasterRCNN(config(tmp_path / "a", **small)).fit(data)
+    heavy = FasterRCNN(config(tmp_path / "b", **small, rpn={"box_loss_weight": 10.0})).fit(data)
+    for model, w in ((plain, 1.0), (heavy, 10.0)):
+        h = model.history_
+        parts = np.array([h["rpn_objectness"], h["rpn_box"], h["classifier"], h["box"]])
+        assert np.allclose(h["loss"], parts.sum(0) + (w - 1.0) * parts[1], rtol=1e-5)
+    assert heavy.history_["rpn_box"][0] == plain.history_["rpn_box"][0] > 0  # same start, same draws
+    assert heavy.history_["rpn_box"][1:] != plain.history_["rpn_box"][1:]  # then a different descent
 
 
 def test_training_is_seeded_and_a_killed_run_resumes_to_the_same_weights(tmp_path):

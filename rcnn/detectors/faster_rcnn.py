@@ -115,7 +115,8 @@ class RPNConfig:
     positive, < `bg_iou` negative; `batch_size_per_image` anchors per image are sampled,
     `positive_fraction` of them positive at most. Proposals: the best `pre_nms_top_n_*`
     by objectness, NMS at `nms_threshold`, the best `post_nms_top_n_*` kept (training /
-    test); `score_threshold`: the objectness probability a proposal needs."""
+    test); `score_threshold`: the objectness probability a proposal needs;
+    `box_loss_weight`: the weight of the RPN's box regression term in the training loss."""
 
     fg_iou: float = 0.7
     bg_iou: float = 0.3
@@ -127,6 +128,7 @@ class RPNConfig:
     post_nms_top_n_test: int = 300
     nms_threshold: float = 0.7
     score_threshold: float = 0.0
+    box_loss_weight: float = 1.0
 
     def __post_init__(self):
         require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
@@ -138,6 +140,7 @@ class RPNConfig:
         require(self, "positive_fraction", 0 < self.positive_fraction <= 1, "a number in (0, 1]")
         require(self, "nms_threshold", 0 < self.nms_threshold <= 1, "an IoU in (0, 1]")
         require(self, "score_threshold", 0 <= self.score_threshold < 1, "a probability in [0, 1)")
+        require(self, "box_loss_weight", self.box_loss_weight >= 0, "a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -543,6 +546,8 @@ class _Trainer:
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
+        weights = dict.fromkeys(_TORCHVISION_LOSSES, 1.0)
+        weights["loss_rpn_box_reg"] = self.config.rpn.box_loss_weight
         self.history = {k: [] for k in ("loss", *LOSSES)}
         start = self.resumed_from = self._resume(optimizer)
         stem, rest = self._split()
@@ -574,7 +579,7 @@ class _Trainer:
                         _, head_losses = net.roi_heads(feats, proposals, image_list.image_sizes, [target])
                         for k, v in {**rpn_losses, **head_losses}.items():
                             parts[k] = parts[k] + v / len(chosen)
-                    loss = sum(parts.values())
+                    loss = sum(weights[k] * v for k, v in parts.items())
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
