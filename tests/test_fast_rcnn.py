@@ -23,9 +23,9 @@ from rcnn.heads.fast_rcnn import (
     TrainImage,
     compress_head,
     fast_rcnn_loss,
-    flip_boxes,
     truncated_svd,
 )
+from rcnn.heads.roi_trainer import flip_boxes
 from rcnn.heads.sampler import RoISampler
 
 # the whole grid of windows: fast, and good enough recall on the synthetic shapes
@@ -149,11 +149,11 @@ def test_flips_move_image_and_boxes_together(tmp_path):
     cfg = TrainConfig(iterations=1, images_per_batch=1, rois_per_image=4, bg_iou_low=0.0)
     trainer = FastRCNNTrainer(cfg, RoIPooler(), scale=240, max_size=400)
     images = [TrainImage(path, proposals, gt, np.array([1]))]
-    prepared = trainer._prepare(images)
+    trainer._prepare(images)
     plain = image_tensor(rescale(image, 240, 400)[0])
     seen = set()
     for it in range(12):
-        x, rois, labels, targets = trainer.batch(it, images, prepared, {})[0]
+        x, rois, labels, targets = trainer.batch(it, {})[0]
         flipped = not torch.equal(x, plain)
         seen.add(flipped)
         assert torch.equal(x, torch.flip(plain, dims=[3]) if flipped else plain)

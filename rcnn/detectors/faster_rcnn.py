@@ -10,9 +10,10 @@ fully connected head sized by ``[head] fc`` (`FastRCNNConvFCHead`) and `FastRCNN
 
 The project drives those parts itself rather than through torchvision's ``forward``, so that
 images are sized as `FastRCNN` sizes them (`rescale`: shortest side `scale`, longest at most
-`max_size`; `image_tensor`), the trunk's frozen first layers run once per image and flip in
-training (as in `FastRCNNTrainer`), and detections go through the project's `postprocess`
-(score threshold, per-class NMS, the cap) like every other detector's. ``net_`` stays a
+`max_size`; `image_tensor`), training runs in the loop Fast R-CNN's shares
+(`rcnn.heads.roi_trainer.RoITrainer`: the trunk's frozen first layers run once per image and
+flip), and detections go through the project's `postprocess` (score threshold, per-class
+NMS, the cap) like every other detector's. ``net_`` stays a
 complete torchvision model: ``model.net_.eval()([tensor])`` runs torchvision's own pipeline.
 
 Training (`FasterRCNN.fit`): end to end (the approximate joint training of the paper's
@@ -39,7 +40,6 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from rcnn.cache import atomic_write
 from rcnn.config import FieldError, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
@@ -57,8 +57,9 @@ from rcnn.errors import ModelError
 from rcnn.features.extractor import freeze_for_inference, set_threads
 from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, image_tensor, rescale
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
-from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig, RoITrainConfig, flip_boxes
-from rcnn.progress import notice, progress
+from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig
+from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer
+from rcnn.progress import notice
 from rcnn.proposals import rpn as rpn_proposals
 
 __all__ = [
@@ -146,7 +147,7 @@ class RPNConfig:
 @dataclass(frozen=True)
 class FasterTrainConfig(RoITrainConfig):
     """Faster R-CNN's ``[train]`` table: the settings Fast R-CNN's has
-    (`rcnn.heads.fast_rcnn.RoITrainConfig`; `head_lr_mult` applies to the RPN and the RoI
+    (`rcnn.heads.roi_trainer.RoITrainConfig`; `head_lr_mult` applies to the RPN and the RoI
     head, the RoIs are drawn from the RPN's proposals), background RoIs below IoU `bg_iou`,
     and `warmup`: the rate rises linearly from ``lr / 10`` over the first `warmup`
     iterations. Difficult objects are left out of the targets."""
@@ -344,13 +345,12 @@ class FasterRCNN(Detector):
         device = resolve_device(c.device)
         start = time.perf_counter()
         self.net_, self.weights_source_ = build_network(c, len(self.classes_))
-        trainer = _Trainer(self.net_, c, device, self.checkpoint_path(dataset))
-        trainer.fit(dataset, callback)
-        self.history_ = trainer.history
+        trainer = _Trainer(self.net_, c, device, self.checkpoint_path(dataset)).fit(dataset, callback)
+        self.history_ = trainer.history_
         stats["train_seconds"] = time.perf_counter() - start
-        stats["resumed_from_iteration"] = trainer.resumed_from
-        trained = (c.train.iterations - trainer.resumed_from) * c.train.images_per_batch
-        stats["train_images_per_second"] = trained / trainer.seconds if trainer.seconds > 0 and trained else None
+        stats["resumed_from_iteration"] = trainer.resumed_from_
+        trained = (c.train.iterations - trainer.resumed_from_) * c.train.images_per_batch
+        stats["train_images_per_second"] = trained / trainer.seconds_ if trainer.seconds_ > 0 and trained else None
         stats["final_losses"] = {k: float(np.mean(v[-20:])) for k, v in self.history_.items() if v}
         self.fit_stats_ = stats
         self._prepare()
@@ -481,192 +481,64 @@ class FasterRCNN(Detector):
         self._prepare()
 
 
-class _Trainer:
-    """End-to-end training of a torchvision `FasterRCNN` (`build_network`) in place: per
-    iteration `images_per_batch` images (seeded), each rescaled and maybe flipped, run
-    through the trunk (its frozen stem's output cached per image and flip), the RPN and the
-    RoI head with their targets; the four losses averaged over the images and summed.
-    Fitted: ``history`` (``loss`` and `LOSSES` per iteration), ``resumed_from``, ``seconds``."""
+class _Trainer(RoITrainer):
+    """End-to-end training of a torchvision `FasterRCNN` (`build_network`) in place, in the
+    loop Fast R-CNN shares (`rcnn.heads.roi_trainer.RoITrainer`; the rate warmed up, see
+    `FasterTrainConfig`): per image the trunk, the RPN and the RoI head with their targets
+    (difficult objects left out); the four losses averaged over the images, the RPN's box
+    term weighted by ``rpn.box_loss_weight``, and summed. Fitted: ``history_`` (``loss``
+    and `LOSSES` per iteration), ``resumed_from_``, ``seconds_``."""
+
+    title = "Faster R-CNN"
+    losses = LOSSES
 
     def __init__(self, net, config: FasterRCNNConfig, device: torch.device, checkpoint: Path | None):
-        self.net, self.config, self.device, self.checkpoint = net, config, device, checkpoint
+        super().__init__(config.train, config.scale, config.max_size, checkpoint, device)
+        self.net, self.settings = net, config
+        self.weights = dict.fromkeys(_TORCHVISION_LOSSES, 1.0)
+        self.weights["loss_rpn_box_reg"] = config.rpn.box_loss_weight
 
     def _meta(self) -> dict:
-        return _training_settings(self.config)
-
-    def _split(self) -> tuple[nn.Module | None, nn.Module]:
-        """``(stem, rest)`` of the trunk: its leading frozen ``features`` layers (run once
-        per image and flip, when ``cache_frozen`` and ``freeze_bn``) and the others."""
-        trunk, cfg = self.net.backbone, self.config.train
-        layers = getattr(trunk, "features", None)
-        if not (cfg.cache_frozen and cfg.freeze_bn and isinstance(layers, nn.Sequential)):
-            return None, trunk
-        k = 0
-        for layer in layers:
-            if any(p.requires_grad for p in layer.parameters()) or any(
-                isinstance(m, nn.Dropout) for m in layer.modules()
-            ):
-                break
-            k += 1
-        return (None, trunk) if k == 0 else (layers[:k], layers[k:])
-
-    def _targets(self, dataset: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for s in dataset:
-            keep = ~s.difficult
-            out.append((s.boxes[keep].astype(np.float32), s.labels[keep].astype(np.int64)))
-        return out
+        return _training_settings(self.settings)
 
     def _lr(self, it: int) -> float:
-        cfg = self.config.train
-        lr = cfg.lr * (cfg.lr_gamma ** (it // cfg.lr_step) if cfg.lr_step else 1.0)
-        if it < cfg.warmup:
-            lr *= 0.1 + 0.9 * it / cfg.warmup
+        lr, warmup = super()._lr(it), self.config.warmup
+        if it < warmup:
+            lr *= 0.1 + 0.9 * it / warmup
         return lr
 
-    def _train_mode(self) -> None:
-        self.net.train()
-        if self.config.train.freeze_bn:
-            for m in self.net.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+    def fit(self, dataset: Dataset, callback=None) -> _Trainer:
+        self.paths = [s.image_path for s in dataset]
+        self.targets = [
+            (s.boxes[~s.difficult].astype(np.float32), s.labels[~s.difficult].astype(np.int64)) for s in dataset
+        ]
+        return self._fit({"net": self.net}, self.net.backbone, callback)
 
-    def fit(self, dataset: Dataset, callback=None) -> None:
-        cfg, net = self.config.train, self.net
-        targets = self._targets(dataset)
-        samples = dataset.samples
-        net.to(self.device)
-        for name, p in net.backbone.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
-        heads = [p for n, p in net.named_parameters() if not n.startswith("backbone.")]
-        trunk = [p for p in net.backbone.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            [{"params": heads, "lr_mult": cfg.head_lr_mult}] + [{"params": trunk, "lr_mult": 1.0}] * bool(trunk),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
-        weights = dict.fromkeys(_TORCHVISION_LOSSES, 1.0)
-        weights["loss_rpn_box_reg"] = self.config.rpn.box_loss_weight
-        self.history = {k: [] for k in ("loss", *LOSSES)}
-        start = self.resumed_from = self._resume(optimizer)
-        stem, rest = self._split()
-        images: dict = {}
-        t0 = time.perf_counter()
-        bar = progress(
-            total=cfg.iterations * cfg.images_per_batch,
-            initial=start * cfg.images_per_batch,
-            desc="Faster R-CNN training",
-            unit="img",
-        )
-        try:
-            for it in range(start, cfg.iterations):
-                rng = np.random.default_rng([cfg.seed, it])
-                chosen = rng.choice(len(samples), min(cfg.images_per_batch, len(samples)), replace=False)
-                flips = [bool(cfg.flip and rng.random() < 0.5) for _ in chosen]
-                for group in optimizer.param_groups:
-                    group["lr"] = self._lr(it) * group["lr_mult"]
-                self._train_mode()
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(cfg.seed * 1_000_003 + it)  # the samplers: the same on resume
-                    parts = {k: 0.0 for k in _TORCHVISION_LOSSES}
-                    for i, flip in zip(chosen, flips):
-                        x, size, target = self._example(int(i), flip, samples, targets, images, stem)
-                        fmap = rest(x)
-                        feats = {"0": fmap}
-                        image_list = _image_list(fmap, size)
-                        proposals, rpn_losses = net.rpn(image_list, feats, [target])
-                        _, head_losses = net.roi_heads(feats, proposals, image_list.image_sizes, [target])
-                        for k, v in {**rpn_losses, **head_losses}.items():
-                            parts[k] = parts[k] + v / len(chosen)
-                    loss = sum(weights[k] * v for k, v in parts.items())
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                self.history["loss"].append(loss.item())
-                for name, k in zip(LOSSES, _TORCHVISION_LOSSES):
-                    self.history[name].append(
-                        float(parts[k].detach()) if torch.is_tensor(parts[k]) else float(parts[k])
-                    )
-                bar.update(len(chosen))
-                bar.set_postfix({k: f"{self.history[k][-1]:.3f}" for k in ("loss", *LOSSES)})
-                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                    self._save(it + 1, optimizer)
-                if callback is not None:
-                    callback(it, self.history["loss"][-1])
-        finally:
-            bar.close()
-            net.cpu().eval()
-            for p in net.parameters():
-                p.requires_grad_(True)
-        self.seconds = time.perf_counter() - t0
-
-    def _example(self, i: int, flip: bool, samples, targets, images: dict, stem):
-        """Image `i`, rescaled and maybe flipped, as the trunk's input (or, with `stem`, the
-        stem's output, kept in `images`), its size and its targets in its pixels."""
-        c = self.config
-        if i not in images:
-            images[i] = rescale(read_image(samples[i].image_path), c.scale, c.max_size)
-        image, factor = images[i]
-        boxes, labels = targets[i]
-        boxes = boxes * factor
-        if flip:
-            boxes = flip_boxes(boxes, image.shape[1])
-            image = image[:, ::-1]
-        if stem is None:
-            x = image_tensor(image).to(self.device)
-        else:
-            if (i, flip) not in images:
-                with torch.no_grad():
-                    images[i, flip] = stem(image_tensor(image).to(self.device))
-            x = images[i, flip]
+    def _example(self, i: int, rng, cache: dict, stem):
+        """``(x, (h, w), target)``: image `i` as `RoITrainer._image` gives it, its size and its
+        targets in its pixels."""
+        flip = self._flip(rng)
+        x, size, factor = self._image(i, flip, cache, stem)
+        boxes, labels = self.targets[i]
+        boxes = self._place(boxes, factor, flip, size[1])
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).to(self.device),
             "labels": torch.from_numpy(labels).to(self.device),
         }
-        return x, image.shape[:2], target
+        return x, size, target
 
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    def _save(self, iteration: int, optimizer) -> None:
-        if self.checkpoint is None:
-            return
-        path = Path(self.checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "iteration": iteration,
-            "meta": self._meta(),
-            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "history": self.history,
-        }
-        with atomic_write(path) as f:
-            torch.save(state, f)
-
-    def _resume(self, optimizer) -> int:
-        """Load the checkpoint when there is one; the iteration to go on from. A damaged
-        checkpoint is reported and training starts over."""
-        path = self.checkpoint
-        if path is None or not Path(path).is_file():
-            return 0
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
-            notice(f"{path}: unreadable Faster R-CNN checkpoint ({type(e).__name__}), starting over")
-            return 0
-        if not isinstance(state, dict) or state.get("meta") != self._meta():
-            raise ModelError(f"{path}: checkpoint of another training setup; delete it or choose another path")
-        initial = {k: v.clone() for k, v in self.net.state_dict().items()}
-        try:
-            self.net.load_state_dict(state["net"])
-            optimizer.load_state_dict(state["optimizer"])
-            self.history = {k: list(state["history"][k]) for k in ("loss", *LOSSES)}
-            return int(state["iteration"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            notice(f"{path}: damaged Faster R-CNN checkpoint ({type(e).__name__}), starting over")
-            self.net.load_state_dict(initial)
-            self.history = {k: [] for k in ("loss", *LOSSES)}
-            return 0
+    def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
+        net, parts = self.net, {k: 0.0 for k in _TORCHVISION_LOSSES}
+        for x, size, target in batch:
+            fmap = rest(x)
+            feats = {"0": fmap}
+            image_list = _image_list(fmap, size)
+            proposals, rpn_losses = net.rpn(image_list, feats, [target])
+            _, head_losses = net.roi_heads(feats, proposals, image_list.image_sizes, [target])
+            for k, v in {**rpn_losses, **head_losses}.items():
+                parts[k] = parts[k] + v / len(batch)
+        loss = sum(self.weights[k] * v for k, v in parts.items())
+        return {"loss": loss, **{name: parts[k] for name, k in zip(LOSSES, _TORCHVISION_LOSSES)}}
 
 
 # -- the RPN as a proposer (rcnn.proposals.rpn) --------------------------------------------------

@@ -7,21 +7,16 @@ class-specific box deltas ``[K, 4C]`` (`rcnn.boxes.BoxCoder` deltas, normalised 
 (Sec. 3.1). `fast_rcnn_loss`: cross-entropy over all RoIs plus a weighted smooth L1 over the
 foreground RoIs' deltas of their own class.
 
-`FastRCNNTrainer` trains the stride-16 trunk and the head together by SGD: each iteration
-takes `images_per_batch` images (seeded), flips each left-right with probability 1/2,
-rescales it (shortest side `scale`, longest at most `max_size`), runs the trunk once per
-image and pools the RoIs `RoISampler` draws. A checkpoint (state dicts and plain values,
-written atomically) is saved every `checkpoint_every` iterations and at the end; a run given
-the same checkpoint path resumes from it and draws the same batches it would have.
+`FastRCNNTrainer` trains the stride-16 trunk and the head together by SGD, in the loop
+Faster R-CNN shares (`rcnn.heads.roi_trainer.RoITrainer`: seeded batches and flips,
+checkpoints, resuming): per image it pools the RoIs `RoISampler` draws.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -29,14 +24,10 @@ import torch
 from torch import nn
 
 from rcnn.boxes import BoxCoder
-from rcnn.cache import atomic_write
 from rcnn.config import require, to_dict
-from rcnn.datasets.images import read_image
-from rcnn.errors import ModelError
-from rcnn.features.roi import RoIPooler, image_tensor, rescale
+from rcnn.features.roi import RoIPooler
+from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer
 from rcnn.heads.sampler import RoISampler
-from rcnn.heads.sgd import SGDConfig
-from rcnn.progress import notice, progress
 
 __all__ = [
     "BOX_STDS",
@@ -46,7 +37,6 @@ __all__ = [
     "TrainImage",
     "FastRCNNTrainer",
     "fast_rcnn_loss",
-    "flip_boxes",
     "truncated_svd",
 ]
 
@@ -64,29 +54,6 @@ class HeadConfig:
     def __post_init__(self):
         require(self, "fc", len(self.fc) >= 1 and all(n >= 1 for n in self.fc), "a list of integers >= 1")
         require(self, "dropout", 0 <= self.dropout < 1, "a number in [0, 1)")
-
-
-@dataclass(frozen=True)
-class RoITrainConfig(SGDConfig):
-    """What the ``[train]`` tables of the detectors with a RoI head share: SGD
-    (`rcnn.heads.sgd.SGDConfig`) over mini-batches of `images_per_batch` images x
-    `rois_per_image` RoIs, `fg_fraction` of them foreground (IoU >= `fg_iou`, ground-truth
-    boxes included). `cache_frozen`: the trunk's frozen leading layers run once per image and
-    flip, their output kept in memory (the same numbers, a fraction of the time; see
-    `FastRCNNTrainer._split`)."""
-
-    images_per_batch: int = 2
-    rois_per_image: int = 128
-    fg_fraction: float = 0.25
-    fg_iou: float = 0.5
-    cache_frozen: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("images_per_batch", "rois_per_image"):
-            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
-        require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
-        require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -195,13 +162,6 @@ def fast_rcnn_loss(
     return cls + box_loss_weight * box, cls, box
 
 
-def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
-    """Boxes ``[N, 4]`` mirrored left-right in an image `width` px wide: ``x1' = W - x2``,
-    ``x2' = W - x1``."""
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-
-
 class TrainImage(NamedTuple):
     """One training image: its path, proposals ``float32 [N, 4]`` and ground truth (boxes
     ``[G, 4]``, labels ``[G]`` in ``1..C``, difficult ``bool [G]`` or None)."""
@@ -213,10 +173,14 @@ class TrainImage(NamedTuple):
     gt_difficult: np.ndarray | None = None
 
 
-class FastRCNNTrainer:
+class FastRCNNTrainer(RoITrainer):
     """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``) and a `FastRCNNHead`
-    together, in place. Fitted: `history_` (per iteration ``loss``, ``cls``, ``box``),
-    `resumed_from_` (the iteration a checkpoint gave, 0 when fresh), `seconds_`."""
+    together, in place (`rcnn.heads.roi_trainer.RoITrainer`): per image, RoIs drawn from its
+    proposals and ground truth by `RoISampler`, pooled by `pooler`; `fast_rcnn_loss`.
+    Fitted: `history_` (per iteration ``loss``, ``cls``, ``box``), `resumed_from_`, `seconds_`."""
+
+    title = "Fast R-CNN"
+    losses = ("cls", "box")
 
     def __init__(
         self,
@@ -227,65 +191,44 @@ class FastRCNNTrainer:
         checkpoint: str | os.PathLike | None = None,
         device="cpu",
     ):
-        self.config = config
+        super().__init__(config, scale, max_size, checkpoint, device)
         self.pooler = pooler
-        self.scale = scale
-        self.max_size = max_size
-        self.checkpoint = checkpoint
-        self.device = torch.device(device)
         self.coder = BoxCoder(stds=BOX_STDS)
 
-    def _prepare(self, images: Sequence[TrainImage]):
-        """Per image: candidate boxes (proposals then ground truth), their labels and matches."""
-        sampler, out = self.config.sampler, []
+    def _prepare(self, images: Sequence[TrainImage]) -> None:
+        """Keep the images' paths and, per image, its candidate boxes (proposals then ground
+        truth), their labels and matches."""
+        sampler, self.paths, self.prepared = self.config.sampler, [], []
         for im in images:
             im = TrainImage(*im)
             gt = np.asarray(im.gt_boxes, np.float32).reshape(-1, 4)
             props = np.asarray(im.proposals, np.float32).reshape(-1, 4)[: self.config.train_proposals]
             boxes = np.concatenate([props, gt])
             labels, gt_index = sampler.label(boxes, gt, im.gt_labels, im.gt_difficult)
-            out.append((boxes, labels, gt_index, gt))
-        if not any((lab > 0).any() for _, lab, _, _ in out):
+            self.paths.append(im.image_path)
+            self.prepared.append((boxes, labels, gt_index, gt))
+        if not any((lab > 0).any() for _, lab, _, _ in self.prepared):
             raise ValueError(f"Fast R-CNN training needs foreground boxes; none in {len(images)} images")
-        return out
 
-    def _image(self, images, i: int, cache: dict):
-        """Image `i` rescaled (kept in memory after the first read) and its factor."""
-        if i not in cache:
-            cache[i] = rescale(read_image(TrainImage(*images[i]).image_path), self.scale, self.max_size)
-        return cache[i]
+    def _example(self, i: int, rng, cache: dict, stem: nn.Module | None):
+        """``(x, rois [R, 4], labels [R], targets [F, 4])`` in the rescaled (and maybe flipped)
+        image `i`; `x` as `RoITrainer._image` gives it."""
+        boxes, labels, gt_index, gt = self.prepared[i]
+        s = self.config.sampler.sample(labels, gt_index, rng)
+        flip = self._flip(rng)
+        x, (_, width), factor = self._image(i, flip, cache, stem)
+        rois, gt = self._place(boxes[s.index], factor, flip, width), self._place(gt, factor, flip, width)
+        fg = s.labels > 0
+        targets = self.coder.encode(rois[fg], gt[s.gt_index[fg]]) if fg.any() else np.zeros((0, 4), np.float32)
+        return x, rois.astype(np.float32), s.labels, np.asarray(targets, np.float32)
 
-    def batch(self, it: int, images, prepared, cache: dict, stem: nn.Module | None = None):
-        """Iteration `it`'s mini-batch: per image ``(tensor [1, 3, H, W], rois [R, 4],
-        labels [R], targets [F, 4])`` in the rescaled (and maybe flipped) image. With `stem`
-        (the trunk's frozen first layers, see `_split`) the tensor is the stem's output
-        instead, computed once per image and flip and kept in `cache`."""
-        cfg = self.config
-        rng = np.random.default_rng([cfg.seed, it])
-        chosen = rng.choice(len(images), min(cfg.images_per_batch, len(images)), replace=False)
-        out = []
-        for i in chosen:
-            image, factor = self._image(images, int(i), cache)
-            boxes, labels, gt_index, gt = prepared[i]
-            s = cfg.sampler.sample(labels, gt_index, rng)
-            rois = boxes[s.index] * factor
-            gt = gt * factor
-            flip = bool(cfg.flip and rng.random() < 0.5)
-            if flip:
-                width = image.shape[1]
-                image = image[:, ::-1]
-                rois, gt = flip_boxes(rois, width), flip_boxes(gt, width)
-            fg = s.labels > 0
-            targets = self.coder.encode(rois[fg], gt[s.gt_index[fg]]) if fg.any() else np.zeros((0, 4), np.float32)
-            if stem is None:
-                x = image_tensor(image).to(self.device)
-            else:
-                if (int(i), flip) not in cache:
-                    with torch.no_grad():
-                        cache[int(i), flip] = stem(image_tensor(image).to(self.device))
-                x = cache[int(i), flip]
-            out.append((x, rois.astype(np.float32), s.labels, np.asarray(targets, np.float32)))
-        return out
+    def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
+        pooled = [self.pooler(rest(x), [torch.from_numpy(r).to(self.device)]) for x, r, _, _ in batch]
+        logits, deltas = self.head(torch.cat(pooled))
+        labels = torch.from_numpy(np.concatenate([b[2] for b in batch])).to(self.device)
+        targets = torch.from_numpy(np.concatenate([b[3] for b in batch])).to(self.device)
+        loss, cls, box = fast_rcnn_loss(logits, deltas, labels, targets, self.config.box_loss_weight)
+        return {"loss": loss, "cls": cls, "box": box}
 
     def fit(
         self,
@@ -296,95 +239,10 @@ class FastRCNNTrainer:
     ) -> FastRCNNTrainer:
         """Train `trunk` and `head` on `images`; both end in eval mode on the CPU. `callback(it,
         loss)` is called after each iteration (after its checkpoint)."""
-        cfg = self.config
-        prepared = self._prepare(images)
-        trunk.to(self.device)
-        head.to(self.device)
-        for name, p in trunk.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
-        trainable = [p for p in trunk.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            [{"params": list(head.parameters()), "lr_mult": cfg.head_lr_mult}]
-            + [{"params": trainable, "lr_mult": 1.0}] * bool(trainable),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
-        self.history_ = {"loss": [], "cls": [], "box": []}
-        start = self.resumed_from_ = self._resume(trunk, head, optimizer)
-        cache: dict = {}
-        stem, rest = self._split(trunk)
-        t0 = time.perf_counter()
-        bar = progress(
-            total=cfg.iterations * cfg.images_per_batch,
-            initial=start * cfg.images_per_batch,
-            desc="Fast R-CNN training",
-            unit="img",
-        )
-        try:
-            for it in range(start, cfg.iterations):
-                batch = self.batch(it, images, prepared, cache, stem)
-                for group in optimizer.param_groups:
-                    group["lr"] = self._lr(it) * group["lr_mult"]
-                self._train_mode(trunk, head)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout: the same on resume
-                    pooled = [self.pooler(rest(x), [torch.from_numpy(r).to(self.device)]) for x, r, _, _ in batch]
-                    logits, deltas = head(torch.cat(pooled))
-                    labels = torch.from_numpy(np.concatenate([b[2] for b in batch])).to(self.device)
-                    targets = torch.from_numpy(np.concatenate([b[3] for b in batch])).to(self.device)
-                    loss, cls, box = fast_rcnn_loss(logits, deltas, labels, targets, cfg.box_loss_weight)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                for k, v in (("loss", loss), ("cls", cls), ("box", box)):
-                    self.history_[k].append(v.item())
-                bar.update(len(batch))
-                bar.set_postfix(loss=f"{self.history_['loss'][-1]:.3f}")
-                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                    self._save(it + 1, trunk, head, optimizer)
-                if callback is not None:
-                    callback(it, self.history_["loss"][-1])
-        finally:
-            bar.close()
-            trunk.cpu().eval()
-            head.cpu().eval()
-            for p in trunk.parameters():
-                p.requires_grad_(True)
-        self.seconds_ = time.perf_counter() - t0
-        return self
+        self._prepare(images)
+        self.head = head
+        return self._fit({"trunk": trunk, "head": head}, trunk, callback)
 
-    def _split(self, trunk: nn.Module) -> tuple[nn.Module | None, nn.Module]:
-        """``(stem, rest)``: a trunk made of ``features`` layers (MobileNetV2, VGG16) whose first
-        layers are all frozen, with frozen batch norm, computes the same map for an image every
-        time it sees it: those layers (the stem) run once per image and flip, their output is
-        kept in memory, and each step runs only the rest. Otherwise ``(None, trunk)``."""
-        layers = getattr(trunk, "features", None)
-        if not self.config.freeze_bn or not isinstance(layers, nn.Sequential) or not self.config.cache_frozen:
-            return None, trunk
-        k = 0
-        for layer in layers:
-            params = list(layer.parameters())
-            if any(p.requires_grad for p in params) or any(isinstance(m, nn.Dropout) for m in layer.modules()):
-                break
-            k += 1
-        if k == 0:
-            return None, trunk
-        return layers[:k], layers[k:]
-
-    def _lr(self, it: int) -> float:
-        cfg = self.config
-        return cfg.lr * (cfg.lr_gamma ** (it // cfg.lr_step) if cfg.lr_step else 1.0)
-
-    def _train_mode(self, trunk: nn.Module, head: nn.Module) -> None:
-        trunk.train()
-        head.train()
-        if self.config.freeze_bn:
-            for m in trunk.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-
-    # -- checkpoints -------------------------------------------------------------------------------
     def _meta(self) -> dict:
         return {
             "config": to_dict(self.config),
@@ -392,46 +250,3 @@ class FastRCNNTrainer:
             "max_size": self.max_size,
             "roi": to_dict(self.pooler.config),
         }
-
-    def _save(self, iteration: int, trunk, head, optimizer) -> None:
-        if self.checkpoint is None:
-            return
-        path = Path(self.checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "iteration": iteration,
-            "meta": self._meta(),
-            "trunk": {k: v.detach().cpu() for k, v in trunk.state_dict().items()},
-            "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "history": self.history_,
-        }
-        with atomic_write(path) as f:
-            torch.save(state, f)
-
-    def _resume(self, trunk, head, optimizer) -> int:
-        """Load the checkpoint when there is one; the iteration to go on from. A damaged
-        checkpoint is reported and training starts over."""
-        if self.checkpoint is None or not Path(self.checkpoint).is_file():
-            return 0
-        path = self.checkpoint
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
-            notice(f"{path}: unreadable Fast R-CNN checkpoint ({type(e).__name__}), starting over")
-            return 0
-        if not isinstance(state, dict) or state.get("meta") != self._meta():
-            raise ModelError(f"{path}: checkpoint of another training setup; delete it or choose another path")
-        initial = [{k: v.clone() for k, v in m.state_dict().items()} for m in (trunk, head)]
-        try:
-            trunk.load_state_dict(state["trunk"])
-            head.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-            self.history_ = {k: list(v) for k, v in state["history"].items()}
-            return int(state["iteration"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            notice(f"{path}: damaged Fast R-CNN checkpoint ({type(e).__name__}), starting over")
-            trunk.load_state_dict(initial[0])
-            head.load_state_dict(initial[1])
-            self.history_ = {"loss": [], "cls": [], "box": []}
-            return 0

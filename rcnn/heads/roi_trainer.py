@@ -1,0 +1,277 @@
+"""End-to-end training of a stride-16 trunk and the heads on its map (Fast and Faster R-CNN).
+
+`RoITrainConfig`: the settings their ``[train]`` tables share. `RoITrainer`: the loop they
+share. Each iteration draws `images_per_batch` images (seeded by ``[seed, iteration]``),
+flips each left-right with probability 1/2, rescales it (shortest side `scale`, longest at
+most `max_size`) and runs the detector's losses under a torch seed of its own; SGD with the
+head (rate times `head_lr_mult`) and the trunk's trainable layers as two parameter groups,
+the rate stepped (`_lr`). The trunk's leading frozen layers run once per image and flip
+(`_split`). A checkpoint (state dicts and plain values, written atomically) is saved every
+`checkpoint_every` iterations and at the end; a run given the same checkpoint path resumes
+from it and draws the same batches it would have.
+
+A detector's trainer supplies `title`, `losses`, `_meta` (what its checkpoint must match),
+`_example` (one image's inputs and targets for one iteration) and `_loss` (the losses of a
+batch of examples).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rcnn.cache import atomic_write
+from rcnn.config import require
+from rcnn.datasets.images import read_image
+from rcnn.errors import ModelError
+from rcnn.features.roi import image_tensor, rescale
+from rcnn.heads.sgd import SGDConfig
+from rcnn.progress import notice, progress
+
+__all__ = ["RoITrainConfig", "RoITrainer", "flip_boxes"]
+
+
+@dataclass(frozen=True)
+class RoITrainConfig(SGDConfig):
+    """What the ``[train]`` tables of the detectors with a RoI head share: SGD
+    (`rcnn.heads.sgd.SGDConfig`) over mini-batches of `images_per_batch` images x
+    `rois_per_image` RoIs, `fg_fraction` of them foreground (IoU >= `fg_iou`, ground-truth
+    boxes included). `cache_frozen`: the trunk's frozen leading layers run once per image and
+    flip, their output kept in memory (the same numbers, a fraction of the time; see
+    `RoITrainer._split`)."""
+
+    images_per_batch: int = 2
+    rois_per_image: int = 128
+    fg_fraction: float = 0.25
+    fg_iou: float = 0.5
+    cache_frozen: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("images_per_batch", "rois_per_image"):
+            require(self, name, getattr(self, name) >= 1, "an integer >= 1")
+        require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
+        require(self, "fg_iou", 0 < self.fg_iou <= 1, "an IoU in (0, 1]")
+
+
+def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Boxes ``[N, 4]`` mirrored left-right in an image `width` px wide: ``x1' = W - x2``,
+    ``x2' = W - x1``."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+
+
+class RoITrainer:
+    """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``) and the heads on its map
+    together, in place, on the images at `paths` (set by the detector's trainer before
+    `_fit`). Fitted: `history_` (per iteration ``loss``, the total trained on, and each of
+    `losses`), `resumed_from_` (the iteration a checkpoint gave, 0 when fresh), `seconds_`."""
+
+    title = "RoI"  # the detector's name, in the progress bar and notices
+    losses: tuple[str, ...] = ()  # the loss terms `_loss` gives besides the total
+
+    def __init__(
+        self,
+        config: RoITrainConfig,
+        scale: int,
+        max_size: int,
+        checkpoint: str | os.PathLike | None = None,
+        device="cpu",
+    ):
+        self.config = config
+        self.scale = scale
+        self.max_size = max_size
+        self.checkpoint = checkpoint
+        self.device = torch.device(device)
+        self.paths: Sequence[str | os.PathLike] = ()
+
+    # -- what a detector supplies ----------------------------------------------------------------
+    def _meta(self) -> dict:
+        """The settings a checkpoint must have been written under to be resumed."""
+        raise NotImplementedError
+
+    def _example(self, i: int, rng: np.random.Generator, cache: dict, stem: nn.Module | None):
+        """Image `i`'s inputs and targets for one iteration, drawing from `rng` (its flip by
+        `_flip`) and reading the image by `_image`."""
+        raise NotImplementedError
+
+    def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
+        """``{"loss": total, **terms}`` (the terms named by `losses`) of a batch of
+        `_example` outputs, the trunk after the stem being `rest`."""
+        raise NotImplementedError
+
+    # -- the parts of an example -------------------------------------------------------------------
+    def _flip(self, rng: np.random.Generator) -> bool:
+        return bool(self.config.flip and rng.random() < 0.5)
+
+    def _image(self, i: int, flip: bool, cache: dict, stem: nn.Module | None):
+        """``(x, (h, w), factor)``: image `i` rescaled by `factor` to ``h x w`` (kept in `cache`
+        after the first read), maybe flipped, as a tensor ``[1, 3, h, w]`` on the device or,
+        with `stem` (see `_split`), the stem's output, computed once per image and flip and
+        kept in `cache`."""
+        if i not in cache:
+            cache[i] = rescale(read_image(self.paths[i]), self.scale, self.max_size)
+        image, factor = cache[i]
+        if flip:
+            image = image[:, ::-1]
+        if stem is None:
+            return image_tensor(image).to(self.device), image.shape[:2], factor
+        if (i, flip) not in cache:
+            with torch.no_grad():
+                cache[i, flip] = stem(image_tensor(image).to(self.device))
+        return cache[i, flip], image.shape[:2], factor
+
+    @staticmethod
+    def _place(boxes: np.ndarray, factor: float, flip: bool, width: int) -> np.ndarray:
+        """Boxes ``[N, 4]`` of an image as they lie in it once rescaled by `factor` (to
+        `width` px) and maybe flipped."""
+        boxes = boxes * factor
+        return flip_boxes(boxes, width) if flip else boxes
+
+    def batch(self, it: int, cache: dict, stem: nn.Module | None = None) -> list:
+        """Iteration `it`'s mini-batch: the `_example` of each image it draws."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, it])
+        chosen = rng.choice(len(self.paths), min(cfg.images_per_batch, len(self.paths)), replace=False)
+        return [self._example(int(i), rng, cache, stem) for i in chosen]
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _fit(
+        self, modules: dict[str, nn.Module], trunk: nn.Module, callback: Callable[[int, float], None] | None = None
+    ) -> RoITrainer:
+        """Train `modules` (by checkpoint entry; `trunk` one of them or part of one, the rest
+        the head); they end in eval mode on the CPU. `callback(it, loss)` is called after
+        each iteration (after its checkpoint)."""
+        cfg = self.config
+        for m in modules.values():
+            m.to(self.device)
+        for name, p in trunk.named_parameters():
+            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
+        in_trunk = {id(p) for p in trunk.parameters()}
+        head = [p for m in modules.values() for p in m.parameters() if id(p) not in in_trunk]
+        trainable = [p for p in trunk.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            [{"params": head, "lr_mult": cfg.head_lr_mult}] + [{"params": trainable, "lr_mult": 1.0}] * bool(trainable),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+        self.history_ = {k: [] for k in ("loss", *self.losses)}
+        start = self.resumed_from_ = self._resume(modules, optimizer)
+        cache: dict = {}
+        stem, rest = self._split(trunk)
+        t0 = time.perf_counter()
+        bar = progress(
+            total=cfg.iterations * cfg.images_per_batch,
+            initial=start * cfg.images_per_batch,
+            desc=f"{self.title} training",
+            unit="img",
+        )
+        try:
+            for it in range(start, cfg.iterations):
+                for group in optimizer.param_groups:
+                    group["lr"] = self._lr(it) * group["lr_mult"]
+                self._train_mode(modules, trunk)
+                batch = self.batch(it, cache, stem)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout, samplers: the same on resume
+                    losses = self._loss(batch, rest)
+                    optimizer.zero_grad(set_to_none=True)
+                    losses["loss"].backward()
+                    optimizer.step()
+                for k, v in losses.items():
+                    self.history_[k].append(v.item() if torch.is_tensor(v) else float(v))
+                bar.update(len(batch))
+                bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in self.history_.items()})
+                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                    self._save(it + 1, modules, optimizer)
+                if callback is not None:
+                    callback(it, self.history_["loss"][-1])
+        finally:
+            bar.close()
+            for m in modules.values():
+                m.cpu().eval()
+                for p in m.parameters():
+                    p.requires_grad_(True)
+        self.seconds_ = time.perf_counter() - t0
+        return self
+
+    def _split(self, trunk: nn.Module) -> tuple[nn.Module | None, nn.Module]:
+        """``(stem, rest)``: a trunk made of ``features`` layers (MobileNetV2, VGG16) whose first
+        layers are all frozen, with frozen batch norm, computes the same map for an image every
+        time it sees it: those layers (the stem) run once per image and flip, their output is
+        kept in memory, and each step runs only the rest. Otherwise ``(None, trunk)``."""
+        layers = getattr(trunk, "features", None)
+        if not self.config.freeze_bn or not isinstance(layers, nn.Sequential) or not self.config.cache_frozen:
+            return None, trunk
+        k = 0
+        for layer in layers:
+            params = list(layer.parameters())
+            if any(p.requires_grad for p in params) or any(isinstance(m, nn.Dropout) for m in layer.modules()):
+                break
+            k += 1
+        if k == 0:
+            return None, trunk
+        return layers[:k], layers[k:]
+
+    def _lr(self, it: int) -> float:
+        cfg = self.config
+        return cfg.lr * (cfg.lr_gamma ** (it // cfg.lr_step) if cfg.lr_step else 1.0)
+
+    def _train_mode(self, modules: dict[str, nn.Module], trunk: nn.Module) -> None:
+        for m in modules.values():
+            m.train()
+        if self.config.freeze_bn:
+            for m in trunk.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _save(self, iteration: int, modules: dict[str, nn.Module], optimizer) -> None:
+        if self.checkpoint is None:
+            return
+        path = Path(self.checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "iteration": iteration,
+            "meta": self._meta(),
+            **{name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in modules.items()},
+            "optimizer": optimizer.state_dict(),
+            "history": self.history_,
+        }
+        with atomic_write(path) as f:
+            torch.save(state, f)
+
+    def _resume(self, modules: dict[str, nn.Module], optimizer) -> int:
+        """Load the checkpoint when there is one; the iteration to go on from. A damaged
+        checkpoint is reported and training starts over; one of another setup is an error."""
+        path = self.checkpoint
+        if path is None or not Path(path).is_file():
+            return 0
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
+            notice(f"{path}: unreadable {self.title} checkpoint ({type(e).__name__}), starting over")
+            return 0
+        if not isinstance(state, dict) or state.get("meta") != self._meta():
+            raise ModelError(f"{path}: checkpoint of another training setup; delete it or choose another path")
+        initial = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+        try:
+            for name, m in modules.items():
+                m.load_state_dict(state[name])
+            optimizer.load_state_dict(state["optimizer"])
+            self.history_ = {k: list(state["history"][k]) for k in self.history_}
+            return int(state["iteration"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            notice(f"{path}: damaged {self.title} checkpoint ({type(e).__name__}), starting over")
+            for name, m in modules.items():
+                m.load_state_dict(initial[name])
+            self.history_ = {k: [] for k in self.history_}
+            return 0
