@@ -16,14 +16,17 @@ For an R-CNN (`rcnn.detectors.RCNN`), in the order the image flows through it:
 
 For a Fast R-CNN (`rcnn.detectors.FastRCNN`): ``proposals.png`` and ``proposals_heat.png``
 (the boxes its RoI head scores), ``feature_map.png`` (the one stride-16 map: the mean of its
-channels in each cell over the image), then ``scores.png`` (the RoI head's class
-probabilities or SVM margins), ``regression.png``, ``nms.png`` and ``detections.png`` as above.
+channels in each cell, over the image), ``roi_pooling.png`` (the best-scoring proposal's
+bins and the block pooled from them, the head's input), then ``scores.png`` (the RoI head's
+class probabilities or SVM margins), ``regression.png``, ``nms.png`` and ``detections.png``
+as above.
 
 For a Faster R-CNN (`rcnn.detectors.FasterRCNN`): ``feature_map.png``, ``anchors.png`` (the
 anchors of one cell, the most object-like, and how many there are), ``objectness.png`` (the
 RPN's highest objectness over the anchors of each cell), ``proposals.png`` and
-``proposals_heat.png`` (the RPN's proposals after its NMS: `FasterRCNN.propose`), then
-``scores.png``, ``regression.png``, ``nms.png`` and ``detections.png``.
+``proposals_heat.png`` (the RPN's proposals after its NMS: `FasterRCNN.propose`'s, with
+their recall of the ground truth), ``roi_pooling.png``, ``scores.png``, ``regression.png``,
+``nms.png`` and ``detections.png``.
 
 A localiser (`rcnn.detectors.Localizer`) has no proposals, crops, regression of proposals
 or NMS: its page shows its three heads' answers and the box, and says which stages it skips.
@@ -65,13 +68,14 @@ RCNN_PICTURES = [
     "detections.png",
 ]
 HEAD_PICTURES = ["scores.png", "regression.png", "nms.png", "detections.png"]
-FAST_RCNN_PICTURES = ["proposals.png", "proposals_heat.png", "feature_map.png", *HEAD_PICTURES]
+FAST_RCNN_PICTURES = ["proposals.png", "proposals_heat.png", "feature_map.png", "roi_pooling.png", *HEAD_PICTURES]
 FASTER_RCNN_PICTURES = [
     "feature_map.png",
     "anchors.png",
     "objectness.png",
     "proposals.png",
     "proposals_heat.png",
+    "roi_pooling.png",
     *HEAD_PICTURES,
 ]
 
@@ -235,12 +239,50 @@ def _feature_map(page: _Page, fmap, factor: float, backbone, tail: str) -> None:
     page.section(
         "One feature map",
         f"The image, rescaled to {rw} x {rh} px (x{factor:.2f}), goes through the trunk ({backbone.name} cut at "
-        f"stride 16) once: a map of **{c} channels x {h} x {w} cells**, one cell per 16 x 16 px of the rescaled "
-        f"image. The picture: the mean of the {c} channels in each cell (low: dark, high: yellow; from "
-        f"{mean.min():.2f} to {mean.max():.2f}). {tail}",
+        f"stride 16) once: a map of **{c} channels x {h} x {w} cells** (rows x columns), one cell per 16 x 16 px "
+        f"of the rescaled image. The picture: the mean of the {c} channels in each cell (low: dark, high: yellow; "
+        f"from {mean.min():.2f} to {mean.max():.2f}). {tail}",
     )
     heat = heat_overlay(page.big, _cell_heat(page, mean - mean.min(), factor))
     page.picture("feature_map.png", heat, "mean activation of the stride-16 map")
+
+
+def _roi_pooling(page: _Page, model, proposals, scores, pool) -> None:
+    """How the RoI head takes its input (``roi_pooling.png``): the best-scoring of
+    `proposals` ``[N, 4]`` (by `scores` ``[N, C]``) and its bins on the image, beside the block
+    ``[C', s, s]`` that ``pool(k)`` (the model's own pooling of proposal k) gives."""
+    c = model.config
+    k = int(scores.max(1).argmax())
+    label = int(scores[k].argmax()) + 1
+    block = pool(k)
+    channels, s = block.shape[0], block.shape[-1]
+    kind = "align" if c.roi.mode == "align" else "pool"
+    page.section(
+        "RoI pooling",
+        f"Each proposal's region of the map is divided into {s} x {s} bins and pooled bin by bin ("
+        + (
+            "RoI align: the average of bilinear samples of the map in each bin"
+            if kind == "align"
+            else "RoI max pooling: the largest value of the cells in each bin"
+        )
+        + f"): a block of {channels} x {s} x {s} = {channels * s * s} values, the head's input, whatever the "
+        f"proposal's size and shape (R-CNN warps the image instead). Left: the best-scoring proposal "
+        f"({model.classes_[label - 1]} {scores[k, label - 1]:.2f}) and its bins; right: its block, the mean of "
+        f"the {channels} channels in each bin.",
+    )
+    box = proposals[k] * page.f
+    edges = [np.linspace(box[0], box[2], s + 1), np.linspace(box[1], box[3], s + 1)]
+    bins = np.array(
+        [[x1, y1, x2, y2] for x1, x2 in zip(edges[0], edges[0][1:]) for y1, y2 in zip(edges[1], edges[1][1:])]
+    )
+    left = draw_boxes(draw_boxes(page.big, bins, (255, 255, 255), 1), box, class_colour(label))
+    mean = block.float().mean(0).cpu().numpy()
+    side = max(1, min(page.big.shape[:2]) // s)
+    tile = heat_overlay(
+        np.zeros((s * side, s * side, 3), np.uint8), np.kron(mean - mean.min(), np.ones((side, side))), 1.0
+    )
+    tiles = [caption(left, f"proposal {k}: {s} x {s} bins"), caption(tile, f"its {channels} x {s} x {s} block (mean)")]
+    page.picture("roi_pooling.png", image_grid(tiles, 2), "a proposal's bins and its pooled block")
 
 
 def _head_stages(page: _Page, model, proposals, scores, picked, after, detections, words: tuple) -> None:
@@ -415,6 +457,13 @@ def _explain_fast_rcnn(model, image, page: _Page, gt_boxes, top: int) -> tuple[D
         return Detections(), proposals
 
     scores, deltas = model._scores(image, proposals)
+
+    def pool(k: int):
+        rois = torch.from_numpy(proposals[k : k + 1] * factor).to(fmap.device)
+        with torch.inference_mode():
+            return model.pooler_(fmap, [rois])[0]
+
+    _roi_pooling(page, model, proposals, scores, pool)
     rows, cols = best_per_class(scores, c.min_score)
     after = model._regress(proposals, deltas, rows, cols)
     return _roi_head_stages(page, model, proposals, scores, (rows, cols), after), proposals
@@ -476,6 +525,11 @@ def _explain_faster_rcnn(model, image, page: _Page, gt_boxes, top: int) -> tuple
         page.text("No proposals: nothing to score or keep.")
         return Detections(), proposals
 
+    def pool(k: int):
+        with torch.inference_mode():
+            return model.net_.roi_heads.box_roi_pool({"0": fmap}, [rois[0][k : k + 1]], [tuple(size)])[0]
+
+    _roi_pooling(page, model, proposals, scores, pool)
     rows, cols = np.nonzero(scores >= c.min_score)
     return _roi_head_stages(page, model, proposals, scores, (rows, cols), boxes[rows, cols]), proposals
 

@@ -194,6 +194,7 @@ def test_explain_shows_every_stage_of_a_fast_rcnn(fast, synth60, tmp_path):
         fmap, _ = fast._feature_map(image)
     c, h, w = fmap.shape[1:]
     assert f"{c} channels x {h} x {w} cells" in index and (h, w) == (12, 12)
+    assert "## 3. RoI pooling" in index and f"{c} x 7 x 7 = {c * 49} values" in index
     assert f"**{len(result['proposals'])}** here" in index
     assert "Box regression" in index and "Non-maximum suppression" in index and "pooled by RoI" in index
     # the page's final detections are the model's own
@@ -214,6 +215,7 @@ def test_explain_shows_every_stage_of_a_faster_rcnn(faster, synth60, tmp_path, c
     result = explain(model, image, tmp_path / "again", sample.boxes, sample.labels)
     index = _check_page(result, FASTER_RCNN_PICTURES, tmp_path / "again")
     assert "## 2. Anchors" in index and "## 3. Objectness" in index and "## 4. The RPN's proposals" in index
+    assert "## 5. RoI pooling" in index
     # the RPN's proposals on the page are `propose`'s; the page's final detections `detect`'s
     assert np.array_equal(result["proposals"], model.propose(image)) and len(result["proposals"])
     assert len(result["detections"]) and _same(result["detections"], model.detect(image))
