@@ -275,7 +275,7 @@ def _roi_pooling(page: _Page, model, proposals, scores, pool) -> None:
     bins = np.array(
         [[x1, y1, x2, y2] for x1, x2 in zip(edges[0], edges[0][1:]) for y1, y2 in zip(edges[1], edges[1][1:])]
     )
-    left = draw_boxes(draw_boxes(page.big, bins, (255, 255, 255), 1), box, class_colour(label))
+    left = draw_boxes(draw_boxes(page.big, bins, class_colour(label), 1), box, class_colour(label))
     mean = block.float().mean(0).cpu().numpy()
     side = max(1, min(page.big.shape[:2]) // s)
     tile = heat_overlay(
@@ -411,13 +411,11 @@ def _roi_head_stages(page: _Page, model, proposals, scores, picked, after) -> De
     c, (rows, cols) = model.config, picked
     labels = cols.astype(np.int64) + 1
     detections = postprocess(after, scores[rows, cols], labels, page.image.shape[:2], c.nms_threshold, c.max_detections)
-    pool = "RoI align" if c.roi.mode == "align" else "RoI max pooling"
     svm = getattr(model, "svm_", None) is not None
     head = (
-        f"Each proposal's region of the map is pooled by {pool} to {c.roi.output_size} x {c.roi.output_size} cells "
-        f"and goes through the fc layers ({' -> '.join(map(str, c.head.fc))}), which give the {len(model.classes_)} "
-        "classes and the background their probabilities (softmax) and each class its box deltas. "
-        + ("Linear SVMs on the last fc layer's features score the classes instead of the softmax. " if svm else "")
+        f"Each proposal's pooled block goes through the fc layers ({' -> '.join(map(str, c.head.fc))}), which give "
+        f"the {len(model.classes_)} classes and the background their probabilities (softmax) and each class its box "
+        "deltas. " + ("Linear SVMs on the last fc layer's features score the classes instead. " if svm else "")
     )
     moves = (
         "Each kept box is moved by its class's deltas from the RoI head (tx, ty, tw, th). " + MOVES

@@ -196,7 +196,7 @@ def test_explain_shows_every_stage_of_a_fast_rcnn(fast, synth60, tmp_path):
     assert f"{c} channels x {h} x {w} cells" in index and (h, w) == (12, 12)
     assert "## 3. RoI pooling" in index and f"{c} x 7 x 7 = {c * 49} values" in index
     assert f"**{len(result['proposals'])}** here" in index
-    assert "Box regression" in index and "Non-maximum suppression" in index and "pooled by RoI" in index
+    assert "Box regression" in index and "Non-maximum suppression" in index and "RoI align: the average" in index
     # the page's final detections are the model's own
     assert len(result["detections"]) and _same(result["detections"], fast.detect(image))
 
