@@ -23,8 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--split", help="VOC or YOLO split of a dataset IMAGE")
     p.add_argument("--images", help="image folder (COCO)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for index.md and the pictures")
-    p.add_argument("--top", type=int, default=50, help="proposals and windows drawn as outlines (default 50)")
-    p.add_argument("--crops", type=int, default=24, help="warped crops shown (default 24)")
+    p.add_argument("--top", type=int, default=50, help="proposals (and R-CNN's windows) drawn as outlines (default 50)")
+    p.add_argument("--crops", type=int, default=24, help="warped crops shown, R-CNN (default 24)")
     add_device_option(p)
     p.set_defaults(func=run)
 

