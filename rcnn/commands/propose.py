@@ -18,7 +18,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--max-boxes", type=int, help="boxes kept per image (default 2000; rpn: 300)")
     p.add_argument("--model", metavar="MODEL.pt", help="rpn: the Faster R-CNN model file whose RPN proposes")
-    p.add_argument("--nms", type=float, dest="nms_threshold", help="rpn: the RPN's NMS IoU (default: the model's)")
+    p.add_argument(
+        "--nms",
+        type=float,
+        dest="nms_threshold",
+        help="rpn: the RPN's NMS IoU (default: the model's; 1.0 suppresses nothing)",
+    )
     p.add_argument(
         "--longest-side", type=int, help="selective search: shrink longer images to this side (default 300; 0: never)"
     )
