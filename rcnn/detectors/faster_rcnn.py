@@ -376,6 +376,15 @@ class FasterRCNN(Detector):
             self._frozen_trunk = freeze_for_inference(self.net_.backbone, x, torch.contiguous_format)
         return self._frozen_trunk(x), scaled.shape[:2], factor
 
+    def _map(self, image, timings: dict | None):
+        """``(image uint8 [H, W, 3], map, rescaled size, factor)`` of `image` (a path or the
+        array) through the trunk (`_trunk`), timed as ``trunk``; call under inference mode."""
+        self._check_fitted()
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        with timed(timings, "trunk"):
+            return (image, *self._trunk(image))
+
     def propose(
         self, image, max_boxes: int | None = None, nms_threshold: float | None = None, timings: dict | None = None
     ) -> np.ndarray:
@@ -384,12 +393,8 @@ class FasterRCNN(Detector):
         (None: ``rpn.post_nms_top_n_test``) replaces the count kept after NMS (and raises
         the count before it to at least as many); `nms_threshold` (None: ``rpn.nms_threshold``)
         the NMS IoU."""
-        self._check_fitted()
-        if not isinstance(image, np.ndarray):
-            image = read_image(image)
         with torch.inference_mode():
-            with timed(timings, "trunk"):
-                fmap, size, factor = self._trunk(image)
+            _, fmap, size, factor = self._map(image, timings)
             with timed(timings, "rpn"):
                 boxes = self._rpn(fmap, size, max_boxes, nms_threshold)[0]
         return (boxes.cpu().numpy() / factor).astype(np.float32).reshape(-1, 4)
@@ -431,13 +436,9 @@ class FasterRCNN(Detector):
         seconds spent in ``trunk``, ``rpn``, ``head`` (RoI pooling, fc layers, decoding) and
         ``nms`` (threshold, per-class NMS, the cap), added to.
         """
-        self._check_fitted()
         c = self.config
-        if not isinstance(image, np.ndarray):
-            image = read_image(image)
         with torch.inference_mode():
-            with timed(timings, "trunk"):
-                fmap, size, factor = self._trunk(image)
+            image, fmap, size, factor = self._map(image, timings)
             with timed(timings, "rpn"):
                 if proposals is None:
                     rois = self._rpn(fmap, size)

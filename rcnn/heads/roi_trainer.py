@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
 
 
-class RoITrainer:
+class RoITrainer(ABC):
     """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``) and the heads on its map
     together, in place, on the images at `paths` (set by the detector's trainer before
     `_fit`). Fitted: `history_` (per iteration ``loss``, the total trained on, and each of
@@ -93,15 +94,18 @@ class RoITrainer:
         self.paths: Sequence[str | os.PathLike] = ()
 
     # -- what a detector supplies ----------------------------------------------------------------
+    @abstractmethod
     def _meta(self) -> dict:
         """The settings a checkpoint must have been written under to be resumed."""
         raise NotImplementedError
 
+    @abstractmethod
     def _example(self, i: int, rng: np.random.Generator, cache: dict, stem: nn.Module | None):
         """Image `i`'s inputs and targets for one iteration, drawing from `rng` (its flip by
         `_flip`) and reading the image by `_image`."""
         raise NotImplementedError
 
+    @abstractmethod
     def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
         """``{"loss": total, **terms}`` (the terms named by `losses`) of a batch of
         `_example` outputs, the trunk after the stem being `rest`."""
@@ -237,8 +241,6 @@ class RoITrainer:
     def _save(self, iteration: int, modules: dict[str, nn.Module], optimizer) -> None:
         if self.checkpoint is None:
             return
-        path = Path(self.checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "iteration": iteration,
             "meta": self._meta(),
@@ -246,7 +248,7 @@ class RoITrainer:
             "optimizer": optimizer.state_dict(),
             "history": self.history_,
         }
-        with atomic_write(path) as f:
+        with atomic_write(self.checkpoint) as f:  # makes the folder
             torch.save(state, f)
 
     def _resume(self, modules: dict[str, nn.Module], optimizer) -> int:
