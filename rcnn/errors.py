@@ -36,3 +36,8 @@ class DeviceError(ConfigError):
 
 class ModelError(RcnnError):
     """A saved model file is corrupt, from another version, or does not fit the data."""
+
+
+class TrainingDiverged(RcnnError):
+    """A training step met a non-finite loss, gradient or weight: training stopped there, the
+    last good checkpoint is kept and no model is written."""

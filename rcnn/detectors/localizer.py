@@ -40,6 +40,7 @@ from rcnn.detectors.base import CommonConfig, Detector, check_trainable, resolve
 from rcnn.errors import ModelError
 from rcnn.features.backbones import ARCHITECTURES, WEIGHTS_EXPECTED, build_backbone, is_weights
 from rcnn.features.warp import normalize
+from rcnn.heads.sgd import check_weights, train_step
 from rcnn.progress import notice, progress
 
 __all__ = ["Localizer", "LocalizerConfig", "LocalizerNet", "localizer_loss"]
@@ -263,9 +264,8 @@ class Localizer(Detector):
                         terms = localizer_loss(
                             *net(x), present[idx], labels[idx], torch.from_numpy(target), c.box_weight, c.box_loss
                         )
-                        optimizer.zero_grad(set_to_none=True)
-                        terms["total"].backward()
-                        optimizer.step()
+                        step = epoch * -(-n // B) + b // B + 1  # counted over all epochs
+                        train_step(optimizer, terms, step, "localiser", checkpoint=checkpoint, total="total")
                     for k in sums:
                         sums[k] += terms[k].item() * len(idx)
                     bar.update(len(idx))
@@ -273,6 +273,7 @@ class Localizer(Detector):
                 for k in sums:
                     self.history_[k].append(sums[k] / n)
                 if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.epochs:
+                    check_weights([net], "localiser", step, terms, checkpoint)
                     self._save_checkpoint(checkpoint, epoch + 1, net, optimizer)
         finally:
             bar.close()

@@ -33,7 +33,7 @@ from rcnn.config import require
 from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.roi import image_tensor, rescale
-from rcnn.heads.sgd import SGDConfig
+from rcnn.heads.sgd import SGDConfig, check_weights, train_step
 from rcnn.progress import notice, progress
 
 __all__ = ["RoITrainConfig", "RoITrainer", "flip_boxes"]
@@ -187,14 +187,13 @@ class RoITrainer(ABC):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout, samplers: the same on resume
                     losses = self._loss(batch, rest)
-                    optimizer.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
-                    optimizer.step()
+                    train_step(optimizer, losses, it + 1, self.title, cfg.clip_grad_norm, self.checkpoint)
                 for k, v in losses.items():
                     self.history_[k].append(v.item() if torch.is_tensor(v) else float(v))
                 bar.update(len(batch))
                 bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in self.history_.items()})
                 if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                    check_weights(modules.values(), self.title, it + 1, losses, self.checkpoint)
                     self._save(it + 1, modules, optimizer)
                 if callback is not None:
                     callback(it, self.history_["loss"][-1])

@@ -36,7 +36,7 @@ from rcnn.errors import ModelError
 from rcnn.features.warp import normalize, warp_crops
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
 from rcnn.heads.sampler import BalancedSampler
-from rcnn.heads.sgd import SGDConfig
+from rcnn.heads.sgd import SGDConfig, check_weights, train_step
 from rcnn.progress import notice, progress
 
 __all__ = ["FinetuneConfig", "FinetuneImage", "Finetuner", "SoftmaxHead"]
@@ -252,14 +252,15 @@ class Finetuner:
                     torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout (AlexNet, VGG), same on resume
                     logits = linear(backbone(x))
                     loss = nn.functional.cross_entropy(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    train_step(
+                        optimizer, {"loss": loss}, it + 1, "R-CNN fine-tuning", cfg.clip_grad_norm, self.checkpoint
+                    )
                 self.history_["loss"].append(loss.item())
                 self.history_["accuracy"].append(float((logits.argmax(1) == y).float().mean()))
                 bar.update(B)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                    check_weights((backbone, linear), "R-CNN fine-tuning", it + 1, {"loss": loss}, self.checkpoint)
                     self._save(it + 1, backbone, linear, optimizer, feature_dim)
         finally:
             bar.close()
