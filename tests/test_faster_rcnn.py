@@ -144,6 +144,8 @@ def test_config_is_validated(tmp_path):
         config(tmp_path, roi={"mode": "pool"})
     with pytest.raises(ConfigError, match="anchors.ratios"):
         config(tmp_path, anchors={"ratios": [0.0]})
+    with pytest.raises(ConfigError, match="anchors.ratios"):  # anchors of no height: a NaN loss
+        config(tmp_path, anchors={"ratios": [1e-300]})
     with pytest.raises(ConfigError, match="rpn.bg_iou"):
         config(tmp_path, rpn={"bg_iou": 0.8})
     with pytest.raises(ConfigError, match="rpn.box_loss_weight"):
@@ -155,7 +157,7 @@ def test_config_is_validated(tmp_path):
 def test_rpn_box_loss_weight_scales_that_term_of_the_loss_trained_on(tmp_path):
     data = make_synthetic(tmp_path / "synth", images=4, seed=3, size=128, test_fraction=0.0)
     small = dict(train={"iterations": 3, "rois_per_image": 16}, scale=128, max_size=128)
-    plain = FasterRCNN(config(tmp_path / "a", **small)).fit(data)
+    plain = FasterRCNN(config(tmp_path / "a", **small, rpn={"box_loss_weight": 1.0})).fit(data)
     heavy = FasterRCNN(config(tmp_path / "b", **small, rpn={"box_loss_weight": 10.0})).fit(data)
     for model, w in ((plain, 1.0), (heavy, 10.0)):
         h = model.history_

@@ -14,7 +14,9 @@ difficulty at a time, each built from the same parts (`_background`, `_clutter`,
 ``object`` (one textured star of a fixed size on a plain background), ``sizes``,
 ``transforms`` (rotation, flips, brightness and contrast), ``backgrounds`` (photos with
 clutter), ``absent`` (about a third of the images without an object), ``classes`` (one
-object of four classes) and ``multi``, the scene described above and the default.
+object of four classes) and ``multi``, the scene described above and the default; beside the
+road, ``dense``: many small objects of three classes, neighbours touching (small, dense
+objects stress the proposals, the stride-16 map, NMS and the per-image caps).
 
 Same arguments, same bytes: image ``i`` depends only on ``(preset, seed, i, size)``, images
 are written by OpenCV as JPEG with fixed settings (PNG for ``rectangle``, whose pixels must
@@ -149,16 +151,32 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarr
     return rgb[np.argmax(np.linalg.norm(rgb - under, axis=1))]
 
 
-def _pose(rng: np.random.Generator, outline: np.ndarray, size: int, scale=(0.12, 0.55), rotate: bool = True):
+def _pose(
+    rng: np.random.Generator, outline: np.ndarray, size: int, scale=(0.12, 0.55), rotate: bool = True, beside=None
+):
     """`outline` turned (a random angle, or none), scaled so that its longer side is a random
-    share in `scale` of the image side, and placed at random inside the image: its points
-    ``[K, 2]`` and its anti-aliased coverage ``float32 [size, size]`` (1 inside)."""
+    share in `scale` of the image side, and placed at random inside the image (`beside`, a
+    box ``[x1, y1, x2, y2]``: touching that box on a random side, kept inside the image): its
+    points ``[K, 2]`` and its anti-aliased coverage ``float32 [size, size]`` (1 inside)."""
     angle = rng.uniform(0, 2 * np.pi) if rotate else 0.0
     rotated = outline @ np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
     extent = rotated.max(0) - rotated.min(0)
     points = (rotated - rotated.min(0)) * (rng.uniform(*scale) * size / extent.max())
     span = points.max(0)
-    points += rng.uniform(1, size - 1 - span)
+    if beside is None:
+        points += rng.uniform(1, size - 1 - span)
+    else:
+        (x1, y1, x2, y2), gap = beside, rng.uniform(-0.1, 0.05, 2) * span  # a little overlap or a hairline gap
+        side = rng.integers(4)
+        corner = np.array(
+            [
+                (x2 + gap[0], rng.uniform(y1 - span[1], y2)),  # right of it
+                (x1 - span[0] - gap[0], rng.uniform(y1 - span[1], y2)),  # left
+                (rng.uniform(x1 - span[0], x2), y2 + gap[1]),  # below
+                (rng.uniform(x1 - span[0], x2), y1 - span[1] - gap[1]),  # above
+            ][side]
+        )
+        points += np.clip(corner, 1, size - 1 - span)
     alpha = np.zeros((size, size), np.float32)
     cv2.fillPoly(alpha, [np.round(points * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
     return points, alpha
@@ -212,6 +230,35 @@ def _render_multi(rng: np.random.Generator, size: int):
             m["visible"] &= ~solid
         masks.append({"visible": solid, "area": int(solid.sum())})
         labels.append(label)
+    visible = [m["visible"] for m in masks]
+    return _finish(image, [_mask_box(m) for m in visible], labels, visible)
+
+
+def _render_dense(rng: np.random.Generator, size: int):
+    """The ``dense`` scene: a photo with clutter and 6 to 24 small shapes (5 to 20 % of the
+    side) of three classes, most placed touching one drawn before; returns `_finish`'s four
+    values."""
+    image = _background(rng, size)
+    _clutter(rng, image)
+    classes = PRESETS["dense"].classes
+    masks, labels, boxes = [], [], []
+    for _ in range(rng.integers(6, 25)):
+        label = int(rng.integers(len(classes))) + 1
+        outline = _outline(rng, classes[label - 1])
+        for _attempt in range(20):
+            beside = boxes[rng.integers(len(boxes))] if boxes and rng.random() < 0.8 else None
+            points, alpha = _pose(rng, outline, size, (0.05, 0.2), True, beside)
+            solid = alpha >= 0.5
+            if solid.any() and all((m["visible"] & ~solid).sum() >= MIN_VISIBLE * m["area"] for m in masks):
+                break
+        else:
+            continue  # no room for this shape
+        _paint(rng, image, points, alpha, solid)
+        for m in masks:
+            m["visible"] &= ~solid
+        masks.append({"visible": solid, "area": int(solid.sum())})
+        labels.append(label)
+        boxes.append(_mask_box(solid))
     visible = [m["visible"] for m in masks]
     return _finish(image, [_mask_box(m) for m in visible], labels, visible)
 
@@ -285,6 +332,14 @@ PRESETS = {
             "photo",
             rotate=True,
         ),
+        Preset(
+            "dense",
+            "6 to 24 small objects per image (5 to 20 % of the side) of three classes, neighbours touching",
+            ("circle", "rectangle", "triangle"),
+            (0.05, 0.2),
+            "photo",
+            rotate=True,
+        ),
     ]
 }
 
@@ -339,6 +394,8 @@ def render_preset(rng: np.random.Generator, preset: str = "multi", size: int = 2
         return _render_multi(rng, size)
     if preset == "rectangle":
         return _render_rectangle(rng, size)
+    if preset == "dense":
+        return _render_dense(rng, size)
     return _render_single(rng, size, PRESETS[preset])
 
 

@@ -49,6 +49,7 @@ from rcnn.heads.fast_rcnn import (
     TrainImage,
     compress_head,
 )
+from rcnn.heads.roi_trainer import fit_to_data
 from rcnn.heads.svm import SVMConfig, SVMHead
 from rcnn.progress import progress
 from rcnn.proposals import make_proposer
@@ -65,7 +66,8 @@ class FastRCNNConfig(CommonConfig):
     `backbone` (``[backbone]``: the stride-16 trunk and its weights), `roi` (``[roi]``: pool
     or align, output size), `head` (``[head]``: fc sizes, dropout), `train` (``[train]``:
     SGD, sampling, flips, frozen layers, checkpoints, seed). Images are rescaled so their
-    shortest side is `scale` px, the longest at most `max_size` (training and test). At test
+    shortest side is `scale` px, the longest at most `max_size` (training and test; 0: chosen
+    from the training images by `rcnn.heads.roi_trainer.fit_to_data`, kept in the model). At test
     time the first `test_proposals` proposals are scored; `classifier` is ``softmax`` (the
     network's own) or ``svm`` (linear SVMs on fc7, `svm` table); `box_regression` applies the
     class-specific deltas; `svd_rank` > 0 replaces each fc layer by its truncated SVD of that
@@ -80,8 +82,8 @@ class FastRCNNConfig(CommonConfig):
     roi: RoIConfig = field(default_factory=RoIConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    scale: int = 600
-    max_size: int = 1000
+    scale: int = 0
+    max_size: int = 0
     test_proposals: int = 2000
     classifier: str = "softmax"
     svm: SVMConfig = field(default_factory=SVMConfig)
@@ -91,8 +93,15 @@ class FastRCNNConfig(CommonConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self, "detector", self.detector == "fast_rcnn", '"fast_rcnn" for a Fast R-CNN config')
-        require(self, "scale", self.scale >= 32, "an integer >= 32 (pixels)")
-        require(self, "max_size", self.max_size >= self.scale, f"an integer >= scale ({self.scale})")
+        require(
+            self, "scale", self.scale == 0 or self.scale >= 32, "an integer >= 32 (pixels; 0: chosen from the data)"
+        )
+        require(
+            self,
+            "max_size",
+            self.max_size == 0 or self.max_size >= self.scale,
+            f"an integer >= scale ({self.scale}; 0: scale x 5 / 3)",
+        )
         require(self, "test_proposals", self.test_proposals >= 1, "an integer >= 1")
         require(self, "classifier", self.classifier in CLASSIFIERS, f"one of {', '.join(CLASSIFIERS)}")
         require(self, "svd_rank", self.svd_rank >= 0, "an integer >= 0 (0: no truncated SVD)")
@@ -135,9 +144,9 @@ class FastRCNN(Detector):
 
     def fit(self, dataset: Dataset, callback=None) -> FastRCNN:
         """Train on `dataset`; returns self. `callback(iteration, loss)` follows each step."""
-        c = self.config
         check_trainable(dataset)
-        stats = {"images": len(dataset)}
+        self.config = c = fit_to_data(self.config, dataset)
+        stats = {"images": len(dataset), "scale": c.scale, "max_size": c.max_size, "iterations": c.train.iterations}
         self.classes_ = list(dataset.classes)
         num_classes = len(self.classes_)
         device = resolve_device(c.device)

@@ -12,7 +12,8 @@ from rcnn.datasets.synthetic import CLASSES, PRESETS, make_synthetic, render, re
 
 
 def test_presets_are_in_the_tutorials_order():
-    assert list(PRESETS) == ["rectangle", "object", "sizes", "transforms", "backgrounds", "absent", "classes", "multi"]
+    road = ["rectangle", "object", "sizes", "transforms", "backgrounds", "absent", "classes", "multi"]
+    assert list(PRESETS) == [*road, "dense"]
 
 
 def test_rectangle_is_one_white_axis_aligned_box_on_black(tmp_path):
@@ -68,6 +69,24 @@ def test_multi_has_several_objects_and_is_the_default_generator():
     a = render(np.random.default_rng([0, 7]), 96)
     b = render_preset(np.random.default_rng([0, 7]), "multi", 96)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_dense_holds_many_small_objects_many_of_them_touching():
+    counts, sides, touching = [], [], 0
+    for i in range(10):
+        image, boxes, labels, mask = render_preset(np.random.default_rng([1, i]), "dense", 256)
+        counts.append(len(boxes))
+        sides.extend(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 256)
+        assert set(labels.tolist()) <= {1, 2, 3}
+        # boxes that touch or overlap another: each grown by 2 px meets another one
+        grown = boxes + np.array([-2, -2, 2, 2], np.float32)
+        lo, hi = np.maximum(grown[:, None, :2], grown[None, :, :2]), np.minimum(grown[:, None, 2:], grown[None, :, 2:])
+        meets = ((hi - lo) > 0).all(-1) & ~np.eye(len(boxes), dtype=bool)
+        touching += int(meets.any(1).sum())
+    assert 6 <= min(counts) and max(counts) <= 24 and np.mean(counts) >= 10
+    assert 0.03 <= np.percentile(sides, 5) and np.percentile(sides, 95) <= 0.21  # visible parts: at most the drawn size
+    assert touching >= 0.5 * sum(counts)
+    assert PRESETS["dense"].classes == ("circle", "rectangle", "triangle")
 
 
 def _digest(folder):
