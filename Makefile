@@ -48,7 +48,7 @@ bench-eval: $(STAMP)
 # and proposals reuse.
 EXPERIMENTS := ablations svm-training budget warp family windows-vs-proposals proposals localization
 
-.PHONY: experiments experiment-proposals experiment-localization experiment-family
+.PHONY: experiments experiment-proposals experiment-localization experiment-family experiment-generalization
 experiments: $(STAMP)
 	for e in $(EXPERIMENTS); do $(MAKE) --no-print-directory experiment-$$e || exit 1; done
 
@@ -62,6 +62,10 @@ experiment-localization: $(STAMP)
 # The family on one backbone: R-CNN, Fast R-CNN, Faster R-CNN on synthetic and cards (cold caches: about an hour here).
 experiment-family: $(STAMP)
 	$(PY) experiments/family.py $(if $(DATA),--data $(DATA))
+
+# Every detector's defaults on synthetic, the small-dense preset, cards, raccoon (and DATA=): hours here.
+experiment-generalization: $(STAMP)
+	$(PY) experiments/generalization.py $(if $(DATA),--data $(DATA))
 
 experiment-%: $(STAMP)
 	$(PY) experiments/run.py $* $(if $(DATA),--data $(DATA))
