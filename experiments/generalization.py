@@ -97,13 +97,19 @@ def end_of_curves(voc) -> dict:
     return out
 
 
-def train_arm(kind: str, target: str, cache: str, result: str, data: str | None) -> None:
+def arm_config(kind: str, cache, overrides: dict | None = None):
+    """`kind`'s defaults caching under `cache`; `overrides` (the experiment config's
+    ``overrides.KIND``, empty in the shipped config: tests shrink the detectors with it)."""
+    return load_config(None, [{"detector": kind, "cache_dir": str(cache)}, overrides or {}])
+
+
+def train_arm(kind: str, target: str, cache: str, result: str, data: str | None, overrides: dict) -> None:
     """In a child process: fit (or load) `kind`'s defaults on `target`'s train split and write
     the fit statistics to `result`. A fresh fit adds its wall and CPU seconds (this process and
     its workers) and its peak resident memory, also to the model cache's record, so a warm
     re-run reports the first fit's cost."""
     data_set = {t.name: t for t in datasets(_Args(only=target, data=data))}[target]
-    config = load_config(None, {"detector": kind, "cache_dir": cache})
+    config = arm_config(kind, cache, overrides)
     start = time.perf_counter()
     model, info = fit_or_load(config, data_set.train)
     if not info["from_cache"]:
@@ -136,13 +142,13 @@ class _Args:
         self.only, self.data = only, data
 
 
-def run_arm(kind: str, target: Target, cache: Path, data: str | None) -> dict:
+def run_arm(kind: str, target: Target, cache: Path, data: str | None, overrides: dict | None = None) -> dict:
     """Train `kind` on `target` in a child process, then score it here on the test split."""
     result = cache / f"{kind}.fit.json"
-    cmd = [sys.executable, __file__, "--arm", kind, target.name, str(cache), str(result)]
+    cmd = [sys.executable, __file__, "--arm", kind, target.name, str(cache), str(result), json.dumps(overrides or {})]
     subprocess.run(cmd + (["--data", data] if data else []), check=True)
     info = json.loads(result.read_text())
-    model, _ = fit_or_load(load_config(None, {"detector": kind, "cache_dir": str(cache)}), target.train)
+    model, _ = fit_or_load(arm_config(kind, cache, overrides), target.train)
     dets = model.detect_dataset(target.test)
     voc = evaluate_voc(target.test, dets)
     coco = evaluate_coco(target.test, dets)
@@ -186,7 +192,7 @@ def run(args) -> None:
             cache = cache_root / target.name
             cache.mkdir(parents=True, exist_ok=True)
             print(f"== {target.name}: {kind}")
-            row = run_arm(kind, target, cache, args.data)
+            row = run_arm(kind, target, cache, args.data, spec.get("overrides", {}).get(kind))
             rows[kind] = row
             report.results = results
             print(json.dumps({k: row[k] for k, *_ in COLUMNS}))
@@ -205,7 +211,7 @@ def run(args) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--arm":  # one arm's training, in its own process (run_arm)
-        _, _, kind, target, cache, result, *rest = sys.argv
-        train_arm(kind, target, cache, result, rest[1] if rest[:1] == ["--data"] else None)
+        _, _, kind, target, cache, result, overrides, *rest = sys.argv
+        train_arm(kind, target, cache, result, rest[1] if rest[:1] == ["--data"] else None, json.loads(overrides))
         sys.exit(0)
     sys.exit(harness.script_main("generalization", __doc__, run))
