@@ -40,6 +40,8 @@ from rcnn.progress import notice, progress
 __all__ = ["FROZEN_STEM", "RoITrainConfig", "RoITrainer", "fit_to_data", "flip_boxes"]
 
 
+DETECTIONS_PER_OBJECT = 3  # detections kept per image at least this x the most training objects in one image
+PROPOSALS_PER_OBJECT = 10  # RPN proposals per image at test time likewise
 FROZEN_STEM = tuple(f"features.{i}." for i in range(11))  # MobileNetV2's blocks 0-10: run once per image and flip
 
 
@@ -100,7 +102,10 @@ def fit_to_data(config, dataset):
     """`config` (a Fast or Faster R-CNN config: ``scale``, ``max_size``, ``train``) with what
     it leaves to the data chosen from `dataset`: the image size when ``scale = 0``
     (`rcnn.features.roi.choose_scale`; ``max_size = 0``: ``scale x 5 / 3``) and the
-    iterations when they are given in epochs; each choice is said in one line."""
+    iterations when they are given in epochs, and test-time caps (``max_detections``, the RPN's
+    ``post_nms_top_n_test``) raised where the training images hold more objects than they
+    allow for (`DETECTIONS_PER_OBJECT`, `PROPOSALS_PER_OBJECT` per object); each choice is said
+    in one line."""
     scale, max_size = config.scale, config.max_size
     if not scale:
         scale, chosen_max, line = choose_scale(dataset)
@@ -114,7 +119,21 @@ def fit_to_data(config, dataset):
             f"schedule: {train.iterations} iterations ({config.train.epochs:g} epochs of {len(dataset)} images, "
             f"{train.images_per_batch} per batch), the rate x{train.lr_gamma:g} after {train.lr_step}"
         )
-    return replace(config, scale=scale, max_size=max(max_size, scale), train=train)
+    config = replace(config, scale=scale, max_size=max(max_size, scale), train=train)
+    most = max((len(s.boxes) for s in dataset), default=0)
+    changes = {}
+    if DETECTIONS_PER_OBJECT * most > config.max_detections:
+        changes["max_detections"] = DETECTIONS_PER_OBJECT * most
+    rpn = getattr(config, "rpn", None)
+    if rpn is not None and PROPOSALS_PER_OBJECT * most > rpn.post_nms_top_n_test:
+        n = PROPOSALS_PER_OBJECT * most
+        changes["rpn"] = replace(rpn, post_nms_top_n_test=n, pre_nms_top_n_test=max(rpn.pre_nms_top_n_test, 2 * n))
+    if changes:
+        notice(
+            f"test-time caps raised for up to {most} training objects per image: "
+            + ", ".join(f"{k} {v if k != 'rpn' else v.post_nms_top_n_test}" for k, v in changes.items())
+        )
+    return replace(config, **changes)
 
 
 def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:

@@ -63,6 +63,21 @@ def test_fit_to_data_fills_what_the_config_leaves_open_and_says_so(capsys):
     assert (c.scale, c.max_size, c.train.iterations) == (300, 500, 5)
 
 
+def test_test_time_caps_grow_with_the_objects_per_image(capsys):
+    crowded = Dataset(
+        ["a"],
+        [
+            Sample(f"s{i}", f"s{i}.jpg", 400, 400, np.tile(np.array([[0, 0, 20, 20]], np.float32), (n, 1)), np.ones(n))
+            for i, n in enumerate([5, 60])
+        ],
+    )
+    c = fit_to_data(load_config(None, {"detector": "faster_rcnn"}), crowded)
+    assert c.max_detections == 180 and c.rpn.post_nms_top_n_test == 600 and c.rpn.pre_nms_top_n_test == 1200
+    assert "raised for up to 60 training objects" in capsys.readouterr().err
+    few = fit_to_data(load_config(None, {"detector": "fast_rcnn"}), _set([(400, 400)] * 3, 0.2))
+    assert few.max_detections == 100  # the default already allows for them
+
+
 class _Rates(RoITrainer):
     def _meta(self):
         return {}
