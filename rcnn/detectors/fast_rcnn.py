@@ -84,6 +84,7 @@ class FastRCNNConfig(CommonConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     scale: int = 0
     max_size: int = 0
+    nms_threshold: float = 0.5  # torchvision's and detectron2's; R-CNN's 0.3 merges neighbours that overlap
     test_proposals: int = 2000
     classifier: str = "softmax"
     svm: SVMConfig = field(default_factory=SVMConfig)

@@ -185,6 +185,7 @@ class FasterRCNNConfig(CommonConfig):
     train: FasterTrainConfig = field(default_factory=FasterTrainConfig)
     scale: int = 0
     max_size: int = 0
+    nms_threshold: float = 0.5  # torchvision's and detectron2's; R-CNN's 0.3 merges neighbours that overlap
 
     def __post_init__(self):
         super().__post_init__()
