@@ -29,7 +29,7 @@ FAST = {
     **ROI,
     "detector": "fast_rcnn",
     "proposals": {"method": "sliding_window", "stride": 0.25, "max_boxes": 0, "scales": [0.15, 0.28, 0.57, 0.8]},
-    "train": {"iterations": 60, "lr": 0.01, "rois_per_image": 64, "frozen": FROZEN},
+    "train": {"iterations": 60, "lr": 0.01, "warmup": 0, "rois_per_image": 64, "frozen": FROZEN},
 }
 FASTER = {
     **ROI,
