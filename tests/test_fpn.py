@@ -188,3 +188,17 @@ def test_explain_draws_the_stride_16_level_of_a_pyramid(fitted, synth60, tmp_pat
     assert anchors[0, 0, 1, 2] - anchors[0, 0, 1, 0] == side and anchors[0, 1, 1, 0] - anchors[0, 0, 1, 0] == 16
     assert f"**{12 * 12 * 3} anchors**" in index and f"({side} px in the rescaled image)" in index
     assert list(_features(maps)) == ["0", "1"]
+
+
+def test_a_model_file_saved_before_the_pyramid_existed_loads_as_the_single_map(tmp_path):
+    data = make_synthetic(tmp_path / "synth", images=4, seed=3, size=128, test_fraction=0.0)
+    small = dict(scale=128, max_size=128, train={"iterations": 2, "rois_per_image": 16})
+    model = FasterRCNN(config(tmp_path, **small)).fit(data)
+    state = torch.load(model.save(tmp_path / "new.pt"), weights_only=True)
+    for key in ("fpn", "fpn_channels", "fpn_pool"):  # what an older file's [backbone] lacks
+        del state["config"]["backbone"][key]
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt", device="cpu")
+    assert loaded.config.backbone.fpn is False and not isinstance(loaded.net_.backbone, PyramidTrunk)
+    image = read_image(data[0].image_path)
+    assert np.array_equal(model.propose(image), loaded.propose(image))
