@@ -8,6 +8,15 @@ ratios from the config; default sizes chosen from the training boxes), torchvisi
 `RegionProposalNetwork` and `RoIHeads`, `MultiScaleRoIAlign` over that one map, a
 fully connected head sized by ``[head] fc`` (`FastRCNNConvFCHead`) and `FastRCNNPredictor`.
 
+With ``[backbone] fpn = true`` (`FasterBackboneConfig`) the backbone is a feature pyramid
+(`rcnn.features.pyramid.PyramidTrunk`: torchvision's `FeaturePyramidNetwork` over MobileNetV2's
+stride-8 and stride-16 blocks, optionally a max-pooled stride-32 level) and the rest follows
+torchvision's FPN recipe: one anchor size per level (chosen: one octave per level, the
+smallest on the stride-8 map), the RPN's head shared by the levels, `MultiScaleRoIAlign`
+over levels "0" and "1" (each box from the level its size maps to). The trunk pads the image
+to a multiple of 32 px, so the anchor generator's strides are exact; `_image_list` gives it
+the padded size and the true one.
+
 The project drives those parts itself rather than through torchvision's ``forward``, so that
 images are sized as `FastRCNN` sizes them (`rescale`: shortest side `scale`, longest at most
 `max_size`; `image_tensor`), training runs in the loop Fast R-CNN's shares
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +49,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 
 from rcnn.config import FieldError, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
@@ -55,6 +66,7 @@ from rcnn.detectors.base import (
 )
 from rcnn.errors import ModelError
 from rcnn.features.extractor import freeze_for_inference, set_threads
+from rcnn.features.pyramid import PYRAMID_TAPS, STRIDES, build_pyramid_trunk
 from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, image_tensor, rescale
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig
@@ -64,6 +76,7 @@ from rcnn.proposals import rpn as rpn_proposals
 
 __all__ = [
     "AnchorConfig",
+    "FasterBackboneConfig",
     "FasterRCNN",
     "FasterRCNNConfig",
     "FasterTrainConfig",
@@ -79,8 +92,11 @@ TEST_ONLY = ("pre_nms_top_n_test", "post_nms_top_n_test")  # [rpn] settings trai
 def _training_settings(c) -> dict:
     """The settings a training run depends on (its checkpoint's key and check): not the
     test-time ones (the RPN's test counts, score threshold, NMS, cap)."""
+    backbone = to_dict(c.backbone)
+    if not c.backbone.fpn:  # the single map: the keys of the runs trained before the pyramid existed
+        backbone = {k: v for k, v in backbone.items() if k not in PYRAMID_KEYS}
     return {
-        "backbone": to_dict(c.backbone),
+        "backbone": backbone,
         "anchors": to_dict(c.anchors),
         "rpn": {k: v for k, v in to_dict(c.rpn).items() if k not in TEST_ONLY},
         "roi": to_dict(c.roi),
@@ -91,6 +107,36 @@ def _training_settings(c) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class FasterBackboneConfig(BackboneConfig):
+    """Faster R-CNN's ``[backbone]`` table: Fast R-CNN's (`rcnn.features.roi.BackboneConfig`:
+    the stride-16 trunk, its weights) and an optional feature pyramid. `fpn`: torchvision's
+    `FeaturePyramidNetwork` over MobileNetV2's blocks 6 (stride 8) and 13 (stride 16), each
+    level `fpn_channels` channels, `fpn_pool` adding a stride-32 level (torchvision's
+    `LastLevelMaxPool`, for the RPN only); anchors then one size per level (or as many per
+    level), the RPN's head shared by the levels, RoI align from levels "0" and "1"
+    (`rcnn.features.pyramid`). Off: the one stride-16 map."""
+
+    fpn: bool = False
+    fpn_channels: int = 128
+    fpn_pool: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "fpn_channels", self.fpn_channels >= 1, "an integer >= 1")
+        if self.fpn:
+            require(self, "name", self.name in PYRAMID_TAPS, f"one of {', '.join(PYRAMID_TAPS)} (fpn = true)")
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The keys of the trunk's maps, finest first: ``("0",)`` without the pyramid."""
+        if not self.fpn:
+            return ("0",)
+        return tuple(str(i) for i in range(len(PYRAMID_TAPS[self.name]))) + ("pool",) * self.fpn_pool
+
+
+PYRAMID_KEYS = ("fpn", "fpn_channels", "fpn_pool")
+
 _TORCHVISION_LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
 
@@ -99,7 +145,9 @@ class AnchorConfig:
     """The ``[anchors]`` table: anchor `sizes` (the side of a square anchor's equal-area box,
     in pixels of the rescaled image; empty: chosen from the training boxes, `choose_anchor_sizes`)
     and `ratios` (height / width, torchvision's convention), every size at every ratio, at
-    every cell of the stride-16 map."""
+    every cell of the stride-16 map. With a feature pyramid (``[backbone] fpn``) the sizes are
+    split in order over its levels, as many on each (a multiple of the levels; chosen: one
+    per level), the smallest on the finest level."""
 
     sizes: tuple[int, ...] = ()
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -177,7 +225,7 @@ class FasterRCNNConfig(CommonConfig):
     The score threshold (None: 0.05, a class probability) drops boxes before NMS."""
 
     detector: str = "faster_rcnn"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    backbone: FasterBackboneConfig = field(default_factory=FasterBackboneConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
@@ -205,17 +253,26 @@ class FasterRCNNConfig(CommonConfig):
             raise FieldError("head.dropout", self.head.dropout, "0 (torchvision's fc head has no dropout)")
         if self.score_threshold is not None:
             require(self, "score_threshold", 0 <= self.score_threshold <= 1, "a class probability in [0, 1]")
+        levels = len(self.backbone.levels)
+        if len(self.anchors.sizes) % levels:
+            raise FieldError(
+                "anchors.sizes",
+                list(self.anchors.sizes),
+                f"as many sizes on each of the pyramid's {levels} levels (a multiple of {levels}; empty: chosen)",
+            )
 
     @property
     def min_score(self) -> float:
         return 0.05 if self.score_threshold is None else self.score_threshold
 
 
-def choose_anchor_sizes(dataset: Dataset, scale: int, max_size: int) -> tuple[tuple[int, ...], str]:
+def choose_anchor_sizes(
+    dataset: Dataset, scale: int, max_size: int, count: int | None = None
+) -> tuple[tuple[int, ...], str]:
     """Anchor sizes for `dataset`'s objects once images are rescaled (`scale`, `max_size`):
     octaves (each twice the last) centred on the geometric mean of the 5th and 95th
     percentiles of the objects' ``sqrt(width * height)``, as many as cover that range (1 to
-    6); and a line saying so."""
+    6) or, given, `count` of them (one per level of a feature pyramid); and a line saying so."""
     sides = []
     for s in dataset:
         if len(s.boxes) == 0:
@@ -226,11 +283,14 @@ def choose_anchor_sizes(dataset: Dataset, scale: int, max_size: int) -> tuple[tu
         sides.append(np.sqrt(wh[:, 0] * wh[:, 1]) * factor)
     sides = np.concatenate(sides) if sides else np.zeros(0)
     if len(sides) == 0:
-        return (32, 64, 128, 256, 512), "anchors: no training boxes, sizes 32-512 px"
+        sizes = (32, 64, 128, 256, 512) if count is None else tuple(32 * 2**k for k in range(count))
+        return sizes, f"anchors: no training boxes, sizes {sizes[0]}-{sizes[-1]} px"
     lo, mid, hi = np.percentile(sides, [5, 50, 95])
-    n = int(np.clip(math.ceil(math.log2(hi / lo) - 1e-9) + 1, 1, 6))
+    n = int(np.clip(math.ceil(math.log2(hi / lo) - 1e-9) + 1, 1, 6)) if count is None else count
     centre = math.sqrt(lo * hi)
     sizes = tuple(sorted({max(1, round(centre * 2 ** (k - (n - 1) / 2))) for k in range(n)}))
+    if count is not None and len(sizes) < count:  # tiny objects: octaves that round to the same pixel count
+        sizes = tuple(range(sizes[0], sizes[0] + count))
     line = (
         f"anchors: sizes {', '.join(map(str, sizes))} px chosen from the training objects "
         f"(sqrt(w*h) after rescaling: 5th percentile {lo:.0f}, median {mid:.0f}, 95th {hi:.0f} px)"
@@ -238,12 +298,22 @@ def choose_anchor_sizes(dataset: Dataset, scale: int, max_size: int) -> tuple[tu
     return sizes, line
 
 
-def anchor_generator(sizes, ratios) -> AnchorGenerator:
-    """torchvision's `AnchorGenerator` for one feature map: every size at every ratio
-    (height / width); its anchors ``[H * W * A, 4]`` are the base boxes (side ``size *
-    sqrt(1 / ratio)`` wide and ``size * sqrt(ratio)`` high, centred on 0, rounded) shifted
-    by the stride times each cell's index, cell by cell (row-major), all A at a cell."""
-    return AnchorGenerator(sizes=(tuple(int(s) for s in sizes),), aspect_ratios=(tuple(float(r) for r in ratios),))
+def anchor_groups(sizes, levels: int = 1) -> tuple[tuple[int, ...], ...]:
+    """`sizes` split in order into `levels` groups of as many (the first for the finest map)."""
+    sizes = tuple(int(s) for s in sizes)
+    k = len(sizes) // levels
+    return tuple(sizes[i * k : (i + 1) * k] for i in range(levels))
+
+
+def anchor_generator(sizes, ratios, levels: int = 1) -> AnchorGenerator:
+    """torchvision's `AnchorGenerator` for `levels` feature maps (`anchor_groups`: `sizes`
+    split in order over them, the smallest on the finest): every size of a map's group at
+    every ratio (height / width); a map's anchors ``[H * W * A, 4]`` are the base boxes (side
+    ``size * sqrt(1 / ratio)`` wide and ``size * sqrt(ratio)`` high, centred on 0, rounded)
+    shifted by the stride times each cell's index, cell by cell (row-major), all A at a cell;
+    the maps' anchors follow each other, finest first."""
+    ratios = tuple(float(r) for r in ratios)
+    return AnchorGenerator(sizes=anchor_groups(sizes, levels), aspect_ratios=(ratios,) * levels)
 
 
 def build_network(config: FasterRCNNConfig, num_classes: int, weights: str | None = None):
@@ -253,12 +323,18 @@ def build_network(config: FasterRCNNConfig, num_classes: int, weights: str | Non
     follow ``train.seed``."""
     c = config
     backbone = c.backbone if weights is None else replace(c.backbone, weights=weights)
-    trunk, channels, source = build_trunk(backbone)
-    trunk.out_channels = channels
+    if not backbone.fpn:
+        trunk, channels, source = build_trunk(backbone)
+        trunk.out_channels = channels
     s = c.roi.output_size
+    levels = backbone.levels
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.train.seed)
-        anchors = anchor_generator(c.anchors.sizes, c.anchors.ratios)
+        if backbone.fpn:  # its new layers drawn from train.seed, as the heads' (the trunk's own seed is its own)
+            trunk, source = build_pyramid_trunk(backbone, backbone.fpn_channels, backbone.fpn_pool)
+            channels = trunk.out_channels
+        anchors = anchor_generator(c.anchors.sizes, c.anchors.ratios, len(levels))
+        pooled = [k for k in levels if k != "pool"]  # torchvision's rule: the extra max-pooled level only proposes
         net = TorchvisionFasterRCNN(
             trunk,
             num_classes=None,
@@ -278,7 +354,7 @@ def build_network(config: FasterRCNNConfig, num_classes: int, weights: str | Non
             rpn_batch_size_per_image=c.rpn.batch_size_per_image,
             rpn_positive_fraction=c.rpn.positive_fraction,
             rpn_score_thresh=c.rpn.score_threshold,
-            box_roi_pool=MultiScaleRoIAlign(["0"], s, c.roi.sampling_ratio),
+            box_roi_pool=MultiScaleRoIAlign(pooled, s, c.roi.sampling_ratio),
             box_head=FastRCNNConvFCHead((channels, s, s), [], list(c.head.fc)),
             box_predictor=FastRCNNPredictor(c.head.fc[-1], num_classes + 1),
             box_score_thresh=c.min_score,
@@ -290,15 +366,34 @@ def build_network(config: FasterRCNNConfig, num_classes: int, weights: str | Non
             box_positive_fraction=c.train.fg_fraction,
             bbox_reg_weights=tuple(1.0 / s_ for s_ in BOX_STDS),
         )
+    if backbone.fpn:
+        # the levels' scales from their strides, not inferred from the first image's map and true size
+        # (which padding can mislead on a small image); `_setup_scales` would cache them at the first call
+        pool = net.roi_heads.box_roi_pool
+        pool.scales = [1.0 / STRIDES[k] for k in pooled]
+        finest, coarsest = (int(math.log2(STRIDES[k])) for k in (pooled[0], pooled[-1]))
+        pool.map_levels = initLevelMapper(finest, coarsest, pool.canonical_scale, pool.canonical_level)
     return net.eval(), source
 
 
-def _image_list(fmap: torch.Tensor, size) -> ImageList:
+def _features(fmap) -> dict[str, torch.Tensor]:
+    """The trunk's output as the RPN and RoI heads take it: the pyramid's maps in their
+    order, or ``{"0": fmap}`` for the one stride-16 map."""
+    if isinstance(fmap, dict):
+        return OrderedDict((k, fmap[k]) for k in STRIDES if k in fmap)
+    return {"0": fmap}
+
+
+def _image_list(fmap, size) -> ImageList:
     """The `ImageList` the RPN and RoI pooling need for one image of ``size = (h, w)`` whose
-    map is `fmap`: its tensor only gives the anchor generator the stride (map size x 16),
-    so it has no channels (no memory)."""
-    h, w = fmap.shape[-2:]
-    return ImageList(fmap.new_empty((1, 0, h * STRIDE, w * STRIDE)), [(int(size[0]), int(size[1]))])
+    map is `fmap` (or whose pyramid's maps are, a dict: the trunk's output as it is, not
+    `_features`'): its tensor only gives the anchor
+    generator the image size it divides by each map's size for that map's stride (the
+    stride-16 map's size x 16; the pyramid's finest map's size x 8, the padded image's, a
+    multiple of 32), so it has no channels (no memory); ``image_sizes`` is the true size."""
+    first, stride = (fmap["0"], STRIDES["0"]) if isinstance(fmap, dict) else (fmap, STRIDE)
+    h, w = first.shape[-2:]
+    return ImageList(first.new_empty((1, 0, h * stride, w * stride)), [(int(size[0]), int(size[1]))])
 
 
 class FasterRCNN(Detector):
@@ -306,7 +401,7 @@ class FasterRCNN(Detector):
     ``detect_dataset(ds)`` / ``propose(image)``.
 
     Fitted attributes: ``classes_``, ``net_`` (the torchvision `FasterRCNN`: ``backbone``
-    the stride-16 trunk, ``rpn``, ``roi_heads``), ``weights_source_``, ``fit_stats_``,
+    the stride-16 trunk or the feature pyramid, ``rpn``, ``roi_heads``), ``weights_source_``, ``fit_stats_``,
     ``history_`` (per iteration: ``loss`` and the four losses, `LOSSES`). After `fit` the
     config's anchor sizes are the ones used (chosen ones included), so the model file
     rebuilds the same network.
@@ -348,7 +443,8 @@ class FasterRCNN(Detector):
         if c.backbone.num_threads:  # process-wide: only when the config names a number
             set_threads(c.backbone.num_threads)
         if not c.anchors.sizes:
-            sizes, line = choose_anchor_sizes(dataset, c.scale, c.max_size)
+            count = len(c.backbone.levels) if c.backbone.fpn else None
+            sizes, line = choose_anchor_sizes(dataset, c.scale, c.max_size, count)
             notice(line)
             self.config = c = replace(c, anchors=replace(c.anchors, sizes=sizes))
             stats["anchor_sizes_chosen"] = True
@@ -375,10 +471,11 @@ class FasterRCNN(Detector):
         self.net_.to(self.device_).eval()
         self._frozen_trunk = None
 
-    def _trunk(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int], float]:
+    def _trunk(self, image: np.ndarray):
         """``(map [1, C, h/16, w/16], rescaled size (h, w), factor)`` of ``uint8 [H, W, 3]``
-        `image`, under inference mode (on the CPU a TorchScript-frozen copy of the trunk when
-        ``backbone.torchscript``)."""
+        `image` (with ``backbone.fpn`` the pyramid's dict of maps in place of the map), under
+        inference mode (on the CPU a TorchScript-frozen copy of the trunk when
+        ``backbone.torchscript``; the pyramid's scripts too)."""
         c = self.config
         scaled, factor = rescale(image, c.scale, c.max_size)
         x = image_tensor(scaled).to(self.device_)
@@ -416,7 +513,7 @@ class FasterRCNN(Detector):
     ) -> list[torch.Tensor]:
         rpn = self.net_.rpn
         if max_boxes is None and nms_threshold is None:
-            return rpn(_image_list(fmap, size), {"0": fmap})[0]
+            return rpn(_image_list(fmap, size), _features(fmap))[0]
         saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n), rpn.nms_thresh
         if max_boxes is not None:
             rpn._post_nms_top_n["testing"] = int(max_boxes)
@@ -424,17 +521,17 @@ class FasterRCNN(Detector):
         if nms_threshold is not None:
             rpn.nms_thresh = float(nms_threshold)
         try:
-            return rpn(_image_list(fmap, size), {"0": fmap})[0]
+            return rpn(_image_list(fmap, size), _features(fmap))[0]
         finally:
             rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.nms_thresh = saved
 
     def _head(self, fmap: torch.Tensor, size, rois: list[torch.Tensor], factor: float):
         """The RoI head on `rois` (one ``[N, 4]`` tensor in the rescaled image's pixels) over
-        `fmap` (of an image rescaled to ``size = (h, w)`` by `factor`): ``(boxes float32 [N, C,
+        `fmap` (or the pyramid's maps, `_features`; of an image rescaled to ``size = (h, w)`` by `factor`): ``(boxes float32 [N, C,
         4]`` in the image's own pixels, each proposal moved by each class's deltas, ``class
         probabilities [N, C])``, background dropped; call under inference mode."""
         heads = self.net_.roi_heads
-        pooled = heads.box_roi_pool({"0": fmap}, rois, [tuple(size)])
+        pooled = heads.box_roi_pool(_features(fmap), rois, [tuple(size)])
         logits, regression = heads.box_predictor(heads.box_head(pooled))
         boxes = heads.box_coder.decode(regression, rois)[:, 1:]
         scores = torch.softmax(logits, -1)[:, 1:]
@@ -543,8 +640,8 @@ class _Trainer(RoITrainer):
     def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
         net, parts = self.net, {k: 0.0 for k in _TORCHVISION_LOSSES}
         for x, size, target in batch:
-            fmap = rest(x)
-            feats = {"0": fmap}
+            fmap = rest(x)  # the map, or the pyramid's dict of maps
+            feats = _features(fmap)
             image_list = _image_list(fmap, size)
             proposals, rpn_losses = net.rpn(image_list, feats, [target])
             _, head_losses = net.roi_heads(feats, proposals, image_list.image_sizes, [target])

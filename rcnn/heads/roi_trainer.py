@@ -144,7 +144,8 @@ def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
 
 
 class RoITrainer(ABC):
-    """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``) and the heads on its map
+    """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``, or a dict of maps: a feature
+    pyramid's) and the heads on its map
     together, in place, on the images at `paths` (set by the detector's trainer before
     `_fit`). Fitted: `history_` (per iteration ``loss``, the total trained on, and each of
     `losses`), `resumed_from_` (the iteration a checkpoint gave, 0 when fresh), `seconds_`."""
@@ -284,7 +285,9 @@ class RoITrainer(ABC):
         """``(stem, rest)``: a trunk made of ``features`` layers (MobileNetV2, VGG16) whose first
         layers are all frozen, with frozen batch norm, computes the same map for an image every
         time it sees it: those layers (the stem) run once per image and flip, their output is
-        kept in memory, and each step runs only the rest. Otherwise ``(None, trunk)``."""
+        kept in memory, and each step runs only the rest. A trunk with a ``split(k)`` method (the
+        feature pyramid's, `rcnn.features.pyramid.PyramidTrunk`, whose rest needs a map from inside
+        the stem) cuts itself there. Otherwise ``(None, trunk)``."""
         layers = getattr(trunk, "features", None)
         if not self.config.freeze_bn or not isinstance(layers, nn.Sequential) or not self.config.cache_frozen:
             return None, trunk
@@ -296,6 +299,8 @@ class RoITrainer(ABC):
             k += 1
         if k == 0:
             return None, trunk
+        if callable(getattr(trunk, "split", None)):
+            return trunk.split(k)
         return layers[:k], layers[k:]
 
     def _lr(self, it: int) -> float:

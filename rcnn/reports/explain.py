@@ -26,7 +26,10 @@ anchors of one cell, the most object-like, and how many there are), ``objectness
 RPN's highest objectness over the anchors of each cell), ``proposals.png`` and
 ``proposals_heat.png`` (the RPN's proposals after its NMS: `FasterRCNN.propose`'s, with
 their recall of the ground truth), ``roi_pooling.png``, ``scores.png``, ``regression.png``,
-``nms.png`` and ``detections.png``.
+``nms.png`` and ``detections.png``. A Faster R-CNN with a feature pyramid (``[backbone]
+fpn``) proposes and pools from every level, but the page draws its stride-16 level only (the
+feature map, the anchors and the objectness of that level; the proposals, pooling and
+detections are the whole model's).
 
 A localiser (`rcnn.detectors.Localizer`) has no proposals, crops, regression of proposals
 or NMS: its page shows its three heads' answers and the box, and says which stages it skips.
@@ -95,20 +98,28 @@ def coverage(boxes, image_size) -> np.ndarray:
     return acc.cumsum(0).cumsum(1)[:h, :w]
 
 
-def rpn_maps(model, fmap, size) -> tuple[np.ndarray, np.ndarray]:
+def rpn_maps(model, fmap, size, level: str = "1") -> tuple[np.ndarray, np.ndarray]:
     """What a Faster R-CNN's RPN sees on its stride-16 map `fmap` ``[1, C, h, w]`` of an
     image rescaled to ``size = (height, width)``: ``(anchors float32 [h, w, A, 4]`` in the
     rescaled image's pixels, from its own anchor generator, ``objectness float32 [A, h, w]``,
-    its head's probabilities ``)``."""
+    its head's probabilities ``)``. With a feature pyramid `fmap` is its dict of maps and
+    these are the `level`'s (default ``"1"``, stride 16), the anchors generated over every
+    level as the RPN generates them."""
     import torch
 
-    from rcnn.detectors.faster_rcnn import _image_list
+    from rcnn.detectors.faster_rcnn import _features, _image_list
 
-    rpn = model.net_.rpn
+    rpn, maps = model.net_.rpn, _features(fmap)
+    index = list(maps).index(level) if isinstance(fmap, dict) else 0
     with torch.inference_mode():
-        anchors = rpn.anchor_generator(_image_list(fmap, size), [fmap])[0]
-        objectness = torch.sigmoid(rpn.head([fmap])[0][0][0])
-    h, w = fmap.shape[-2:]
+        anchors = rpn.anchor_generator(_image_list(fmap, size), list(maps.values()))[0]
+        objectness = torch.sigmoid(rpn.head(list(maps.values()))[0][index][0])
+    counts = [
+        m.shape[-2] * m.shape[-1] * rpn.anchor_generator.num_anchors_per_location()[i]
+        for i, m in enumerate(maps.values())
+    ]
+    anchors = anchors[sum(counts[:index]) : sum(counts[: index + 1])]
+    h, w = list(maps.values())[index].shape[-2:]
     return anchors.cpu().numpy().reshape(h, w, -1, 4), objectness.cpu().numpy()
 
 
@@ -470,6 +481,9 @@ def _explain_fast_rcnn(model, image, page: _Page, gt_boxes, top: int) -> tuple[D
 def _explain_faster_rcnn(model, image, page: _Page, gt_boxes, top: int) -> tuple[Detections, np.ndarray]:
     import torch
 
+    from rcnn.detectors.faster_rcnn import _features, anchor_groups
+    from rcnn.features.pyramid import STRIDES
+
     c = model.config
     big, f = page.big, page.f
     with torch.inference_mode():
@@ -479,12 +493,26 @@ def _explain_faster_rcnn(model, image, page: _Page, gt_boxes, top: int) -> tuple
     proposals = (rois[0].cpu().numpy() / factor).astype(np.float32).reshape(-1, 4)
     anchors, objectness = rpn_maps(model, fmap, size)
     h, w, a = anchors.shape[:3]
-    tail = "The RPN proposes from this map and the RoI head scores its proposals on it: one CNN run for the image."
-    _feature_map(page, fmap, factor, c.backbone, tail)
+    sizes, ratios = c.anchors.sizes, c.anchors.ratios
+    if isinstance(fmap, dict):  # a feature pyramid: the page draws its stride-16 level
+        maps = _features(fmap)
+        levels = list(maps)
+        sizes = anchor_groups(sizes, len(levels))[levels.index("1")]
+        shapes = ", ".join(f"{m.shape[-2]} x {m.shape[-1]}" for m in maps.values())
+        tail = (
+            f"This model has a **feature pyramid** (`[backbone] fpn`): {len(levels)} maps of {fmap['1'].shape[1]} "
+            f"channels ({shapes} cells, strides {', '.join(str(STRIDES[k]) for k in levels)} px), "
+            "the RPN proposing from all of them and the RoI head pooling each proposal from the level its size "
+            "maps to; this page draws the stride-16 level only (this map, its anchors and objectness)."
+        )
+        shown = fmap["1"]
+    else:
+        shown = fmap
+        tail = "The RPN proposes from this map and the RoI head scores its proposals on it: one CNN run for the image."
+    _feature_map(page, shown, factor, c.backbone, tail)
 
     peak = objectness.max(0)  # [h, w]
     i, j = np.unravel_index(int(peak.argmax()), peak.shape)
-    sizes, ratios = c.anchors.sizes, c.anchors.ratios
     page.section(
         "Anchors",
         f"At every cell of the map the RPN starts from the same **{a} anchors**: {len(sizes)} size(s) "
@@ -525,7 +553,7 @@ def _explain_faster_rcnn(model, image, page: _Page, gt_boxes, top: int) -> tuple
 
     def pool(k: int):
         with torch.inference_mode():
-            return model.net_.roi_heads.box_roi_pool({"0": fmap}, [rois[0][k : k + 1]], [tuple(size)])[0]
+            return model.net_.roi_heads.box_roi_pool(_features(fmap), [rois[0][k : k + 1]], [tuple(size)])[0]
 
     _roi_pooling(page, model, proposals, scores, pool)
     rows, cols = np.nonzero(scores >= c.min_score)
