@@ -182,31 +182,36 @@ def run(args) -> None:
     results.pop("meta", None)
     for target in datasets(args):
         rows = results.setdefault(target.name, {})
-        report.lines += [
-            f"## {target.name}",
-            "",
-            f"train {len(target.train)} images, test {len(target.test)} images, {len(target.train.classes)} classes",
-            "",
-        ]
+        rows["_size"] = (
+            f"train {len(target.train)} images, test {len(target.test)} images, {len(target.train.classes)} classes"
+        )
         for kind in spec["detectors"]:
             cache = cache_root / target.name
             cache.mkdir(parents=True, exist_ok=True)
             print(f"== {target.name}: {kind}")
             row = run_arm(kind, target, cache, args.data, spec.get("overrides", {}).get(kind))
             rows[kind] = row
-            report.results = results
             print(json.dumps({k: row[k] for k, *_ in COLUMNS}))
-        report.lines += table([rows[k] for k in spec["detectors"] if k in rows], COLUMNS)
-        report.lines += ["", "Where each class's precision-recall curve ends (recall at IoU 0.5, precision there):", ""]
-        for kind in spec["detectors"]:
+            report.lines, report.results = render(results, spec["detectors"]), results
+            report.write()  # after every arm: an interrupted run keeps what it measured
+
+
+def render(results: dict, detectors: list[str]) -> list[str]:
+    """The report's tables: one per dataset in `results` (those of earlier runs included)."""
+    lines = []
+    for name, rows in results.items():
+        lines += [f"## {name}", "", rows.get("_size", ""), ""]
+        done = [k for k in detectors if k in rows]
+        lines += table([rows[k] for k in done], COLUMNS)
+        lines += ["", "Where each class's precision-recall curve ends (recall at IoU 0.5, precision there):", ""]
+        for kind in done:
             ends = rows[kind]["end_of_curves"]
             shown = ", ".join(
                 f"{c} {e['recall']:.3f} ({e['precision'] or 0:.2f}, {e['objects']} objects)" for c, e in ends.items()
             )
-            report.lines.append(f"- {kind}: {shown}")
-        report.lines.append("")
-    report.results = results
-    report.write()
+            lines.append(f"- {kind}: {shown}")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ DETECTORS = {
         "max_size=96",
         "backbone.weights='random'",
         "head.fc=[32, 32]",
-        "train.iterations=6",
+        "train.iterations=40",
         "train.lr=100000",
     ],
     "faster_rcnn": [

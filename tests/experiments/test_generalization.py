@@ -63,7 +63,7 @@ def test_every_arm_is_trained_apart_scored_and_cached(tmp_path):
     assert generalization.harness.script_main("generalization", None, generalization.run, argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = results["tiny"]
-    assert set(rows) == {"faster_rcnn", "localizer"}
+    assert set(rows) == {"_size", "faster_rcnn", "localizer"}
     faster = rows["faster_rcnn"]
     assert faster["iterations"] == 4 and faster["train_cpu_seconds"] > 0 and faster["peak_rss_mb"] > 100
     assert 0 <= faster["mAP50"] <= 1 and set(faster["end_of_curves"]) <= {"circle", "rectangle", "star", "triangle"}
