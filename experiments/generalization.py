@@ -13,7 +13,10 @@ each class where its precision-recall curve ends (the recall its detections reac
 and the precision there. Fitted models are cached (``cache/NAME/models``): a re-run only
 scores; each arm's result is written as soon as it is done, so an interrupted run keeps them.
 
-    .venv/bin/python experiments/generalization.py [--only cards,raccoon] [--data PATH]   # make experiment-generalization
+    .venv/bin/python experiments/generalization.py [--only cards,raccoon,faster_rcnn] [--data PATH]
+
+(``make experiment-generalization``; ``--only`` names datasets, detectors or both; rows of
+earlier runs stay in the report.)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from rcnn.detectors import load_config  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 
 RACCOON = CARDS.parent / "raccoon"
+DETECTOR_NAMES = {"rcnn", "fast_rcnn", "faster_rcnn", "localizer"}  # --only may name these too
 DENSE = harness.ROOT / "data" / "dense"
 
 COLUMNS = [
@@ -57,6 +61,8 @@ def datasets(args) -> list[Target]:
     from rcnn.datasets.synthetic import make_synthetic
 
     wanted = set(args.only.split(",")) if args.only else None
+    if wanted is not None and not wanted - DETECTOR_NAMES:  # --only names detectors alone: every dataset
+        wanted = None
 
     def want(name: str) -> bool:
         return wanted is None or name in wanted
@@ -180,12 +186,14 @@ def run(args) -> None:
     previous = Path(args.out) / "results.json"
     results = json.loads(previous.read_text()) if previous.is_file() else {}
     results.pop("meta", None)
+    named = set(args.only.split(",")) & set(spec["detectors"]) if args.only else set()
+    detectors = [k for k in spec["detectors"] if not named or k in named]
     for target in datasets(args):
         rows = results.setdefault(target.name, {})
         rows["_size"] = (
             f"train {len(target.train)} images, test {len(target.test)} images, {len(target.train.classes)} classes"
         )
-        for kind in spec["detectors"]:
+        for kind in detectors:
             cache = cache_root / target.name
             cache.mkdir(parents=True, exist_ok=True)
             print(f"== {target.name}: {kind}")
