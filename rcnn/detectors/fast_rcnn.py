@@ -49,7 +49,7 @@ from rcnn.heads.fast_rcnn import (
     TrainImage,
     compress_head,
 )
-from rcnn.heads.roi_trainer import fit_to_data
+from rcnn.heads.roi_trainer import check_image_size, fit_to_data
 from rcnn.heads.svm import SVMConfig, SVMHead
 from rcnn.progress import progress
 from rcnn.proposals import make_proposer
@@ -94,15 +94,7 @@ class FastRCNNConfig(CommonConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self, "detector", self.detector == "fast_rcnn", '"fast_rcnn" for a Fast R-CNN config')
-        require(
-            self, "scale", self.scale == 0 or self.scale >= 32, "an integer >= 32 (pixels; 0: chosen from the data)"
-        )
-        require(
-            self,
-            "max_size",
-            self.max_size == 0 or self.max_size >= self.scale,
-            f"an integer >= scale ({self.scale}; 0: scale x 5 / 3)",
-        )
+        check_image_size(self)
         require(self, "test_proposals", self.test_proposals >= 1, "an integer >= 1")
         require(self, "classifier", self.classifier in CLASSIFIERS, f"one of {', '.join(CLASSIFIERS)}")
         require(self, "svd_rank", self.svd_rank >= 0, "an integer >= 0 (0: no truncated SVD)")

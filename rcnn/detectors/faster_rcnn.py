@@ -70,7 +70,7 @@ from rcnn.features.pyramid import PYRAMID_TAPS, STRIDES, build_pyramid_trunk
 from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, image_tensor, rescale
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig
-from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, fit_to_data
+from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data
 from rcnn.progress import notice
 from rcnn.proposals import rpn as rpn_proposals
 
@@ -238,15 +238,7 @@ class FasterRCNNConfig(CommonConfig):
     def __post_init__(self):
         super().__post_init__()
         require(self, "detector", self.detector == "faster_rcnn", '"faster_rcnn" for a Faster R-CNN config')
-        require(
-            self, "scale", self.scale == 0 or self.scale >= 32, "an integer >= 32 (pixels; 0: chosen from the data)"
-        )
-        require(
-            self,
-            "max_size",
-            self.max_size == 0 or self.max_size >= self.scale,
-            f"an integer >= scale ({self.scale}; 0: scale x 5 / 3)",
-        )
+        check_image_size(self)
         if self.roi.mode != "align":
             raise FieldError("roi.mode", self.roi.mode, '"align" (Faster R-CNN pools with MultiScaleRoIAlign)')
         if self.head.dropout:

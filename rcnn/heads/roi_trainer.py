@@ -37,7 +37,7 @@ from rcnn.features.roi import choose_scale, image_tensor, rescale
 from rcnn.heads.sgd import SGDConfig, check_weights, train_step
 from rcnn.progress import notice, progress
 
-__all__ = ["FROZEN_STEM", "RoITrainConfig", "RoITrainer", "fit_to_data", "flip_boxes"]
+__all__ = ["FROZEN_STEM", "RoITrainConfig", "RoITrainer", "check_image_size", "fit_to_data", "flip_boxes"]
 
 
 DETECTIONS_PER_OBJECT = 3  # detections kept per image at least this x the most training objects in one image
@@ -96,6 +96,19 @@ class RoITrainConfig(SGDConfig):
         per_epoch = n / min(self.images_per_batch, max(n, 1))
         step = round(self.lr_step_epochs * per_epoch) if self.lr_step_epochs else self.lr_step
         return replace(self, iterations=max(1, math.ceil(self.epochs * per_epoch)), lr_step=step)
+
+
+def check_image_size(config) -> None:
+    """Check a Fast or Faster R-CNN config's ``scale`` and ``max_size`` (0: chosen by `fit_to_data`)."""
+    require(
+        config, "scale", config.scale == 0 or config.scale >= 32, "an integer >= 32 (pixels; 0: chosen from the data)"
+    )
+    require(
+        config,
+        "max_size",
+        config.max_size == 0 or config.max_size >= config.scale,
+        f"an integer >= scale ({config.scale}; 0: scale x 5 / 3)",
+    )
 
 
 def fit_to_data(config, dataset):
