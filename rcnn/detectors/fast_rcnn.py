@@ -49,7 +49,7 @@ from rcnn.heads.fast_rcnn import (
     TrainImage,
     compress_head,
 )
-from rcnn.heads.roi_trainer import check_image_size, fit_to_data
+from rcnn.heads.roi_trainer import check_image_size, fit_to_data, train_settings
 from rcnn.heads.svm import SVMConfig, SVMHead
 from rcnn.progress import progress
 from rcnn.proposals import make_proposer
@@ -128,7 +128,10 @@ class FastRCNN(Detector):
         the key from the training settings, the proposals and every image and annotation."""
         c = self.config
         params = {
-            "fast_rcnn": {name: to_dict(getattr(c, name)) for name in ("backbone", "roi", "head", "train")},
+            "fast_rcnn": {
+                **{name: to_dict(getattr(c, name)) for name in ("backbone", "roi", "head")},
+                "train": train_settings(c.train),
+            },
             "scale": c.scale,
             "max_size": c.max_size,
             "proposals": proposals.folder.name,

@@ -70,7 +70,7 @@ from rcnn.features.pyramid import PYRAMID_TAPS, STRIDES, build_pyramid_trunk
 from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, image_tensor, rescale
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig
-from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data
+from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data, train_settings
 from rcnn.progress import notice
 from rcnn.proposals import rpn as rpn_proposals
 
@@ -101,7 +101,7 @@ def _training_settings(c) -> dict:
         "rpn": {k: v for k, v in to_dict(c.rpn).items() if k not in TEST_ONLY},
         "roi": to_dict(c.roi),
         "head": to_dict(c.head),
-        "train": to_dict(c.train),
+        "train": train_settings(c.train),
         "scale": c.scale,
         "max_size": c.max_size,
     }
@@ -617,17 +617,16 @@ class _Trainer(RoITrainer):
         return self._fit({"net": self.net}, self.net.backbone, callback)
 
     def _example(self, i: int, rng, cache: dict, stem):
-        """``(x, (h, w), target)``: image `i` as `RoITrainer._image` gives it, its size and its
-        targets in its pixels."""
-        flip = self._flip(rng)
-        x, size, factor = self._image(i, flip, cache, stem)
+        """``(x, (h, w), target)``: image `i` as `RoITrainer._view` gives it (rescaled, maybe
+        flipped, cropped, colour-jittered), its size and its targets in its pixels."""
         boxes, labels = self.targets[i]
-        boxes = self._place(boxes, factor, flip, size[1])
+        view = self._view(i, rng, cache, stem, boxes)
+        boxes, keep = view.place(boxes)
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).to(self.device),
-            "labels": torch.from_numpy(labels).to(self.device),
+            "labels": torch.from_numpy(labels[keep]).to(self.device),
         }
-        return x, size, target
+        return view.x, view.size, target
 
     def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
         net, parts = self.net, {k: 0.0 for k in _TORCHVISION_LOSSES}

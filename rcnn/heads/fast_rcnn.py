@@ -26,7 +26,7 @@ from torch import nn
 from rcnn.boxes import BoxCoder
 from rcnn.config import require, to_dict
 from rcnn.features.roi import RoIPooler
-from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer
+from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, View, train_settings
 from rcnn.heads.sampler import RoISampler
 
 __all__ = [
@@ -200,8 +200,9 @@ class FastRCNNTrainer(RoITrainer):
 
     def _prepare(self, images: Sequence[TrainImage]) -> None:
         """Keep the images' paths and, per image, its candidate boxes (proposals then ground
-        truth), their labels and matches."""
-        sampler, self.paths, self.prepared = self.config.sampler, [], []
+        truth), their labels and matches, and its objects' classes and difficult flags (for
+        labelling a crop again)."""
+        sampler, self.paths, self.prepared, self.objects = self.config.sampler, [], [], []
         for im in images:
             im = TrainImage(*im)
             gt = np.asarray(im.gt_boxes, np.float32).reshape(-1, 4)
@@ -210,20 +211,35 @@ class FastRCNNTrainer(RoITrainer):
             labels, gt_index = sampler.label(boxes, gt, im.gt_labels, im.gt_difficult)
             self.paths.append(im.image_path)
             self.prepared.append((boxes, labels, gt_index, gt))
+            difficult = None if im.gt_difficult is None else np.asarray(im.gt_difficult, bool).reshape(-1)
+            self.objects.append((np.asarray(im.gt_labels).reshape(-1), difficult))
         if not any((lab > 0).any() for _, lab, _, _ in self.prepared):
             raise ValueError(f"Fast R-CNN training needs foreground boxes; none in {len(images)} images")
 
     def _example(self, i: int, rng, cache: dict, stem: nn.Module | None):
-        """``(x, rois [R, 4], labels [R], targets [F, 4])`` in the rescaled (and maybe flipped)
-        image `i`; `x` as `RoITrainer._image` gives it."""
+        """``(x, rois [R, 4], labels [R], targets [F, 4])`` in image `i` as `RoITrainer._view`
+        gives it (rescaled, maybe flipped, cropped, colour-jittered). The RoIs are drawn before
+        the view; a cropped view draws them again from the candidates left in it (`_in_crop`)."""
         boxes, labels, gt_index, gt = self.prepared[i]
         s = self.config.sampler.sample(labels, gt_index, rng)
-        flip = self._flip(rng)
-        x, (_, width), factor = self._image(i, flip, cache, stem)
-        rois, gt = self._place(boxes[s.index], factor, flip, width), self._place(gt, factor, flip, width)
+        view = self._view(i, rng, cache, stem, gt)
+        if view.window is None:
+            rois, gt = view.place(boxes[s.index])[0], view.place(gt)[0]
+        else:
+            rois, gt, s = self._in_crop(i, view, rng)
         fg = s.labels > 0
         targets = self.coder.encode(rois[fg], gt[s.gt_index[fg]]) if fg.any() else np.zeros((0, 4), np.float32)
-        return x, rois.astype(np.float32), s.labels, np.asarray(targets, np.float32)
+        return view.x, rois.astype(np.float32), s.labels, np.asarray(targets, np.float32)
+
+    def _in_crop(self, i: int, view: View, rng):
+        """``(rois [R, 4], gt [G', 4], sample)`` of a cropped view of image `i`: its candidates
+        and ground truth left in the crop (`View.place`: clipped to it, those whose centre left
+        it dropped), labelled there (IoU changes with clipping) and `rois_per_image` drawn."""
+        sampler, (boxes, _, _, gt), (gt_labels, difficult) = self.config.sampler, self.prepared[i], self.objects[i]
+        boxes, gt, kept = view.place(boxes)[0], *view.place(gt)
+        labels, gt_index = sampler.label(boxes, gt, gt_labels[kept], None if difficult is None else difficult[kept])
+        s = sampler.sample(labels, gt_index, rng)
+        return boxes[s.index], gt, s
 
     def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
         pooled = [self.pooler(rest(x), [torch.from_numpy(r).to(self.device)]) for x, r, _, _ in batch]
@@ -248,7 +264,7 @@ class FastRCNNTrainer(RoITrainer):
 
     def _meta(self) -> dict:
         return {
-            "config": to_dict(self.config),
+            "config": train_settings(self.config),
             "scale": self.scale,
             "max_size": self.max_size,
             "roi": to_dict(self.pooler.config),

@@ -3,16 +3,17 @@
 `RoITrainConfig`: the settings their ``[train]`` tables share. `RoITrainer`: the loop they
 share. Each iteration draws `images_per_batch` images (seeded by ``[seed, iteration]``),
 flips each left-right with probability 1/2, rescales it (shortest side `scale`, longest at
-most `max_size`) and runs the detector's losses under a torch seed of its own; SGD with the
-head (rate times `head_lr_mult`) and the trunk's trainable layers as two parameter groups,
-the rate stepped (`_lr`). The trunk's leading frozen layers run once per image and flip
-(`_split`). A checkpoint (state dicts and plain values, written atomically) is saved every
+most `max_size`), optionally augments it (`RoITrainer._view`: scale jitter, random crops,
+colour jitter; `rcnn.heads.augment`) and runs the detector's losses under a torch seed of its
+own; SGD with the head (rate times `head_lr_mult`) and the trunk's trainable layers as two
+parameter groups, the rate stepped (`_lr`). The trunk's leading frozen layers run once per
+image, flip and scale (`_split`), unless the image is cropped or its colours jittered. A checkpoint (state dicts and plain values, written atomically) is saved every
 `checkpoint_every` iterations and at the end; a run given the same checkpoint path resumes
 from it and draws the same batches it would have.
 
 A detector's trainer supplies `title`, `losses`, `_meta` (what its checkpoint must match),
-`_example` (one image's inputs and targets for one iteration) and `_loss` (the losses of a
-batch of examples).
+`_example` (one image's inputs and targets for one iteration, from `_view`) and `_loss` (the
+losses of a batch of examples).
 """
 
 from __future__ import annotations
@@ -24,25 +25,36 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from rcnn.cache import atomic_write
-from rcnn.config import require
+from rcnn.config import require, to_dict
 from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.roi import choose_scale, image_tensor, rescale
+from rcnn.heads.augment import adjust_colour, crop_boxes, crop_image, draw_colour, draw_crop, draw_scale
 from rcnn.heads.sgd import SGDConfig, check_weights, train_step
 from rcnn.progress import notice, progress
 
-__all__ = ["FROZEN_STEM", "RoITrainConfig", "RoITrainer", "check_image_size", "fit_to_data", "flip_boxes"]
+__all__ = [
+    "FROZEN_STEM",
+    "RoITrainConfig",
+    "RoITrainer",
+    "View",
+    "check_image_size",
+    "fit_to_data",
+    "flip_boxes",
+    "train_settings",
+]
 
 
 DETECTIONS_PER_OBJECT = 3  # detections kept per image at least this x the most training objects in one image
 PROPOSALS_PER_OBJECT = 10  # RPN proposals per image at test time likewise
-FROZEN_STEM = tuple(f"features.{i}." for i in range(11))  # MobileNetV2's blocks 0-10: run once per image and flip
+FROZEN_STEM = tuple(f"features.{i}." for i in range(11))  # MobileNetV2's blocks 0-10: run once per image, flip, scale
 
 
 @dataclass(frozen=True)
@@ -50,8 +62,8 @@ class RoITrainConfig(SGDConfig):
     """What the ``[train]`` tables of the detectors with a RoI head share: SGD
     (`rcnn.heads.sgd.SGDConfig`) over mini-batches of `images_per_batch` images x
     `rois_per_image` RoIs, `fg_fraction` of them foreground (IoU >= `fg_iou`, ground-truth
-    boxes included). `cache_frozen`: the trunk's frozen leading layers run once per image and
-    flip, their output kept in memory (the same numbers, a fraction of the time; see
+    boxes included). `cache_frozen`: the trunk's frozen leading layers run once per image,
+    flip and scale, their output kept in memory (the same numbers, a fraction of the time; see
     `RoITrainer._split`).
 
     The length: `iterations` when > 0, else `epochs` passes over the training images (the
@@ -60,7 +72,20 @@ class RoITrainConfig(SGDConfig):
     `warmup_factor` x `lr` over the first `warmup` iterations. The defaults are the recipe
     measured to carry across datasets (cards, raccoon, synthetic): lr 0.01, 20 epochs, the
     step at 14, 100 warm-up iterations from 1/1000, the gradient clipped to norm 10, blocks
-    0-10 of MobileNetV2 frozen."""
+    0-10 of MobileNetV2 frozen.
+
+    Augmentation (`RoITrainer._view`, `rcnn.heads.augment`; all off by default, and off gives
+    the numbers of the runs before it existed, bit for bit), each drawn per image and
+    iteration from the iteration's seeded generator, after the flip, in this order:
+    `scales`: the shortest side drawn from these pixel sizes (Fast R-CNN's multi-scale
+    training; the longest still at most `max_size`; empty: `scale` only; test time uses
+    `scale`), the frozen stem's output then kept per image, flip and scale. `crop`: the
+    probability of a random crop of 0.3 to 1 of each side holding at least one object's
+    centre, then rescaled as a whole image is (a zoom); boxes and proposals are clipped to it
+    and those whose centre falls outside dropped (no crop when 10 tries find no window).
+    `photometric`: strength s in [0, 1] of a colour jitter, brightness, contrast and
+    saturation factors each uniform in [1 - s, 1 + s]. A cropped or jittered image is new
+    every time: the frozen stem runs on it each time (not cached), so training is slower."""
 
     iterations: int = 0
     epochs: float = 20.0
@@ -76,9 +101,15 @@ class RoITrainConfig(SGDConfig):
     fg_fraction: float = 0.25
     fg_iou: float = 0.5
     cache_frozen: bool = True
+    scales: tuple[int, ...] = ()
+    photometric: float = 0.0
+    crop: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        require(self, "scales", all(s >= 32 for s in self.scales), "a list of integers >= 32 (pixels; empty: scale)")
+        require(self, "photometric", 0 <= self.photometric <= 1, "a number in [0, 1] (0: no colour jitter)")
+        require(self, "crop", 0 <= self.crop <= 1, "a probability in [0, 1] (0: no crops)")
         for name in ("images_per_batch", "rois_per_image"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
         require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
@@ -96,6 +127,17 @@ class RoITrainConfig(SGDConfig):
         per_epoch = n / min(self.images_per_batch, max(n, 1))
         step = round(self.lr_step_epochs * per_epoch) if self.lr_step_epochs else self.lr_step
         return replace(self, iterations=max(1, math.ceil(self.epochs * per_epoch)), lr_step=step)
+
+
+AUGMENT_OFF = {"scales": [], "photometric": 0.0, "crop": 0.0}  # `RoITrainConfig`'s augmentation, off
+
+
+def train_settings(config: RoITrainConfig) -> dict:
+    """`config` as plain values for checkpoint keys and checks (`to_dict`), the augmentation
+    fields left out while they are off (`AUGMENT_OFF`): a run without augmentation keeps the
+    checkpoint of the same run before those fields existed."""
+    values = to_dict(config)
+    return {k: v for k, v in values.items() if not (k in AUGMENT_OFF and v == AUGMENT_OFF[k])}
 
 
 def check_image_size(config) -> None:
@@ -156,6 +198,29 @@ def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
 
 
+class View(NamedTuple):
+    """One image as one iteration trains on it (`RoITrainer._view`): `x` (``[1, 3, h, w]`` on
+    the device, or the frozen stem's output), `size` ``(h, w)``, the rescaling `factor`,
+    `flip`, and the crop `window` (``float32 [4]`` in the image's own pixels; None: uncropped)."""
+
+    x: Any
+    size: tuple[int, int]
+    factor: float
+    flip: bool
+    window: np.ndarray | None = None
+
+    def place(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(placed [M, 4], keep bool [N])``: `boxes` ``float32 [N, 4]`` (pixels of the image
+        file) as they lie in this view: cropped (`rcnn.heads.augment.crop_boxes`: those whose
+        centre leaves the window dropped, the rest clipped to it), rescaled by `factor`, maybe
+        flipped. Uncropped, every box is kept."""
+        keep = np.ones(len(boxes), bool)
+        if self.window is not None:
+            boxes, keep = crop_boxes(boxes, self.window)
+        boxes = boxes * self.factor
+        return (flip_boxes(boxes, self.size[1]) if self.flip else boxes), keep
+
+
 class RoITrainer(ABC):
     """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``, or a dict of maps: a feature
     pyramid's) and the heads on its map
@@ -189,8 +254,8 @@ class RoITrainer(ABC):
 
     @abstractmethod
     def _example(self, i: int, rng: np.random.Generator, cache: dict, stem: nn.Module | None):
-        """Image `i`'s inputs and targets for one iteration, drawing from `rng` (its flip by
-        `_flip`) and reading the image by `_image`."""
+        """Image `i`'s inputs and targets for one iteration, drawing from `rng` (the image as
+        trained on by `_view`, its boxes placed by `View.place`)."""
         raise NotImplementedError
 
     @abstractmethod
@@ -203,29 +268,63 @@ class RoITrainer(ABC):
     def _flip(self, rng: np.random.Generator) -> bool:
         return bool(self.config.flip and rng.random() < 0.5)
 
-    def _image(self, i: int, flip: bool, cache: dict, stem: nn.Module | None):
-        """``(x, (h, w), factor)``: image `i` rescaled by `factor` to ``h x w`` (kept in `cache`
-        after the first read), maybe flipped, as a tensor ``[1, 3, h, w]`` on the device or,
-        with `stem` (see `_split`), the stem's output, computed once per image and flip and
-        kept in `cache`."""
-        if i not in cache:
-            cache[i] = rescale(read_image(self.paths[i]), self.scale, self.max_size)
-        image, factor = cache[i]
+    def _view(self, i: int, rng: np.random.Generator, cache: dict, stem: nn.Module | None, objects) -> View:
+        """Image `i` as this iteration trains on it (`View`), with its objects' boxes `objects`
+        ``[G, 4]`` (pixels of the file; a crop holds the centre of one). Drawn from `rng` in
+        this order, each only when the config asks for it (so that augmentation off draws as
+        before it existed): the flip, the shortest side (`scales`), whether to crop (`crop`)
+        and the window, the colour factors (`photometric`)."""
+        cfg = self.config
+        flip = self._flip(rng)
+        scale = draw_scale(rng, cfg.scales) if cfg.scales else self.scale
+        window = original = None
+        if cfg.crop and rng.random() < cfg.crop and len(objects):
+            original = read_image(self.paths[i])
+            window = draw_crop(rng, objects, *original.shape[:2])
+        colour = draw_colour(rng, cfg.photometric) if cfg.photometric else None
+        crop = None if window is None else (window, original)
+        x, size, factor = self._image(i, flip, cache, stem, scale, crop, colour)
+        return View(x, size, factor, flip, window)
+
+    def _image(
+        self,
+        i: int,
+        flip: bool,
+        cache: dict,
+        stem: nn.Module | None,
+        scale: int | None = None,
+        crop: tuple[np.ndarray, np.ndarray] | None = None,
+        colour: np.ndarray | None = None,
+    ):
+        """``(x, (h, w), factor)``: image `i` rescaled by `factor` to ``h x w`` (shortest side
+        `scale`, default the trainer's; kept in `cache` after the first read), maybe flipped,
+        as a tensor ``[1, 3, h, w]`` on the device or, with `stem` (see `_split`), the stem's
+        output, computed once per image, flip and scale and kept in `cache`. `crop`:
+        ``(window, the image as read)``: that window of it is rescaled instead; `colour`:
+        factors for `rcnn.heads.augment.adjust_colour`, applied last. Neither is cached."""
+        scale = scale or self.scale
+        if crop is not None:
+            window, original = crop
+            image, factor = rescale(crop_image(original, window), scale, self.max_size)
+        else:
+            if (i, scale) not in cache:
+                cache[i, scale] = rescale(read_image(self.paths[i]), scale, self.max_size)
+            image, factor = cache[i, scale]
         if flip:
             image = image[:, ::-1]
+        if colour is not None:
+            image = adjust_colour(image, colour)
         if stem is None:
             return image_tensor(image).to(self.device), image.shape[:2], factor
-        if (i, flip) not in cache:
+        if crop is not None or colour is not None:
+            # a cropped or colour-jittered image is new every iteration: its stem output cannot be
+            # reused, so the stem runs on it here each time (the whole trunk, as without the cache)
             with torch.no_grad():
-                cache[i, flip] = stem(image_tensor(image).to(self.device))
-        return cache[i, flip], image.shape[:2], factor
-
-    @staticmethod
-    def _place(boxes: np.ndarray, factor: float, flip: bool, width: int) -> np.ndarray:
-        """Boxes ``[N, 4]`` of an image as they lie in it once rescaled by `factor` (to
-        `width` px) and maybe flipped."""
-        boxes = boxes * factor
-        return flip_boxes(boxes, width) if flip else boxes
+                return stem(image_tensor(image).to(self.device)), image.shape[:2], factor
+        if (i, flip, scale) not in cache:
+            with torch.no_grad():
+                cache[i, flip, scale] = stem(image_tensor(image).to(self.device))
+        return cache[i, flip, scale], image.shape[:2], factor
 
     def batch(self, it: int, cache: dict, stem: nn.Module | None = None) -> list:
         """Iteration `it`'s mini-batch: the `_example` of each image it draws."""
@@ -297,7 +396,7 @@ class RoITrainer(ABC):
     def _split(self, trunk: nn.Module) -> tuple[nn.Module | None, nn.Module]:
         """``(stem, rest)``: a trunk made of ``features`` layers (MobileNetV2, VGG16) whose first
         layers are all frozen, with frozen batch norm, computes the same map for an image every
-        time it sees it: those layers (the stem) run once per image and flip, their output is
+        time it sees it: those layers (the stem) run once per image, flip and scale, their output is
         kept in memory, and each step runs only the rest. A trunk with a ``split(k)`` method (the
         feature pyramid's, `rcnn.features.pyramid.PyramidTrunk`, whose rest needs a map from inside
         the stem) cuts itself there. Otherwise ``(None, trunk)``."""
