@@ -235,8 +235,11 @@ class FastRCNNTrainer(RoITrainer):
         """``(rois [R, 4], gt [G', 4], sample)`` of a cropped view of image `i`: its candidates
         and ground truth left in the crop (`View.place`: clipped to it, those whose centre left
         it dropped), labelled there (IoU changes with clipping) and `rois_per_image` drawn."""
-        sampler, (boxes, _, _, gt), (gt_labels, difficult) = self.config.sampler, self.prepared[i], self.objects[i]
-        boxes, gt, kept = view.place(boxes)[0], *view.place(gt)
+        sampler = self.config.sampler
+        boxes, _, _, gt = self.prepared[i]
+        gt_labels, difficult = self.objects[i]
+        boxes = view.place(boxes)[0]
+        gt, kept = view.place(gt)
         labels, gt_index = sampler.label(boxes, gt, gt_labels[kept], None if difficult is None else difficult[kept])
         s = sampler.sample(labels, gt_index, rng)
         return boxes[s.index], gt, s

