@@ -135,3 +135,16 @@ def test_a_diverging_training_ends_in_one_line_and_no_model(kind, tiny_set, tmp_
         terms = ["classifier", "box", "rpn_objectness", "rpn_box"] if kind == "faster_rcnn" else ["cls", "box"]
         assert all(f"{t}=" in lines[0] for t in terms), lines[0]
     assert not out.exists()
+
+
+def test_the_last_good_checkpoint_is_named_and_left_alone(tmp_path):
+    net, opt = _linear()
+    checkpoint = tmp_path / "run.pt"
+    torch.save({"net": net.state_dict()}, checkpoint)
+    before = checkpoint.read_bytes()
+    loss = net(torch.ones(1, 3)).sum() * float("inf")
+    with pytest.raises(
+        TrainingDiverged, match=f"the last good checkpoint is kept \\({checkpoint}\\), no model written"
+    ):
+        train_step(opt, {"loss": loss}, 12, "toy", checkpoint=checkpoint)
+    assert checkpoint.read_bytes() == before
