@@ -44,6 +44,7 @@ from rcnn.datasets.core import Dataset  # noqa: E402
 from rcnn.detectors import RCNN, DetectorConfig, build_detector, load_config, load_model  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
+from rcnn.heads.roi_trainer import RoITrainConfig, train_settings  # noqa: E402
 from rcnn.reports.report import run_record, save_figure  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
@@ -137,6 +138,8 @@ def fit_or_load(config, train: Dataset) -> tuple:
     cached model file."""
     ids = sorted(s.id for s in train)
     fitted = {k: v for k, v in to_dict(config).items() if k not in config.TEST_TIME}
+    if isinstance(getattr(config, "train", None), RoITrainConfig):  # augmentation off: the key it had before
+        fitted["train"] = train_settings(config.train)
     key = params_key({"config": fitted, "ids": ids, "n": len(train), "rcnn": __version__}, 16)
     folder = Path(config.cache_dir) / "models"
     path, info_path = folder / f"{key}.pt", folder / f"{key}.json"

@@ -17,7 +17,7 @@ import pytest
 from rcnn.cli import main
 from rcnn.datasets import Dataset, Detections, load_dataset, read_image
 from rcnn.detectors import RCNN, load_config
-from rcnn.detectors.base import best_per_class, set_thresholds
+from rcnn.detectors.base import best_per_class, set_thresholds, top_candidates
 from rcnn.errors import ConfigError
 from rcnn.evaluation import evaluate_voc
 
@@ -51,6 +51,21 @@ def test_best_per_class_keeps_each_class_best_k_above_the_floor():
         assert mine.tolist() == expected.tolist()
     every = best_per_class(scores, -0.5)
     assert (scores[every] >= -0.5).all() and len(every[0]) == (scores >= -0.5).sum()
+
+
+def test_nms_before_the_per_image_cut_keeps_a_second_object_of_the_class():
+    # object A: five near-duplicates scoring 0.9 .. 0.86; object B, far away, scores 0.5
+    a = np.array([[10, 10, 50, 50]], np.float32) + np.arange(5, dtype=np.float32)[:, None]
+    boxes = np.concatenate([a, [[100, 100, 140, 140]]]).astype(np.float32)
+    d = Detections(boxes, np.array([0.9, 0.89, 0.88, 0.87, 0.86, 0.5], np.float32), np.ones(6, np.int64))
+    rule = load_config(None, {"top_per_class": 3})  # R-CNN's: the best 3 first, all of them on A
+    assert not replace(rule, candidate_nms=False).candidate_nms
+    kept = top_candidates(d, rule)
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.89, 0.88]) and (kept.boxes[:, 0] < 60).all()
+    kept = top_candidates(d, replace(rule, candidate_nms=True, nms_threshold=0.5))  # NMS first: A once, then B
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.5])
+    assert load_config(None, {"detector": "faster_rcnn"}).candidate_nms
+    assert load_config(None, {"detector": "fast_rcnn"}).candidate_nms
 
 
 def test_set_thresholds_keep_per_image_times_images_per_class_in_any_order():

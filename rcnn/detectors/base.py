@@ -39,6 +39,7 @@ __all__ = [
     "best_per_label",
     "check_trainable",
     "clean_candidates",
+    "top_candidates",
     "postprocess",
     "read_model",
     "resolve_device",
@@ -70,7 +71,10 @@ class CommonConfig:
     class's best `top_per_class` boxes of each image are candidates, and each class keeps
     its best ``per_class_per_image x images`` candidates over the whole set (a per-class
     threshold), then per-class NMS and `max_detections` per image; precision-recall curves
-    run on to the recall the candidates reach. ``"threshold"``: every image as `detect` does.
+    run on to the recall the candidates reach. `candidate_nms`: each image's boxes go through
+    per-class NMS before its best `top_per_class` are taken (R-CNN's rule takes them before
+    NMS: with many proposals, near-duplicates of one object then fill the 100 and a second
+    object of the class is left out; Fast and Faster R-CNN set it). ``"threshold"``: every image as `detect` does.
 
     `TEST_TIME` names the settings read only at test time (a fitted model takes new values
     of them without refitting); subclasses add theirs.
@@ -83,6 +87,7 @@ class CommonConfig:
         "test_rule",
         "top_per_class",
         "per_class_per_image",
+        "candidate_nms",
     )
 
     detector: str = "rcnn"
@@ -93,6 +98,7 @@ class CommonConfig:
     test_rule: str = "rcnn"
     top_per_class: int = 100
     per_class_per_image: int = 40
+    candidate_nms: bool = False
     cache_dir: str = "cache"
     workers: int = 0
     device: str = "auto"
@@ -165,6 +171,17 @@ def best_per_class(scores: np.ndarray, min_score: float = -np.inf, top: int | No
         keep = best_per_label(scores[rows, cols], cols, top)
         rows, cols = rows[keep], cols[keep]
     return rows, cols
+
+
+def top_candidates(d: Detections, config) -> Detections:
+    """An image's candidates for ``test_rule = "rcnn"``: `d` (class-specific boxes, clipped)
+    reduced to each class's best ``config.top_per_class``, after per-class NMS at
+    ``config.nms_threshold`` when ``config.candidate_nms``."""
+    if config.candidate_nms:
+        keep = batched_nms(d.boxes, d.scores, d.labels, config.nms_threshold)
+        d = Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+    keep = best_per_label(d.scores, d.labels, config.top_per_class)
+    return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
 
 
 def best_per_label(scores: np.ndarray, labels: np.ndarray, top: int) -> np.ndarray:
@@ -376,8 +393,7 @@ class Detector(ABC):
             d = self.detect(image, proposals=proposals, timings=timings)
         finally:
             self.config = config
-        keep = best_per_label(d.scores, d.labels, config.top_per_class)
-        return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+        return top_candidates(d, config)
 
     def select_over_set(self, candidates: dict[str, Detections], timings: dict | None = None) -> dict[str, Detections]:
         """``test_rule = "rcnn"`` over a set of images' `candidates` (``{sample id:

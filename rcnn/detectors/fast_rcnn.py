@@ -36,6 +36,7 @@ from rcnn.detectors.base import (
     postprocess,
     resolve_device,
     timed,
+    top_candidates,
     training_key,
 )
 from rcnn.features.extractor import freeze_for_inference, set_threads
@@ -85,6 +86,7 @@ class FastRCNNConfig(CommonConfig):
     scale: int = 0
     max_size: int = 0
     nms_threshold: float = 0.5  # torchvision's and detectron2's; R-CNN's 0.3 merges neighbours that overlap
+    candidate_nms: bool = True  # NMS before each image's best 100 per class (see CommonConfig)
     test_proposals: int = 2000
     classifier: str = "softmax"
     svm: SVMConfig = field(default_factory=SVMConfig)
@@ -298,14 +300,14 @@ class FastRCNN(Detector):
         with timed(timings, "network"):
             scores, deltas = self._scores(image, proposals)
         with timed(timings, "nms"):
-            if candidates:
-                rows, cols = best_per_class(scores, -np.inf, c.top_per_class)
+            if candidates:  # every box when NMS comes first, else each class's best top_per_class
+                rows, cols = best_per_class(scores, -np.inf, None if c.candidate_nms else c.top_per_class)
             else:
                 rows, cols = best_per_class(scores, c.min_score)
             boxes = self._regress(proposals, deltas, rows, cols)
             labels = cols.astype(np.int64) + 1
             if candidates:
-                return clean_candidates(boxes, scores[rows, cols], labels, image.shape[:2])
+                return top_candidates(clean_candidates(boxes, scores[rows, cols], labels, image.shape[:2]), c)
             return postprocess(boxes, scores[rows, cols], labels, image.shape[:2], c.nms_threshold, c.max_detections)
 
     # -- the model file ---------------------------------------------------------------------

@@ -234,6 +234,7 @@ class FasterRCNNConfig(CommonConfig):
     scale: int = 0
     max_size: int = 0
     nms_threshold: float = 0.5  # torchvision's and detectron2's; R-CNN's 0.3 merges neighbours that overlap
+    candidate_nms: bool = True  # NMS before each image's best 100 per class (see CommonConfig)
 
     def __post_init__(self):
         super().__post_init__()
