@@ -71,7 +71,7 @@ class RoITrainConfig(SGDConfig):
     rate stepped down after `lr_step_epochs`; `for_images` turns both into iterations, so a
     recipe carries to a dataset of another size). `warmup`: the rate rises linearly from
     `warmup_factor` x `lr` over the first `warmup` iterations. The defaults are the recipe
-    measured to carry across datasets (cards, raccoon, synthetic): lr 0.01, 20 epochs, the
+    measured to carry across datasets (cards, raccoon, the dense preset): lr 0.01, 20 epochs, the
     step at 14, 100 warm-up iterations from 1/1000, the gradient clipped to norm 10, blocks
     0-10 of MobileNetV2 frozen.
 

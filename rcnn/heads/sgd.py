@@ -66,7 +66,7 @@ def _diverged(title: str, iteration: int, what: str, losses, checkpoint) -> Trai
         kept = "no checkpoint yet"
     return TrainingDiverged(
         f"{title} training diverged at iteration {iteration}: {what} ({_show(losses)}); {kept}, no model "
-        "written; lower the learning rate or set a gradient clip (clip_grad_norm)"
+        "written; lower the learning rate (or clip the gradient: clip_grad_norm, where the trainer has it)"
     )
 
 
@@ -81,9 +81,10 @@ def train_step(
 ) -> float:
     """One guarded optimisation step on ``losses[total]`` (the other entries are its terms,
     named in a failure); returns the gradient's total L2 norm before clipping. A non-finite
-    loss or gradient raises `TrainingDiverged` naming `title`, `iteration` (counted from 1),
-    each term and `checkpoint` (the path of the last one written, if any), before any weight changes; a `clip` > 0 scales the gradient
-    down to that norm (`torch.nn.utils.clip_grads_with_norm_`)."""
+    loss or gradient raises `TrainingDiverged` before any weight changes, naming `title`,
+    `iteration` (counted from 1), each term and `checkpoint` (the path of the last one
+    written, if any); a `clip` > 0 scales the gradient down to that norm
+    (`torch.nn.utils.clip_grads_with_norm_`)."""
     loss = losses[total]
     if not torch.isfinite(loss.detach()).all():
         raise _diverged(title, iteration, "a non-finite loss", losses, checkpoint)
