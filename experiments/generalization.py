@@ -21,6 +21,7 @@ earlier runs stay in the report.)
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -114,7 +115,7 @@ def train_arm(kind: str, target: str, cache: str, result: str, data: str | None,
     the fit statistics to `result`. A fresh fit adds its wall and CPU seconds (this process and
     its workers) and its peak resident memory, also to the model cache's record, so a warm
     re-run reports the first fit's cost."""
-    data_set = {t.name: t for t in datasets(_Args(only=target, data=data))}[target]
+    data_set = {t.name: t for t in datasets(argparse.Namespace(only=target, data=data))}[target]
     config = arm_config(kind, cache, overrides)
     start = time.perf_counter()
     model, info = fit_or_load(config, data_set.train)
@@ -143,9 +144,8 @@ def training_steps(config, n: int) -> int | None:
     return None
 
 
-class _Args:
-    def __init__(self, only=None, data=None):
-        self.only, self.data = only, data
+def __init__(self, only=None, data=None):
+    self.only, self.data = only, data
 
 
 def run_arm(kind: str, target: Target, cache: Path, data: str | None, overrides: dict | None = None) -> dict:
