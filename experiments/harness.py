@@ -44,7 +44,7 @@ from rcnn.datasets.core import Dataset  # noqa: E402
 from rcnn.detectors import RCNN, DetectorConfig, build_detector, load_config, load_model  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
-from rcnn.heads.roi_trainer import RoITrainConfig, train_settings  # noqa: E402
+from rcnn.heads.roi_trainer import RoITrainConfig, fit_to_data, train_settings  # noqa: E402
 from rcnn.reports.report import run_record, save_figure  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
@@ -132,11 +132,14 @@ def detector_config(base: Path, *overrides: dict | None) -> DetectorConfig:
 def fit_or_load(config, train: Dataset) -> tuple:
     """A detector (any kind: the config's ``detector``) fitted on `train` with `config`, from
     the model cache when it was fitted before with the same config but for its test-time
-    settings (``config.TEST_TIME``); also returns the fit statistics of the first
+    settings (``config.TEST_TIME``; what it leaves to the data, e.g. Fast and Faster R-CNN's
+    image size, resolved first: `fit_to_data`); also returns the fit statistics of the first
     fit: counts and seconds per stage, ``fit_seconds`` (wall) and ``fit_cpu_seconds`` (this
     process's CPU time, all its threads; worker processes not counted), and ``path``, the
     cached model file."""
     ids = sorted(s.id for s in train)
+    if isinstance(getattr(config, "train", None), RoITrainConfig):
+        config = fit_to_data(config, train)  # what the config leaves to the data (image size, length) is in the key
     fitted = {k: v for k, v in to_dict(config).items() if k not in config.TEST_TIME}
     if isinstance(getattr(config, "train", None), RoITrainConfig):  # augmentation off: the key it had before
         fitted["train"] = train_settings(config.train)

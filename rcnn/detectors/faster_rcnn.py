@@ -599,7 +599,7 @@ class _Trainer(RoITrainer):
     and `LOSSES` per iteration), ``resumed_from_``, ``seconds_``."""
 
     title = "Faster R-CNN"
-    losses = LOSSES
+    terms = LOSSES
 
     def __init__(self, net, config: FasterRCNNConfig, device: torch.device, checkpoint: Path | None):
         super().__init__(config.train, config.scale, config.max_size, checkpoint, device)
@@ -607,7 +607,7 @@ class _Trainer(RoITrainer):
         self.weights = dict.fromkeys(_TORCHVISION_LOSSES, 1.0)
         self.weights["loss_rpn_box_reg"] = config.rpn.box_loss_weight
 
-    def _meta(self) -> dict:
+    def meta(self) -> dict:
         return _training_settings(self.settings)
 
     def fit(self, dataset: Dataset, callback=None) -> _Trainer:
@@ -615,7 +615,7 @@ class _Trainer(RoITrainer):
         self.targets = [
             (s.boxes[~s.difficult].astype(np.float32), s.labels[~s.difficult].astype(np.int64)) for s in dataset
         ]
-        return self._fit({"net": self.net}, self.net.backbone, callback)
+        return self.run({"net": self.net}, self.net.backbone, self.config.iterations, callback)
 
     def _example(self, i: int, rng, cache: dict, stem):
         """``(x, (h, w), target)``: image `i` as `RoITrainer._view` gives it (rescaled, maybe

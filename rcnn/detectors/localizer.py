@@ -32,16 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from rcnn.cache import array_hash, atomic_write, file_hash, params_key
 from rcnn.config import require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
-from rcnn.detectors.base import CommonConfig, Detector, check_trainable, resolve_device, timed
+from rcnn.detectors.base import CommonConfig, Detector, check_trainable, resolve_device, timed, training_key
 from rcnn.errors import ModelError
 from rcnn.features.backbones import ARCHITECTURES, WEIGHTS_EXPECTED, build_backbone, is_weights
 from rcnn.features.warp import normalize
-from rcnn.heads.sgd import check_weights, train_step
-from rcnn.progress import notice, progress
+from rcnn.heads.trainer import Trainer
+from rcnn.progress import progress
 
 __all__ = ["Localizer", "LocalizerConfig", "LocalizerNet", "localizer_loss"]
 
@@ -221,107 +220,28 @@ class Localizer(Detector):
         start = time.perf_counter()
         self.classes_ = list(dataset.classes)
         device = resolve_device(c.device)
-        net = self._build(len(self.classes_)).to(device)
+        net = self._build(len(self.classes_))
         images = np.stack(
             [
                 resize_square(read_image(s.image_path), c.input_size)
                 for s in progress(dataset.samples, desc="loading images")
             ]
         )
-        present, labels, boxes = map(np.asarray, zip(*(targets(s) for s in dataset)))
-        for name, p in net.backbone.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(c.frozen)))
-        params = [p for p in net.parameters() if p.requires_grad]
-        if c.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        checkpoint = Path(c.cache_dir) / "localizer" / f"{_fit_key(c, dataset)}.pt"
-        self.history_ = {"presence": [], "class": [], "box": [], "total": []}
-        first = self._resume(checkpoint, net, optimizer)
-        n, B = len(images), c.batch_size
-        bar = progress(total=c.epochs * n, initial=first * n, desc="training the localiser", unit="img")
-        try:
-            for epoch in range(first, c.epochs):
-                for group in optimizer.param_groups:
-                    group["lr"] = c.lr * (c.lr_gamma ** (epoch // c.lr_step) if c.lr_step else 1.0)
-                rng = np.random.default_rng([c.seed, epoch])
-                order = rng.permutation(n)
-                flips = rng.random(n) < 0.5 if c.flip else np.zeros(n, bool)
-                sums = dict.fromkeys(self.history_, 0.0)
-                self._train_mode(net)
-                for b in range(0, n, B):
-                    idx = order[b : b + B]
-                    batch, target = images[idx], boxes[idx].copy()
-                    flip = flips[idx]
-                    batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
-                    target[flip] = np.stack(
-                        [1 - target[flip, 2], target[flip, 1], 1 - target[flip, 0], target[flip, 3]], 1
-                    )
-                    x = normalize(batch).to(device)
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(c.seed * 1_000_003 + epoch * n + b)  # dropout (AlexNet, VGG)
-                        terms = localizer_loss(
-                            *net(x), present[idx], labels[idx], torch.from_numpy(target), c.box_weight, c.box_loss
-                        )
-                        step = epoch * -(-n // B) + b // B + 1  # counted over all epochs
-                        train_step(optimizer, terms, step, "localiser", checkpoint=checkpoint, total="total")
-                    for k in sums:
-                        sums[k] += terms[k].item() * len(idx)
-                    bar.update(len(idx))
-                    bar.set_postfix(loss=f"{terms['total'].item():.3f}", box=f"{terms['box'].item():.3f}")
-                for k in sums:
-                    self.history_[k].append(sums[k] / n)
-                if (epoch + 1) % c.checkpoint_every == 0 or epoch + 1 == c.epochs:
-                    check_weights([net], "localiser", step, terms, checkpoint)
-                    self._save_checkpoint(checkpoint, epoch + 1, net, optimizer)
-        finally:
-            bar.close()
-        for p in net.parameters():
-            p.requires_grad_(True)
-        self.net_ = net.eval()
+        settings = _training_settings(c)
+        checkpoint = Path(c.cache_dir) / "localizer" / f"{training_key({'localizer': settings}, dataset)}.pt"
+        trainer = _Trainer(c, net, images, [targets(s) for s in dataset], settings, checkpoint, device)
+        trainer.run({"net": net}, net.backbone, c.epochs * trainer.per_epoch)
+        self.history_ = trainer.epoch_means()
+        self.net_ = net.to(device).eval()
         self.fit_stats_ = {
-            "images": n,
-            "with_object": int(present.sum()),
+            "images": len(images),
+            "with_object": int(trainer.present.sum()),
             "epochs": c.epochs,
-            "resumed_from_epoch": first,
+            "resumed_from_epoch": trainer.resumed_from_ // trainer.per_epoch,
             "final_loss": self.history_["total"][-1] if self.history_["total"] else None,
             "fit_seconds": time.perf_counter() - start,
         }
         return self
-
-    def _train_mode(self, net: LocalizerNet) -> None:
-        net.train()
-        if self.config.freeze_bn:
-            for m in net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-
-    def _save_checkpoint(self, path: Path, epoch: int, net, optimizer) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "epoch": epoch,
-            "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "history": self.history_,
-        }
-        with atomic_write(path) as f:
-            torch.save(state, f)
-
-    def _resume(self, path: Path, net, optimizer) -> int:
-        """The epoch to start from: the checkpoint's (its weights loaded), else 0. An
-        unreadable checkpoint is reported and training starts over."""
-        if not path.is_file():
-            return 0
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(state["net"])
-            optimizer.load_state_dict(state["optimizer"])
-            self.history_ = {k: list(v) for k, v in state["history"].items()}
-            return int(state["epoch"])
-        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
-            notice(f"{path}: unreadable localiser checkpoint ({type(e).__name__}), starting over")
-            return 0
 
     # -- detection --------------------------------------------------------------------------
 
@@ -427,15 +347,82 @@ class Localizer(Detector):
         self.net_ = net.to(resolve_device(c.device)).eval()
 
 
-def _fit_key(config: LocalizerConfig, dataset: Dataset) -> str:
-    """What a training checkpoint depends on: the config (less what does not change the
-    weights) and every image's content and annotations with the class list."""
+def _training_settings(config: LocalizerConfig) -> dict:
+    """The config as plain values, less what does not change the weights (test-time settings,
+    where checkpoints and caches go, how often checkpoints are written)."""
     skip = (*config.TEST_TIME, "checkpoint_every", "cache_dir", "workers", "proposals")
-    samples = [(file_hash(s.image_path), array_hash(s.boxes, s.labels, s.difficult)) for s in dataset]
-    return params_key(
-        {
-            "config": {k: v for k, v in to_dict(config).items() if k not in skip},
-            "classes": list(dataset.classes),
-            "samples": samples,
-        }
-    )
+    return {k: v for k, v in to_dict(config).items() if k not in skip}
+
+
+class _Trainer(Trainer):
+    """The localiser in the package's one loop (`rcnn.heads.trainer.Trainer`): epochs over
+    `images` (``uint8 [N, S, S, 3]``, resized) in a seeded order, batches of ``batch_size``
+    (the last one smaller), each image flipped left-right with probability 1/2; the rate
+    stepped every ``lr_step`` epochs; a checkpoint every ``checkpoint_every`` epochs."""
+
+    title = "localiser"
+    terms = ("presence", "class", "box")
+
+    def __init__(self, config: LocalizerConfig, net: LocalizerNet, images, targets, settings, checkpoint, device):
+        super().__init__(config, checkpoint, device)
+        self.net, self.images, self.settings = net, images, settings
+        self.present, self.labels, self.boxes = map(np.asarray, zip(*targets))
+        self.per_epoch = -(-len(images) // config.batch_size)  # batches
+        self._epoch = (-1, None, None)
+
+    def meta(self) -> dict:
+        return {"config": self.settings, "classes": self.net.classes.out_features}
+
+    def work(self, iterations: int) -> int:
+        epochs, b = divmod(iterations, self.per_epoch)
+        return epochs * len(self.images) + b * self.config.batch_size
+
+    def items(self, batch) -> int:
+        return len(batch[1])
+
+    def lr(self, it: int) -> float:
+        c = self.config
+        return c.lr * (c.lr_gamma ** (it // self.per_epoch // c.lr_step) if c.lr_step else 1.0)
+
+    def torch_seed(self, it: int) -> int:
+        epoch, b = divmod(it, self.per_epoch)
+        return self.config.seed * 1_000_003 + epoch * len(self.images) + b * self.config.batch_size
+
+    def checkpoint_due(self, iteration: int, iterations: int) -> bool:
+        epoch, b = divmod(iteration, self.per_epoch)
+        return b == 0 and (epoch % self.config.checkpoint_every == 0 or iteration == iterations)
+
+    def batch(self, it: int):
+        """``(x [B, 3, S, S], image indices [B], target boxes [B, 4])`` of iteration `it`."""
+        c, n = self.config, len(self.images)
+        epoch, b = divmod(it, self.per_epoch)
+        if self._epoch[0] != epoch:
+            rng = np.random.default_rng([c.seed, epoch])
+            order = rng.permutation(n)
+            self._epoch = (epoch, order, rng.random(n) < 0.5 if c.flip else np.zeros(n, bool))
+        _, order, flips = self._epoch
+        idx = order[b * c.batch_size : (b + 1) * c.batch_size]
+        batch, target, flip = self.images[idx], self.boxes[idx].copy(), flips[idx]
+        batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
+        target[flip] = np.stack([1 - target[flip, 2], target[flip, 1], 1 - target[flip, 0], target[flip, 3]], 1)
+        return normalize(batch).to(self.device), idx, torch.from_numpy(target)
+
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        x, idx, target = batch
+        c = self.config
+        terms = localizer_loss(*self.net(x), self.present[idx], self.labels[idx], target, c.box_weight, c.box_loss)
+        return {"loss": terms.pop("total"), **terms}
+
+    def epoch_means(self) -> dict[str, list[float]]:
+        """``history_`` as the mean of each term per epoch (weighted by batch size), ``total``
+        for the loss."""
+        n, B = len(self.images), self.config.batch_size
+        out = {"presence": [], "class": [], "box": [], "total": []}
+        names = {"presence": "presence", "class": "class", "box": "box", "total": "loss"}
+        for start in range(0, len(self.history_["loss"]), self.per_epoch):
+            for k, name in names.items():
+                total = 0.0
+                for j, v in enumerate(self.history_[name][start : start + self.per_epoch]):
+                    total += v * len(range(j * B, min((j + 1) * B, n)))
+                out[k].append(total / n)
+        return out

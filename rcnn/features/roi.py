@@ -98,7 +98,7 @@ def rescale(image: np.ndarray, scale: int, max_size: int) -> tuple[np.ndarray, f
 
 
 SCALE_CAP = 600  # px: the shortest side chosen from the data is at most this (torchvision's 800 costs a CPU 1.8x)
-SMALL_OBJECT = 32  # px: objects whose side falls under this (two cells of the stride-16 map) ask for upsampling
+SMALL_OBJECT = 48  # px: objects whose side falls under this (three cells of the stride-16 map) ask for upsampling
 
 
 def choose_scale(dataset) -> tuple[int, int, str]:

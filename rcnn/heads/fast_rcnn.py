@@ -183,7 +183,7 @@ class FastRCNNTrainer(RoITrainer):
     Fitted: `history_` (per iteration ``loss``, ``cls``, ``box``), `resumed_from_`, `seconds_`."""
 
     title = "Fast R-CNN"
-    losses = ("cls", "box")
+    terms = ("cls", "box")
 
     def __init__(
         self,
@@ -263,9 +263,9 @@ class FastRCNNTrainer(RoITrainer):
         loss)` is called after each iteration (after its checkpoint)."""
         self._prepare(images)
         self.head = head
-        return self._fit({"trunk": trunk, "head": head}, trunk, callback)
+        return self.run({"trunk": trunk, "head": head}, trunk, self.config.iterations, callback)
 
-    def _meta(self) -> dict:
+    def meta(self) -> dict:
         return {
             "config": train_settings(self.config),
             "scale": self.scale,

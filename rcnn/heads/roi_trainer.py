@@ -1,18 +1,15 @@
 """End-to-end training of a stride-16 trunk and the heads on its map (Fast and Faster R-CNN).
 
-`RoITrainConfig`: the settings their ``[train]`` tables share. `RoITrainer`: the loop they
-share. Each iteration draws `images_per_batch` images (seeded by ``[seed, iteration]``),
-flips each left-right with probability 1/2, rescales it (shortest side `scale`, longest at
-most `max_size`), optionally augments it (`RoITrainer._view`: scale jitter, random crops,
-colour jitter; `rcnn.heads.augment`) and runs the detector's losses under a torch seed of its
-own; SGD with the head (rate times `head_lr_mult`) and the trunk's trainable layers as two
-parameter groups, the rate stepped (`_lr`). The trunk's leading frozen layers run once per
-image, flip and scale (`_split`), unless the image is cropped or its colours jittered. A
-checkpoint (state dicts and plain values, written atomically) is saved every
-`checkpoint_every` iterations and at the end; a run given the same checkpoint path resumes
-from it and draws the same batches it would have.
+`RoITrainConfig`: the settings their ``[train]`` tables share. `RoITrainer`: what they share
+on top of the package's one loop (`rcnn.heads.trainer.Trainer`: SGD with the head's rate
+times `head_lr_mult`, warm-up and steps, guarded steps, checkpoints and resume). Each
+iteration draws `images_per_batch` images (seeded by ``[seed, iteration]``), flips each
+left-right with probability 1/2, rescales it (shortest side `scale`, longest at most
+`max_size`) and optionally augments it (`RoITrainer._view`: scale jitter, random crops,
+colour jitter; `rcnn.heads.augment`). The trunk's leading frozen layers run once per image,
+flip and scale (`_split`), unless the image is cropped or its colours jittered.
 
-A detector's trainer supplies `title`, `losses`, `_meta` (what its checkpoint must match),
+A detector's trainer supplies `title`, `terms`, `meta` (what its checkpoint must match),
 `_example` (one image's inputs and targets for one iteration, from `_view`) and `_loss` (the
 losses of a batch of examples).
 """
@@ -21,25 +18,22 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from rcnn.cache import atomic_write
 from rcnn.config import require, to_dict
 from rcnn.datasets.images import read_image
-from rcnn.errors import ModelError
 from rcnn.features.roi import choose_scale, image_tensor, rescale
 from rcnn.heads.augment import adjust_colour, crop_boxes, crop_image, draw_colour, draw_crop, draw_scale
-from rcnn.heads.sgd import SGDConfig, check_weights, train_step
-from rcnn.progress import notice, progress
+from rcnn.heads.sgd import SGDConfig
+from rcnn.heads.trainer import Trainer
+from rcnn.progress import notice
 
 __all__ = [
     "FROZEN_STEM",
@@ -222,15 +216,15 @@ class View(NamedTuple):
         return (flip_boxes(boxes, self.size[1]) if self.flip else boxes), keep
 
 
-class RoITrainer(ABC):
+class RoITrainer(Trainer):
     """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``, or a dict of maps: a feature
-    pyramid's) and the heads on its map
-    together, in place, on the images at `paths` (set by the detector's trainer before
-    `_fit`). Fitted: `history_` (per iteration ``loss``, the total trained on, and each of
-    `losses`), `resumed_from_` (the iteration a checkpoint gave, 0 when fresh), `seconds_`."""
+    pyramid's) and the heads on its map together, in place, on the images at `paths` (set by
+    the detector's trainer before `run`), with the package's one loop
+    (`rcnn.heads.trainer.Trainer`: schedule, frozen layers, guarded steps, checkpoints). Fitted:
+    `history_` (per iteration ``loss``, the total trained on, and each of `terms`),
+    `resumed_from_` (the iteration a checkpoint gave, 0 when fresh), `seconds_`."""
 
     title = "RoI"  # the detector's name, in the progress bar and notices
-    losses: tuple[str, ...] = ()  # the loss terms `_loss` gives besides the total
 
     def __init__(
         self,
@@ -240,19 +234,12 @@ class RoITrainer(ABC):
         checkpoint: str | os.PathLike | None = None,
         device="cpu",
     ):
-        self.config = config
+        super().__init__(config, checkpoint, device)
         self.scale = scale
         self.max_size = max_size
-        self.checkpoint = checkpoint
-        self.device = torch.device(device)
         self.paths: Sequence[str | os.PathLike] = ()
 
     # -- what a detector supplies ----------------------------------------------------------------
-    @abstractmethod
-    def _meta(self) -> dict:
-        """The settings a checkpoint must have been written under to be resumed."""
-        raise NotImplementedError
-
     @abstractmethod
     def _example(self, i: int, rng: np.random.Generator, cache: dict, stem: nn.Module | None):
         """Image `i`'s inputs and targets for one iteration, drawing from `rng` (the image as
@@ -261,9 +248,17 @@ class RoITrainer(ABC):
 
     @abstractmethod
     def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
-        """``{"loss": total, **terms}`` (the terms named by `losses`) of a batch of
+        """``{"loss": total, **terms}`` (the terms named by `terms`) of a batch of
         `_example` outputs, the trunk after the stem being `rest`."""
         raise NotImplementedError
+
+    # -- the loop's hooks (`rcnn.heads.trainer.Trainer`) ------------------------------------------
+    def prepare(self, trunk: nn.Module) -> None:
+        self._cache: dict = {}
+        self._stem, self._rest = self._split(trunk)
+
+    def loss(self, batch: list) -> dict[str, torch.Tensor]:
+        return self._loss(batch, self._rest)
 
     # -- the parts of an example -------------------------------------------------------------------
     def _flip(self, rng: np.random.Generator) -> bool:
@@ -327,72 +322,15 @@ class RoITrainer(ABC):
                 cache[i, flip, scale] = stem(image_tensor(image).to(self.device))
         return cache[i, flip, scale], image.shape[:2], factor
 
-    def batch(self, it: int, cache: dict, stem: nn.Module | None = None) -> list:
-        """Iteration `it`'s mini-batch: the `_example` of each image it draws."""
+    def batch(self, it: int, cache: dict | None = None, stem: nn.Module | None = None) -> list:
+        """Iteration `it`'s mini-batch: the `_example` of each image it draws (with `cache`
+        and `stem`; None: the running loop's, see `prepare`)."""
+        if cache is None:
+            cache, stem = self._cache, self._stem
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, it])
         chosen = rng.choice(len(self.paths), min(cfg.images_per_batch, len(self.paths)), replace=False)
         return [self._example(int(i), rng, cache, stem) for i in chosen]
-
-    # -- the loop ---------------------------------------------------------------------------------
-    def _fit(
-        self, modules: dict[str, nn.Module], trunk: nn.Module, callback: Callable[[int, float], None] | None = None
-    ) -> RoITrainer:
-        """Train `modules` (by checkpoint entry; `trunk` one of them or part of one, the rest
-        the head); they end in eval mode on the CPU. `callback(it, loss)` is called after
-        each iteration (after its checkpoint)."""
-        cfg = self.config
-        for m in modules.values():
-            m.to(self.device)
-        for name, p in trunk.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
-        in_trunk = {id(p) for p in trunk.parameters()}
-        head = [p for m in modules.values() for p in m.parameters() if id(p) not in in_trunk]
-        trainable = [p for p in trunk.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            [{"params": head, "lr_mult": cfg.head_lr_mult}] + [{"params": trainable, "lr_mult": 1.0}] * bool(trainable),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
-        self.history_ = {k: [] for k in ("loss", *self.losses)}
-        start = self.resumed_from_ = self._resume(modules, optimizer)
-        cache: dict = {}
-        stem, rest = self._split(trunk)
-        t0 = time.perf_counter()
-        bar = progress(
-            total=cfg.iterations * cfg.images_per_batch,
-            initial=start * cfg.images_per_batch,
-            desc=f"{self.title} training",
-            unit="img",
-        )
-        try:
-            for it in range(start, cfg.iterations):
-                for group in optimizer.param_groups:
-                    group["lr"] = self._lr(it) * group["lr_mult"]
-                self._train_mode(modules, trunk)
-                batch = self.batch(it, cache, stem)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout, samplers: the same on resume
-                    losses = self._loss(batch, rest)
-                    train_step(optimizer, losses, it + 1, self.title, cfg.clip_grad_norm, self.checkpoint)
-                for k, v in losses.items():
-                    self.history_[k].append(v.item() if torch.is_tensor(v) else float(v))
-                bar.update(len(batch))
-                bar.set_postfix({k: f"{v[-1]:.3f}" for k, v in self.history_.items()})
-                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                    check_weights(modules.values(), self.title, it + 1, losses, self.checkpoint)
-                    self._save(it + 1, modules, optimizer)
-                if callback is not None:
-                    callback(it, self.history_["loss"][-1])
-        finally:
-            bar.close()
-            for m in modules.values():
-                m.cpu().eval()
-                for p in m.parameters():
-                    p.requires_grad_(True)
-        self.seconds_ = time.perf_counter() - t0
-        return self
 
     def _split(self, trunk: nn.Module) -> tuple[nn.Module | None, nn.Module]:
         """``(stem, rest)``: a trunk made of ``features`` layers (MobileNetV2, VGG16) whose first
@@ -415,60 +353,3 @@ class RoITrainer(ABC):
         if callable(getattr(trunk, "split", None)):
             return trunk.split(k)
         return layers[:k], layers[k:]
-
-    def _lr(self, it: int) -> float:
-        """The rate of iteration `it` (from 0): warmed up, then stepped."""
-        cfg = self.config
-        lr = cfg.lr * (cfg.lr_gamma ** (it // cfg.lr_step) if cfg.lr_step else 1.0)
-        if it < cfg.warmup:
-            lr *= cfg.warmup_factor + (1 - cfg.warmup_factor) * it / cfg.warmup
-        return lr
-
-    def _train_mode(self, modules: dict[str, nn.Module], trunk: nn.Module) -> None:
-        for m in modules.values():
-            m.train()
-        if self.config.freeze_bn:
-            for m in trunk.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-
-    # -- checkpoints -------------------------------------------------------------------------------
-    def _save(self, iteration: int, modules: dict[str, nn.Module], optimizer) -> None:
-        if self.checkpoint is None:
-            return
-        state = {
-            "iteration": iteration,
-            "meta": self._meta(),
-            **{name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in modules.items()},
-            "optimizer": optimizer.state_dict(),
-            "history": self.history_,
-        }
-        with atomic_write(self.checkpoint) as f:  # makes the folder
-            torch.save(state, f)
-
-    def _resume(self, modules: dict[str, nn.Module], optimizer) -> int:
-        """Load the checkpoint when there is one; the iteration to go on from. A damaged
-        checkpoint is reported and training starts over; one of another setup is an error."""
-        path = self.checkpoint
-        if path is None or not Path(path).is_file():
-            return 0
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
-            notice(f"{path}: unreadable {self.title} checkpoint ({type(e).__name__}), starting over")
-            return 0
-        if not isinstance(state, dict) or state.get("meta") != self._meta():
-            raise ModelError(f"{path}: checkpoint of another training setup; delete it or choose another path")
-        initial = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
-        try:
-            for name, m in modules.items():
-                m.load_state_dict(state[name])
-            optimizer.load_state_dict(state["optimizer"])
-            self.history_ = {k: list(state["history"][k]) for k in self.history_}
-            return int(state["iteration"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            notice(f"{path}: damaged {self.title} checkpoint ({type(e).__name__}), starting over")
-            for name, m in modules.items():
-                m.load_state_dict(initial[name])
-            self.history_ = {k: [] for k in self.history_}
-            return 0

@@ -77,15 +77,14 @@ def train_step(
     title: str,
     clip: float = 0.0,
     checkpoint=None,
-    total: str = "loss",
 ) -> float:
-    """One guarded optimisation step on ``losses[total]`` (the other entries are its terms,
+    """One guarded optimisation step on ``losses["loss"]`` (the other entries are its terms,
     named in a failure); returns the gradient's total L2 norm before clipping. A non-finite
     loss or gradient raises `TrainingDiverged` before any weight changes, naming `title`,
     `iteration` (counted from 1), each term and `checkpoint` (the path of the last one
     written, if any); a `clip` > 0 scales the gradient down to that norm
     (`torch.nn.utils.clip_grads_with_norm_`)."""
-    loss = losses[total]
+    loss = losses["loss"]
     if not torch.isfinite(loss.detach()).all():
         raise _diverged(title, iteration, "a non-finite loss", losses, checkpoint)
     optimizer.zero_grad(set_to_none=True)

@@ -22,22 +22,21 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from rcnn.cache import atomic_write
 from rcnn.config import require, to_dict
 from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.warp import normalize, warp_crops
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
 from rcnn.heads.sampler import BalancedSampler
-from rcnn.heads.sgd import SGDConfig, check_weights, train_step
-from rcnn.progress import notice, progress
+from rcnn.heads.sgd import SGDConfig
+from rcnn.heads.trainer import Trainer
+from rcnn.progress import progress
 
 __all__ = ["FinetuneConfig", "FinetuneImage", "Finetuner", "SoftmaxHead"]
 
@@ -145,13 +144,18 @@ class SoftmaxHead:
         return head
 
 
-class Finetuner:
-    """Fine-tunes a backbone (``[B, 3, S, S]`` normalised crops -> ``[B, D]``) with a softmax head.
+class Finetuner(Trainer):
+    """Fine-tunes a backbone (``[B, 3, S, S]`` normalised crops -> ``[B, D]``) with a softmax
+    head, in the package's one loop (`rcnn.heads.trainer.Trainer`).
 
     Fitted: `backbone_` (the same module, trained, back in eval mode on the CPU), `head_`
     (`SoftmaxHead`), `history_` (per iteration: ``loss``, batch ``accuracy``), `pool_`
     (positives and background boxes available), `resumed_from_` (iteration, 0 when fresh).
     """
+
+    title = "R-CNN fine-tuning"
+    terms = ("accuracy",)
+    unit = "crop"
 
     def __init__(
         self,
@@ -162,12 +166,10 @@ class Finetuner:
         checkpoint: str | os.PathLike | None = None,
         device: str = "cpu",
     ):
+        super().__init__(config, checkpoint, device)
         self.num_classes = num_classes
-        self.config = config
         self.crop_size = crop_size
         self.padding = padding
-        self.checkpoint = checkpoint
-        self.device = device
 
     # -- the box pool ------------------------------------------------------------------------------
     def _pool(self, images: Sequence[FinetuneImage]):
@@ -209,125 +211,57 @@ class Finetuner:
     # -- training ----------------------------------------------------------------------------------
     def fit(self, backbone: nn.Module, feature_dim: int, images: Sequence[FinetuneImage]):
         """Fine-tune `backbone` (in place) and a new softmax head on `images`; returns self."""
-        cfg, B = self.config, self.config.batch_size
-        pool = self._pool(images)
-        self.pool_ = {"positives": int((pool[2] > 0).sum()), "background": int((pool[2] == 0).sum())}
+        cfg = self.config
+        self._images, self._pool_boxes = images, self._pool(images)
+        labels = self._pool_boxes[2]
+        self.pool_ = {"positives": int((labels > 0).sum()), "background": int((labels == 0).sum())}
+        self.feature_dim = feature_dim
         head = SoftmaxHead(self.num_classes, feature_dim).init(cfg.seed)
-        linear = nn.Linear(feature_dim, self.num_classes + 1)
+        linear = self._linear = nn.Linear(feature_dim, self.num_classes + 1)
         with torch.no_grad():
             linear.weight.copy_(head.weight_)
             linear.bias.copy_(head.bias_)
-        backbone.to(self.device)
-        linear.to(self.device)
-        for name, p in backbone.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
-        trainable = [p for p in backbone.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            [{"params": trainable, "lr_mult": 1.0}, {"params": list(linear.parameters()), "lr_mult": cfg.head_lr_mult}],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
-        self.history_ = {"loss": [], "accuracy": []}
-        start = self.resumed_from_ = self._resume(backbone, linear, optimizer, feature_dim)
-        crops, crop_labels, epoch = None, None, -1
-        bar = progress(
-            total=cfg.iterations * B, initial=min(start, cfg.iterations) * B, desc="fine-tuning", unit="crop"
-        )
-        try:
-            for it in range(start, cfg.iterations):
-                e, b = divmod(it, cfg.epoch_iterations)
-                if e != epoch:
-                    crops, crop_labels, epoch = *self._epoch(e, images, pool), e
-                batch = crops[b * B : (b + 1) * B]
-                if cfg.flip:
-                    flip = np.random.default_rng([cfg.seed, e, b, 1]).random(B) < 0.5
-                    batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
-                x = normalize(batch).to(self.device)
-                y = torch.as_tensor(crop_labels[b * B : (b + 1) * B]).to(self.device)
-                for group in optimizer.param_groups:
-                    group["lr"] = self._lr(it) * group["lr_mult"]
-                self._train_mode(backbone)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(cfg.seed * 1_000_003 + it)  # dropout (AlexNet, VGG), same on resume
-                    logits = linear(backbone(x))
-                    loss = nn.functional.cross_entropy(logits, y)
-                    train_step(
-                        optimizer, {"loss": loss}, it + 1, "R-CNN fine-tuning", cfg.clip_grad_norm, self.checkpoint
-                    )
-                self.history_["loss"].append(loss.item())
-                self.history_["accuracy"].append(float((logits.argmax(1) == y).float().mean()))
-                bar.update(B)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
-                    check_weights((backbone, linear), "R-CNN fine-tuning", it + 1, {"loss": loss}, self.checkpoint)
-                    self._save(it + 1, backbone, linear, optimizer, feature_dim)
-        finally:
-            bar.close()
-            backbone.cpu().eval()
-            linear.cpu()
+        self._backbone, self._crops = backbone, (-1, None, None)
+        self.run({"backbone": backbone, "head": linear}, backbone, cfg.iterations)
+        self._crops = None
         head.weight_, head.bias_ = linear.weight.detach().clone(), linear.bias.detach().clone()
         self.head_, self.backbone_ = head, backbone
-        for p in backbone.parameters():
-            p.requires_grad_(True)
         return self
 
-    def _lr(self, it: int) -> float:
-        cfg = self.config
-        return cfg.lr * (cfg.lr_gamma ** (it // cfg.lr_step) if cfg.lr_step else 1.0)
+    # -- the loop's hooks (`rcnn.heads.trainer.Trainer`) ---------------------------------------------
+    def work(self, iterations: int) -> int:
+        return iterations * self.config.batch_size
 
-    def _train_mode(self, backbone: nn.Module):
-        backbone.train()
-        if self.config.freeze_bn:
-            for m in backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+    def items(self, batch) -> int:
+        return len(batch[1])
 
-    # -- checkpoints -------------------------------------------------------------------------------
-    def _meta(self, feature_dim: int) -> dict:
+    def batch(self, it: int):
+        """``(crops [B, 3, S, S] normalised, labels [B])`` of iteration `it`: its epoch's crops
+        warped once per epoch (`_epoch`), flipped left-right at random (seeded)."""
+        cfg, B = self.config, self.config.batch_size
+        e, b = divmod(it, cfg.epoch_iterations)
+        if self._crops[0] != e:
+            self._crops = (e, *self._epoch(e, self._images, self._pool_boxes))
+        _, crops, crop_labels = self._crops
+        batch = crops[b * B : (b + 1) * B]
+        if cfg.flip:
+            flip = np.random.default_rng([cfg.seed, e, b, 1]).random(B) < 0.5
+            batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
+        x = normalize(batch).to(self.device)
+        return x, torch.as_tensor(crop_labels[b * B : (b + 1) * B]).to(self.device)
+
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        x, y = batch
+        logits = self._linear(self._backbone(x))
+        accuracy = (logits.detach().argmax(1) == y).float().mean()
+        return {"loss": nn.functional.cross_entropy(logits, y), "accuracy": accuracy}
+
+    def meta(self) -> dict:
         cfg = {k: v for k, v in to_dict(self.config).items() if k not in ("iterations", "checkpoint_every")}
         return {
             "config": cfg,
             "num_classes": self.num_classes,
-            "feature_dim": feature_dim,
+            "feature_dim": self.feature_dim,
             "crop_size": self.crop_size,
             "padding": self.padding,
         }
-
-    def _save(self, iteration, backbone, linear, optimizer, feature_dim):
-        if self.checkpoint is None:
-            return
-        path = Path(self.checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "iteration": iteration,
-            "meta": self._meta(feature_dim),
-            "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-            "head": {k: v.detach().cpu() for k, v in linear.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "history": self.history_,
-        }
-        with atomic_write(path) as f:
-            torch.save(state, f)
-
-    def _resume(self, backbone, linear, optimizer, feature_dim) -> int:
-        """Load the checkpoint when there is one; the iteration to go on from. An unreadable
-        checkpoint (truncated, corrupt) is reported and training starts over."""
-        if self.checkpoint is None or not Path(self.checkpoint).is_file():
-            return 0
-        path = self.checkpoint
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
-            notice(f"{path}: unreadable fine-tuning checkpoint ({type(e).__name__}), starting over")
-            return 0
-        if not isinstance(state, dict) or state.get("meta") != self._meta(feature_dim):
-            raise ModelError(f"{path}: checkpoint of another fine-tuning setup; delete it or choose another path")
-        try:
-            backbone.load_state_dict(state["backbone"])
-            linear.load_state_dict(state["head"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise ModelError(f"{path}: checkpoint does not fit this backbone ({e})") from None
-        self.history_ = {k: list(v) for k, v in state["history"].items()}
-        return int(state["iteration"])

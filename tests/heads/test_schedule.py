@@ -31,9 +31,10 @@ def test_photos_keep_about_their_own_size_up_to_the_cap():
 
 
 def test_small_objects_ask_for_upsampling_at_most_twice():
-    # objects of 8 % of a 256 px side: 20.5 px, under 32 -> x1.5625 -> 400
-    scale, max_size, line = choose_scale(_set([(256, 256)] * 4, 0.08))
-    assert scale == 400 and max_size == 667 and "small objects" in line
+    # objects of 13 % of a 256 px side: 33.3 px, under 48 (three cells) -> x1.44 -> 369
+    scale, max_size, line = choose_scale(_set([(256, 256)] * 4, 0.13))
+    assert scale == 369 and max_size == 615 and "small objects" in line
+    assert choose_scale(_set([(256, 256)] * 4, 0.2))[0] == 256  # 51 px objects: as they are
     assert choose_scale(_set([(256, 256)] * 4, 0.02))[0] == 512  # 5 px objects: x2, no more
 
 
@@ -79,7 +80,7 @@ def test_test_time_caps_grow_with_the_objects_per_image(capsys):
 
 
 class _Rates(RoITrainer):
-    def _meta(self):
+    def meta(self):
         return {}
 
     def _example(self, *a):
@@ -91,7 +92,7 @@ class _Rates(RoITrainer):
 
 def test_the_rate_warms_up_linearly_from_the_factor_then_steps():
     cfg = RoITrainConfig(iterations=100, lr=0.01, warmup=10, warmup_factor=0.001, lr_step=50, lr_gamma=0.1)
-    rates = [_Rates(cfg, 100, 100)._lr(it) for it in range(100)]
+    rates = [_Rates(cfg, 100, 100).lr(it) for it in range(100)]
     assert rates[0] == pytest.approx(1e-5)
     assert rates[5] == pytest.approx(0.01 * (0.001 + 0.999 * 0.5))
     assert rates[10] == rates[49] == pytest.approx(0.01)

@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(images, tmp_path):
     assert state["iteration"] == 4
 
     other = _config(lr=0.002)
-    with pytest.raises(ModelError, match="another fine-tuning setup"):
+    with pytest.raises(ModelError, match="another R-CNN fine-tuning setup"):
         Finetuner(2, other, S, PAD, checkpoint=tmp_path / "b.pt").fit(_backbone()[0], dim, images)
 
 
