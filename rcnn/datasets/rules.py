@@ -8,8 +8,9 @@ Box rule (continuous pixel coordinates, image ``W x H``):
 - a box with a coordinate that is not a finite number, or with ``x2 <= x1`` or ``y2 <= y1``, is an error;
 - a box reaching more than `TOLERANCE` (1 px) outside ``[0, W] x [0, H]`` is an error;
 - a box poking out by at most 1 px (VOC's 0-based slips, say) is clipped to the image and
-  reported as a repair; by at most `ROUNDING` (1e-3 px: float rounding of a written
-  number) it is moved to the edge silently; if clipping leaves it no area, that is an error;
+  reported as a repair; by at most `ROUNDING` (1e-3 px) or `ROUNDING_RELATIVE` of the
+  image side (1e-5: float rounding of a written number, YOLO's normalised ones with 5
+  significant digits) it is moved to the edge silently; if clipping leaves it no area, that is an error;
 - the rule holds for the float32 values stored: corners that differ only beyond float32's
   precision are a box of zero area.
 
@@ -31,6 +32,7 @@ from rcnn.errors import DatasetError, ImageError
 
 __all__ = [
     "ROUNDING",
+    "ROUNDING_RELATIVE",
     "TOLERANCE",
     "Problem",
     "ProblemPolicy",
@@ -41,7 +43,8 @@ __all__ = [
 ]
 
 TOLERANCE = 1.0  # px a box may poke outside the image and be clipped rather than rejected
-ROUNDING = 1e-3  # px outside the image taken as float rounding: moved to the edge, not a repair
+ROUNDING = 1e-3  # px outside the image taken as float rounding: moved to the edge, not a repair,
+ROUNDING_RELATIVE = 1e-5  # or this share of the image side, if more (5 significant digits of YOLO's normalised numbers)
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, path, what=None):
 
     The rule is checked on the values stored, float32: corners that differ in float64 but
     round to one float32 (``x1 = 152.000001, x2 = 152.000002``) are a box of zero area. A
-    corner outside the image by at most `ROUNDING` px (float rounding of normalised or
-    decimal coordinates) is moved to the edge without a repair being reported.
+    corner outside the image by no more than float rounding (of normalised or decimal
+    coordinates: `ROUNDING` px or `ROUNDING_RELATIVE` of the image side, whichever is more)
+    is moved to the edge without a repair being reported.
 
     Returns ``(float32 [N, 4] boxes, list of Problem)``; `what` (one string per box, default
     ``object i``) names the boxes in the messages. A box in error is zeroed in the result
@@ -128,17 +132,17 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, path, what=None):
             continue
         stored = b.astype(np.float32)  # within 1 px of the image now: no overflow
         low, high = np.zeros(4, np.float32), np.array([width, height, width, height], np.float32)
-        beyond = float(max(np.max(low - stored), np.max(stored - high)))
+        beyond = np.maximum(low - stored, stored - high) / np.maximum(ROUNDING, ROUNDING_RELATIVE * high)
         c = np.clip(stored, low, high)
         if c[2] <= c[0] or c[3] <= c[1]:
             reason = (
                 f"has no area inside the {width}x{height} image"
-                if beyond > 0
+                if beyond.max() > 0
                 else "(x1 y1 x2 y2) has zero area in float32, as stored"
             )
             problems.append(Problem(path, f"{name}: box {shown} {reason}"))
             continue
-        if beyond > ROUNDING:
+        if beyond.max() > 1:
             problems.append(Problem(path, f"{name}: box {shown} clipped to the {width}x{height} image", "repair"))
         out[i] = c
     return out, problems
