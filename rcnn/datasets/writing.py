@@ -85,7 +85,8 @@ def check_names(classes, fmt: str, where) -> None:
     (``"voc"``, ``"csv"``, ``"yolo"``, ``"coco"``) cannot carry, so that nothing is written that
     its reader would reject or read back differently: in every format a lone surrogate (no
     UTF-8 form); in VOC a control character (XML 1.0 has no NUL and turns CR into LF) or
-    U+FFFE / U+FFFF; in VOC and CSV spaces at either end (the readers strip them)."""
+    U+FFFE / U+FFFF; in VOC and CSV spaces at either end (the readers strip them); in CSV a
+    carriage return."""
     for name in classes:
         bad = None
         surrogate = next((c for c in name if unicodedata.category(c) == "Cs"), None)
@@ -96,5 +97,7 @@ def check_names(classes, fmt: str, where) -> None:
             bad = f"holds the control character U+{ord(control):04X}"
         elif fmt in ("voc", "csv") and name != name.strip():
             bad = "starts or ends with a space"
+        elif fmt == "csv" and "\r" in name:
+            bad = "holds a carriage return (read back as a line feed)"
         if bad:
             raise DatasetError(where, f"the class name {name!r:.80} {bad}, which {_FORMAT_NAMES[fmt]} cannot carry")

@@ -3,8 +3,8 @@
 VOC -> COCO -> YOLO -> CSV -> VOC with ``rcnn data convert`` keeps every box (within 1e-3 px)
 and class, and ``rcnn data check`` of each export finds 0 errors and 0 repairs; supervision
 reads each export with equal boxes and we read each of its exports (skipped where it is not
-installed: it is not a test dependency, see the report in tests/datasets/README or pyproject);
-Ultralytics' own dataset check accepts a YOLO export (skipped where it is not installed).
+installed: not a test dependency, as it pulls in PyAV); Ultralytics' own dataset check
+accepts a YOLO export (skipped where it is not installed).
 """
 
 import importlib.util
