@@ -482,13 +482,19 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> str 
         # the one split there is, or every image under images/ (no split, or a split name Ultralytics lacks)
         target = entries[have[0]] if have and isinstance(entries[have[0]], str) else "images"
         entries.update({k: target for k in missing})
-        note = (
-            f"{yaml_path}: {' and '.join(missing)} {'point' if len(missing) > 1 else 'points'} at {target}"
-            f" (Ultralytics needs both train and val; write the other split to the same folder to replace it)"
-        )
+        if have:
+            reason = (
+                f"{missing[0]} points at {target} too (only {have[0]} was written; Ultralytics needs both keys;"
+                f" writing {missing[0]} to this root replaces it)"
+            )
+        else:
+            reason = (
+                f"train and val both point at {target} (no train or val split was written; Ultralytics needs both keys)"
+            )
+        note = f"{yaml_path}: {reason}"
     header = "# YOLO labels: one 'class cx cy w h' line per box, normalised by the image size\n"
     if note:
-        header += f"# {' and '.join(missing)}: no such split was written; {'they point' if len(missing) > 1 else 'it points'} at {target}\n"
+        header += f"# {reason}\n"
     body = {k: entries[k] for k in SPLIT_KEYS if k in entries}
     body.update(nc=dataset.num_classes, names=dict(enumerate(dataset.classes)))
     write_text(yaml_path, header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1 << 16))
