@@ -114,9 +114,21 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, path, what=None):
     """
     path = str(path)
     boxes = np.array(boxes, np.float64).reshape(-1, 4)
-    out = np.zeros(boxes.shape, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = boxes.astype(np.float32)  # beyond float32's range: inf, not fine
+        fine = (
+            np.isfinite(stored).all(1)
+            & (stored[:, 0] >= 0)
+            & (stored[:, 1] >= 0)
+            & (stored[:, 2] <= width)
+            & (stored[:, 3] <= height)
+            & (stored[:, 2] > stored[:, 0])
+            & (stored[:, 3] > stored[:, 1])
+        )
+    out = np.where(fine[:, None], stored, np.float32(0))
     problems = []
-    for i, b in enumerate(boxes):
+    for i in np.flatnonzero(~fine):
+        b = boxes[i]
         name = what[i] if what is not None else f"object {i + 1}"
         shown = "[" + " ".join(f"{v:g}" for v in b) + "]"
         if not np.isfinite(b).all():
@@ -130,10 +142,10 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, path, what=None):
         if b[0] < -TOLERANCE or b[1] < -TOLERANCE or b[2] > width + TOLERANCE or b[3] > height + TOLERANCE:
             problems.append(Problem(path, f"{name}: box {shown} (x1 y1 x2 y2) lies outside the {width}x{height} image"))
             continue
-        stored = b.astype(np.float32)  # within 1 px of the image now: no overflow
+        b32 = stored[i]  # within 1 px of the image now: no overflow
         low, high = np.zeros(4, np.float32), np.array([width, height, width, height], np.float32)
-        beyond = np.maximum(low - stored, stored - high) / np.maximum(ROUNDING, ROUNDING_RELATIVE * high)
-        c = np.clip(stored, low, high)
+        beyond = np.maximum(low - b32, b32 - high) / np.maximum(ROUNDING, ROUNDING_RELATIVE * high)
+        c = np.clip(b32, low, high)
         if c[2] <= c[0] or c[3] <= c[1]:
             reason = (
                 f"has no area inside the {width}x{height} image"
