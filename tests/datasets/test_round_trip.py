@@ -225,5 +225,7 @@ def test_ultralytics_accepts_a_yolo_export(tmp_path, split):
         sub = f"{split}/" if split else ""
         image = tmp_path / "y" / "images" / f"{sub}{s.id}.jpg"
         label = tmp_path / "y" / "labels" / f"{sub}{s.id}.txt"
-        result = verify_image_label((str(image), str(label), "", False, len(CLASSES), 0, 0, False))
-        assert result[-1] == "" and result[5] == 0, result  # no message, no corrupt file
+        *_, found, empty, corrupt, message = verify_image_label(
+            (str(image), str(label), "", False, len(CLASSES), 0, 0, False)
+        )
+        assert (found, corrupt, message) == (1, 0, ""), message
