@@ -243,7 +243,9 @@ def _entry_images(base: Path, entry: str, where, policy: ProblemPolicy, allow_ou
     path, outside = _inside(base, entry, allow_outside)
     if not path.exists() and entry.startswith("../"):
         if not (base / entry[3:]).exists():
-            raise DatasetError(where, f"the split entry {entry!r:.200}: neither {path} nor {base / entry[3:]} exists")
+            raise DatasetError(
+                where, f"the split entry {entry!r:.200} not found: neither {path} nor {base / entry[3:]} exists"
+            )
         path, outside = _inside(base, entry[3:], allow_outside)  # Roboflow's data.yaml
     if outside:
         raise DatasetError(where, f"the split entry {entry!r:.200} {outside}")
@@ -262,6 +264,10 @@ def _entry_images(base: Path, entry: str, where, policy: ProblemPolicy, allow_ou
                 continue
             images.append(Path(os.path.normpath(image)))
         return images
+    if not path.exists():
+        raise DatasetError(
+            where, f"the split entry {entry!r:.200}: {path} not found (neither a folder nor a .txt list)"
+        )
     raise DatasetError(where, f"the split entry {entry!r:.200}: {path} is neither a folder nor a .txt list of images")
 
 

@@ -296,7 +296,9 @@ def test_a_missing_split_folder_is_named_not_called_an_escape(tmp_path):
     image(root / "valid" / "images" / "b.jpg")
     (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnames: [cat, dog]\n")
     assert [s.id for s in load_dataset(root, split="val")] == ["b"]
-    with pytest.raises(DatasetError, match=r"the split entry '../train/images': neither .* nor .*train/images exists"):
+    with pytest.raises(
+        DatasetError, match=r"the split entry '../train/images' not found: neither .* nor .*train/images exists"
+    ):
         load_dataset(root, split="train")
 
 
