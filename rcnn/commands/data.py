@@ -1,7 +1,7 @@
 """`rcnn data check | convert | synth`: validate, convert and generate datasets.
 
 A DATASET is a Pascal VOC root, a folder of images with same-stem VOC .xml files, a COCO
-instances .json, a YOLO root (data.yaml or classes.txt, images/, labels/) or a .csv of boxes
+instances .json, a YOLO root (data.yaml or classes.txt, images/, labels/) or its data.yaml, or a .csv of boxes
 (filename,width,height,class,xmin,ymin,xmax,ymax); see `rcnn.datasets.loader`.
 """
 
@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DATASET_HELP = "VOC root, folder of images + .xml, COCO .json, YOLO root (data.yaml or classes.txt + labels/) or .csv"
+DATASET_HELP = (
+    "VOC root, folder of images + .xml, COCO .json, YOLO root (data.yaml or classes.txt + labels/) or its data.yaml,"
+    " or .csv"
+)
 SPLIT_HELP = "VOC: ImageSets/Main/SPLIT.txt; YOLO: the data.yaml entry, images/SPLIT/ or SPLIT.txt (default: all)"
 FORMATS = ("voc", "coco", "yolo", "csv")
 
@@ -113,7 +116,8 @@ def run_convert(args) -> int:
         if base != Path(os.path.abspath(Path(args.dst).parent)):
             note = f"note: the images lie outside {Path(args.dst).parent}; read {args.dst} with --images {base}"
     elif to == "yolo":
-        write_yolo(dataset, args.dst, args.split, images)
+        yaml_note = write_yolo(dataset, args.dst, args.split, images)
+        note = yaml_note and f"note: {yaml_note}"
     else:
         write_voc(dataset, args.dst, args.split, images)
     dropped = [

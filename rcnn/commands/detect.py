@@ -106,7 +106,7 @@ def run(args) -> int:
 
     model = with_test_rule(load_model(args.model, args.device), args.test_rule)
     src = Path(args.input)
-    annotated = src.suffix.lower() in (".json", ".csv") or (
+    annotated = src.suffix.lower() in (".json", ".csv", ".yaml", ".yml") or (
         src.is_dir() and (dataset_kind(src) in ("voc", "yolo") or any(src.glob("*.xml")))
     )
     if annotated:

@@ -1,7 +1,9 @@
 """`rcnn evaluate`: score a detections file against a dataset (VOC AP or COCO AP/AR).
 
-The classes scored are the model's: `--classes`, or else the ground truth's plus every class
-the detections name that the ground truth lacks (a class with no ground truth). Such a class
+The classes scored are the model's: `--classes` (only those: the ground truth's objects and
+the detections of any other class are left out, and counted), or else the ground truth's
+plus every class the detections name that the ground truth lacks (a class with no ground
+truth). Such a class
 scores as pycocotools scores it: COCO AP/AR -1, left out of every mean (the twelve numbers do
 not change); VOC AP n/a (None in the report), left out of the mAP, as the devkit's mean over
 classes with ground truth.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from rcnn.errors import RcnnError
 
@@ -35,8 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--images", help="image folder (not needed: only annotations are read)")
     p.add_argument(
         "--classes",
-        help="the model's classes, comma-separated or a file with one per line (default: the ground truth's"
-        " plus any the detections name); classes without ground truth are scored n/a and left out of the means",
+        help="the classes to score, comma-separated or a file with one per line (default: the ground truth's"
+        " plus any the detections name); objects and detections of other classes are left out; classes without"
+        " ground truth are scored n/a and left out of the means",
     )
     p.add_argument("--out", metavar="REPORT.json", help="write the numbers as JSON")
     p.set_defaults(func=run)
@@ -65,6 +69,24 @@ def _with_detected_classes(dataset, records):
     return dataset.with_classes(sorted(dataset.classes + extra)), extra
 
 
+def _split_holding(gt, ids, total: int):
+    """The smallest split of the VOC root `gt` (``ImageSets/Main/SPLIT.txt``) that holds every
+    sample id of `ids` and fewer than `total` images, or None."""
+    from rcnn.datasets.loader import dataset_kind
+
+    if dataset_kind(gt) != "voc":
+        return None
+    best = None
+    for path in sorted((Path(gt) / "ImageSets" / "Main").glob("*.txt")):
+        try:
+            members = {line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        except (OSError, UnicodeDecodeError):
+            continue
+        if ids <= members and len(members) < total and (best is None or len(members) < best[0]):
+            best = (len(members), path.stem)
+    return best and best[1]
+
+
 def run(args) -> int:
     from rcnn.cache import write_text
     from rcnn.commands.data import parse_classes
@@ -82,13 +104,21 @@ def run(args) -> int:
         raise RcnnError(f"--iou must be in (0, 1], not {args.iou:g}") from None
     classes = parse_classes(args.classes)
     # Only the annotations are read: no image is opened, so image paths are not checked either.
-    dataset = load_dataset(
-        args.gt, args.split, args.images, classes=classes, check_images=False, allow_outside_images=True
-    )
+    dataset = load_dataset(args.gt, args.split, args.images, check_images=False, allow_outside_images=True)
     records = load_results(args.detections)
-    added = []
+    added, left_out = [], None
     if classes is None:
         dataset, added = _with_detected_classes(dataset, records)
+    else:
+        objects = sum(len(s.labels) for s in dataset)
+        try:
+            dataset = dataset.only_classes(classes)
+        except ValueError as e:
+            raise RcnnError(f"--classes: {e}") from None
+        names = set(dataset.category_ids if dataset.category_ids is not None else dataset.classes)
+        kept = [r for r in records if not isinstance(r, dict) or r.get("category_id") in names]
+        left_out = (objects - sum(len(s.labels) for s in dataset), len(records) - len(kept))
+        records = kept
     detections = read_detections(args.detections, dataset, records)
     n_gt = [0] * dataset.num_classes
     for s in dataset:
@@ -98,6 +128,17 @@ def run(args) -> int:
     print(f"{args.gt}: {len(dataset)} images, {sum(n_gt)} objects; {args.detections}: {n_det} detections")
     if added:
         print(f"classes named only by the detections (no ground truth): {', '.join(map(str, added))}")
+    if left_out and any(left_out):
+        print(f"left out, of classes not in --classes: {left_out[0]} objects, {left_out[1]} detections")
+    named = {k for k, d in detections.items() if len(d)}
+    if 0 < len(named) < len(dataset):
+        split = None if args.split else _split_holding(args.gt, named, len(dataset))
+        hint = f"give --split {split}" if split else "to score one split of the ground truth, give --split"
+        print(
+            f"warning: the detections name {len(named)} of the {len(dataset)} images; the other"
+            f" {len(dataset) - len(named)} count as images where nothing was detected"
+            + ("" if args.split else f" ({hint})")
+        )
 
     if args.metric == "coco":
         report = evaluate_coco(dataset, detections)

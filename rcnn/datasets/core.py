@@ -113,6 +113,35 @@ class Dataset:
         ]
         return Dataset(classes, samples, list(self.skipped), ids, list(self.repairs))
 
+    def only_classes(self, classes) -> Dataset:
+        """This dataset on the class list `classes` alone: objects of a class `classes` lacks
+        are dropped (with their difficult / crowd flags and areas); a class this dataset lacks
+        has no ground truth (as in `with_classes`)."""
+        keep = [i + 1 for i, name in enumerate(self.classes) if name in set(classes)]
+        samples = []
+        for s in self.samples:
+            m = np.isin(s.labels, keep)
+            samples.append(
+                Sample(
+                    s.id,
+                    s.image_path,
+                    s.width,
+                    s.height,
+                    s.boxes[m],
+                    s.labels[m],
+                    s.difficult[m],
+                    s.iscrowd[m],
+                    s.area[m],
+                )
+            )
+        ids = None if self.category_ids is None else [self.category_ids[i - 1] for i in keep]
+        kept = Dataset([self.classes[i - 1] for i in keep], samples, list(self.skipped), ids, list(self.repairs))
+        relabel = np.zeros(self.num_classes + 1, np.int64)
+        relabel[keep] = np.arange(1, len(keep) + 1)
+        for s in kept.samples:
+            s.labels = relabel[s.labels]
+        return kept.with_classes(classes)
+
     def duplicate_id(self):
         """``(id, first sample, second sample)`` for the first sample id used twice, else None."""
         seen = {}

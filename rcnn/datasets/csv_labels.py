@@ -35,7 +35,7 @@ import numpy as np
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
-from rcnn.datasets.writing import exact_number, image_base, relative_name
+from rcnn.datasets.writing import check_names, exact_number, image_base, relative_name
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
@@ -206,6 +206,7 @@ def write_csv_labels(dataset: Dataset, path, images=None) -> Path:
     relative to (chosen as `rcnn.datasets.coco.write_coco` does: `images`, else the CSV's
     folder when every image lies inside it, else the images' deepest common folder)."""
     path = Path(path)
+    check_names(dataset.classes, "csv", path)
     base = image_base([s.image_path for s in dataset], path.parent, images)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

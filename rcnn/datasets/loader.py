@@ -1,8 +1,9 @@
 """`load_dataset`: one entry point for every dataset form, chosen by what the path is.
 
-- a Pascal VOC root (has ``Annotations/``): `rcnn.datasets.voc.read_voc`;
-- a YOLO root (has ``data.yaml`` / ``data.yml``, or ``classes.txt`` and ``labels/``):
-  `rcnn.datasets.yolo.read_yolo`;
+- a Pascal VOC root (has ``Annotations/``, or ``annotations/`` of ``.xml`` files beside
+  ``images/``: `rcnn.datasets.voc.voc_folders`): `rcnn.datasets.voc.read_voc`;
+- a YOLO root (has ``data.yaml`` / ``data.yml``, or ``classes.txt`` and ``labels/``), or a
+  ``.yaml`` / ``.yml`` file, the data.yaml of one: `rcnn.datasets.yolo.read_yolo`;
 - a folder of images with same-stem VOC ``.xml`` files beside them: `read_voc_folder`;
 - a ``.json`` file: COCO instances, `rcnn.datasets.coco.read_coco`;
 - a ``.csv`` file: one box per row, `rcnn.datasets.csv_labels.read_csv_labels`.
@@ -16,7 +17,7 @@ from rcnn.datasets.coco import read_coco
 from rcnn.datasets.core import Dataset
 from rcnn.datasets.csv_labels import read_csv_labels
 from rcnn.datasets.rules import Problem, ProblemPolicy
-from rcnn.datasets.voc import read_voc, read_voc_folder
+from rcnn.datasets.voc import read_voc, read_voc_folder, voc_folders
 from rcnn.datasets.yolo import is_yolo_root, read_yolo
 from rcnn.errors import DatasetError
 
@@ -29,7 +30,11 @@ def dataset_kind(path) -> str:
     if path.is_dir():
         if (path / "Annotations").is_dir():
             return "voc"
-        return "yolo" if is_yolo_root(path) else "folder"
+        if is_yolo_root(path):
+            return "yolo"
+        return "voc" if voc_folders(path) else "folder"
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+        return "yolo"
     if path.suffix.lower() == ".json":
         return "coco"
     if path.suffix.lower() == ".csv":
@@ -38,8 +43,8 @@ def dataset_kind(path) -> str:
         raise DatasetError(path, "no such file or folder")
     raise DatasetError(
         path,
-        "not a dataset: expected a VOC root, a YOLO root (data.yaml or classes.txt), a folder of images with"
-        " .xml files, a COCO .json or a .csv",
+        "not a dataset: expected a VOC root, a YOLO root (data.yaml or classes.txt) or its data.yaml, a folder of"
+        " images with .xml files, a COCO .json or a .csv",
     )
 
 

@@ -7,8 +7,12 @@ Box rule (continuous pixel coordinates, image ``W x H``):
 
 - a box with a coordinate that is not a finite number, or with ``x2 <= x1`` or ``y2 <= y1``, is an error;
 - a box reaching more than `TOLERANCE` (1 px) outside ``[0, W] x [0, H]`` is an error;
-- a box poking out by at most 1 px (rounding, or VOC's 0-based slips) is clipped to the
-  image and reported as a repair; if clipping leaves it no area, that is an error.
+- a box poking out by at most 1 px (VOC's 0-based slips, say) is clipped to the image and
+  reported as a repair; by at most `ROUNDING` (1e-3 px) or `ROUNDING_RELATIVE` of the
+  image side (1e-5: float rounding of a written number, YOLO's normalised ones with 5
+  significant digits) it is moved to the edge silently; if clipping leaves it no area, that is an error;
+- the rule holds for the float32 values stored: corners that differ only beyond float32's
+  precision are a box of zero area.
 
 A sample with an error is bad as a whole: readers raise `DatasetError` / `ImageError`
 naming the file, or with ``skip_bad`` leave it out and record ``(path, reason)`` in
@@ -26,9 +30,21 @@ import numpy as np
 from rcnn.datasets.images import ROTATING_ORIENTATIONS, read_header, read_image
 from rcnn.errors import DatasetError, ImageError
 
-__all__ = ["TOLERANCE", "Problem", "ProblemPolicy", "check_boxes", "check_image", "image_path_in", "size_problem"]
+__all__ = [
+    "ROUNDING",
+    "ROUNDING_RELATIVE",
+    "TOLERANCE",
+    "Problem",
+    "ProblemPolicy",
+    "check_boxes",
+    "check_image",
+    "image_path_in",
+    "size_problem",
+]
 
 TOLERANCE = 1.0  # px a box may poke outside the image and be clipped rather than rejected
+ROUNDING = 1e-3  # px outside the image taken as float rounding: moved to the edge, not a repair,
+ROUNDING_RELATIVE = 1e-5  # or this share of the image side, if more (5 significant digits of YOLO's normalised numbers)
 
 
 @dataclass(frozen=True)
@@ -86,22 +102,30 @@ class ProblemPolicy:
 def check_boxes(boxes: np.ndarray, width: int, height: int, path, what=None):
     """Apply the box rule to ``boxes [N, 4]`` (float64 or float32) of a ``width x height`` image.
 
+    The rule is checked on the values stored, float32: corners that differ in float64 but
+    round to one float32 (``x1 = 152.000001, x2 = 152.000002``) are a box of zero area. A
+    corner outside the image by no more than float rounding (of normalised or decimal
+    coordinates: `ROUNDING` px or `ROUNDING_RELATIVE` of the image side, whichever is more)
+    is moved to the edge without a repair being reported.
+
     Returns ``(float32 [N, 4] boxes, list of Problem)``; `what` (one string per box, default
     ``object i``) names the boxes in the messages. A box in error is zeroed in the result
     (its sample is not used).
     """
     path = str(path)
     boxes = np.array(boxes, np.float64).reshape(-1, 4)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = boxes.astype(np.float32)  # beyond float32's range: inf, not fine
         fine = (
-            np.isfinite(boxes).all(1)
-            & (boxes[:, 0] >= 0)
-            & (boxes[:, 1] >= 0)
-            & (boxes[:, 2] <= width)
-            & (boxes[:, 3] <= height)
-            & (boxes[:, 2] > boxes[:, 0])
-            & (boxes[:, 3] > boxes[:, 1])
+            np.isfinite(stored).all(1)
+            & (stored[:, 0] >= 0)
+            & (stored[:, 1] >= 0)
+            & (stored[:, 2] <= width)
+            & (stored[:, 3] <= height)
+            & (stored[:, 2] > stored[:, 0])
+            & (stored[:, 3] > stored[:, 1])
         )
+    out = np.where(fine[:, None], stored, np.float32(0))
     problems = []
     for i in np.flatnonzero(~fine):
         b = boxes[i]
@@ -111,20 +135,29 @@ def check_boxes(boxes: np.ndarray, width: int, height: int, path, what=None):
             problems.append(
                 Problem(path, f"{name}: box {shown} (x1 y1 x2 y2) has a coordinate that is not a finite number")
             )
-        elif b[2] <= b[0] or b[3] <= b[1]:
+            continue
+        if b[2] <= b[0] or b[3] <= b[1]:
             problems.append(Problem(path, f"{name}: box {shown} (x1 y1 x2 y2) has zero area"))
-        elif b[0] < -TOLERANCE or b[1] < -TOLERANCE or b[2] > width + TOLERANCE or b[3] > height + TOLERANCE:
+            continue
+        if b[0] < -TOLERANCE or b[1] < -TOLERANCE or b[2] > width + TOLERANCE or b[3] > height + TOLERANCE:
             problems.append(Problem(path, f"{name}: box {shown} (x1 y1 x2 y2) lies outside the {width}x{height} image"))
-        elif b[0] < 0 or b[1] < 0 or b[2] > width or b[3] > height:
-            c = np.array([max(b[0], 0), max(b[1], 0), min(b[2], width), min(b[3], height)])
-            if c[2] <= c[0] or c[3] <= c[1]:
-                problems.append(Problem(path, f"{name}: box {shown} has no area inside the {width}x{height} image"))
-            else:
-                boxes[i] = c
-                problems.append(Problem(path, f"{name}: box {shown} clipped to the {width}x{height} image", "repair"))
-                continue
-        boxes[i] = 0  # an error: the sample is not used; no float32 overflow for a 1e300 coordinate
-    return boxes.astype(np.float32), problems
+            continue
+        b32 = stored[i]  # within 1 px of the image now: no overflow
+        low, high = np.zeros(4, np.float32), np.array([width, height, width, height], np.float32)
+        beyond = np.maximum(low - b32, b32 - high) / np.maximum(ROUNDING, ROUNDING_RELATIVE * high)
+        c = np.clip(b32, low, high)
+        if c[2] <= c[0] or c[3] <= c[1]:
+            reason = (
+                f"has no area inside the {width}x{height} image"
+                if beyond.max() > 0
+                else "(x1 y1 x2 y2) has zero area in float32, as stored"
+            )
+            problems.append(Problem(path, f"{name}: box {shown} {reason}"))
+            continue
+        if beyond.max() > 1:
+            problems.append(Problem(path, f"{name}: box {shown} clipped to the {width}x{height} image", "repair"))
+        out[i] = c
+    return out, problems
 
 
 def check_image(path, decode: bool = False):

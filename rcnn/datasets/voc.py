@@ -8,6 +8,9 @@ id is the annotation file's stem; class names are the sorted names found unless 
 A VOC root::
 
     ROOT/Annotations/ID.xml  ROOT/JPEGImages/ID.jpg  ROOT/ImageSets/Main/SPLIT.txt
+
+or one of its common variants (`voc_folders`): ``annotations/`` for ``Annotations/``, and
+``images/`` for ``JPEGImages/`` (the layout supervision and many Kaggle sets write).
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.images import IMAGE_SUFFIXES
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
-from rcnn.datasets.writing import exact_number, place_image
+from rcnn.datasets.writing import check_names, exact_number, place_image
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
-__all__ = ["read_voc", "read_voc_folder", "write_voc", "parse_voc_xml", "IMAGE_SUFFIXES"]
+__all__ = ["read_voc", "read_voc_folder", "write_voc", "parse_voc_xml", "voc_folders", "IMAGE_SUFFIXES"]
+
+ANNOTATION_FOLDERS = ("Annotations", "annotations")
+IMAGE_FOLDERS = ("JPEGImages", "images", "Images")
 
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
 _FLAGS = {"0": False, "1": True, "false": False, "true": True}  # <difficult> (empty or absent: 0)
@@ -72,6 +78,26 @@ def parse_voc_xml(path) -> tuple[dict | None, list[Problem]]:
             continue
         record["objects"].append((name, corners, _FLAGS[difficult]))
     return record, problems
+
+
+def voc_folders(root) -> tuple[Path, Path] | None:
+    """``(annotation folder, image folder)`` of a VOC root or variant, or None when `root`
+    is none: ``Annotations/`` (or ``annotations/`` holding ``.xml`` files: a COCO set keeps
+    its JSON there), and the first of ``JPEGImages/``, ``images/``, ``Images/`` that exists
+    (``JPEGImages/`` when none does)."""
+    root = Path(root)
+    annotations = next(
+        (
+            root / n
+            for n in ANNOTATION_FOLDERS
+            if (root / n).is_dir() and (n == "Annotations" or any((root / n).glob("*.xml")))
+        ),
+        None,
+    )
+    if annotations is None:
+        return None
+    images = next((root / n for n in IMAGE_FOLDERS if (root / n).is_dir()), root / "JPEGImages")
+    return annotations, images
 
 
 def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
@@ -158,17 +184,18 @@ def read_voc(
     policy=None,
     decode=False,
 ):
-    """The VOC root at `root`: ``ImageSets/Main/SPLIT.txt``'s ids, or every ``Annotations/*.xml``
-    when `split` is None. `images` overrides ``JPEGImages/``. With `check_images`, image
+    """The VOC root at `root` (or a variant: `voc_folders`): ``ImageSets/Main/SPLIT.txt``'s ids,
+    or every ``Annotations/*.xml`` when `split` is None. `images` overrides ``JPEGImages/``. With `check_images`, image
     headers are read to check they exist, are not over `rcnn.datasets.images.MAX_PIXELS` and
     match ``<size>`` (`decode`: read fully). An image is found by the annotation's stem, else
     by ``<filename>``; a ``<filename>`` leading outside the image folder (absolute, ``..``) is
     an error unless `allow_outside_images`."""
     root = Path(root)
     policy = policy or ProblemPolicy(skip_bad)
-    annotations = root / "Annotations"
-    if not annotations.is_dir():
+    folders = voc_folders(root)
+    if folders is None:
         raise DatasetError(root, "not a VOC root: no Annotations/ folder")
+    annotations, image_dir = folders
     if split is None:
         xml_paths = sorted(annotations.glob("*.xml"))
     else:
@@ -186,7 +213,7 @@ def read_voc(
                 continue
             seen.add(sample_id)
             xml_paths.append(annotations / f"{sample_id}.xml")
-    image_dir = Path(images) if images is not None else root / "JPEGImages"
+    image_dir = Path(images) if images is not None else image_dir
     return _read(xml_paths, image_dir, classes, check_images, policy, decode, allow_outside_images)
 
 
@@ -247,6 +274,7 @@ def write_voc(dataset: Dataset, root, split=None, images: str = "copy") -> None:
             root, f"two samples have the id '{i}' ({a.image_path} and {b.image_path}); VOC file names would clash"
         )
     root = Path(root)
+    check_names(dataset.classes, "voc", root)
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     for s in progress(dataset, desc="writing VOC", total=len(dataset)):

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 from rcnn.errors import DatasetError, ImageError
 
-__all__ = ["exact_number", "place_image", "image_base", "relative_name"]
+__all__ = ["exact_number", "place_image", "image_base", "relative_name", "check_names"]
+
+_FORMAT_NAMES = {"voc": "VOC XML", "csv": "CSV", "yolo": "YOLO's data.yaml", "coco": "COCO JSON"}
 
 
 def exact_number(target, offset: float = 0.0):
@@ -75,3 +78,26 @@ def image_base(image_paths, default, images=None) -> Path:
 def relative_name(image_path, base) -> str:
     """An image's name relative to `base` (from `image_base`), with ``/`` separators."""
     return Path(os.path.relpath(os.path.abspath(image_path), base)).as_posix()
+
+
+def check_names(classes, fmt: str, where) -> None:
+    """Refuse (`DatasetError` naming `where` and the class) a class name the format `fmt`
+    (``"voc"``, ``"csv"``, ``"yolo"``, ``"coco"``) cannot carry, so that nothing is written that
+    its reader would reject or read back differently: in every format a lone surrogate (no
+    UTF-8 form); in VOC a control character (XML 1.0 has no NUL and turns CR into LF) or
+    U+FFFE / U+FFFF; in VOC and CSV spaces at either end (the readers strip them); in CSV a
+    carriage return."""
+    for name in classes:
+        bad = None
+        surrogate = next((c for c in name if unicodedata.category(c) == "Cs"), None)
+        control = next((c for c in name if unicodedata.category(c) == "Cc" or c in "\ufffe\uffff"), None)
+        if surrogate:
+            bad = f"holds U+{ord(surrogate):04X}, a lone surrogate"
+        elif fmt == "voc" and control:
+            bad = f"holds the control character U+{ord(control):04X}"
+        elif fmt in ("voc", "csv") and name != name.strip():
+            bad = "starts or ends with a space"
+        elif fmt == "csv" and "\r" in name:
+            bad = "holds a carriage return (read back as a line feed)"
+        if bad:
+            raise DatasetError(where, f"the class name {name!r:.80} {bad}, which {_FORMAT_NAMES[fmt]} cannot carry")

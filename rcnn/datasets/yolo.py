@@ -22,45 +22,46 @@ files have no sizes, so image headers are always read). The box rule of
 segmentation polygon, say), a class that is not an integer or not in the names, or a box in
 error is an error naming the label file and the line.
 
-``data.yaml``: ``names`` is a list or an ``{index: name}`` mapping (indices ``0..C-1``);
-``nc``, when given, must equal the number of names. ``train``, ``val``, ``test`` (optional)
-are each a folder of images (searched recursively) or a ``.txt`` list of image paths (one a
-line, relative to the list file's folder), or a list of those, relative to ``path`` (absolute,
-or relative to the data.yaml's folder; the data.yaml's own folder when absent or when that
-folder does not exist); an entry ``../x`` that does not exist is tried as ``x``, as
-Ultralytics does for Roboflow exports. Only the subset of YAML these files use is read
-(``key: value``, block or flow lists and mappings of plain or quoted scalars, comments); other
-keys are skipped unread, and anything else in the keys above is an error naming the line.
-No PyYAML needed.
+``data.yaml`` (read with PyYAML's safe loader; aliases are refused, and so is a file over
+1 MiB): ``names`` is a list or an ``{index: name}`` mapping (indices ``0..C-1``; names
+taken as text, as Ultralytics does); ``nc``, when given, must equal the number of names.
+``train``, ``val``, ``test`` (optional) are each a folder of images (searched recursively) or
+a ``.txt`` list of image paths (one a line, relative to the list file's folder), or a list of
+those, relative to ``path`` (absolute, or relative to the data.yaml's folder; the data.yaml's
+own folder when absent or when that folder does not exist); an entry ``../x`` that does not
+exist is tried as ``x``, as Ultralytics does for Roboflow exports. Other keys are not used.
+A DATASET may be the data.yaml itself (its folder is the root).
 
 Splits (``--split NAME``): the data.yaml's ``NAME`` entry, else the folder ``images/NAME/``,
 else the list file ``ROOT/NAME.txt``. Without a split: every entry of the data.yaml together,
 or, when it has none (or with ``classes.txt``), every image under ``images/``. Image paths
-(folders, list lines) must stay inside the root unless ``allow_outside_images``.
+(``path``, folders, list lines) must stay inside the root unless ``allow_outside_images``.
 
 A sample's id is the image's file stem (two images with one stem in what is read are an
 error); classes are the names in index order.
 
 Writing (`write_yolo`): numbers are written with the fewest significant digits (at most 17)
 that read back, through the formula above, to the same float32 box; in practice every box
-reads back exactly (the round-trip tests check it to 1e-4 px). ``difficult`` and COCO's
+reads back exactly (the round-trip tests check it to 1e-4 px), and a box inside the image
+reads back inside it in float64 too. ``data.yaml`` always has ``train`` and ``val`` (as
+Ultralytics requires): a split not written points at the one written, or at ``images/``. ``difficult`` and COCO's
 ``iscrowd`` / ``area`` have no YOLO form and are dropped.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.images import IMAGE_SUFFIXES
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in
-from rcnn.datasets.writing import place_image
+from rcnn.datasets.writing import check_names, place_image
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
 
@@ -70,11 +71,15 @@ DATA_FILES = ("data.yaml", "data.yml")
 SPLIT_KEYS = ("train", "val", "test")
 _KEYS = {"path", "names", "nc", *SPLIT_KEYS}  # the data.yaml keys read; others are skipped
 _INT = re.compile(r"[+-]?\d+")
+MAX_YAML_BYTES = 1 << 20  # a data.yaml is a few lines; a larger file is refused unread
 
 
 def is_yolo_root(path) -> bool:
-    """Whether `path` is a folder with a ``data.yaml`` (or ``.yml``), or with ``classes.txt`` and ``labels/``."""
+    """Whether `path` is a folder with a ``data.yaml`` (or ``.yml``), or with ``classes.txt``
+    and ``labels/``, or is a ``.yaml`` / ``.yml`` file itself (the data.yaml of a root)."""
     path = Path(path)
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        return True
     if not path.is_dir():
         return False
     return any((path / n).is_file() for n in DATA_FILES) or (
@@ -82,169 +87,89 @@ def is_yolo_root(path) -> bool:
     )
 
 
-# --- the data.yaml subset ---------------------------------------------------------------
+# --- data.yaml ------------------------------------------------------------------------------
 
 
-def _strip_comment(text: str) -> str:
-    """`text` without a ``#`` comment (one at the start or after a space, outside quotes)."""
-    quote = None
-    for i, c in enumerate(text):
-        if quote:
-            if c == quote:
-                quote = None
-        elif c in "'\"":
-            quote = c
-        elif c == "#" and (i == 0 or text[i - 1] in " \t"):
-            return text[:i].rstrip()
-    return text.rstrip()
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (``*name``): a data.yaml needs none, and a
+    "billion laughs" file builds its bomb from them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted here", mark)
+        return super().compose_node(parent, index)
 
 
-def _split_flow(text: str, where) -> list[str]:
-    """The comma-separated items of a flow collection's inside, quotes respected."""
-    items, quote, current = [], None, ""
-    for c in text:
-        if quote:
-            quote = None if c == quote else quote
-        elif c in "'\"":
-            quote = c
-        elif c in "[]{}":
-            raise DatasetError(*where("nested collections are not supported here"))
-        elif c == ",":
-            items.append(current.strip())
-            current = ""
-            continue
-        current += c
-    if current.strip():
-        items.append(current.strip())
-    return items
-
-
-def _scalar(text: str, where):
-    """A plain or quoted YAML scalar as a string (None for ``~``, ``null`` or nothing)."""
-    text = text.strip()
-    if text in ("", "~", "null", "Null", "NULL"):
-        return None
-    if text[0] == '"':
-        if len(text) < 2 or text[-1] != '"':
-            raise DatasetError(*where(f"unterminated quoted string {text!r:.60}"))
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            raise DatasetError(*where(f"unsupported escape in {text!r:.60}")) from None
-    if text[0] == "'":
-        if len(text) < 2 or text[-1] != "'":
-            raise DatasetError(*where(f"unterminated quoted string {text!r:.60}"))
-        return text[1:-1].replace("''", "'")
-    if text[0] in "[]{}|>&*!%@`":
-        raise DatasetError(*where(f"unsupported YAML {text!r:.60} (a plain or quoted value is needed)"))
-    return text
-
-
-def _key_value(text: str, where):
-    """``key: value`` split at the first ``: `` (or a final ``:``) outside quotes."""
-    quote = None
-    for i, c in enumerate(text):
-        if quote:
-            quote = None if c == quote else quote
-        elif c in "'\"":
-            quote = c
-        elif c == ":" and (i + 1 == len(text) or text[i + 1] in " \t"):
-            return _scalar(text[:i], where), text[i + 1 :].strip()
-    raise DatasetError(*where(f"expected 'key: value', found {text!r:.60}"))
-
-
-def _value(rest: str, children, where):
-    """A value: inline (`rest`: scalar, ``[...]`` or ``{...}``) or a block of indented `children`
-    (``- item`` lines, or ``key: value`` lines)."""
-    if rest:
-        if children:
-            raise DatasetError(*where(f"a value and an indented block at once ({children[0][0]})"))
-        if rest[0] == "[":
-            if not rest.endswith("]"):
-                raise DatasetError(*where("a flow list must end on its line with ']'"))
-            return [_scalar(item, where) for item in _split_flow(rest[1:-1], where)]
-        if rest[0] == "{":
-            if not rest.endswith("}"):
-                raise DatasetError(*where("a flow mapping must end on its line with '}'"))
-            return (
-                dict(_key_value(item, where) for item in _split_flow(rest[1:-1], where)) if rest[1:-1].strip() else {}
-            )
-        return _scalar(rest, where)
-    if not children:
-        return None
-    indent = children[0][1]
-    if children[0][2].startswith("- ") or children[0][2] == "-":
-        items = []
-        for n, ind, text in children:
-            at = _where_line(where, n)
-            if ind != indent or not (text.startswith("- ") or text == "-"):
-                raise DatasetError(*at(f"expected a '- item' line, found {text!r:.60}"))
-            items.append(_scalar(text[1:], at))
-        return items
-    mapping = {}
-    for n, ind, text in children:
-        at = _where_line(where, n)
-        if ind != indent:
-            raise DatasetError(*at("nested blocks are not supported here"))
-        key, value = _key_value(text, at)
-        mapping[key] = _scalar(value, at)
-    return mapping
-
-
-def _where_line(where, n):
-    path = where("")[0]
-    return lambda message: (path, f"line {n}: {message}")
+def _plain(value, key: str, line: int, path):
+    """A data.yaml value as the module docstring's plain form: scalars as strings (as
+    Ultralytics takes names: ``str(v)``), None kept, lists and ``{index: name}`` mappings of
+    scalars; anything deeper is an error naming the line."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        items = value.values() if isinstance(value, dict) else value
+        if any(isinstance(v, (list, dict)) for v in items):
+            raise DatasetError(path, f"line {line}: nested collections are not supported here ({key})")
+        if isinstance(value, dict):
+            return {_plain(k, key, line, path): _plain(v, key, line, path) for k, v in value.items()}
+        return [_plain(v, key, line, path) for v in value]
+    return str(value)
 
 
 def parse_data_yaml(path) -> dict:
     """The keys ``path``, ``names``, ``nc``, ``train``, ``val``, ``test`` of a ``data.yaml``
-    (those present), parsed from the YAML subset the module docstring describes. Other keys
-    are skipped unread. Raises `DatasetError` naming the file and line."""
+    (those present), read with PyYAML's safe loader (no aliases; at most `MAX_YAML_BYTES`),
+    scalars as strings. Other keys are parsed but not used. Raises `DatasetError` naming the
+    file (and the line)."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise DatasetError(path, f"is over {MAX_YAML_BYTES} bytes: not a data.yaml")
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(path, f"cannot read: {e}") from None
-    blocks, current = [], None
-    for n, raw in enumerate(text.splitlines(), 1):
-        if raw.strip() in ("---", "..."):
-            continue
-        line = _strip_comment(raw.replace("\t", "    "))
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip())
-        if indent == 0 and current is not None and (line.startswith("- ") or line == "-"):
-            current[2].append((n, 0, line))  # a block list at its key's indentation
-        elif indent == 0:
-            current = [n, line, []]
-            blocks.append(current)
-        elif current is None:
-            raise DatasetError(path, f"line {n}: indented line before any key")
-        else:
-            current[2].append((n, indent, line.strip()))
-    data = {}
-    for n, line, children in blocks:
-        where = lambda message, n=n: (path, f"line {n}: {message}")  # noqa: E731
-        key, rest = _key_value(line, where)
-        if key not in _KEYS:
-            continue  # not ours: skipped unread (Roboflow's roboflow:, download: scripts, ...)
-        if key in data:
-            raise DatasetError(path, f"line {n}: '{key}' given twice")
-        data[key] = _value(rest, children, where)
-    return data
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise DatasetError(path, "is empty: needs 'names'")
+        if not isinstance(node, yaml.MappingNode):
+            raise DatasetError(path, f"line {node.start_mark.line + 1}: expected 'key: value' lines")
+        lines = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value in _KEYS:
+                if key_node.value in lines:
+                    raise DatasetError(path, f"line {key_node.start_mark.line + 1}: '{key_node.value}' given twice")
+                lines[key_node.value] = key_node.start_mark.line + 1
+        document = loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise DatasetError(path, f"{where}malformed YAML: {problem}") from None
+    finally:
+        loader.dispose()
+    return {k: _plain(document[k], k, lines[k], path) for k in _KEYS if k in document and k in lines}
 
 
 # --- classes and splits -----------------------------------------------------------------
 
 
-def _names(root: Path) -> tuple[list[str], dict, Path | None]:
-    """``(class names, data.yaml keys, the data.yaml's path or None)``."""
-    yaml_path = next((root / n for n in DATA_FILES if (root / n).is_file()), None)
+def _names(root: Path, yaml_path=None) -> tuple[list[str], dict, Path | None]:
+    """``(class names, data.yaml keys, the data.yaml's path or None)`` of the root `root`
+    (its data.yaml is `yaml_path` when given, else ``data.yaml`` / ``data.yml``, else
+    ``classes.txt``)."""
+    yaml_path = yaml_path or next((root / n for n in DATA_FILES if (root / n).is_file()), None)
     if yaml_path is None:
         classes_txt = root / "classes.txt"
         if not classes_txt.is_file():
             raise DatasetError(root, "not a YOLO root: no data.yaml or classes.txt")
-        names = [line.strip() for line in classes_txt.read_text(encoding="utf-8-sig").splitlines()]
+        try:
+            text = classes_txt.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(classes_txt, f"cannot read: {e}") from None
+        names = [line.strip() for line in text.splitlines()]
         while names and not names[-1]:
             names.pop()
         if not names or not all(names):
@@ -281,15 +206,23 @@ def _unique(names, where) -> None:
         seen.add(n)
 
 
-def _base(root: Path, data: dict, yaml_path) -> Path:
-    """The folder the data.yaml's entries are relative to (see the module docstring)."""
+def _base(root: Path, data: dict, yaml_path, allow_outside: bool) -> Path:
+    """The folder the data.yaml's entries are relative to (see the module docstring); one
+    outside the root is refused unless `allow_outside`."""
     given = data.get("path")
     if not given:
         return root
     if not isinstance(given, str):
         raise DatasetError(yaml_path, "'path' must be a folder name")
     base = Path(given) if os.path.isabs(given) else root / given
-    return base if base.is_dir() else root
+    if not base.is_dir():
+        return root
+    real, top = os.path.realpath(base), os.path.realpath(root)  # Ultralytics writes the root's own absolute path
+    if not allow_outside and os.path.commonpath([real, top]) != top:
+        raise DatasetError(
+            yaml_path, f"'path: {given:.200}' leaves the dataset root {root} (allow it with --allow-outside-images)"
+        )
+    return base
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -308,7 +241,11 @@ def _inside(base: Path, name: str, allow_outside: bool):
 def _entry_images(base: Path, entry: str, where, policy: ProblemPolicy, allow_outside: bool) -> list[Path]:
     """The images of one split entry (a folder or a list file relative to `base`)."""
     path, outside = _inside(base, entry, allow_outside)
-    if not path.exists() and entry.startswith("../") and (base / entry[3:]).exists():
+    if not path.exists() and entry.startswith("../"):
+        if not (base / entry[3:]).exists():
+            raise DatasetError(
+                where, f"the split entry {entry!r:.200} not found: neither {path} nor {base / entry[3:]} exists"
+            )
         path, outside = _inside(base, entry[3:], allow_outside)  # Roboflow's data.yaml
     if outside:
         raise DatasetError(where, f"the split entry {entry!r:.200} {outside}")
@@ -327,11 +264,15 @@ def _entry_images(base: Path, entry: str, where, policy: ProblemPolicy, allow_ou
                 continue
             images.append(Path(os.path.normpath(image)))
         return images
+    if not path.exists():
+        raise DatasetError(
+            where, f"the split entry {entry!r:.200}: {path} not found (neither a folder nor a .txt list)"
+        )
     raise DatasetError(where, f"the split entry {entry!r:.200}: {path} is neither a folder nor a .txt list of images")
 
 
 def _split_images(root, split, names_data, yaml_path, policy, allow_outside) -> list[Path]:
-    base = _base(root, names_data, yaml_path)
+    base = _base(root, names_data, yaml_path, allow_outside)
     entries = {k: names_data[k] for k in SPLIT_KEYS if names_data.get(k)}
     for k, v in entries.items():
         if isinstance(v, str):
@@ -436,9 +377,11 @@ def read_yolo(
     """The YOLO root at `root` (see the module docstring). Bad samples raise `DatasetError` /
     `ImageError` naming the file and line, or with `skip_bad` are counted in
     `Dataset.skipped`; `decode` reads every image fully (``rcnn data check``)."""
-    root = Path(root)
+    root, yaml_path = Path(root), None
+    if root.is_file():  # the data.yaml itself, as Ultralytics users pass it
+        root, yaml_path = root.parent, root
     policy = policy or ProblemPolicy(skip_bad)
-    names, data, yaml_path = _names(root)
+    names, data, yaml_path = _names(root, yaml_path)
     images = _split_images(root, split, data, yaml_path, policy, allow_outside_images)
     first: dict[str, Path] = {}
     samples = []
@@ -470,28 +413,40 @@ def read_yolo(
 
 
 def _numbers(box, width: int, height: int) -> list[str]:
-    """``cx cy w h`` texts, as few digits as read back (through `_corners`) to `box` in float32."""
+    """``cx cy w h`` texts, as few digits as read back (through `_corners`) to `box` in
+    float32, and, for a box inside the image, to corners inside it in float64 as well (so
+    that no reader finds a rounding error to clip)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     exact = np.array([(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height])
     target = np.asarray(box, np.float32)
+    inside = bool(target[0] >= 0 and target[1] >= 0 and target[2] <= width and target[3] <= height)
     for digits in range(6, 18):
         texts = [f"{v:.{digits}g}" for v in exact]
-        back = _corners(np.array([[float(t) for t in texts]]), width, height)[0].astype(np.float32)
-        if np.array_equal(back, target):
+        back = _corners(np.array([[float(t) for t in texts]]), width, height)[0]
+        if np.array_equal(back.astype(np.float32), target) and (
+            not inside or (back[0] >= 0 and back[1] >= 0 and back[2] <= width and back[3] <= height)
+        ):
             return texts
     return [repr(float(v)) for v in exact]
 
 
-def _yaml_string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)  # a YAML double-quoted scalar
+def _placeholder(key: str, value) -> bool:
+    """Whether the data.yaml entry ``key: value`` is one `write_yolo` filled in for a split
+    that was not written (``images``, or another split's ``images/SPLIT``)."""
+    return value == "images" or (isinstance(value, str) and value.startswith("images/") and value != f"images/{key}")
 
 
-def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> None:
+def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> str | None:
     """Write `dataset` as a YOLO root at `root` (added to what is there): ``images/[SPLIT/]ID.ext``
     (a copy or a symbolic link of each image), ``labels/[SPLIT/]ID.txt`` (an empty file for an
     image without objects) and ``data.yaml`` (the names, and the split's entry
     ``SPLIT: images/SPLIT``). An existing data.yaml must have the same names; its split
-    entries are kept. See the module docstring for the numbers written."""
+    entries are kept.
+
+    Ultralytics requires both ``train`` and ``val``: when the root has only one of them (one
+    split written, or none: ``images/``), the other points at the same images, and the note
+    returned says so (None when both are real). See the module docstring for the numbers
+    written."""
     if images not in ("copy", "link"):
         raise ValueError(f"images must be 'copy' or 'link', not {images!r}")
     duplicate = dataset.duplicate_id()
@@ -503,6 +458,7 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> None
     root = Path(root)
     if split is not None and (not split or "/" in split or os.sep in split or split.startswith(".")):
         raise DatasetError(root, f"split '{split}' cannot be a folder name")
+    check_names(dataset.classes, "yolo", root)
     yaml_path = root / "data.yaml"
     entries = {}
     if yaml_path.is_file():
@@ -513,7 +469,7 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> None
             raise DatasetError(
                 yaml_path, f"has the classes {', '.join(names)}; the dataset's are {', '.join(dataset.classes)}"
             )
-        entries = {k: data[k] for k in SPLIT_KEYS if data.get(k)}
+        entries = {k: data[k] for k in SPLIT_KEYS if data.get(k) and not (k != "test" and _placeholder(k, data[k]))}
     sub = Path(split) if split is not None else Path()
     for s in progress(dataset, desc="writing YOLO", total=len(dataset)):
         if not s.id or "/" in s.id or os.sep in s.id or s.id.startswith("."):
@@ -525,13 +481,27 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> None
         write_text(root / "labels" / sub / f"{s.id}.txt", "".join(lines))
     if split in SPLIT_KEYS:  # other split names are found as images/SPLIT/ by the reader
         entries[split] = f"images/{split}"
-    text = ["# YOLO labels: one 'class cx cy w h' line per box, normalised by the image size\n"]
-    for key in SPLIT_KEYS:
-        value = entries.get(key)
-        if isinstance(value, list):
-            text.append(f"{key}: [{', '.join(_yaml_string(v) for v in value)}]\n")
-        elif value:
-            text.append(f"{key}: {_yaml_string(value)}\n")
-    text.append(f"nc: {dataset.num_classes}\nnames:\n")
-    text += [f"  {i}: {_yaml_string(name)}\n" for i, name in enumerate(dataset.classes)]
-    write_text(yaml_path, "".join(text))
+    note = None
+    missing = [k for k in ("train", "val") if k not in entries]
+    if missing:
+        have = [k for k in ("train", "val") if k in entries]
+        # the one split there is, or every image under images/ (no split, or a split name Ultralytics lacks)
+        target = entries[have[0]] if have and isinstance(entries[have[0]], str) else "images"
+        entries.update({k: target for k in missing})
+        if have:
+            reason = (
+                f"{missing[0]} points at {target} too (only {have[0]} was written; Ultralytics needs both keys;"
+                f" writing {missing[0]} to this root replaces it)"
+            )
+        else:
+            reason = (
+                f"train and val both point at {target} (no train or val split was written; Ultralytics needs both keys)"
+            )
+        note = f"{yaml_path}: {reason}"
+    header = "# YOLO labels: one 'class cx cy w h' line per box, normalised by the image size\n"
+    if note:
+        header += f"# {reason}\n"
+    body = {k: entries[k] for k in SPLIT_KEYS if k in entries}
+    body.update(nc=dataset.num_classes, names=dict(enumerate(dataset.classes)))
+    write_text(yaml_path, header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=1 << 16))
+    return note

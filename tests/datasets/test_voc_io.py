@@ -265,3 +265,23 @@ def test_exif_rotated_image_is_named_in_the_size_error(tmp_path):
     (folder / "a.xml").write_text(xml("a.jpg", 40, 30, [("dog", 1, 1, 35, 25)]))
     with pytest.raises(DatasetError, match="annotated size 40x30 differs from the image's 30x40 \\(EXIF orientation 8"):
         load_dataset(folder)
+
+
+def test_the_common_voc_variants_are_voc_roots(tmp_path):
+    """Item 5: supervision (and many Kaggle sets) write annotations/ + images/; a COCO set's
+    annotations/ of .json files is not VOC."""
+    root = voc_root(tmp_path / "voc", ITEMS, {"train": ["a", "b"]})
+    expected = load_dataset(root)
+    (root / "Annotations").rename(root / "annotations")
+    (root / "JPEGImages").rename(root / "images")
+    assert dataset_kind(root) == "voc"
+    back = load_dataset(root)
+    assert back.classes == expected.classes and [s.id for s in back] == ["a", "b", "c"]
+    for s, t in zip(expected, back):
+        np.testing.assert_array_equal(s.boxes, t.boxes)
+        assert t.image_path == root / "images" / f"{s.id}.jpg"
+    assert [s.id for s in load_dataset(root, split="train")] == ["a", "b"]
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations" / "instances.json").write_text("{}")
+    assert dataset_kind(coco) == "folder"

@@ -128,8 +128,8 @@ def test_roboflow_layout(tmp_path):
         ("names: [cat, cat]\n", "the class 'cat' is named twice"),
         ("train: images\n", "needs 'names'"),
         ("names: [[cat], dog]\n", "line 1: nested collections are not supported"),
-        ("names: &anchor [cat]\n", "line 1: unsupported YAML"),
-        ("names:\n  - cat\n  0: dog\n", "line 3: expected a '- item' line"),
+        ("names: &anchor [cat]\ntrain: *anchor\n", "line 2: malformed YAML: aliases"),
+        ("names:\n  - cat\n  0: dog\n", "line 3: malformed YAML"),
         ("names: [cat]\nnames: [dog]\n", "line 2: 'names' given twice"),
         ("names [cat]\n", "line 1: expected 'key: value'"),
         ("names: [cat]\ntrain: /elsewhere\n", "leaves the dataset root"),
@@ -288,3 +288,69 @@ def test_cli_check_and_convert(tmp_path, capsys):
     assert f"{root / 'labels' / 'train' / 'b.txt'}: error: line 1: unknown class index 7" in out
     assert main(["--quiet", "data", "convert", str(root), str(tmp_path / "v")]) == 1
     assert "unknown class index 7" in capsys.readouterr().err
+
+
+def test_a_missing_split_folder_is_named_not_called_an_escape(tmp_path):
+    """A Roboflow layout without train/: "not found", naming both places looked at."""
+    root = tmp_path / "rf"
+    image(root / "valid" / "images" / "b.jpg")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnames: [cat, dog]\n")
+    assert [s.id for s in load_dataset(root, split="val")] == ["b"]
+    with pytest.raises(
+        DatasetError, match=r"the split entry '../train/images' not found: neither .* nor .*train/images exists"
+    ):
+        load_dataset(root, split="train")
+
+
+@pytest.mark.parametrize("path", ["/", "../elsewhere", "{outside}"])
+def test_a_data_yaml_path_outside_the_root_is_refused(tmp_path, path):
+    """Item 12: `path:` leads the relative entries out of the root, as `train: /x` would."""
+    outside = tmp_path / "elsewhere"
+    image(outside / "images" / "z.png")
+    root = yolo_root(tmp_path / "y", ITEMS[:1], data_yaml="")
+    (root / "data.yaml").write_text(f"path: {path.format(outside=outside)}\ntrain: images\nnames: [cat, dog]\n")
+    with pytest.raises(DatasetError, match=r"'path: .*' leaves the dataset root .* --allow-outside-images") as e:
+        load_dataset(root)
+    assert e.value.path == str(root / "data.yaml")
+    if path != "/":
+        assert [s.id for s in load_dataset(root, allow_outside_images=True)] == ["z"]
+    # the root's own absolute path (as Ultralytics writes it), or ".", is the root
+    for inside in (str(root), "."):
+        (root / "data.yaml").write_text(f"path: {inside}\ntrain: images\nnames: [cat, dog]\n")
+        assert [s.id for s in load_dataset(root)] == ["a"]
+
+
+def test_a_yaml_bomb_and_a_huge_data_yaml_are_refused(tmp_path):
+    root = yolo_root(tmp_path / "y", ITEMS[:1], data_yaml="")
+    bomb = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    bomb += [f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    (root / "data.yaml").write_text("\n".join(bomb) + "\nnames: *i\n")
+    with pytest.raises(DatasetError, match="line 2: malformed YAML: aliases"):
+        load_dataset(root)
+    (root / "data.yaml").write_text("names: [cat, dog]\n" + "# padding\n" * 200_000)
+    with pytest.raises(DatasetError, match="is over 1048576 bytes"):
+        load_dataset(root)
+
+
+def test_a_data_yaml_keeps_yaml_types_as_text_and_reads_ultralytics_files(tmp_path):
+    """Names as Ultralytics takes them (str of what YAML read); a file as Ultralytics writes it."""
+    root = yolo_root(tmp_path / "y", ITEMS, data_yaml="")
+    (root / "data.yaml").write_text(
+        f"path: {root}  # dataset root dir\ntrain: images  # train images (relative to 'path')\nval: images\n"
+        "test:  # test images (optional)\n\n# Classes\nnames:\n  0: 1\n  1: 2.5\n"
+    )
+    ds = load_dataset(root)
+    assert ds.classes == ["1", "2.5"] and [s.id for s in ds] == ["a", "b", "c"]
+    (root / "data.yaml").write_text("names: [cat, dog]\nnc: 2\n")
+    assert load_dataset(root / "data.yaml").classes == ["cat", "dog"]
+    (root / "data.yaml").write_text("- names\n")
+    with pytest.raises(DatasetError, match="line 1: expected 'key: value' lines"):
+        load_dataset(root)
+
+
+def test_a_classes_txt_that_is_not_utf8_is_one_line(tmp_path):
+    root = yolo_root(tmp_path / "y", ITEMS[:1])
+    (root / "classes.txt").write_bytes(b"cat\n\xff\xfe dog\n")
+    with pytest.raises(DatasetError, match="cannot read") as e:
+        load_dataset(root)
+    assert e.value.path == str(root / "classes.txt")

@@ -91,9 +91,41 @@ def test_voc_ground_truth_lacking_a_detected_class(tmp_path, case, capsys):
         for k, d in detections.items()
     }
     assert expected["mAP"] == pytest.approx(evaluate_voc(load_dataset(gt, check_images=False), without).mAP)
-    # --classes is the model's list: ground truth of another class is an error, one line.
-    code, _, err = _run(["--gt", gt, "--detections", dets, "--classes", "c1,c2,c4"], capsys)
-    assert code == 1 and "unknown class 'c3'" in err and len(err.splitlines()) == 1
+    # --classes may be a subset: only those classes are scored; c3's objects and detections are left out.
+    code, out, err = _run(
+        ["--gt", gt, "--detections", dets, "--classes", "c1,c2,c4", "--out", tmp_path / "s.json"], capsys
+    )
+    assert code == 0, err
+    c3_objects = sum(int((s.labels == 3).sum()) for s in gt_dataset)
+    c3_dets = sum(int((d.labels == 3).sum()) for d in detections.values())
+    assert c3_objects and c3_dets
+    assert f"left out, of classes not in --classes: {c3_objects} objects, {c3_dets} detections" in out
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert set(report["per_class"]) == {"c1", "c2", "c4"} and report["per_class"]["c4"] is None
+    for c in ("c1", "c2"):
+        assert report["per_class"][c] == pytest.approx(expected["per_class"][c])
+    assert report["mAP"] == pytest.approx((expected["per_class"]["c1"] + expected["per_class"]["c2"]) / 2)
+
+
+def test_detections_of_a_subset_of_the_images_get_a_warning(tmp_path, case, capsys):
+    """Detections of the test split scored against a whole root: one line says so."""
+    dataset, detections, _ = case
+    dataset = dataset.subset([k for k, d in detections.items() if len(d)])  # every image has a detection
+    dataset.category_ids = [1, 2, 3, 4]
+    write_coco(dataset, tmp_path / "gt.json")
+    write_detections(tmp_path / "all.json", detections, dataset)
+    part = {s.id: detections[s.id] for s in dataset if int(s.id) % 3 == 0}
+    write_detections(tmp_path / "part.json", part, dataset)
+    code, out, _ = _run(["--gt", tmp_path / "gt.json", "--detections", tmp_path / "all.json"], capsys)
+    assert code == 0 and "warning" not in out
+    code, out, _ = _run(["--gt", tmp_path / "gt.json", "--detections", tmp_path / "part.json"], capsys)
+    named = sum(len(d) > 0 for d in part.values())
+    assert code == 0 and 0 < named < len(dataset)
+    warning = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        f"warning: the detections name {named} of the {len(dataset)} images; the other {len(dataset) - named} count"
+        " as images where nothing was detected (to score one split of the ground truth, give --split)"
+    ]
 
 
 def _pycocotools(gt_path, dets_path):
@@ -162,3 +194,20 @@ def test_a_score_beyond_float32_is_a_one_line_error(tmp_path, case, capsys):
     )
     code, _, err = _run(["--gt", tmp_path / "gt.json", "--detections", tmp_path / "dets.json"], capsys)
     assert code == 1 and "record 0: 'score' 1e+308 is beyond float32's range" in err and len(err.splitlines()) == 1
+
+
+def test_detections_of_one_split_of_a_voc_root_name_that_split(tmp_path, capsys):
+    from rcnn.datasets.synthetic import make_synthetic
+
+    root = tmp_path / "synth"
+    make_synthetic(root, 10, 0, 96, 0.3)
+    test = load_dataset(root, split="test", check_images=False)
+    whole = load_dataset(root, check_images=False)
+    perfect = {s.id: Detections(s.boxes, np.ones(len(s.boxes)), s.labels) for s in test}
+    write_detections(tmp_path / "dets.json", perfect, test)
+    code, out, _ = _run(["--gt", root, "--detections", tmp_path / "dets.json"], capsys)
+    n = sum(len(s.boxes) > 0 for s in test)
+    assert code == 0 and f"warning: the detections name {n} of the {len(whole)} images" in out
+    assert "(give --split test)" in out
+    code, out, _ = _run(["--gt", root, "--detections", tmp_path / "dets.json", "--split", "test"], capsys)
+    assert code == 0 and "warning" not in out and "mAP" in out and "1.0000" in out
