@@ -76,7 +76,8 @@ def to_polygon(mask: np.ndarray) -> np.ndarray:
     """One polygon ``float64 [P, 2]`` (x, y) whose rasterisation is `mask`'s pixels: the
     outlines of its parts and holes on pixel edges, joined by zero-width bridges (as
     Ultralytics joins a split object; empty ``[0, 2]`` for an empty mask)."""
-    outlines = [c[:, ::-1] - 0.5 for c in measure.find_contours(np.pad(np.asarray(mask, np.float32), 1), 0.5)]
+    padded = np.pad(np.asarray(mask, np.float32), 1)
+    outlines = [measure.approximate_polygon(c[:, ::-1] - 0.5, 0) for c in measure.find_contours(padded, 0.5)]
     if not outlines:
         return np.zeros((0, 2))
     joined = [outlines[0]]
