@@ -63,8 +63,11 @@ def mask_boxes(rles: list) -> np.ndarray:
 
 
 def mask_areas(rles: list) -> np.ndarray:
-    """``float64 [N]`` pixel counts of the masks."""
-    return mask_utils.area(list(rles)).astype(np.float64).reshape(-1) if rles else np.zeros(0)
+    """``float64 [N]`` pixel counts of the masks (in chunks of 255: pycocotools' ``area`` fails on
+    256 or more under NumPy 2, making a ``uint8`` array of their count)."""
+    rles = list(rles)
+    parts = [mask_utils.area(rles[i : i + 255]).reshape(-1) for i in range(0, len(rles), 255)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
 def from_polygons(polygons: list, height: int, width: int) -> dict:
