@@ -44,7 +44,7 @@ from rcnn.datasets.masks import mask_areas
 from rcnn.errors import DatasetError
 from rcnn.evaluation.voc import gather
 
-__all__ = ["evaluate_coco", "coco_accumulate", "STAT_NAMES", "IOU_THRESHOLDS", "RECALL_THRESHOLDS"]
+__all__ = ["evaluate_coco", "has_masks", "coco_accumulate", "STAT_NAMES", "IOU_THRESHOLDS", "RECALL_THRESHOLDS"]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -165,6 +165,14 @@ def _masks(dataset: Dataset, detections: dict[str, Detections]):
             raise DatasetError(None, f"a detection on image {key} has no 'segmentation': segm evaluation needs masks")
         d_masks += masks
     return g_masks, d_masks
+
+
+def has_masks(dataset: Dataset, detections: dict[str, Detections]) -> bool:
+    """Whether masks can be scored: some detection has a mask, and so does every object and
+    every detection."""
+    masks = [m for s in dataset for m in (s.masks if s.masks is not None else [None] * len(s.labels))]
+    masks += [m for d in detections.values() for m in (d.masks if d.masks is not None else [None] * len(d))]
+    return any(d.masks is not None for d in detections.values()) and all(m is not None for m in masks)
 
 
 def coco_accumulate(dataset: Dataset, detections: dict[str, Detections], iou_type: str = "bbox"):
