@@ -91,28 +91,27 @@ def to_polygon(mask: np.ndarray) -> np.ndarray:
 
 def _rle_string_sum(counts: bytes) -> int | None:
     """The sum of the run lengths in pycocotools' compressed RLE string, None if it is malformed
-    (pycocotools' ``rleFrString``, read here so a corrupt string never reaches C code that does
-    not check it)."""
-    runs, i = [], 0
-    while i < len(counts):
-        x, k, more = 0, 0, True
-        while more:
-            if i >= len(counts):
-                return None
-            c = counts[i] - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            i, k = i + 1, k + 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        if x < 0:
-            return None
-        runs.append(x)
-    return sum(runs)
+    (pycocotools' ``rleFrString`` in numpy, so that a corrupt string never reaches its C code,
+    which does not check it: ``rleDecode`` would write past the mask)."""
+    c = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return 0
+    if (c < 0).any() or (c >= 64).any() or c[-1] & 0x20:
+        return None
+    ends = np.flatnonzero((c & 0x20) == 0)  # each value's last character
+    starts = np.r_[0, ends[:-1] + 1]
+    lengths = ends - starts + 1
+    if lengths.max() > 6:  # 30 bits: pycocotools shifts in a C int (longer values overflow there)
+        return None
+    k = np.arange(c.size) - np.repeat(starts, lengths)
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    x = np.where(c[ends] & 0x10, x - (1 << (5 * lengths)), x)  # sign extension
+    runs = x.copy()  # run m > 2 is stored as its difference from run m - 2
+    runs[3::2] = np.cumsum(x[3::2]) + (x[1] if len(x) > 3 else 0)
+    runs[4::2] = np.cumsum(x[4::2]) + (x[2] if len(x) > 4 else 0)
+    if (runs < 0).any():
+        return None
+    return int(runs.sum())
 
 
 def parse_segmentation(seg, width: int, height: int):

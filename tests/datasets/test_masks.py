@@ -225,3 +225,14 @@ def test_yolo_polygon_outside_the_image(tmp_path):
 def test_parse_segmentation_polygon_union():
     rle, reason = parse_segmentation([SQUARE, [40, 10, 50, 10, 50, 20, 40, 20]], 64, 48)
     assert reason is None and mask_utils.area(rle) == 500
+
+
+def test_compressed_rle_strings_are_checked_before_pycocotools_sees_them():
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        m = rng.random((23, 41)) < rng.random()
+        counts = encode(m)["counts"].decode()
+        assert parse_segmentation({"size": [23, 41], "counts": counts}, 41, 23)[1] is None
+        cut = counts[: len(counts) // 2]
+        if cut:
+            assert parse_segmentation({"size": [23, 41], "counts": cut}, 41, 23)[1] is not None
