@@ -26,7 +26,7 @@ import numpy as np
 from rcnn.boxes import xywh_to_xyxy
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Detections, Sample
-from rcnn.datasets.masks import check_masks, decode, mask_areas, parse_segmentation, rle_json, to_polygon
+from rcnn.datasets.masks import check_masks, decode, parse_segmentation, rle_json, to_polygon
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
 from rcnn.datasets.writing import exact_number, image_base, relative_name
 from rcnn.errors import DatasetError
@@ -223,18 +223,11 @@ def read_coco(
                 labels=[label_of[a["category_id"]] for _, a, _ in anns],
                 difficult=[a["difficult"] for _, a, _ in anns],
                 iscrowd=[a["iscrowd"] for _, a, _ in anns],
-                area=[_area(a, w * h) for _, a, (_, _, w, h) in anns],
+                area=[a["area"] if _is_number(a.get("area")) else w * h for _, a, (_, _, w, h) in anns],
                 masks=masks,
             )
         )
     return Dataset(classes, samples, policy.skipped, category_ids, policy.repairs)
-
-
-def _area(a: dict, box_area):
-    """An annotation's area: its ``area``, else its mask's pixel count, else its box's area."""
-    if _is_number(a.get("area")):
-        return a["area"]
-    return mask_areas([a["mask"]])[0] if a["mask"] is not None else box_area
 
 
 def _segmentation(rle: dict, crowd: bool, mask_format: str):

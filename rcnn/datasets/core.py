@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.boxes import box_area
-from rcnn.datasets.masks import mask_areas
 
 
 @dataclass
@@ -29,7 +28,7 @@ class Sample:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     difficult: np.ndarray | None = None  # bool [N]; None: none are
     iscrowd: np.ndarray | None = None  # bool [N], COCO crowd regions; None: none are
-    area: np.ndarray | None = None  # float32 [N], COCO's annotated area; None: box (mask) area
+    area: np.ndarray | None = None  # float32 [N], COCO's annotated area; None: box area (masks too)
     masks: list | None = None  # one COCO RLE (rcnn.datasets.masks) or None per object; None: no masks
 
     def __post_init__(self):
@@ -47,9 +46,6 @@ class Sample:
                 raise ValueError(f"sample {self.id}: {len(self.masks)} masks for {n} objects")
         if self.area is None:
             self.area = box_area(self.boxes)
-            for i, rle in enumerate(self.masks or []):
-                if rle is not None:
-                    self.area[i] = mask_areas([rle])[0]
         self.area = np.asarray(self.area, np.float32).reshape(-1)
         if not (len(self.boxes) == n == len(self.difficult) == len(self.iscrowd) == len(self.area)):
             raise ValueError(f"sample {self.id}: boxes, labels and difficult differ in length")

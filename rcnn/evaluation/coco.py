@@ -23,7 +23,8 @@ Same definitions as pycocotools 2.0 (which the tests use as the oracle), in vect
 
 Masks (``segm``): the same, with mask IoU (`pycocotools.mask.iou`; a crowd region's is
 intersection / detection area) in place of box IoU, computed once per (image, class) for the
-kept detections, and a detection's area its mask's pixel count (pycocotools' ``loadRes``).
+kept detections, and a detection's area its mask's pixel count (pycocotools' ``loadRes``);
+ground truth keeps its annotated area (COCO's ``area``; the box's where there is none).
 Every ground-truth object and every detection needs a mask.
 
 Matching is greedy and so sequential per (image, class), but independent across them: it
