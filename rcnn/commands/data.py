@@ -138,6 +138,15 @@ def run_convert(args) -> int:
     masks = sum(m is not None for s in dataset for m in (s.masks or []))
     if masks and to == "csv":
         print("note: csv has no form for masks; they were dropped")
+    if masks and to == "voc":
+        from rcnn.datasets.masks import overlapping
+
+        shared = sum(overlapping(s.masks) for s in dataset if s.masks is not None)
+        if shared:
+            print(
+                f"note: {shared} images have objects whose masks overlap; VOC's SegmentationObject keeps one"
+                " object per pixel (the later one), so their masks do not read back the same"
+            )
     boxes = sum(len(s.boxes) for s in dataset)
     shown = f", {masks} masks" if masks and to != "csv" else ""
     print(f"wrote {len(dataset)} samples, {boxes} boxes{shown}, {dataset.num_classes} classes to {args.dst} ({to})")

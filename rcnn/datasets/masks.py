@@ -36,6 +36,7 @@ __all__ = [
     "parse_segmentation",
     "rle_json",
     "check_masks",
+    "overlapping",
     "read_index_png",
     "write_index_png",
     "index_masks",
@@ -87,6 +88,12 @@ def to_polygon(mask: np.ndarray) -> np.ndarray:
     for c in outlines[1:]:
         joined += [c, c[:1], outlines[0][:1]]
     return np.concatenate(joined)
+
+
+def overlapping(masks: list) -> bool:
+    """Whether two of the masks (RLEs or None) share a pixel."""
+    rles = [m for m in masks if m is not None]
+    return len(rles) > 1 and mask_utils.area(mask_utils.merge(rles)) < mask_areas(rles).sum()
 
 
 def _rle_string_sum(counts: bytes) -> int | None:

@@ -255,3 +255,15 @@ def test_cli_check_and_convert_carry_masks(tmp_path, capsys):
     argv = ["--quiet", "data", "convert", str(tmp_path / "p.json"), str(tmp_path / "y"), "--format", "yolo"]
     assert main(argv) == 0
     _same_masks(read_voc(tmp_path / "s"), read_yolo(tmp_path / "y"))
+
+
+def test_convert_to_voc_says_when_masks_overlap(tmp_path, capsys):
+    from rcnn.cli import main
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((48, 64, 3), np.uint8))
+    data = json.loads(_coco_file(tmp_path, [SQUARE]).read_text())
+    data["annotations"].append(dict(data["annotations"][0], id=8, segmentation=[[20, 20, 40, 20, 40, 40, 20, 40]]))
+    data["annotations"][1]["bbox"] = [20, 20, 20, 20]
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    assert main(["--quiet", "data", "convert", str(tmp_path / "gt.json"), str(tmp_path / "voc")]) == 0
+    assert "note: 1 images have objects whose masks overlap" in capsys.readouterr().out
