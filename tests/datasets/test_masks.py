@@ -267,3 +267,14 @@ def test_convert_to_voc_says_when_masks_overlap(tmp_path, capsys):
     (tmp_path / "gt.json").write_text(json.dumps(data))
     assert main(["--quiet", "data", "convert", str(tmp_path / "gt.json"), str(tmp_path / "voc")]) == 0
     assert "note: 1 images have objects whose masks overlap" in capsys.readouterr().out
+
+
+def test_masks_do_not_change_training_cache_keys(dense):
+    from rcnn.datasets import Dataset, Sample
+    from rcnn.detectors.base import training_key
+
+    bare = Dataset(
+        dense.classes, [Sample(s.id, s.image_path, s.width, s.height, s.boxes, s.labels, s.difficult) for s in dense]
+    )
+    assert all(s.masks is not None for s in dense) and all(s.masks is None for s in bare)
+    assert training_key({"x": 1}, dense) == training_key({"x": 1}, bare)
