@@ -68,7 +68,9 @@ def assert_same_model(a: RCNN, b: RCNN) -> None:
 
 
 def edit(root, how: str) -> None:
-    """Change one annotation of the VOC root in place: move a box, remove one, relabel one."""
+    """Change one annotation of the VOC root in place: move a box, remove one, relabel one (its
+    masks, which would no longer fit the boxes, are removed: boxes-only data)."""
+    shutil.rmtree(root / "SegmentationObject")
     for xml in sorted((root / "Annotations").glob("*.xml")):
         tree = ET.parse(xml)
         objects = tree.getroot().findall("object")
@@ -119,6 +121,7 @@ def test_checkpoint_and_features_are_reused_when_nothing_changed(warm, tmp_path)
 def test_training_without_objects_is_refused(tmp_path):
     root = tmp_path / "synth"
     make_synthetic(root, images=3, seed=0, size=96, test_fraction=0.0)
+    shutil.rmtree(root / "SegmentationObject")  # masks of the objects removed below
     for xml in (root / "Annotations").glob("*.xml"):
         tree = ET.parse(xml)
         for obj in tree.getroot().findall("object"):

@@ -46,6 +46,12 @@ def register(subparsers) -> None:
         help="output format (default: coco for .json, csv for .csv; for a folder yolo when it already is a YOLO root, else voc)",
     )
     convert.add_argument("--link", action="store_true", help="VOC or YOLO output: link the images instead of copying")
+    convert.add_argument(
+        "--masks",
+        choices=("rle", "polygon"),
+        default="rle",
+        help="COCO output: write masks as compressed RLE (default) or as polygons (both exact; crowd regions stay RLE)",
+    )
     convert.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
     convert.add_argument(
         "--allow-outside-images",
@@ -112,7 +118,10 @@ def run_convert(args) -> int:
     note = None
     images = "link" if args.link else "copy"
     if to in ("coco", "csv"):
-        base = (write_coco if to == "coco" else write_csv_labels)(dataset, args.dst)
+        if to == "coco":
+            base = write_coco(dataset, args.dst, mask_format=args.masks)
+        else:
+            base = write_csv_labels(dataset, args.dst)
         if base != Path(os.path.abspath(Path(args.dst).parent)):
             note = f"note: the images lie outside {Path(args.dst).parent}; read {args.dst} with --images {base}"
     elif to == "yolo":
@@ -130,8 +139,21 @@ def run_convert(args) -> int:
     ]
     if dropped:
         print(f"note: {to} has no form for the {' and '.join(dropped)} flags; they were dropped")
+    masks = sum(m is not None for s in dataset for m in (s.masks or []))
+    if masks and to == "csv":
+        print("note: csv has no form for masks; they were dropped")
+    if masks and to == "voc":
+        from rcnn.datasets.masks import overlapping
+
+        shared = sum(overlapping(s.masks) for s in dataset if s.masks is not None)
+        if shared:
+            print(
+                f"note: {shared} images have objects whose masks overlap; VOC's SegmentationObject keeps one"
+                " object per pixel (the later one), so their masks do not read back the same"
+            )
     boxes = sum(len(s.boxes) for s in dataset)
-    print(f"wrote {len(dataset)} samples, {boxes} boxes, {dataset.num_classes} classes to {args.dst} ({to})")
+    shown = f", {masks} masks" if masks and to != "csv" else ""
+    print(f"wrote {len(dataset)} samples, {boxes} boxes{shown}, {dataset.num_classes} classes to {args.dst} ({to})")
     if note:
         print(note)
     for path, reason in dataset.repairs:

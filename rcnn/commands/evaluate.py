@@ -1,4 +1,4 @@
-"""`rcnn evaluate`: score a detections file against a dataset (VOC AP or COCO AP/AR).
+"""`rcnn evaluate`: score a detections file against a dataset (VOC AP, COCO box or mask AP/AR).
 
 The classes scored are the model's: `--classes` (only those: the ground truth's objects and
 the detections of any other class are left out, and counted), or else the ground truth's
@@ -17,7 +17,12 @@ from pathlib import Path
 
 from rcnn.errors import RcnnError
 
-METRICS = {"voc07": "VOC2007 11-point AP", "voc": "VOC2010+ all-point AP", "coco": "COCO AP@[.5:.95] and AR"}
+METRICS = {
+    "voc07": "VOC2007 11-point AP",
+    "voc": "VOC2010+ all-point AP",
+    "coco": "COCO AP@[.5:.95] and AR",
+    "segm": "COCO mask AP@[.5:.95] and AR",
+}
 
 
 def register(subparsers) -> None:
@@ -29,7 +34,9 @@ def register(subparsers) -> None:
         help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv",
     )
     p.add_argument("--detections", required=True, metavar="DETS.json", help="COCO-style results file")
-    p.add_argument("--metric", choices=list(METRICS), default="voc", help="voc07 | voc | coco (default voc)")
+    p.add_argument(
+        "--metric", choices=list(METRICS), default="voc", help="voc07 | voc | coco | segm (COCO mask AP) (default voc)"
+    )
     p.add_argument("--iou", type=float, help="IoU threshold of the voc metrics, 0 < IOU <= 1 (default 0.5)")
     p.add_argument(
         "--inclusive", action="store_true", help="voc metrics: +1 pixel widths, for boxes stored as inclusive corners"
@@ -95,8 +102,9 @@ def run(args) -> int:
     from rcnn.evaluation import evaluate_coco, evaluate_voc
     from rcnn.evaluation.voc import check_iou
 
-    if args.metric == "coco" and (args.iou is not None or args.inclusive):
-        raise RcnnError("--iou and --inclusive apply to the voc metrics; coco uses IoU .50:.05:.95")
+    coco = args.metric in ("coco", "segm")
+    if coco and (args.iou is not None or args.inclusive):
+        raise RcnnError(f"--iou and --inclusive apply to the voc metrics; {args.metric} uses IoU .50:.05:.95")
     iou = 0.5 if args.iou is None else args.iou
     try:
         check_iou(iou)
@@ -140,9 +148,9 @@ def run(args) -> int:
             + ("" if args.split else f" ({hint})")
         )
 
-    if args.metric == "coco":
-        report = evaluate_coco(dataset, detections)
-        title = "AP@[.5:.95]"
+    if coco:
+        report = evaluate_coco(dataset, detections, "segm" if args.metric == "segm" else "bbox")
+        title = "mask AP@[.5:.95]" if args.metric == "segm" else "AP@[.5:.95]"
     else:
         result = evaluate_voc(dataset, detections, iou, args.metric == "voc07", args.inclusive)
         report = result.to_dict()
@@ -153,7 +161,7 @@ def run(args) -> int:
     print(f"{'class':{width}s}  objects  {title}")
     for name, count in zip(dataset.classes, n_gt):
         print(f"{name:{width}s}  {count:7d}  {_fmt(report['per_class'][name])}")
-    if args.metric == "coco":
+    if coco:
         from rcnn.evaluation.coco import STAT_NAMES
 
         for name in STAT_NAMES:

@@ -4,7 +4,8 @@ Readers and writers: `voc` (VOC roots and folders of images + .xml), `coco` (ins
 results JSON), `yolo` (YOLO roots: data.yaml or classes.txt, images/, labels/), `csv_labels`
 (one box per row); `load_dataset` picks the reader by what the path is. `rules` holds the
 checks every reader applies, `check` lists every problem of a dataset (``rcnn data check``),
-`writing` what the writers share; `synthetic` generates the built-in dataset.
+`writing` what the writers share; `masks` the per-object masks (COCO RLE) the readers and
+writers carry where the data has them; `synthetic` generates the built-in dataset.
 """
 
 from rcnn.datasets.coco import read_coco, read_detections, write_coco, write_detections

@@ -27,6 +27,7 @@ class CheckReport:
     path: str
     samples: int = 0
     boxes: int = 0
+    masks: int = 0  # objects with a mask
     class_counts: dict = field(default_factory=dict)  # class name -> boxes
     problems: list[Problem] = field(default_factory=list)
 
@@ -43,7 +44,8 @@ class CheckReport:
             f", ... {len(shown) - 12} more" if len(shown) > 12 else ""
         )
         return (
-            f"{self.path}: {self.samples} good samples, {self.boxes} boxes, {len(self.class_counts)} classes"
+            f"{self.path}: {self.samples} good samples, {self.boxes} boxes"
+            f"{f', {self.masks} masks' if self.masks else ''}, {len(self.class_counts)} classes"
             f" ({classes}); {self.count('error')} errors, {self.count('repair')} repairs, {self.count('note')} notes"
         )
 
@@ -70,6 +72,7 @@ def check_dataset(path, split=None, images=None, classes=None, check_images: boo
                 )
     report.samples = len(dataset)
     report.boxes = sum(len(s.boxes) for s in dataset)
+    report.masks = sum(m is not None for s in dataset for m in (s.masks or []))
     counts = np.bincount(
         np.concatenate([s.labels for s in dataset] + [np.zeros(0, np.int64)]), minlength=dataset.num_classes + 1
     )

@@ -2,9 +2,13 @@
 
 COCO's ``bbox`` is ``x, y, w, h`` in continuous pixels; it becomes ``x1, y1, x2, y2`` here and
 nowhere else. Classes are the categories in id order and `Dataset.category_ids` keeps their
-ids; a sample's id is ``str(image id)``; ``iscrowd`` and ``area`` are kept per box.
+ids; a sample's id is ``str(image id)``; ``iscrowd`` and ``area`` are kept per box. A
+``segmentation`` (polygons, RLE or crowd RLE; absent, null or ``[]``: none) becomes the
+object's mask (`rcnn.datasets.masks`), checked like a box: a malformed one, or one whose
+box disagrees with ``bbox``, is an error naming the file and the annotation id.
 
-Results records are ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``. For a
+Results records are ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``, plus a
+COCO RLE ``segmentation`` when the detector gives masks. For a
 COCO dataset ``image_id`` is the integer image id and ``category_id`` the COCO category id;
 for a VOC or folder dataset (no `category_ids`) ``image_id`` is the sample id (the image
 file's stem, a string) and ``category_id`` the class name.
@@ -22,6 +26,7 @@ import numpy as np
 from rcnn.boxes import xywh_to_xyxy
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Detections, Sample
+from rcnn.datasets.masks import check_masks, decode, parse_segmentation, rle_json, to_polygon
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
 from rcnn.datasets.writing import exact_number, image_base, relative_name
 from rcnn.errors import DatasetError
@@ -177,11 +182,15 @@ def read_coco(
         area = a.get("area")
         if area is not None and not (_fits_float32(area) and area >= 0):
             flags.append((None, f"'area' must be a number >= 0, not {area!r:.60}"))
+        mask, seg = None, a.get("segmentation")
+        if seg is not None and seg != []:
+            mask, reason = parse_segmentation(seg, entry["image"]["width"], entry["image"]["height"])
+            flags.append((None, reason))
         bad = [reason for _, reason in flags if reason]
         if bad:
             entry["problems"] += [Problem(where, f"{what}: {reason}") for reason in bad]
             continue
-        a = dict(a, iscrowd=flags[0][0], difficult=flags[1][0])
+        a = dict(a, iscrowd=flags[0][0], difficult=flags[1][0], mask=mask)
         entry["anns"].append((f"{what} ('{names[category]}')", a, bbox))
 
     samples = []
@@ -197,6 +206,11 @@ def read_coco(
             problems += size_problem(where, (im["width"], im["height"]), size, image_path, what)
         xyxy = _xyxy([b for _, _, b in anns])
         boxes, box_problems = check_boxes(xyxy, im["width"], im["height"], where, [w for w, _, _ in anns])
+        masks = [a["mask"] for _, a, _ in anns]
+        if any(m is not None for m in masks):
+            box_problems += check_masks(masks, boxes, where, [w for w, _, _ in anns])
+        else:
+            masks = None
         if not policy.accept(problems + box_problems):
             continue
         samples.append(
@@ -210,9 +224,17 @@ def read_coco(
                 difficult=[a["difficult"] for _, a, _ in anns],
                 iscrowd=[a["iscrowd"] for _, a, _ in anns],
                 area=[a["area"] if _is_number(a.get("area")) else w * h for _, a, (_, _, w, h) in anns],
+                masks=masks,
             )
         )
     return Dataset(classes, samples, policy.skipped, category_ids, policy.repairs)
+
+
+def _segmentation(rle: dict, crowd: bool, mask_format: str):
+    """A mask as COCO ``segmentation``: RLE (always for a crowd region) or one polygon."""
+    if crowd or mask_format == "rle":
+        return rle_json(rle)
+    return [[exact_number(v) for v in to_polygon(decode(rle)).ravel()]]
 
 
 def _xyxy(xywh) -> np.ndarray:
@@ -237,7 +259,7 @@ def _xywh(box) -> list:
     return [x, y, exact_number(box[2], x), exact_number(box[3], y)]
 
 
-def write_coco(dataset: Dataset, path, images=None) -> Path:
+def write_coco(dataset: Dataset, path, images=None, mask_format: str = "rle") -> Path:
     """Write `dataset` as a COCO instances file at `path`; returns the image folder its
     ``file_name``\\ s are relative to, the folder to read it with.
 
@@ -245,8 +267,12 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
     folder when every image lies inside it, else the images' deepest common folder: a
     ``file_name`` never leaves its folder (`read_coco` refuses ``..`` and absolute paths), so
     such a file is read back with ``images=`` that folder (``--images``). Difficult boxes
-    carry ``"difficult": 1`` (COCO has no such flag).
+    carry ``"difficult": 1`` (COCO has no such flag). Masks are written as ``segmentation``:
+    compressed RLE (exact), or with `mask_format` ``"polygon"`` one polygon on pixel edges
+    (exact too, `rcnn.datasets.masks.to_polygon`; crowd regions stay RLE).
     """
+    if mask_format not in ("rle", "polygon"):
+        raise ValueError(f"mask_format must be 'rle' or 'polygon', not {mask_format!r}")
     path = Path(path)
     base = image_base([s.image_path for s in dataset], path.parent, images)
     cat_ids = dataset.category_ids or list(range(1, dataset.num_classes + 1))
@@ -254,7 +280,8 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
     for image_id, s in zip(coco_image_ids(dataset), dataset):
         file_name = relative_name(s.image_path, base)
         out_images.append({"id": image_id, "file_name": file_name, "width": s.width, "height": s.height})
-        for box, label, difficult, crowd, area in zip(s.boxes, s.labels, s.difficult, s.iscrowd, s.area):
+        masks = s.masks if s.masks is not None else [None] * len(s.labels)
+        for box, label, difficult, crowd, area, mask in zip(s.boxes, s.labels, s.difficult, s.iscrowd, s.area, masks):
             ann = {
                 "id": len(out_anns) + 1,
                 "image_id": image_id,
@@ -265,6 +292,8 @@ def write_coco(dataset: Dataset, path, images=None) -> Path:
             }
             if difficult:
                 ann["difficult"] = 1
+            if mask is not None:
+                ann["segmentation"] = _segmentation(mask, crowd, mask_format)
             out_anns.append(ann)
     categories = [{"id": c, "name": n, "supercategory": ""} for c, n in zip(cat_ids, dataset.classes)]
     data = {"images": out_images, "annotations": out_anns, "categories": categories}
@@ -306,7 +335,8 @@ def read_detections(path, dataset: Dataset, records=None) -> dict[str, Detection
     coco = dataset.category_ids is not None
     ids = {s.id for s in dataset}
     labels = {c: i + 1 for i, c in enumerate(dataset.category_ids if coco else dataset.classes)}
-    found = {s.id: ([], [], []) for s in dataset}
+    sizes = {s.id: (s.width, s.height) for s in dataset}
+    found = {s.id: ([], [], [], []) for s in dataset}
     for k, r in enumerate(data):
         if not (isinstance(r, dict) and {"image_id", "category_id", "bbox", "score"} <= r.keys()):
             raise DatasetError(path, f"record {k}: needs image_id, category_id, bbox and score")
@@ -326,11 +356,20 @@ def read_detections(path, dataset: Dataset, records=None) -> dict[str, Detection
             raise DatasetError(path, f"record {k}: 'score' is not a number: {score!r:.60}")
         if not _fits_float32(score):
             raise DatasetError(path, f"record {k}: 'score' {score!r} is beyond float32's range (about 3.4e38)")
-        boxes, scores, labs = found[key]
+        mask = None
+        if r.get("segmentation") is not None:
+            mask, reason = parse_segmentation(r["segmentation"], *sizes[key])
+            if reason:
+                raise DatasetError(path, f"record {k}: {reason}")
+        boxes, scores, labs, masks = found[key]
         boxes.append(bbox)
         scores.append(score)
         labs.append(label)
-    return {key: Detections(_xyxy(boxes), scores, labs) for key, (boxes, scores, labs) in found.items()}
+        masks.append(mask)
+    return {
+        key: Detections(_xyxy(boxes), scores, labs, masks if any(m is not None for m in masks) else None)
+        for key, (boxes, scores, labs, masks) in found.items()
+    }
 
 
 def write_detections(path, detections: dict[str, Detections], dataset: Dataset) -> None:
@@ -348,15 +387,17 @@ def write_detections(path, detections: dict[str, Detections], dataset: Dataset) 
         if d is None:
             continue
         image_id = int(s.id) if coco else s.id
-        for box, score, label in zip(d.boxes, d.scores, d.labels):
+        masks = d.masks if d.masks is not None else [None] * len(d)
+        for box, score, label, mask in zip(d.boxes, d.scores, d.labels, masks):
             if not 1 <= label <= len(names):
                 raise DatasetError(path, f"sample {s.id}: label {label} outside 1..{len(names)}")
-            records.append(
-                {
-                    "image_id": image_id,
-                    "category_id": names[label - 1],
-                    "bbox": _xywh(box),
-                    "score": exact_number(score),
-                }
-            )
+            record = {
+                "image_id": image_id,
+                "category_id": names[label - 1],
+                "bbox": _xywh(box),
+                "score": exact_number(score),
+            }
+            if mask is not None:
+                record["segmentation"] = rle_json(mask)
+            records.append(record)
     write_text(path, json.dumps(records, separators=(",", ":")))

@@ -2,7 +2,8 @@
 
 A `Dataset` has class names (index ``i`` in `classes` is label ``i + 1``; 0 is background)
 and a list of `Sample`s. A sample's boxes are ``float32 [N, 4]`` xyxy in continuous pixel
-coordinates (see `rcnn.boxes`), labels ``int64 [N]`` in ``1..C``, difficult ``bool [N]``.
+coordinates (see `rcnn.boxes`), labels ``int64 [N]`` in ``1..C``, difficult ``bool [N]``;
+masks, where the data has them, one COCO RLE or None per object (`rcnn.datasets.masks`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class Sample:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     difficult: np.ndarray | None = None  # bool [N]; None: none are
     iscrowd: np.ndarray | None = None  # bool [N], COCO crowd regions; None: none are
-    area: np.ndarray | None = None  # float32 [N], COCO's annotated area; None: box area
+    area: np.ndarray | None = None  # float32 [N], COCO's annotated area; None: box area (masks too)
+    masks: list | None = None  # one COCO RLE (rcnn.datasets.masks) or None per object; None: no masks
 
     def __post_init__(self):
         self.image_path = Path(self.image_path)
@@ -38,6 +40,10 @@ class Sample:
         )
         n = len(self.labels)
         self.iscrowd = np.zeros(n, bool) if self.iscrowd is None else np.asarray(self.iscrowd, bool).reshape(-1)
+        if self.masks is not None:
+            self.masks = list(self.masks)
+            if len(self.masks) != n:
+                raise ValueError(f"sample {self.id}: {len(self.masks)} masks for {n} objects")
         if self.area is None:
             self.area = box_area(self.boxes)
         self.area = np.asarray(self.area, np.float32).reshape(-1)
@@ -108,7 +114,18 @@ class Dataset:
                     extra[name], next_id = next_id, next_id + 1
                 ids.append(given.get(name, extra.get(name)))
         samples = [
-            Sample(s.id, s.image_path, s.width, s.height, s.boxes, new_label[s.labels], s.difficult, s.iscrowd, s.area)
+            Sample(
+                s.id,
+                s.image_path,
+                s.width,
+                s.height,
+                s.boxes,
+                new_label[s.labels],
+                s.difficult,
+                s.iscrowd,
+                s.area,
+                s.masks,
+            )
             for s in self.samples
         ]
         return Dataset(classes, samples, list(self.skipped), ids, list(self.repairs))
@@ -160,11 +177,13 @@ class Dataset:
 @dataclass
 class Detections:
     """Detections on one image: boxes ``float32 [K, 4]`` xyxy, scores ``float32 [K]``,
-    labels ``int64 [K]`` in ``1..C``. A dataset's detections are ``dict[sample id, Detections]``."""
+    labels ``int64 [K]`` in ``1..C``, and for a detector with masks one COCO RLE per detection
+    (`masks`; None: no masks). A dataset's detections are ``dict[sample id, Detections]``."""
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    masks: list | None = None
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -172,6 +191,10 @@ class Detections:
         self.labels = np.asarray(self.labels, np.int64).reshape(-1)
         if not (len(self.boxes) == len(self.scores) == len(self.labels)):
             raise ValueError("detections: boxes, scores and labels differ in length")
+        if self.masks is not None:
+            self.masks = list(self.masks)
+            if len(self.masks) != len(self.labels):
+                raise ValueError("detections: masks and boxes differ in length")
 
     def __len__(self) -> int:
         return len(self.scores)

@@ -35,6 +35,7 @@ import numpy as np
 
 from rcnn.cache import atomic_write, write_text
 from rcnn.datasets.core import Dataset, Sample
+from rcnn.datasets.masks import encode
 from rcnn.datasets.voc import write_voc
 from rcnn.errors import ConfigError, DatasetError
 from rcnn.progress import progress
@@ -53,7 +54,7 @@ BACKGROUNDS = [
     "moon",
 ]
 MIN_VISIBLE = 0.8  # share of a shape's area that must stay in view
-VERSION = 2  # bump when the generator's output changes
+VERSION = 3  # bump when the generator's output changes (3: masks)
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0]
 _photos: list[np.ndarray] = []
 
@@ -200,13 +201,11 @@ def _mask_box(mask: np.ndarray) -> list[int]:
 
 
 def _finish(image: np.ndarray, boxes, labels, masks) -> tuple:
-    """``uint8`` image, ``float32 [N, 4]`` boxes, ``int64 [N]`` labels and the object mask
-    (``bool [H, W]``, every object's visible pixels)."""
-    mask = np.zeros(image.shape[:2], bool)
-    for m in masks:
-        mask |= m
+    """``uint8`` image, ``float32 [N, 4]`` boxes, ``int64 [N]`` labels and the objects' masks
+    (a list of ``bool [H, W]``, each object's visible pixels)."""
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), mask
+    masks = [np.ascontiguousarray(m, bool) for m in masks]
+    return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), masks
 
 
 def _place_shapes(rng, image, size: int, classes, count: int, scale=(0.12, 0.55), touching: float = 0.0):
@@ -379,6 +378,16 @@ def render_preset(rng: np.random.Generator, preset: str = "multi", size: int = 2
     """One image of preset `preset` (see `PRESETS`): ``uint8 [size, size, 3]`` RGB, boxes
     ``float32 [N, 4]``, labels ``int64 [N]`` in ``1..C`` of the preset's classes, and the
     object mask ``bool [size, size]`` (the visible pixels of every object)."""
+    image, boxes, labels, masks = render_objects(rng, preset, size)
+    union = np.zeros((size, size), bool)
+    for m in masks:
+        union |= m
+    return image, boxes, labels, union
+
+
+def render_objects(rng: np.random.Generator, preset: str = "multi", size: int = 256):
+    """As `render_preset`, with each object's own mask: a list of ``bool [size, size]`` (its
+    visible pixels; objects' masks do not overlap, and each box is its mask's box)."""
     if preset not in PRESETS:
         raise ConfigError(f"synthetic data: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     if preset == "multi":
@@ -417,7 +426,7 @@ def make_synthetic(
 
             return read_voc(out, classes=list(spec.classes), check_images=False)
         marker.unlink()
-        for sub in ("Annotations", "JPEGImages", "ImageSets"):
+        for sub in ("Annotations", "JPEGImages", "ImageSets", "SegmentationObject", "SegmentationClass"):
             shutil.rmtree(out / sub, ignore_errors=True)
     elif out.exists() and any(out.iterdir()):
         raise DatasetError(out, "folder is not empty and holds no synthetic set; choose another")
@@ -425,7 +434,7 @@ def make_synthetic(
     width = max(6, len(str(images - 1)))
     samples = []
     for i in progress(range(images), desc="synthetic images"):
-        image, boxes, labels, _ = render_preset(np.random.default_rng([seed, i]), preset, size)
+        image, boxes, labels, masks = render_objects(np.random.default_rng([seed, i]), preset, size)
         path = out / "JPEGImages" / f"{i:0{width}d}{spec.suffix}"
         ok, data = cv2.imencode(
             spec.suffix, np.ascontiguousarray(image[:, :, ::-1]), _JPEG if spec.suffix == ".jpg" else []
@@ -434,7 +443,7 @@ def make_synthetic(
             raise DatasetError(path, "OpenCV could not encode the image")
         with atomic_write(path) as f:
             f.write(data.tobytes())
-        samples.append(Sample(path.stem, path, size, size, boxes, labels))
+        samples.append(Sample(path.stem, path, size, size, boxes, labels, masks=[encode(m) for m in masks]))
     order = np.random.default_rng([seed, images]).permutation(images)
     test = set(order[: int(round(images * test_fraction))].tolist())
     dataset = Dataset(list(spec.classes), samples)

@@ -8,9 +8,15 @@ id is the annotation file's stem; class names are the sorted names found unless 
 A VOC root::
 
     ROOT/Annotations/ID.xml  ROOT/JPEGImages/ID.jpg  ROOT/ImageSets/Main/SPLIT.txt
+    ROOT/SegmentationObject/ID.png  ROOT/SegmentationClass/ID.png  (optional: masks)
 
 or one of its common variants (`voc_folders`): ``annotations/`` for ``Annotations/``, and
 ``images/`` for ``JPEGImages/`` (the layout supervision and many Kaggle sets write).
+
+Masks come from ``SegmentationObject/ID.png`` where it exists: a palette PNG whose index
+``k`` marks the pixels of the ``k``-th ``<object>`` (0 background, 255 VOC's void border).
+The writer writes it and ``SegmentationClass/ID.png`` (index: the class's label ``1..C`` in
+the dataset's class order) for samples with masks, and ``ImageSets/Segmentation/SPLIT.txt``.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
+
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.images import IMAGE_SUFFIXES
+from rcnn.datasets.masks import VOC_VOID, check_masks, index_image, index_masks, read_index_png, write_index_png
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
 from rcnn.datasets.writing import check_names, exact_number, place_image
 from rcnn.errors import DatasetError
@@ -110,10 +119,18 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
 
 
 def _read(
-    xml_paths, image_dir: Path, classes, check_images, policy: ProblemPolicy, decode: bool, allow_outside=False
+    xml_paths,
+    image_dir: Path,
+    classes,
+    check_images,
+    policy: ProblemPolicy,
+    decode: bool,
+    allow_outside=False,
+    mask_dir: Path | None = None,
 ) -> Dataset:
     """Samples from annotation files, images looked up in `image_dir` by stem (or <filename>,
-    which must not lead outside `image_dir` unless `allow_outside`)."""
+    which must not lead outside `image_dir` unless `allow_outside`), masks from
+    ``mask_dir/STEM.png`` where it exists."""
     images = _images_by_stem(image_dir)
     known = None if classes is None else set(classes)
     kept = []
@@ -160,16 +177,46 @@ def _read(
             ]
             boxes, box_problems = check_boxes(boxes, size[0], size[1], xml_path, what)
             problems += box_problems
+        masks = None
+        if mask_dir is not None and size is not None and (mask_dir / f"{stem}.png").is_file():
+            masks, mask_problems = _read_masks(mask_dir / f"{stem}.png", size, boxes, objects)
+            problems += mask_problems
         if policy.accept(problems):
-            kept.append((stem, image_path, size, boxes, objects))
+            kept.append((stem, image_path, size, boxes, objects, masks))
     if classes is None:
-        classes = sorted({name for *_, objects in kept for name, _, _ in objects})
+        classes = sorted({name for *_, objects, _ in kept for name, _, _ in objects})
     label = {name: i + 1 for i, name in enumerate(classes)}
     samples = [
-        Sample(stem, image_path, size[0], size[1], boxes, [label[n] for n, _, _ in objs], [d for _, _, d in objs])
-        for stem, image_path, size, boxes, objs in kept
+        Sample(
+            stem,
+            image_path,
+            size[0],
+            size[1],
+            boxes,
+            [label[n] for n, _, _ in objs],
+            [d for _, _, d in objs],
+            masks=masks,
+        )
+        for stem, image_path, size, boxes, objs, masks in kept
     ]
     return Dataset(list(classes), samples, policy.skipped, repairs=policy.repairs)
+
+
+def _read_masks(png: Path, size, boxes, objects):
+    """``(masks, problems)`` of the objects from their ``SegmentationObject`` PNG: one RLE per
+    object, None for an object without pixels."""
+    indices, reason = read_index_png(png)
+    if reason:
+        return None, [Problem(str(png), reason)]
+    if indices.shape != (size[1], size[0]):
+        h, w = indices.shape
+        return None, [Problem(str(png), f"mask image is {w}x{h}, the annotated image {size[0]}x{size[1]}")]
+    extra = sorted(set(np.unique(indices).tolist()) - {0, VOC_VOID} - set(range(1, len(objects) + 1)))
+    if extra:
+        return None, [Problem(str(png), f"object index(es) {extra[:5]} but only {len(objects)} <object>(s)")]
+    masks = index_masks(indices, len(objects))
+    what = [f"object {i + 1} '{n}'" for i, (n, _, _) in enumerate(objects)]
+    return masks, check_masks(masks, np.asarray(boxes, np.float64).reshape(-1, 4), png, what)
 
 
 def read_voc(
@@ -214,7 +261,8 @@ def read_voc(
             seen.add(sample_id)
             xml_paths.append(annotations / f"{sample_id}.xml")
     image_dir = Path(images) if images is not None else image_dir
-    return _read(xml_paths, image_dir, classes, check_images, policy, decode, allow_outside_images)
+    mask_dir = root / "SegmentationObject"
+    return _read(xml_paths, image_dir, classes, check_images, policy, decode, allow_outside_images, mask_dir)
 
 
 def read_voc_folder(
@@ -264,7 +312,10 @@ def voc_xml(sample: Sample, classes, filename: str) -> str:
 def write_voc(dataset: Dataset, root, split=None, images: str = "copy") -> None:
     """Write `dataset` as a VOC root at `root` (added to what is there): ``Annotations/ID.xml``,
     ``JPEGImages/ID.ext`` (a copy or a symbolic link of each image) and, with `split`,
-    ``ImageSets/Main/SPLIT.txt``. COCO's ``iscrowd`` and ``area`` have no VOC form and are dropped."""
+    ``ImageSets/Main/SPLIT.txt``. COCO's ``iscrowd`` and ``area`` have no VOC form and are dropped.
+    A sample with masks also gets ``SegmentationObject/ID.png`` and ``SegmentationClass/ID.png``
+    (where masks overlap the later object keeps the pixel: VOC holds one object per pixel) and,
+    with `split`, a line in ``ImageSets/Segmentation/SPLIT.txt``."""
     if images not in ("copy", "link"):
         raise ValueError(f"images must be 'copy' or 'link', not {images!r}")
     duplicate = dataset.duplicate_id()
@@ -283,5 +334,19 @@ def write_voc(dataset: Dataset, root, split=None, images: str = "copy") -> None:
         dst = root / "JPEGImages" / (s.id + s.image_path.suffix)
         place_image(s.image_path, dst, images, "a VOC root")
         write_text(root / "Annotations" / f"{s.id}.xml", voc_xml(s, dataset.classes, dst.name))
+        if s.masks is not None:
+            objects = index_image(s.masks, s.height, s.width)
+            for folder, indices in (("SegmentationObject", objects), ("SegmentationClass", _class_image(s, objects))):
+                write_index_png(root / folder / f"{s.id}.png", indices)
     if split is not None:
         write_text(root / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{s.id}\n" for s in dataset))
+        segmented = [s.id for s in dataset if s.masks is not None]
+        if segmented:
+            write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in segmented))
+
+
+def _class_image(sample: Sample, objects: np.ndarray) -> np.ndarray:
+    """``SegmentationClass`` indices from ``SegmentationObject``'s: each object's label."""
+    lut = np.zeros(256, np.uint8)
+    lut[1 : len(sample.labels) + 1] = sample.labels
+    return lut[objects]

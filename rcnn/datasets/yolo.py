@@ -18,9 +18,12 @@ height (0..1). Here, and only here, they become continuous pixel corners:
 ``x1 = (cx - w / 2) * W, y1 = (cy - h / 2) * H, x2 = (cx + w / 2) * W, y2 = (cy + h / 2) * H``
 (float64, then float32), with ``W x H`` the image's stored size read from its header (YOLO
 files have no sizes, so image headers are always read). The box rule of
-`rcnn.datasets.rules` applies as for VOC and COCO. A line that is not five numbers (a
-segmentation polygon, say), a class that is not an integer or not in the names, or a box in
-error is an error naming the label file and the line.
+`rcnn.datasets.rules` applies as for VOC and COCO. A segmentation line
+``class x1 y1 x2 y2 x3 y3 ...`` (a normalised polygon, at least 3 points) gives the object its
+mask and its box (the polygon's extent); the writer writes such lines for samples with masks
+(`rcnn.datasets.masks.to_polygon`, exact). A line that is neither, a class that is not an
+integer or not in the names, a polygon outside the image, or a box in error is an error
+naming the label file and the line.
 
 ``data.yaml`` (read with PyYAML's safe loader; aliases are refused, and so is a file over
 1 MiB): ``names`` is a list or an ``{index: name}`` mapping (indices ``0..C-1``; names
@@ -60,7 +63,8 @@ import yaml
 from rcnn.cache import write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.images import IMAGE_SUFFIXES
-from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in
+from rcnn.datasets.masks import check_masks, decode, from_polygons, to_polygon
+from rcnn.datasets.rules import TOLERANCE, Problem, ProblemPolicy, check_boxes, check_image, image_path_in
 from rcnn.datasets.writing import check_names, place_image
 from rcnn.errors import DatasetError
 from rcnn.progress import progress
@@ -327,23 +331,31 @@ def _corners(values: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _parse_labels(path: Path, names: list[str]):
-    """``(class indices, float64 [N, 4] normalised values, raw lines, problems)`` of a label file."""
-    classes, values, shown, problems = [], [], [], []
+    """``(class indices, float64 [N, 4] normalised values, raw lines, problems, polygons)`` of a
+    label file; `polygons` holds a segmentation line's normalised ``float64 [P, 2]`` points
+    (its values are the polygon's box) and None for a box line."""
+    classes, values, shown, problems, polygons = [], [], [], [], []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        return classes, np.zeros((0, 4)), shown, problems  # no label file: no objects
+        return classes, np.zeros((0, 4)), shown, problems, polygons  # no label file: no objects
     except (OSError, UnicodeDecodeError) as e:
-        return classes, np.zeros((0, 4)), shown, [Problem(str(path), f"cannot read the label file: {e}")]
+        return classes, np.zeros((0, 4)), shown, [Problem(str(path), f"cannot read the label file: {e}")], polygons
     for n, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 5:
-            hint = " (a segmentation polygon? only boxes are read)" if len(fields) > 5 else ""
+        if len(fields) > 5 and (len(fields) % 2 == 0 or len(fields) < 7):
             problems.append(
-                Problem(str(path), f"line {n}: expected 5 values 'class cx cy w h', found {len(fields)}{hint}")
+                Problem(
+                    str(path),
+                    f"line {n}: a segmentation polygon 'class x1 y1 x2 y2 x3 y3 ...' needs an even number of"
+                    f" coordinates, at least 6; found {len(fields) - 1}",
+                )
             )
+            continue
+        if len(fields) < 5:
+            problems.append(Problem(str(path), f"line {n}: expected 5 values 'class cx cy w h', found {len(fields)}"))
             continue
         if not _INT.fullmatch(fields[0]):
             problems.append(Problem(str(path), f"line {n}: class {fields[0]!r:.40} is not an integer index"))
@@ -359,10 +371,21 @@ def _parse_labels(path: Path, names: list[str]):
         except ValueError:
             problems.append(Problem(str(path), f"line {n}: cx cy w h must be numbers: {' '.join(fields[1:])!r:.80}"))
             continue
+        polygon = None
+        if len(numbers) > 4:
+            polygon = np.array(numbers).reshape(-1, 2)
+            if not np.isfinite(polygon).all():
+                problems.append(Problem(str(path), f"line {n}: a polygon coordinate is not a finite number"))
+                continue
+            (x1, y1), (x2, y2) = polygon.min(0), polygon.max(0)
+            numbers = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
         classes.append(index)
         values.append(numbers)
-        shown.append(f"line {n} (class {index} '{names[index]}': {' '.join(fields[1:])})")
-    return classes, np.array(values, np.float64).reshape(-1, 4), shown, problems
+        polygons.append(polygon)
+        shown.append(
+            f"line {n} (class {index} '{names[index]}': {' '.join(fields[1:6])}{' ...' * (polygon is not None)})"
+        )
+    return classes, np.array(values, np.float64).reshape(-1, 4), shown, problems, polygons
 
 
 def read_yolo(
@@ -398,15 +421,35 @@ def read_yolo(
         else:
             first[image.stem] = image
         size, image_problems = check_image(image, decode)
-        classes, values, shown, line_problems = _parse_labels(labels, names)
+        classes, values, shown, line_problems, polygons = _parse_labels(labels, names)
         problems += image_problems + line_problems
-        boxes = np.zeros((0, 4), np.float32)
+        boxes, masks = np.zeros((0, 4), np.float32), None
         if size is not None:
             boxes, box_problems = check_boxes(_corners(values, *size), size[0], size[1], labels, shown)
             problems += box_problems
+            if any(p is not None for p in polygons):
+                masks, mask_problems = _polygon_masks(polygons, size, labels, shown)
+                problems += mask_problems or check_masks(masks, boxes.astype(np.float64), labels, shown)
         if policy.accept(problems):
-            samples.append(Sample(image.stem, image, size[0], size[1], boxes, np.array(classes, np.int64) + 1))
+            samples.append(
+                Sample(image.stem, image, size[0], size[1], boxes, np.array(classes, np.int64) + 1, masks=masks)
+            )
     return Dataset(list(names), samples, policy.skipped, repairs=policy.repairs)
+
+
+def _polygon_masks(polygons, size, path, shown):
+    """``(masks, problems)``: the RLE of each normalised polygon (None for a box line) in a
+    ``W x H`` image; a point more than `TOLERANCE` px outside the image is a problem."""
+    (width, height), masks, problems = size, [], []
+    for polygon, what in zip(polygons, shown):
+        if polygon is None:
+            masks.append(None)
+            continue
+        xy = polygon * (width, height)
+        if (xy < -TOLERANCE).any() or (xy[:, 0] > width + TOLERANCE).any() or (xy[:, 1] > height + TOLERANCE).any():
+            problems.append(Problem(str(path), f"{what}: polygon lies outside the {width}x{height} image"))
+        masks.append(from_polygons([xy.ravel()], height, width))
+    return masks, problems
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -434,6 +477,24 @@ def _placeholder(key: str, value) -> bool:
     """Whether the data.yaml entry ``key: value`` is one `write_yolo` filled in for a split
     that was not written (``images``, or another split's ``images/SPLIT``)."""
     return value == "images" or (isinstance(value, str) and value.startswith("images/") and value != f"images/{key}")
+
+
+def _polygon_numbers(mask, box, width: int, height: int) -> list[str]:
+    """Normalised ``x1 y1 x2 y2 ...`` texts of a mask's outline (`to_polygon`; the box's corners
+    when there is no mask), each with as few digits as read back to the same pixel coordinate."""
+    if mask is None:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        points = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+    else:
+        points = to_polygon(decode(mask))
+    texts = []
+    for v, side in zip(points.ravel(), [width, height] * len(points)):
+        for digits in range(6, 18):
+            text = f"{v / side:.{digits}g}"
+            if float(text) * side == v:
+                break
+        texts.append(text)
+    return texts
 
 
 def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> str | None:
@@ -477,7 +538,15 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> str 
         if s.width <= 0 or s.height <= 0:
             raise DatasetError(s.image_path, f"sample '{s.id}' has no image size (needed for YOLO's normalised boxes)")
         place_image(s.image_path, root / "images" / sub / (s.id + s.image_path.suffix), images, "a YOLO root")
-        lines = [f"{label - 1} {' '.join(_numbers(box, s.width, s.height))}\n" for box, label in zip(s.boxes, s.labels)]
+        if s.masks is None:
+            lines = [
+                f"{label - 1} {' '.join(_numbers(box, s.width, s.height))}\n" for box, label in zip(s.boxes, s.labels)
+            ]
+        else:  # segmentation labels: every line a polygon (Ultralytics reads no mixture)
+            lines = [
+                f"{label - 1} {' '.join(_polygon_numbers(mask, box, s.width, s.height))}\n"
+                for box, label, mask in zip(s.boxes, s.labels, s.masks)
+            ]
         write_text(root / "labels" / sub / f"{s.id}.txt", "".join(lines))
     if split in SPLIT_KEYS:  # other split names are found as images/SPLIT/ by the reader
         entries[split] = f"images/{split}"
@@ -498,7 +567,7 @@ def write_yolo(dataset: Dataset, root, split=None, images: str = "copy") -> str 
                 f"train and val both point at {target} (no train or val split was written; Ultralytics needs both keys)"
             )
         note = f"{yaml_path}: {reason}"
-    header = "# YOLO labels: one 'class cx cy w h' line per box, normalised by the image size\n"
+    header = "# YOLO labels: one 'class cx cy w h' line per box (or 'class x1 y1 x2 y2 ...' per polygon), normalised\n"
     if note:
         header += f"# {reason}\n"
     body = {k: entries[k] for k in SPLIT_KEYS if k in entries}

@@ -1,4 +1,5 @@
-"""COCO-style box AP/AR: the twelve numbers of pycocotools' ``COCOeval(iouType="bbox")``.
+"""COCO-style AP/AR: the twelve numbers of pycocotools' ``COCOeval(iouType="bbox")``, and of
+``COCOeval(iouType="segm")`` for masks (``iou_type="segm"``).
 
 Same definitions as pycocotools 2.0 (which the tests use as the oracle), in vectorised numpy:
 
@@ -20,6 +21,12 @@ Same definitions as pycocotools 2.0 (which the tests use as the oracle), in vect
   ranges with no (non-ignored) ground truth are -1 and left out of the means; a mean with
   nothing left is -1.
 
+Masks (``segm``): the same, with mask IoU (`pycocotools.mask.iou`; a crowd region's is
+intersection / detection area) in place of box IoU, computed once per (image, class) for the
+kept detections, and a detection's area its mask's pixel count (pycocotools' ``loadRes``);
+ground truth keeps its annotated area (COCO's ``area``; the box's where there is none).
+Every ground-truth object and every detection needs a mask.
+
 Matching is greedy and so sequential per (image, class), but independent across them: it
 runs as a loop over detection rank (at most 100) with every (image, class) group, all ten
 thresholds and all four area ranges in one numpy operation. Groups are bucketed by their
@@ -29,13 +36,16 @@ number of ground-truth boxes so the padding stays small.
 from __future__ import annotations
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from rcnn.boxes import matched_box_iou, xyxy_to_xywh
 from rcnn.datasets.coco import coco_image_ids
 from rcnn.datasets.core import Dataset, Detections
+from rcnn.datasets.masks import mask_areas
+from rcnn.errors import DatasetError
 from rcnn.evaluation.voc import gather
 
-__all__ = ["evaluate_coco", "coco_accumulate", "STAT_NAMES", "IOU_THRESHOLDS", "RECALL_THRESHOLDS"]
+__all__ = ["evaluate_coco", "has_masks", "coco_accumulate", "STAT_NAMES", "IOU_THRESHOLDS", "RECALL_THRESHOLDS"]
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -66,10 +76,42 @@ def _image_order(dataset: Dataset) -> np.ndarray:
     return rank
 
 
-def _match(f, g_ig, d_sel, d_group, g_group):
+def _box_ious(f):
+    """``pair_iou(d [n], g [n, G], crowd [n, G]) -> float64 [n, G]``: box IoU of detection
+    ``d[i]`` with ground truth ``g[i, j]`` (indices into `f`)."""
+    return lambda d, g, crowd: matched_box_iou(f.d_box[d][:, None], f.g_box[g], crowd=crowd)
+
+
+def _mask_ious(f, d_masks, g_masks, d_sel, d_group, g_group):
+    """As `_box_ious` for masks: `pycocotools.mask.iou` of each (image, class) group's kept
+    detections ``d_sel`` (sorted by group) against its ground truth, looked up by index."""
+    n_g = len(g_group)
+    g_order = np.argsort(g_group, kind="stable")
+    g_groups, g_start, g_count = np.unique(g_group[g_order], return_index=True, return_counts=True)
+    col = np.zeros(n_g, np.int64)
+    col[g_order] = np.arange(n_g) - np.repeat(g_start, g_count)
+    base = np.zeros(len(f.d_label), np.int64)  # where detection d's row of IoUs starts in `flat`
+    groups, d_start, d_count = np.unique(d_group, return_index=True, return_counts=True)
+    parts, size = [], 0
+    for grp, start, count in zip(groups, d_start, d_count):
+        k = np.searchsorted(g_groups, grp)
+        if k == len(g_groups) or g_groups[k] != grp:
+            continue
+        gts = g_order[g_start[k] : g_start[k] + g_count[k]]
+        dts = d_sel[start : start + count]
+        ious = mask_utils.iou([d_masks[i] for i in dts], [g_masks[j] for j in gts], f.g_crowd[gts].astype(np.uint8))
+        base[dts] = size + np.arange(count) * len(gts)
+        parts.append(np.asarray(ious, np.float64).reshape(-1))
+        size += count * len(gts)
+    flat = np.concatenate(parts) if parts else np.zeros(1)
+    return lambda d, g, crowd: flat[np.minimum(base[d][:, None] + col[g], len(flat) - 1)]
+
+
+def _match(f, g_ig, d_sel, d_group, g_group, pair_iou):
     """Greedy matching of the kept detections ``d_sel`` (sorted by group ``d_group``, then
     rank) at every threshold and area range: matched ``[T, A, D]`` and matched-to-ignored
-    ``[T, A, D]`` over ``d_sel``. ``g_ig [A, G]``: ignored per area range; ``g_group [G]``."""
+    ``[T, A, D]`` over ``d_sel``. ``g_ig [A, G]``: ignored per area range; ``g_group [G]``;
+    `pair_iou`: `_box_ious` or `_mask_ious`."""
     T, A, D = len(IOU_THRESHOLDS), len(AREA_RANGES), len(d_sel)
     thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[:, None, None, None]
     matched = np.zeros((T, A, D), bool)
@@ -86,7 +128,6 @@ def _match(f, g_ig, d_sel, d_group, g_group):
         j = np.arange(G)
         valid = j < n_gt[members][:, None]  # [n, G]
         gi = g_order[np.where(valid, g_start[members][:, None] + j, 0)]
-        g_box = f.g_box[gi]
         crowd = f.g_crowd[gi] & valid
         ig = g_ig[:, gi]  # [A, n, G]
         later = ig * G + j  # position in pycocotools' gt order (ignored last), for ties
@@ -94,7 +135,7 @@ def _match(f, g_ig, d_sel, d_group, g_group):
         for k in range(int(d_count[members].max())):
             n = int(np.count_nonzero(d_count[members] > k))
             di = d_start[members[:n]] + k
-            iou = matched_box_iou(f.d_box[d_sel[di]][:, None], g_box[:n], crowd=crowd[:n])  # [n, G]
+            iou = pair_iou(d_sel[di], gi[:n], crowd[:n])  # [n, G]
             cand = (iou >= thr) & valid[:n] & ~(taken[:, :, :n] & ~crowd[:n])
             real = cand & ~ig[None, :, :n]
             cand = np.where(real.any(-1, keepdims=True), real, cand)
@@ -109,10 +150,38 @@ def _match(f, g_ig, d_sel, d_group, g_group):
     return matched, to_ignored
 
 
-def coco_accumulate(dataset: Dataset, detections: dict[str, Detections]):
+def _masks(dataset: Dataset, detections: dict[str, Detections]):
+    """Every ground-truth object's and detection's mask, in `gather`'s order; a missing one
+    raises `DatasetError` naming it."""
+    g_masks, d_masks = [], []
+    for s in dataset:
+        masks = s.masks if s.masks is not None else [None] * len(s.labels)
+        if any(m is None for m in masks):
+            i = [m is None for m in masks].index(True)
+            raise DatasetError(s.image_path, f"object {i + 1} has no mask: segm evaluation needs every object's mask")
+        g_masks += masks
+    for key, d in detections.items():
+        masks = d.masks if d.masks is not None else [None] * len(d)
+        if any(m is None for m in masks):
+            raise DatasetError(None, f"a detection on image {key} has no 'segmentation': segm evaluation needs masks")
+        d_masks += masks
+    return g_masks, d_masks
+
+
+def has_masks(dataset: Dataset, detections: dict[str, Detections]) -> bool:
+    """Whether masks can be scored: some detection has a mask, and so does every object and
+    every detection."""
+    masks = [m for s in dataset for m in (s.masks if s.masks is not None else [None] * len(s.labels))]
+    masks += [m for d in detections.values() for m in (d.masks if d.masks is not None else [None] * len(d))]
+    return any(d.masks is not None for d in detections.values()) and all(m is not None for m in masks)
+
+
+def coco_accumulate(dataset: Dataset, detections: dict[str, Detections], iou_type: str = "bbox"):
     """pycocotools' ``eval["precision"]`` ``[T, R, K, A, M]`` and ``eval["recall"]``
     ``[T, K, A, M]`` (T=10 IoU thresholds, R=101 recall thresholds, K classes, A=4 area
-    ranges, M=3 max detections; -1 where undefined)."""
+    ranges, M=3 max detections; -1 where undefined), of boxes or (`iou_type` ``"segm"``) masks."""
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
     f = gather(dataset, detections)
     C = dataset.num_classes
     T, R, A, M = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(AREA_RANGES), len(MAX_DETS)
@@ -127,10 +196,16 @@ def coco_accumulate(dataset: Dataset, detections: dict[str, Detections]):
     keep = rank < MAX_DETS[-1]
     d_sel, rank = order[keep], rank[keep]
 
-    matched, to_ignored = _match(f, g_ig, d_sel, d_group[d_sel], f.g_img * (C + 1) + f.g_label)
-    box = f.d_box[d_sel]
-    wh = xyxy_to_xywh(box)[:, 2:]
-    d_area = wh[:, 0] * wh[:, 1]  # pycocotools': w * h as given, negative for an inverted box (outside every range)
+    g_group = f.g_img * (C + 1) + f.g_label
+    if iou_type == "segm":
+        g_masks, d_masks = _masks(dataset, detections)
+        pair_iou = _mask_ious(f, d_masks, g_masks, d_sel, d_group[d_sel], g_group)
+        d_area = mask_areas([d_masks[i] for i in d_sel])
+    else:
+        pair_iou = _box_ious(f)
+        wh = xyxy_to_xywh(f.d_box[d_sel])[:, 2:]
+        d_area = wh[:, 0] * wh[:, 1]  # pycocotools': w * h as given, negative for an inverted box (outside every range)
+    matched, to_ignored = _match(f, g_ig, d_sel, d_group[d_sel], g_group, pair_iou)
     outside = (d_area[None] < lo) | (d_area[None] > hi)  # [A, D]
     ignored = to_ignored | (~matched & outside[None])
     tps, fps = matched & ~ignored, ~matched & ~ignored
@@ -186,14 +261,15 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> dict:
     return dict(zip(STAT_NAMES, values))
 
 
-def evaluate_coco(dataset: Dataset, detections: dict[str, Detections]) -> dict:
-    """COCO box evaluation of `detections` (``{sample id: Detections}``) against `dataset`.
+def evaluate_coco(dataset: Dataset, detections: dict[str, Detections], iou_type: str = "bbox") -> dict:
+    """COCO box (or with `iou_type` ``"segm"``, mask) evaluation of `detections` (``{sample
+    id: Detections}``) against `dataset`.
 
     Returns the twelve numbers (keys `STAT_NAMES`: AP, AP50, AP75, APsmall, APmedium,
     APlarge, AR1, AR10, AR100, ARsmall, ARmedium, ARlarge; -1 where undefined) and
     ``per_class``: ``{name: AP@[.5:.95]}`` over all areas at 100 detections (-1: no ground truth).
     """
-    precision, recall = coco_accumulate(dataset, detections)
+    precision, recall = coco_accumulate(dataset, detections, iou_type)
     out = summarize(precision, recall)
     out["per_class"] = {name: _mean(precision[:, :, c, 0, 2]) for c, name in enumerate(dataset.classes)}
     return out

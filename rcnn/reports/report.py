@@ -9,7 +9,7 @@ first. The folder gets:
   (AP@[.5:.95]) with means, COCO's twelve numbers, false-positive shares, the gallery, and
   the run's record (config, git commit, package versions, machine, seconds);
 - ``results.json``: the same numbers (``voc07``, ``voc``: `VocResult.to_dict`; ``coco``:
-  `evaluate_coco`; ``false_positives``: `error_summary`; ``gallery``; ``meta``);
+  `evaluate_coco`; ``segm``: its mask numbers, when the detections and objects have masks; ``false_positives``: `error_summary`; ``gallery``; ``meta``);
 - ``pr_curves.png``: precision against recall per class (VOC matching at IoU 0.5);
 - ``false_positives.png``: share of localisation / confusion / background errors among the
   top-k false positives, overall and per class (R-CNN Fig. 4, after Hoiem et al.);
@@ -47,7 +47,7 @@ from rcnn.evaluation.analysis import (
     image_f1,
     rank_false_positives,
 )
-from rcnn.evaluation.coco import STAT_NAMES
+from rcnn.evaluation.coco import STAT_NAMES, has_masks
 from rcnn.progress import progress
 from rcnn.reports.draw import draw_detections, save_image
 
@@ -323,6 +323,7 @@ def build_report(
     voc07 = evaluate_voc(dataset, detections, 0.5, use_07_metric=True)
     voc = evaluate_voc(dataset, detections, 0.5)
     coco = evaluate_coco(dataset, detections)
+    segm = evaluate_coco(dataset, detections, "segm") if has_masks(dataset, detections) else None
     types = classify_false_positives(dataset, detections)
     errors = error_summary(dataset, detections, types)
 
@@ -356,6 +357,7 @@ def build_report(
             "voc07": voc07.to_dict(),
             "voc": voc.to_dict(),
             "coco": coco,
+            **({"segm": segm} if segm is not None else {}),
             "false_positives": errors,
             "gallery": shown,
             "extra": extra,
@@ -405,6 +407,7 @@ def _markdown(r: dict) -> str:
         "| " + " | ".join(STAT_NAMES) + " |",
         "|" + "---:|" * len(STAT_NAMES),
         "| " + " | ".join(_fmt(r["coco"][k], 3) for k in STAT_NAMES) + " |",
+        *(["| " + " | ".join(_fmt(r["segm"][k], 3) for k in STAT_NAMES) + " | (masks)"] if "segm" in r else []),
         "",
         "![precision-recall curves](pr_curves.png)",
         "",

@@ -146,7 +146,7 @@ def test_data_yaml_errors_name_the_file_and_line(tmp_path, text, message):
 def test_bad_lines_are_errors_naming_the_file_and_line(tmp_path):
     bad = {
         "fields": ("0 0.5 0.5 0.2\n", "line 1: expected 5 values 'class cx cy w h', found 4"),
-        "polygon": ("0 0.1 0.1 0.2 0.1 0.2 0.2\n", "found 7 (a segmentation polygon? only boxes are read)"),
+        "polygon": ("0 0.1 0.1 0.2 0.1 0.2\n", "line 1: a segmentation polygon 'class x1 y1 x2 y2 x3 y3 ...' needs"),
         "float_class": ("0 0.5 0.5 0.1 0.1\n1.0 0.5 0.5 0.1 0.1\n", "line 2: class '1.0' is not an integer index"),
         "unknown": ("\n\n2 0.5 0.5 0.1 0.1\n", "line 3: unknown class index 2 (the names are 0..1)"),
         "nan_text": ("0 0.5 x 0.1 0.1\n", "line 1: cx cy w h must be numbers"),

@@ -14,6 +14,7 @@ from rcnn.datasets.synthetic import make_synthetic
 from rcnn.detectors import RCNN, load_config
 from rcnn.evaluation import evaluate_coco, evaluate_voc
 from rcnn.evaluation.analysis import classify_false_positives, error_summary
+from rcnn.evaluation.coco import has_masks
 from rcnn.reports.report import build_report
 
 
@@ -184,3 +185,19 @@ def test_figure_titles_fit_in_their_figures(classes):
         for ax in fig.axes:
             if ax.axison:
                 assert ax.title.get_window_extent(renderer).y1 <= box.y0 + 1
+
+
+def test_report_scores_masks_when_there_are_masks(synth, tmp_path):
+    dataset = load_dataset(synth / "synth", split="test")
+    assert all(s.masks is not None for s in dataset)  # the synthetic set has every object's mask
+    assert not has_masks(dataset, _noisy_detections(dataset))  # box detections: no segm numbers
+    rng = np.random.default_rng(1)
+    detections = {}
+    for s in dataset:
+        keep = rng.random(len(s.labels)) < 0.7
+        masks = [m for m, k in zip(s.masks, keep) if k]
+        detections[s.id] = Detections(s.boxes[keep], rng.random(keep.sum()), s.labels[keep], masks=masks)
+    results = build_report(dataset, detections, tmp_path / "masks", gallery=0, top_false_positives=0)
+    expected = evaluate_coco(dataset, detections, "segm")
+    assert results["segm"] == expected and 0.3 < results["segm"]["AP"] < 1
+    assert "| (masks)" in (tmp_path / "masks" / "report.md").read_text()
