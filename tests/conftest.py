@@ -5,6 +5,16 @@ import pytest
 
 import rcnn  # noqa: F401
 
+
+def pytest_collection_modifyitems(items):
+    """A test that asks for one of its module's `SLOW_FIXTURES` (a model trained to real
+    accuracy: a minute or more to build) is marked slow: `make test` leaves it to `make
+    test-all` and CI."""
+    for item in items:
+        if set(getattr(item.module, "SLOW_FIXTURES", ())) & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 # A tiny R-CNN that trains in seconds: sliding windows, random resnet18 weights, 32 px crops,
 # one global pool, no fine-tuning.
 TINY_RCNN = {

@@ -23,6 +23,8 @@ import torch
 from rcnn.cache import FAULT_ENV, load_npz
 from rcnn.datasets.synthetic import make_synthetic
 
+pytestmark = pytest.mark.slow  # every interruption point of three commands: minutes
+
 CONFIG = """
 workers = 1
 [proposals]

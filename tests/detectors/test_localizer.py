@@ -15,6 +15,8 @@ from rcnn.detectors import Localizer, LocalizerConfig, build_detector, load_conf
 from rcnn.detectors.localizer import localizer_loss, targets
 from rcnn.errors import ConfigError
 
+SLOW_FIXTURES = ("fitted",)  # trained to real accuracy: the tests that use it run in the slow tier (conftest.py)
+
 TINY = {
     "detector": "localizer",
     "backbone": "resnet18",

@@ -12,6 +12,8 @@ from rcnn.detectors import RCNN, DetectorConfig, load_config
 from rcnn.errors import ConfigError, ModelError
 from rcnn.evaluation import evaluate_voc
 
+SLOW_FIXTURES = ("fitted",)  # trained to real accuracy: the tests that use it run in the slow tier (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):

@@ -16,6 +16,8 @@ from rcnn.errors import ConfigError, ModelError
 from rcnn.evaluation import evaluate_voc
 from rcnn.proposals import ProposalStore, make_proposer
 
+SLOW_FIXTURES = ("fitted",)  # trained to real accuracy: the tests that use it run in the slow tier (conftest.py)
+
 FASTER = {
     "detector": "faster_rcnn",
     "scale": 192,

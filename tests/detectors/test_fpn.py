@@ -18,6 +18,8 @@ from rcnn.features.extractor import freeze_for_inference
 from rcnn.features.pyramid import PyramidTrunk
 from rcnn.reports.explain import FASTER_RCNN_PICTURES, explain, rpn_maps
 
+SLOW_FIXTURES = ("fitted",)  # trained to real accuracy: the tests that use it run in the slow tier (conftest.py)
+
 FPN = {"backbone": {"fpn": True}, "train": {"iterations": 100}}
 
 

@@ -28,6 +28,8 @@ from rcnn.heads.fast_rcnn import (
 from rcnn.heads.roi_trainer import flip_boxes
 from rcnn.heads.sampler import RoISampler
 
+SLOW_FIXTURES = ("fitted",)  # trained to real accuracy: the tests that use it run in the slow tier (conftest.py)
+
 # the whole grid of windows: fast, and good enough recall on the synthetic shapes
 WINDOWS = {
     "method": "sliding_window",
