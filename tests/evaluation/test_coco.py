@@ -84,15 +84,21 @@ def pycocotools_eval(dataset, detections):
         for k, d in detections.items()
         for b, sc, lab in zip(d.boxes, d.scores, d.labels)
     ]
+    return run_cocoeval(images, anns, dataset.classes, results, "bbox", _DifficultCOCOeval)
+
+
+def run_cocoeval(images, anns, classes, results, iou_type, evaluator=COCOeval):
+    """pycocotools' evaluation (`evaluator`, a `COCOeval`) of `results` against the ground
+    truth `images` and `anns` (categories 1..C named `classes`), summarised quietly."""
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = {
             "images": images,
             "annotations": anns,
-            "categories": [{"id": c + 1, "name": n} for c, n in enumerate(dataset.classes)],
+            "categories": [{"id": c + 1, "name": n} for c, n in enumerate(classes)],
         }
         gt.createIndex()
-        E = _DifficultCOCOeval(gt, gt.loadRes(results), "bbox")
+        E = evaluator(gt, gt.loadRes(results), iou_type)
         E.evaluate()
         E.accumulate()
         E.summarize()

@@ -1,20 +1,16 @@
 """COCO mask AP/AR (``segm``) against pycocotools' ``COCOeval(iouType="segm")``, exactly."""
 
-import contextlib
-import io
 import json
 
 import cv2
 import numpy as np
 import pytest
+from test_coco import run_cocoeval  # pycocotools, the oracle
 
 from rcnn.datasets import Dataset, Detections, Sample, read_coco, read_detections, write_coco, write_detections
 from rcnn.datasets.masks import encode, mask_boxes, rle_json
 from rcnn.errors import DatasetError
 from rcnn.evaluation.coco import STAT_NAMES, coco_accumulate, evaluate_coco
-
-COCO = pytest.importorskip("pycocotools.coco").COCO
-COCOeval = pytest.importorskip("pycocotools.cocoeval").COCOeval
 
 
 def _blob(rng, h, w, size):
@@ -89,19 +85,7 @@ def pycocotools_segm(dataset, detections):
         for key, d in detections.items()
         for sc, lab, m in zip(d.scores, d.labels, d.masks)
     ]
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = {
-            "images": images,
-            "annotations": anns,
-            "categories": [{"id": c + 1, "name": n} for c, n in enumerate(dataset.classes)],
-        }
-        gt.createIndex()
-        E = COCOeval(gt, gt.loadRes(results), "segm")
-        E.evaluate()
-        E.accumulate()
-        E.summarize()
-    return E
+    return run_cocoeval(images, anns, dataset.classes, results, "segm")
 
 
 @pytest.mark.parametrize("seed", range(4))
