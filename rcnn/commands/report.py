@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def register(subparsers) -> None:
     from rcnn.commands.detect import add_test_rule_option
-    from rcnn.commands.train import add_dask_option, add_device_option
+    from rcnn.commands.train import add_dask_option, add_device_option, add_skip_bad_option
 
     p = subparsers.add_parser("report", help="evaluation report: AP tables, PR curves, false-positive types, gallery")
     p.add_argument("model", help="model file written by `rcnn train`")
     p.add_argument("dataset", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder (COCO)")
+    add_skip_bad_option(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, results.json, plots and gallery/")
     p.add_argument(
         "--detections", metavar="DETS.json", help="report these detections (COCO results) instead of running the model"
@@ -31,9 +34,9 @@ def run(args) -> int:
     import time
 
     from rcnn.commands.detect import with_test_rule
-    from rcnn.commands.train import use_dask
+    from rcnn.commands.train import load_for_command, use_dask
     from rcnn.config import to_dict
-    from rcnn.datasets import load_dataset, read_detections
+    from rcnn.datasets import read_detections
     from rcnn.detectors import load_model
     from rcnn.errors import RcnnError
     from rcnn.reports.report import build_report, report_model
@@ -43,12 +46,14 @@ def run(args) -> int:
         use_dask(model, args.dask)
     elif args.dask:
         raise RcnnError("--dask runs the cached stages: it does not go with --detections or --no-cache")
-    dataset = load_dataset(args.dataset, args.split, args.images, classes=model.classes_)
+    dataset = load_for_command(args, args.dataset, classes=model.classes_)
     options = dict(gallery=args.gallery, top_false_positives=args.top_fp, score_threshold=args.threshold)
     title = args.title or f"{type(model).__name__} report: {args.model} on {args.dataset}" + (
         f" ({args.split})" if args.split else ""
     )
     extra = {"model": args.model, "dataset": args.dataset, "split": args.split}
+    if dataset.skipped:
+        extra["skipped (--skip-bad)"] = f"{len(dataset.skipped)}: " + ", ".join(str(p) for p, _ in dataset.skipped)
     if not args.detections:
         extra["test rule"] = model.config.test_rule
     if args.detections:
@@ -72,6 +77,6 @@ def run(args) -> int:
     fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     print(
         f"mAP VOC07 {fmt(results['voc07']['mAP'])}, VOC {fmt(results['voc']['mAP'])}, "
-        f"COCO AP {fmt(results['coco']['AP'])} on {results['images']} images -> {args.out}/report.md"
+        f"COCO AP {fmt(results['coco']['AP'])} on {results['images']} images -> {Path(args.out) / 'report.md'}"
     )
     return 0

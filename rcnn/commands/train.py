@@ -85,6 +85,34 @@ def config_from_args(args):
     return load_config(args.config, overrides)
 
 
+def add_skip_bad_option(parser) -> None:
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out bad samples (each named with its reason, and counted) instead of failing; "
+        "every image is decoded when the dataset loads",
+    )
+
+
+def load_for_command(args, path, classes=None):
+    """The dataset `path` with the command's ``--split``, ``--images`` and ``--skip-bad``
+    (which decodes every image now, so a truncated or corrupt one is skipped here, not met
+    and fatal minutes later); the skipped samples are printed."""
+    from rcnn.datasets import load_dataset
+
+    skip_bad = getattr(args, "skip_bad", False)
+    dataset = load_dataset(
+        path,
+        args.split,
+        args.images,
+        skip_bad,
+        classes=classes,
+        **({"check_images": True, "decode": True} if skip_bad else {}),
+    )
+    report_skipped(dataset)
+    return dataset
+
+
 def report_skipped(dataset) -> None:
     """Print how many samples `--skip-bad` left out, and each one with its reason."""
     if dataset.skipped:
@@ -100,7 +128,7 @@ def register(subparsers) -> None:
     parser.add_argument("dataset", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
     parser.add_argument("--split", help="VOC split (ImageSets/Main/SPLIT.txt) or YOLO split, e.g. train")
     parser.add_argument("--images", help="image folder (COCO)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
+    add_skip_bad_option(parser)
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     add_config_options(parser)
     add_device_option(parser)
@@ -109,20 +137,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rcnn.datasets import load_dataset
     from rcnn.detectors import build_detector, check_trainable
 
     config = config_from_args(args)
-    # --skip-bad decodes every image now, so a truncated or corrupt one is skipped here, not
-    # met (and fatal) minutes later in the proposal stage
-    dataset = load_dataset(
-        args.dataset,
-        args.split,
-        args.images,
-        skip_bad=args.skip_bad,
-        **({"check_images": True, "decode": True} if args.skip_bad else {}),
-    )
-    report_skipped(dataset)
+    dataset = load_for_command(args, args.dataset)
     check_trainable(dataset, args.dataset)
     model = build_detector(config)
     use_dask(model, args.dask)
