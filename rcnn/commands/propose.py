@@ -77,7 +77,8 @@ def run(args) -> int:
     damaged = f" ({stats['damaged']} damaged entries recomputed)" if stats["damaged"] else ""
     print(
         f"{stats['images']} images: {stats['computed']} computed, {stats['cached']} already cached, "
-        f"{stats['by_another_run']} by a concurrent run{damaged}"
+        + (f"{stats['reused']} taken from a larger cached list, " if stats["reused"] else "")
+        + f"{stats['by_another_run']} by a concurrent run{damaged}"
         f" ({stats['seconds']:.1f} s{rate}); {len(dataset.skipped)} skipped -> {stats['folder']}"
     )
     return 0
