@@ -91,9 +91,16 @@ def parse_classes(value):
     """``--classes``: None, a file with one class per line, or comma-separated names."""
     if value is None:
         return None
+    from rcnn.cache import read_text
+    from rcnn.errors import DatasetError
+
     path = Path(value)
     if path.is_file():
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = read_text(path, "utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(path, f"cannot read the class list: {e}") from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
     return [c.strip() for c in value.split(",") if c.strip()]
 
 

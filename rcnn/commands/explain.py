@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.checks import count
     from rcnn.commands.train import add_device_option, add_skip_bad_option
 
     p = subparsers.add_parser("explain", help="one page of pictures: what each stage of a model did on one image")
@@ -24,8 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--images", help="image folder (COCO)")
     add_skip_bad_option(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for index.md and the pictures")
-    p.add_argument("--top", type=int, default=50, help="proposals (and R-CNN's windows) drawn as outlines (default 50)")
-    p.add_argument("--crops", type=int, default=24, help="warped crops shown, R-CNN (default 24)")
+    p.add_argument(
+        "--top", type=count, default=50, help="proposals (and R-CNN's windows) drawn as outlines (default 50)"
+    )
+    p.add_argument("--crops", type=count, default=24, help="warped crops shown, R-CNN (default 24)")
     add_device_option(p)
     p.set_defaults(func=run)
 
@@ -55,10 +58,12 @@ def find_sample(args, classes):
 
 
 def run(args) -> int:
+    from rcnn.commands.checks import output_folder
     from rcnn.datasets import read_image
     from rcnn.detectors import load_model
     from rcnn.reports.explain import explain
 
+    output_folder(args.out)
     model = load_model(args.model, args.device)
     path, sample = find_sample(args, model.classes_)
     gt = {} if sample is None else {"gt_boxes": sample.boxes, "gt_labels": sample.labels}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.checks import count
     from rcnn.commands.train import add_skip_bad_option
 
     p = subparsers.add_parser("propose", help="compute region proposals for a dataset (cached, parallel, resumable)")
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder, when not the dataset's own")
     add_skip_bad_option(p)
-    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--workers", type=count, help="processes (default and 0: all cores)")
     p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler instead (needs rcnn[dask])")
     p.add_argument("--out", required=True, metavar="DIR", help="proposal cache folder")
     p.set_defaults(func=run)
@@ -66,9 +67,11 @@ def proposer_from_args(args):
 
 def run(args) -> int:
     import rcnn.detectors  # noqa: F401  registers the Faster R-CNN model files the rpn method reads
+    from rcnn.commands.checks import output_folder
     from rcnn.commands.train import load_for_command
     from rcnn.proposals import ProposalStore
 
+    output_folder(args.out)
     proposer = proposer_from_args(args)
     dataset = load_for_command(args, args.dataset)
     store = ProposalStore(args.out, proposer)

@@ -35,6 +35,10 @@ def run(args) -> int:
         ks = [int(k) for k in args.ks.split(",")]
     except ValueError:
         raise RcnnError(f"--ks: expected comma-separated integers, got {args.ks!r}") from None
+    from rcnn.commands.checks import output_file
+
+    if args.out:
+        output_file(args.out)
     dataset = load_for_command(args, args.dataset)
     store = ProposalStore.open(args.proposals, args.key)
     report = proposal_recall(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.checks import count
     from rcnn.commands.detect import add_test_rule_option
     from rcnn.commands.train import add_dask_option, add_device_option, add_skip_bad_option
 
@@ -20,8 +21,8 @@ def register(subparsers) -> None:
         "--detections", metavar="DETS.json", help="report these detections (COCO results) instead of running the model"
     )
     p.add_argument("--title", help="report title")
-    p.add_argument("--gallery", type=int, default=6, help="best and worst images to draw (default 6 each; 0: none)")
-    p.add_argument("--top-fp", type=int, default=12, help="top-scoring false positives to draw (default 12)")
+    p.add_argument("--gallery", type=count, default=6, help="best and worst images to draw (default 6 each; 0: none)")
+    p.add_argument("--top-fp", type=count, default=12, help="top-scoring false positives to draw (default 12)")
     p.add_argument("--threshold", type=float, help="gallery score threshold (default: the one maximising F1)")
     p.add_argument("--no-cache", action="store_true", help="run every image through the model instead of the caches")
     add_test_rule_option(p)
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import time
 
+    from rcnn.commands.checks import output_folder
     from rcnn.commands.detect import with_test_rule
     from rcnn.commands.train import load_for_command, use_dask
     from rcnn.config import to_dict
@@ -41,8 +43,12 @@ def run(args) -> int:
     from rcnn.errors import RcnnError
     from rcnn.reports.report import build_report, report_model
 
+    output_folder(args.out)
     model = with_test_rule(load_model(args.model, args.device), args.test_rule)
-    if not (args.detections or args.no_cache):  # else nothing per-image is computed through the caches
+    if not (args.detections or args.no_cache):
+        output_folder(
+            model.config.cache_dir, f"{args.model}: cache_dir"
+        )  # else nothing per-image is computed through the caches
         use_dask(model, args.dask)
     elif args.dask:
         raise RcnnError("--dask runs the cached stages: it does not go with --detections or --no-cache")

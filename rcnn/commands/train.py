@@ -69,7 +69,9 @@ def config_from_args(args):
         key, sep, value = item.partition("=")
         *tables, name = key.strip().split(".")
         if not sep or not name or not all(tables):
-            raise ConfigError(f"--set {item}: expected TABLE.KEY=VALUE")
+            raise ConfigError(f"--set {item!r}: expected TABLE.KEY=VALUE")
+        if "\n" in value or "\r" in value:  # TOML would read a second line as another key, unseen
+            raise ConfigError(f"--set {item!r}: the value holds a line break; give one value per --set")
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -137,9 +139,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from rcnn.commands.checks import output_file, output_folder
     from rcnn.detectors import build_detector, check_trainable
 
+    output_file(args.out)
     config = config_from_args(args)
+    output_folder(config.cache_dir, "cache_dir")
     dataset = load_for_command(args, args.dataset)
     check_trainable(dataset, args.dataset)
     model = build_detector(config)

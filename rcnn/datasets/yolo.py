@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.cache import write_text
+from rcnn.cache import read_text, write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.images import IMAGE_SUFFIXES
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in
@@ -202,7 +202,7 @@ def parse_data_yaml(path) -> dict:
     are skipped unread. Raises `DatasetError` naming the file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, "utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(path, f"cannot read: {e}") from None
     blocks, current = [], None
@@ -244,7 +244,10 @@ def _names(root: Path) -> tuple[list[str], dict, Path | None]:
         classes_txt = root / "classes.txt"
         if not classes_txt.is_file():
             raise DatasetError(root, "not a YOLO root: no data.yaml or classes.txt")
-        names = [line.strip() for line in classes_txt.read_text(encoding="utf-8-sig").splitlines()]
+        try:
+            names = [line.strip() for line in read_text(classes_txt, "utf-8-sig").splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(classes_txt, f"cannot read: {e}") from None
         while names and not names[-1]:
             names.pop()
         if not names or not all(names):
@@ -316,7 +319,11 @@ def _entry_images(base: Path, entry: str, where, policy: ProblemPolicy, allow_ou
         return _images_in(path)
     if path.is_file() and path.suffix.lower() == ".txt":
         images = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        try:
+            text = read_text(path, "utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(path, f"cannot read: {e}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             name = line.strip()
             if not name:
                 continue
@@ -389,7 +396,7 @@ def _parse_labels(path: Path, names: list[str]):
     """``(class indices, float64 [N, 4] normalised values, raw lines, problems)`` of a label file."""
     classes, values, shown, problems = [], [], [], []
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, "utf-8-sig")
     except FileNotFoundError:
         return classes, np.zeros((0, 4)), shown, problems  # no label file: no objects
     except (OSError, UnicodeDecodeError) as e:

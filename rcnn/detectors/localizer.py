@@ -40,7 +40,7 @@ from rcnn.detectors.base import CommonConfig, Detector, check_trainable, resolve
 from rcnn.errors import ModelError
 from rcnn.features.backbones import ARCHITECTURES, WEIGHTS_EXPECTED, build_backbone, is_weights
 from rcnn.features.warp import normalize
-from rcnn.heads.sgd import check_weights, train_step
+from rcnn.heads.sgd import check_weights, freeze, train_step
 from rcnn.progress import notice, progress
 
 __all__ = ["Localizer", "LocalizerConfig", "LocalizerNet", "localizer_loss"]
@@ -94,7 +94,8 @@ class LocalizerConfig(CommonConfig):
         require(self, "weights", is_weights(self.weights), WEIGHTS_EXPECTED)
         require(self, "pool", self.pool >= 1, "an integer >= 1")
         require(self, "input_size", self.input_size >= 32, "an integer >= 32")
-        for name in ("epochs", "lr_step", "seed"):
+        require(self, "epochs", self.epochs >= 1, "an integer >= 1 (0 would write an untrained model)")
+        for name in ("lr_step", "seed"):
             require(self, name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("batch_size", "checkpoint_every"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
@@ -229,8 +230,7 @@ class Localizer(Detector):
             ]
         )
         present, labels, boxes = map(np.asarray, zip(*(targets(s) for s in dataset)))
-        for name, p in net.backbone.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(c.frozen)))
+        freeze(net.backbone, c.frozen, "frozen")
         params = [p for p in net.parameters() if p.requires_grad]
         if c.optimizer == "adam":
             optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)

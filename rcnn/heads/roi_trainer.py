@@ -38,7 +38,7 @@ from rcnn.datasets.images import read_image
 from rcnn.errors import ModelError
 from rcnn.features.roi import choose_scale, image_tensor, rescale
 from rcnn.heads.augment import adjust_colour, crop_boxes, crop_image, draw_colour, draw_crop, draw_scale
-from rcnn.heads.sgd import SGDConfig, check_weights, train_step
+from rcnn.heads.sgd import SGDConfig, check_weights, freeze, train_step
 from rcnn.progress import notice, progress
 
 __all__ = [
@@ -344,8 +344,7 @@ class RoITrainer(ABC):
         cfg = self.config
         for m in modules.values():
             m.to(self.device)
-        for name, p in trunk.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
+        freeze(trunk, cfg.frozen, "train.frozen")
         in_trunk = {id(p) for p in trunk.parameters()}
         head = [p for m in modules.values() for p in m.parameters() if id(p) not in in_trunk]
         trainable = [p for p in trunk.parameters() if p.requires_grad]

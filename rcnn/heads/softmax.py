@@ -36,7 +36,7 @@ from rcnn.errors import ModelError
 from rcnn.features.warp import normalize, warp_crops
 from rcnn.heads.labeling import IGNORE, NEGATIVE, POSITIVE, Matcher, label_proposals
 from rcnn.heads.sampler import BalancedSampler
-from rcnn.heads.sgd import SGDConfig, check_weights, train_step
+from rcnn.heads.sgd import SGDConfig, check_weights, freeze, train_step
 from rcnn.progress import notice, progress
 
 __all__ = ["FinetuneConfig", "FinetuneImage", "Finetuner", "SoftmaxHead"]
@@ -219,8 +219,7 @@ class Finetuner:
             linear.bias.copy_(head.bias_)
         backbone.to(self.device)
         linear.to(self.device)
-        for name, p in backbone.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
+        freeze(backbone, cfg.frozen, "finetune.frozen")
         trainable = [p for p in backbone.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             [{"params": trainable, "lr_mult": 1.0}, {"params": list(linear.parameters()), "lr_mult": cfg.head_lr_mult}],
