@@ -346,3 +346,38 @@ def test_the_hash_covers_every_tensor_and_value():
     assert content_hash(state) != before
     assert content_hash({**state, "head": {"b": torch.ones(2, dtype=torch.float16)}, "c": ["a", 2]}) != before
     assert content_hash({**state, "w": torch.zeros(2, 2)}) != content_hash(state)  # the shape counts
+
+
+@pytest.mark.slow
+def test_fast_rcnn_frozen_prefix_matching_nothing_is_noted_and_a_history_not_a_table_is_one_line(
+    tiny_trained, tmp_path, capsys
+):
+    """A tiny Fast R-CNN (two iterations, about 15 s): a `train.frozen` prefix that matches
+    no layer gets a note; a model file whose `history` is not a table gets one line."""
+    env = Env(tmp_path, tiny_trained)
+    sets = [
+        ("detector", "'fast_rcnn'"),
+        ("train.iterations", "2"),
+        ("train.rois_per_image", "16"),
+        ("train.frozen", "['features.0.', 'nope.']"),
+        ("scale", "128"),
+        ("max_size", "128"),
+        ("head.fc", "[32]"),
+        ("proposals.method", "'sliding_window'"),
+        ("proposals.max_boxes", "40"),
+        ("workers", "1"),
+    ]
+    assert main(["--quiet", *train(env, *sets)]) == 0
+    err = capsys.readouterr().err
+    assert "note: train.frozen prefix 'nope.' matches no layer, so it freezes nothing (layers: features.0." in err
+    assert "'features.0.' matches" not in err
+    resave_from = env.model
+    env.model = str(tmp_path / "m.pt")
+    resave(env, tmp_path / "history.pt", lambda s: s.update(history=[1.0, 2.0]))
+    env.model = resave_from
+    assert (
+        main(["--quiet", "detect", str(tmp_path / "history.pt"), str(env.image), "--out", str(tmp_path / "d.json")])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "history.pt: damaged model file (AttributeError" in err
