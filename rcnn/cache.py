@@ -120,15 +120,16 @@ _image_hashes: dict[tuple, str] = {}  # (path, size, mtime) -> content hash, for
 def image_hash(image_path) -> str:
     """`file_hash` of an image, remembered (process-wide) while its size and mtime stay the
     same, so the proposal, feature and detection caches hash each image once. A missing
-    file, or one that is not a regular file (`check_readable`), raises `ImageError`."""
+    file, one that cannot be read (no permission) or one that is not a regular file
+    (`check_readable`) raises `ImageError`."""
     image_path = Path(image_path)
     try:
         st = check_readable(image_path)
+        memo = (str(image_path), st.st_size, st.st_mtime_ns)
+        if memo not in _image_hashes:
+            _image_hashes[memo] = file_hash(image_path)
     except OSError as e:
         raise ImageError(image_path, f"cannot read image: {e.strerror or e}") from None
-    memo = (str(image_path), st.st_size, st.st_mtime_ns)
-    if memo not in _image_hashes:
-        _image_hashes[memo] = file_hash(image_path)
     return _image_hashes[memo]
 
 

@@ -100,14 +100,17 @@ def show(value) -> str:
 
 def load_toml(path) -> dict:
     """The parsed TOML file at `path`; a missing or malformed file raises `ConfigError`."""
+    from rcnn.cache import read_text
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    except OSError as e:  # a folder, a FIFO (which would block), no permission
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
 
 
 def from_dict(cls, values: dict | None, where: str = "", table: str = "", *, as_saved: bool = False):

@@ -159,6 +159,18 @@ CASES = [
         "gt.json: cannot read: not a regular file (a FIFO)",
         setup=lambda e: mkfifo(e.tmp / "gt.json"),
     ),
+    Case(
+        "train --config: a FIFO",
+        lambda e: ["train", str(e.synth), "--out", str(e.tmp / "m.pt"), "--config", str(e.tmp / "c.toml")],
+        "c.toml: cannot read the config file: not a regular file (a FIFO)",
+        setup=lambda e: mkfifo(e.tmp / "c.toml"),
+    ),
+    Case(
+        "train --config: a file that is not UTF-8",
+        lambda e: ["train", str(e.synth), "--out", str(e.tmp / "m.pt"), "--config", str(e.tmp / "c.toml")],
+        "c.toml: malformed TOML",
+        setup=lambda e: e.file("c.toml", b"a = '\xff'\n"),
+    ),
     # -- output paths, checked before the work --------------------------------------------------
     Case(
         "explain --out FILE",
