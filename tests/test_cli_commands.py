@@ -53,8 +53,10 @@ def test_report_skip_bad_reports_a_test_split_with_a_truncated_image(tiny_traine
     shutil.copytree(tiny_trained / "synth", data)
     ids = (data / "ImageSets" / "Main" / "test.txt").read_text().split()
     bad = data / "JPEGImages" / f"{ids[0]}.jpg"
-    truncate(bad)
     model = str(tiny_trained / "model.pt")
+    dets = tmp_path / "dets.json"  # detections of every test image, the bad one's included
+    assert main(["--quiet", "detect", model, str(data), "--split", "test", "--out", str(dets)]) == 0
+    truncate(bad)
     args = ["--quiet", "report", model, str(data), "--split", "test", "--gallery", "0", "--top-fp", "0"]
     assert main([*args, "--out", str(tmp_path / "r1")]) == 1
     err = capsys.readouterr().err
@@ -64,3 +66,6 @@ def test_report_skip_bad_reports_a_test_split_with_a_truncated_image(tiny_traine
     assert "skipped 1 bad sample(s):" in out and str(bad) in out
     assert f"on {len(ids) - 1} images -> {tmp_path / 'r2' / 'report.md'}" in out  # one slash
     assert str(bad) in (tmp_path / "r2" / "report.md").read_text()
+    assert main([*args, "--out", str(tmp_path / "r3"), "--skip-bad", "--detections", str(dets)]) == 0
+    out = capsys.readouterr().out
+    assert f"of 1 skipped image(s) left out of {dets}" in out and f"on {len(ids) - 1} images" in out

@@ -31,6 +31,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def kept_records(path, dataset):
+    """The results file's records, less those of the samples `--skip-bad` left out (said in
+    one line); every record when none was."""
+    from rcnn.datasets.coco import load_results
+
+    records = load_results(path)
+    if not dataset.skipped:
+        return records
+    ids = {s.id for s in dataset}
+    kept = [r for r in records if not (isinstance(r, dict) and "image_id" in r and str(r["image_id"]) not in ids)]
+    left = {str(r["image_id"]) for r in records if isinstance(r, dict) and "image_id" in r} - ids
+    if left:
+        print(f"note: {len(records) - len(kept)} detection(s) of {len(left)} skipped image(s) left out of {path}")
+    return kept
+
+
 def run(args) -> int:
     import time
 
@@ -64,7 +80,7 @@ def run(args) -> int:
         extra["test rule"] = model.config.test_rule
     if args.detections:
         start = time.perf_counter()
-        detections = read_detections(args.detections, dataset)
+        detections = read_detections(args.detections, dataset, kept_records(args.detections, dataset))
         extra["detections"] = args.detections
         results = build_report(
             dataset,
