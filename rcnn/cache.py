@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,6 +29,11 @@ from rcnn.errors import ImageError
 from rcnn.progress import notice
 
 __all__ = [
+    "MAX_FILE_BYTES",
+    "NotReadable",
+    "check_readable",
+    "read_bytes",
+    "read_text",
     "file_hash",
     "image_hash",
     "array_hash",
@@ -42,8 +48,49 @@ __all__ = [
 FAULT_ENV = "RCNN_FAULT_WRITE"  # tests only: see `_fault`
 
 
+MAX_FILE_BYTES = 4 << 30  # no input file (image, annotations, model) is read past 4 GiB
+
+
+class NotReadable(OSError):
+    """A path that must not be read whole: not a regular file (a folder, a FIFO or a device
+    such as ``/dev/zero``, where a read blocks or never ends) or over `MAX_FILE_BYTES`. An
+    `OSError`, so every reader's handling of unreadable files applies."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def check_readable(path, limit: int | None = None) -> os.stat_result:
+    """`path`'s stat (symlinks followed) when it is a regular file of at most `limit` bytes
+    (default `MAX_FILE_BYTES`); else raises `NotReadable` (or the stat's own `OSError`:
+    `FileNotFoundError` for a missing file or a broken link)."""
+    st = os.stat(path)
+    limit = MAX_FILE_BYTES if limit is None else limit
+    if stat.S_ISDIR(st.st_mode):
+        raise NotReadable(21, "is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) else "a socket"
+        raise NotReadable(22, f"not a regular file ({kind}): reading it could block or never end")
+    if st.st_size > limit:
+        raise NotReadable(27, f"file is {st.st_size / 2**30:.1f} GiB, over the {limit / 2**30:.0f} GiB limit")
+    return st
+
+
+def read_bytes(path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file at `path` (see `check_readable`)."""
+    check_readable(path, limit)
+    return Path(path).read_bytes()
+
+
+def read_text(path, encoding: str = "utf-8", limit: int | None = None) -> str:
+    """The text of the regular file at `path` (see `check_readable`); a file that is not
+    `encoding` raises `UnicodeDecodeError` as ``Path.read_text`` does."""
+    return read_bytes(path, limit).decode(encoding)
+
+
 def file_hash(path, length: int = 16) -> str:
-    """Hex SHA-256 (first `length` characters) of a file's bytes."""
+    """Hex SHA-256 (first `length` characters) of a regular file's bytes (`check_readable`)."""
+    check_readable(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -73,15 +120,16 @@ _image_hashes: dict[tuple, str] = {}  # (path, size, mtime) -> content hash, for
 def image_hash(image_path) -> str:
     """`file_hash` of an image, remembered (process-wide) while its size and mtime stay the
     same, so the proposal, feature and detection caches hash each image once. A missing
-    file raises `ImageError`."""
+    file, one that cannot be read (no permission) or one that is not a regular file
+    (`check_readable`) raises `ImageError`."""
     image_path = Path(image_path)
     try:
-        st = image_path.stat()
+        st = check_readable(image_path)
+        memo = (str(image_path), st.st_size, st.st_mtime_ns)
+        if memo not in _image_hashes:
+            _image_hashes[memo] = file_hash(image_path)
     except OSError as e:
         raise ImageError(image_path, f"cannot read image: {e.strerror or e}") from None
-    memo = (str(image_path), st.st_size, st.st_mtime_ns)
-    if memo not in _image_hashes:
-        _image_hashes[memo] = file_hash(image_path)
     return _image_hashes[memo]
 
 

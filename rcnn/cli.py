@@ -2,7 +2,8 @@
 
 Each subcommand lives in `rcnn/commands/NAME.py` as ``register(subparsers)``, which adds its
 parser and sets ``func(args) -> int``; the commands import the library inside ``run`` so that
-``rcnn --help`` does not load torch. An `RcnnError` is printed as one line and exits 1.
+``rcnn --help`` does not load torch. An `RcnnError`, or an `OSError` no check caught before the
+work (a full disk), is printed as one line and exits 1.
 
 Process-wide settings belong here, at the entry point: torch's intra-op threads are set to
 the CPUs this process may use, and OpenCV to one thread (its own threads would compete with
@@ -52,6 +53,10 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except RcnnError as e:
         print(f"rcnn {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the file system's word (disk full, permissions) where no check caught it first
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"rcnn {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"rcnn {args.command}: interrupted; finished work is kept and a re-run resumes", file=sys.stderr)

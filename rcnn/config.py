@@ -16,7 +16,9 @@ tuples), ``tuple[X, ...]``, ``tuple[X, Y]``, nested dataclasses (a table), and *
 unions*: a union of dataclasses each with a ``Literal`` field of the same name (the tag,
 e.g. ``method``), filled as the member the table's tag names (no tag: the first member).
 Ranges are the dataclasses' own business (`__post_init__`, raising `FieldError` through
-`require` so that the message can name the key).
+`require` so that the message can name the key), except the upper bounds in `UPPER`, which
+`from_dict` applies to a field of that name in every table: a setting past them would
+exhaust memory inside an allocator, or never finish, long after the work began.
 """
 
 from __future__ import annotations
@@ -33,7 +35,40 @@ from pathlib import Path
 
 from rcnn.errors import ConfigError
 
-__all__ = ["FieldError", "from_dict", "load_toml", "merge", "require", "to_dict"]
+__all__ = ["UPPER", "FieldError", "from_dict", "load_toml", "merge", "require", "to_dict"]
+
+_SIDE = 8192  # pixels: an image side (rcnn.datasets.images.MAX_PIXELS is about 9459 squared)
+_COUNT = 100_000  # boxes, RoIs, detections per image
+# The largest value of a numeric field of this name, in every table (each number of a list).
+UPPER = {
+    **dict.fromkeys(["scale", "max_size", "longest_side", "input_size", "scales", "sizes"], _SIDE),
+    "crop_size": 1024,
+    "padding": 512,
+    "fc": 16384,
+    "fpn_channels": 4096,
+    "svd_rank": 16384,
+    **dict.fromkeys(["output_size", "sampling_ratio", "pool"], 64),
+    **dict.fromkeys(["num_threads", "workers", "images_per_batch"], 1024),
+    "batch_size": 65536,
+    **dict.fromkeys(["iterations", "warmup", "checkpoint_every", "lr_step", "max_iter"], 10_000_000),
+    "epochs": 100_000,
+    **dict.fromkeys(
+        [
+            "max_boxes",
+            "test_proposals",
+            "train_proposals",
+            "rois_per_image",
+            "max_detections",
+            "top_per_class",
+            "per_class_per_image",
+            "pre_nms_top_n_train",
+            "pre_nms_top_n_test",
+            "post_nms_top_n_train",
+            "post_nms_top_n_test",
+        ],
+        _COUNT,
+    ),
+}
 
 
 class FieldError(ConfigError, ValueError):
@@ -65,14 +100,17 @@ def show(value) -> str:
 
 def load_toml(path) -> dict:
     """The parsed TOML file at `path`; a missing or malformed file raises `ConfigError`."""
+    from rcnn.cache import read_text
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: malformed TOML: {e}") from None
+    except OSError as e:  # a folder, a FIFO (which would block), no permission
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
 
 
 def from_dict(cls, values: dict | None, where: str = "", table: str = "", *, as_saved: bool = False):
@@ -104,12 +142,26 @@ def from_dict(cls, values: dict | None, where: str = "", table: str = "", *, as_
     if not as_saved:
         values = {name: _over_default(fields[name], value, hints.get(name)) for name, value in values.items()}
     kwargs = {name: _convert(value, hints.get(name), where, _join(table, name)) for name, value in values.items()}
+    for name, value in kwargs.items():
+        _check_upper(name, value, where, table)
     try:
         return cls(**kwargs)
     except FieldError as e:
         raise ConfigError(f"{where}: {_join(table, e.name)} = {show(e.value)}: expected {e.expected}") from None
     except (ConfigError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {table + ': ' if table else ''}{e}") from None
+
+
+def _check_upper(name: str, value, where: str, table: str) -> None:
+    """`ConfigError` when field `name`'s number (or a number of its list) is over `UPPER`."""
+    limit = UPPER.get(name)
+    numbers = value if isinstance(value, tuple) else (value,)
+    if limit is not None and any(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit for v in numbers
+    ):
+        raise ConfigError(
+            f"{where}: {_join(table, name)} = {show(value)}: expected at most {limit} (rcnn.config.UPPER)"
+        )
 
 
 def _over_default(f: dataclasses.Field, value, hint):

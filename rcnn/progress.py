@@ -56,7 +56,7 @@ class LogProgress:
     def _start_line(self) -> None:
         if not self.started and time.monotonic() - self.start >= self.defer:
             self.started = True
-            of = f" of {self.total} {self.unit}" if self.total is not None else ""
+            of = f", {self.total} {self.unit} to do" if self.total is not None else ""
             self._line(f"started{of}" + (f" (resuming at {self.initial})" if self.initial else ""))
 
     def _line(self, text: str) -> None:

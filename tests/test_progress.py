@@ -18,7 +18,7 @@ def test_log_lines_say_start_progress_and_end(capsys):
         bar.update(1)
         bar.update(3)
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "rcnn: features: started of 4 crop"
+    assert lines[0] == "rcnn: features: started, 4 crop to do"
     assert lines[1].startswith("rcnn: features: 1/4 crop (25 %), ") and lines[1].endswith("crop/s, loss=0.250")
     assert lines[2].startswith("rcnn: features: 4/4 crop (100 %)")
     assert lines[3].startswith("rcnn: features: done, 4 crop in ") and len(lines) == 4
@@ -27,7 +27,7 @@ def test_log_lines_say_start_progress_and_end(capsys):
 def test_iterating_reports_each_item_and_closes_once(capsys):
     assert list(LogProgress(range(3), desc="detect", interval=1e9, defer=0.0)) == [0, 1, 2]
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "rcnn: detect: started of 3 img" and lines[-1].startswith("rcnn: detect: done, 3 img in ")
+    assert lines[0] == "rcnn: detect: started, 3 img to do" and lines[-1].startswith("rcnn: detect: done, 3 img in ")
     assert len(lines) == 2  # nothing between: the interval never passed
 
 

@@ -7,6 +7,7 @@ instances .json, a YOLO root (data.yaml or classes.txt, images/, labels/) or its
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -61,12 +62,11 @@ def register(subparsers) -> None:
     )
     convert.set_defaults(func=run_convert)
 
-    from rcnn.datasets.synthetic import PRESETS
-
     synth = sub.add_parser(
         "synth",
         help="generate the built-in synthetic shapes dataset (VOC layout)",
-        epilog="presets, the road to R-CNN in order: " + "; ".join(f"{p.name}: {p.text}" for p in PRESETS.values()),
+        epilog=PRESETS_EPILOG,
+        formatter_class=PresetsHelp,
     )
     synth.add_argument("out", help="output VOC root, e.g. data/synth")
     synth.add_argument("--images", type=int, required=True, help="number of images")
@@ -75,19 +75,41 @@ def register(subparsers) -> None:
     synth.add_argument("--test-fraction", type=float, default=0.2, help="share of images in test.txt (default 0.2)")
     synth.add_argument(
         "--preset",
-        choices=list(PRESETS),
+        metavar="NAME",
         help="one step of the road to R-CNN (see below; default: multi, the set `make demo` uses)",
     )
     synth.set_defaults(func=run_synth)
+
+
+PRESETS_EPILOG = "presets"  # filled in by `PresetsHelp` when the help is shown
+
+
+class PresetsHelp(argparse.HelpFormatter):
+    """``rcnn data synth --help``'s formatter: lists the presets only when the help is shown,
+    so that building the parser (every ``rcnn`` call) does not import the data layer (torch)."""
+
+    def add_text(self, text):
+        if text is PRESETS_EPILOG:
+            from rcnn.datasets.synthetic import PRESETS
+
+            text = "presets, the road to R-CNN in order: " + "; ".join(f"{p.name}: {p.text}" for p in PRESETS.values())
+        super().add_text(text)
 
 
 def parse_classes(value):
     """``--classes``: None, a file with one class per line, or comma-separated names."""
     if value is None:
         return None
+    from rcnn.cache import read_text
+    from rcnn.errors import DatasetError
+
     path = Path(value)
     if path.is_file():
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = read_text(path, "utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(path, f"cannot read the class list: {e}") from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
     return [c.strip() for c in value.split(",") if c.strip()]
 
 

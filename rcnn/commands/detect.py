@@ -24,6 +24,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.checks import count
     from rcnn.commands.train import add_device_option
 
     parser = subparsers.add_parser("detect", help="detect objects with a trained model")
@@ -36,7 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--images", help="image folder (COCO)")
     parser.add_argument("--out", required=True, help="COCO results JSON to write")
     parser.add_argument("--draw", help="folder to write images with the detections drawn")
-    parser.add_argument("--draw-limit", type=int, default=20, help="draw at most this many images (default 20; 0: all)")
+    parser.add_argument(
+        "--draw-limit", type=count, default=20, help="draw at most this many images (default 20; 0: all)"
+    )
     parser.add_argument(
         "--skip-bad", action="store_true", help="skip (count and name) unreadable images instead of failing"
     )
@@ -95,6 +98,7 @@ def run(args) -> int:
     import shutil
 
     from rcnn.cache import ImageStore, file_hash
+    from rcnn.commands.checks import output_file, output_folder
     from rcnn.commands.train import report_skipped
     from rcnn.datasets import Detections, load_dataset, read_image
     from rcnn.datasets.coco import write_detections
@@ -104,6 +108,9 @@ def run(args) -> int:
     from rcnn.progress import notice, progress
     from rcnn.reports.draw import draw_detections, save_image
 
+    output_file(args.out)
+    if args.draw:
+        output_folder(args.draw, "--draw")
     model = with_test_rule(load_model(args.model, args.device), args.test_rule)
     src = Path(args.input)
     annotated = src.suffix.lower() in (".json", ".csv", ".yaml", ".yml") or (

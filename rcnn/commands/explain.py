@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from rcnn.commands.train import add_device_option
+    from rcnn.commands.checks import count
+    from rcnn.commands.train import add_device_option, add_skip_bad_option
 
     p = subparsers.add_parser("explain", help="one page of pictures: what each stage of a model did on one image")
     p.add_argument("model", help="model file written by `rcnn train`")
@@ -22,22 +23,25 @@ def register(subparsers) -> None:
     p.add_argument("--sample", metavar="ID", help="the sample of the dataset IMAGE to explain")
     p.add_argument("--split", help="VOC or YOLO split of a dataset IMAGE")
     p.add_argument("--images", help="image folder (COCO)")
+    add_skip_bad_option(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for index.md and the pictures")
-    p.add_argument("--top", type=int, default=50, help="proposals (and R-CNN's windows) drawn as outlines (default 50)")
-    p.add_argument("--crops", type=int, default=24, help="warped crops shown, R-CNN (default 24)")
+    p.add_argument(
+        "--top", type=count, default=50, help="proposals (and R-CNN's windows) drawn as outlines (default 50)"
+    )
+    p.add_argument("--crops", type=count, default=24, help="warped crops shown, R-CNN (default 24)")
     add_device_option(p)
     p.set_defaults(func=run)
 
 
 def find_sample(args, classes):
     """``(image path, sample or None)`` for IMAGE (and ``--sample``)."""
-    from rcnn.datasets import load_dataset
+    from rcnn.commands.train import load_for_command
     from rcnn.datasets.voc import read_voc_folder
     from rcnn.errors import RcnnError
 
     src = Path(args.image)
     if args.sample is not None:
-        dataset = load_dataset(src, args.split, args.images, classes=classes)
+        dataset = load_for_command(args, src, classes=classes)
         for s in dataset:
             if s.id == args.sample:
                 return s.image_path, s
@@ -54,10 +58,12 @@ def find_sample(args, classes):
 
 
 def run(args) -> int:
+    from rcnn.commands.checks import output_folder
     from rcnn.datasets import read_image
     from rcnn.detectors import load_model
     from rcnn.reports.explain import explain
 
+    output_folder(args.out)
     model = load_model(args.model, args.device)
     path, sample = find_sample(args, model.classes_)
     gt = {} if sample is None else {"gt_boxes": sample.boxes, "gt_labels": sample.labels}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from rcnn.commands.checks import count
+    from rcnn.commands.train import add_skip_bad_option
+
     p = subparsers.add_parser("propose", help="compute region proposals for a dataset (cached, parallel, resumable)")
     p.add_argument(
         "dataset", metavar="DATASET", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv"
@@ -31,10 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", metavar="TOML", help="a config file whose [proposals] table sets method and parameters")
     p.add_argument("--split", help="ImageSets/Main/SPLIT.txt of a VOC root, or a YOLO root's split")
     p.add_argument("--images", help="image folder, when not the dataset's own")
-    p.add_argument(
-        "--skip-bad", action="store_true", help="leave out (and count) unreadable samples instead of failing"
-    )
-    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    add_skip_bad_option(p)
+    p.add_argument("--workers", type=count, help="processes (default and 0: all cores)")
     p.add_argument("--dask", metavar="ADDRESS", help="run on this Dask scheduler instead (needs rcnn[dask])")
     p.add_argument("--out", required=True, metavar="DIR", help="proposal cache folder")
     p.set_defaults(func=run)
@@ -66,27 +67,21 @@ def proposer_from_args(args):
 
 def run(args) -> int:
     import rcnn.detectors  # noqa: F401  registers the Faster R-CNN model files the rpn method reads
-    from rcnn.datasets import load_dataset
+    from rcnn.commands.checks import output_folder
+    from rcnn.commands.train import load_for_command
     from rcnn.proposals import ProposalStore
 
+    output_folder(args.out)
     proposer = proposer_from_args(args)
-    from rcnn.commands.train import report_skipped
-
-    dataset = load_dataset(
-        args.dataset,
-        args.split,
-        args.images,
-        args.skip_bad,
-        **({"check_images": True, "decode": True} if args.skip_bad else {}),
-    )
-    report_skipped(dataset)
+    dataset = load_for_command(args, args.dataset)
     store = ProposalStore(args.out, proposer)
     stats = store.compute(dataset, workers=args.workers, dask=args.dask)
     rate = f", {stats['images_per_second']:.2f} img/s" if stats["images_per_second"] else ""
     damaged = f" ({stats['damaged']} damaged entries recomputed)" if stats["damaged"] else ""
     print(
         f"{stats['images']} images: {stats['computed']} computed, {stats['cached']} already cached, "
-        f"{stats['by_another_run']} by a concurrent run{damaged}"
+        + (f"{stats['reused']} taken from a larger cached list, " if stats["reused"] else "")
+        + f"{stats['by_another_run']} by a concurrent run{damaged}"
         f" ({stats['seconds']:.1f} s{rate}); {len(dataset.skipped)} skipped -> {stats['folder']}"
     )
     return 0

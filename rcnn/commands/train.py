@@ -69,7 +69,9 @@ def config_from_args(args):
         key, sep, value = item.partition("=")
         *tables, name = key.strip().split(".")
         if not sep or not name or not all(tables):
-            raise ConfigError(f"--set {item}: expected TABLE.KEY=VALUE")
+            raise ConfigError(f"--set {item!r}: expected TABLE.KEY=VALUE")
+        if "\n" in value or "\r" in value:  # TOML would read a second line as another key, unseen
+            raise ConfigError(f"--set {item!r}: the value holds a line break; give one value per --set")
         try:
             parsed = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -83,6 +85,34 @@ def config_from_args(args):
     if getattr(args, "device", None):
         overrides["device"] = args.device
     return load_config(args.config, overrides)
+
+
+def add_skip_bad_option(parser) -> None:
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out bad samples (each named with its reason, and counted) instead of failing; "
+        "every image is decoded when the dataset loads",
+    )
+
+
+def load_for_command(args, path, classes=None):
+    """The dataset `path` with the command's ``--split``, ``--images`` and ``--skip-bad``
+    (which decodes every image now, so a truncated or corrupt one is skipped here, not met
+    and fatal minutes later); the skipped samples are printed."""
+    from rcnn.datasets import load_dataset
+
+    skip_bad = getattr(args, "skip_bad", False)
+    dataset = load_dataset(
+        path,
+        args.split,
+        args.images,
+        skip_bad,
+        classes=classes,
+        **({"check_images": True, "decode": True} if skip_bad else {}),
+    )
+    report_skipped(dataset)
+    return dataset
 
 
 def report_skipped(dataset) -> None:
@@ -100,7 +130,7 @@ def register(subparsers) -> None:
     parser.add_argument("dataset", help="VOC root, folder of images + .xml, COCO .json, YOLO root or .csv")
     parser.add_argument("--split", help="VOC split (ImageSets/Main/SPLIT.txt) or YOLO split, e.g. train")
     parser.add_argument("--images", help="image folder (COCO)")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out bad samples (counted) instead of failing")
+    add_skip_bad_option(parser)
     parser.add_argument("--out", required=True, help="model file to write (.pt)")
     add_config_options(parser)
     add_device_option(parser)
@@ -109,20 +139,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rcnn.datasets import load_dataset
+    from rcnn.commands.checks import output_file, output_folder
     from rcnn.detectors import build_detector, check_trainable
 
+    output_file(args.out)
     config = config_from_args(args)
-    # --skip-bad decodes every image now, so a truncated or corrupt one is skipped here, not
-    # met (and fatal) minutes later in the proposal stage
-    dataset = load_dataset(
-        args.dataset,
-        args.split,
-        args.images,
-        skip_bad=args.skip_bad,
-        **({"check_images": True, "decode": True} if args.skip_bad else {}),
-    )
-    report_skipped(dataset)
+    output_folder(config.cache_dir, "cache_dir")
+    dataset = load_for_command(args, args.dataset)
     check_trainable(dataset, args.dataset)
     model = build_detector(config)
     use_dask(model, args.dask)

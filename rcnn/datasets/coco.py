@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.boxes import xywh_to_xyxy
-from rcnn.cache import write_text
+from rcnn.cache import read_text, write_text
 from rcnn.datasets.core import Dataset, Detections, Sample
 from rcnn.datasets.masks import check_masks, decode, parse_segmentation, rle_json, to_polygon
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
@@ -38,12 +38,13 @@ __all__ = ["read_coco", "write_coco", "read_detections", "write_detections", "lo
 def load_json(path):
     """The parsed JSON file at `path`; missing or malformed files raise `DatasetError`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise DatasetError(path, "file not found") from None
     except IsADirectoryError:
         raise DatasetError(path, "is a folder, not a JSON file") from None
+    except OSError as e:
+        raise DatasetError(path, f"cannot read: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(path, f"malformed JSON: {e}") from None
 

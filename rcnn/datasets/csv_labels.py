@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.cache import write_text
+from rcnn.cache import read_text, write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.rules import Problem, ProblemPolicy, check_boxes, check_image, image_path_in, size_problem
 from rcnn.datasets.writing import check_names, exact_number, image_base, relative_name
@@ -81,7 +81,7 @@ def read_csv_labels(
     where = str(path)
     policy = policy or ProblemPolicy(skip_bad)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, "utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(path, "file not found") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rcnn.cache import check_readable
 from rcnn.errors import ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}  # what counts as an image file
@@ -63,6 +64,8 @@ def read_header(source, path=None, orientation: bool = True) -> tuple[int, int, 
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     tag = 1
     try:
+        if fp is source:
+            check_readable(source)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
             with Image.open(fp) as im:
@@ -93,6 +96,7 @@ def read_image(path) -> np.ndarray:
     """
     path = Path(path)
     try:
+        check_readable(path)  # a FIFO or /dev/zero named like an image would block or never end
         data = np.fromfile(path, dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise ImageError(path, f"cannot read image: {getattr(e, 'strerror', None) or e}") from None

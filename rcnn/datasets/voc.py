@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcnn.cache import write_text
+from rcnn.cache import read_bytes, read_text, write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.images import IMAGE_SUFFIXES
 from rcnn.datasets.masks import VOC_VOID, check_masks, index_image, index_masks, read_index_png, write_index_png
@@ -53,11 +53,13 @@ def parse_voc_xml(path) -> tuple[dict | None, list[Problem]]:
     path = Path(path)
     record = {"filename": None, "size": None, "objects": []}
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(read_bytes(path))
     except FileNotFoundError:
         return None, [Problem(str(path), "annotation file not found")]
-    except (ET.ParseError, OSError) as e:
+    except ET.ParseError as e:
         return None, [Problem(str(path), f"malformed XML: {e}")]
+    except OSError as e:
+        return None, [Problem(str(path), f"cannot read the annotation file: {e}")]
     if root.tag != "annotation":
         return None, [Problem(str(path), f"not a VOC annotation (root element <{root.tag}>)")]
     problems = []
@@ -251,7 +253,11 @@ def read_voc(
             have = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
             raise DatasetError(split_file, f"split '{split}' not found; this root has: {', '.join(have) or 'none'}")
         xml_paths, seen = [], set()
-        for n, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = read_text(split_file)
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(split_file, f"cannot read: {e}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             sample_id = line.split()[0]

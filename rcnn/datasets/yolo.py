@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rcnn.cache import write_text
+from rcnn.cache import read_text, write_text
 from rcnn.datasets.core import Dataset, Sample
 from rcnn.datasets.images import IMAGE_SUFFIXES
 from rcnn.datasets.masks import check_masks, decode, from_polygons, to_polygon
@@ -130,7 +130,7 @@ def parse_data_yaml(path) -> dict:
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
             raise DatasetError(path, f"is over {MAX_YAML_BYTES} bytes: not a data.yaml")
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, "utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(path, f"cannot read: {e}") from None
     loader = _Loader(text)
@@ -170,7 +170,7 @@ def _names(root: Path, yaml_path=None) -> tuple[list[str], dict, Path | None]:
         if not classes_txt.is_file():
             raise DatasetError(root, "not a YOLO root: no data.yaml or classes.txt")
         try:
-            text = classes_txt.read_text(encoding="utf-8-sig")
+            text = read_text(classes_txt, "utf-8-sig")
         except (OSError, UnicodeDecodeError) as e:
             raise DatasetError(classes_txt, f"cannot read: {e}") from None
         names = [line.strip() for line in text.splitlines()]
@@ -257,7 +257,11 @@ def _entry_images(base: Path, entry: str, where, policy: ProblemPolicy, allow_ou
         return _images_in(path)
     if path.is_file() and path.suffix.lower() == ".txt":
         images = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        try:
+            text = read_text(path, "utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(path, f"cannot read: {e}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             name = line.strip()
             if not name:
                 continue
@@ -336,7 +340,7 @@ def _parse_labels(path: Path, names: list[str]):
     (its values are the polygon's box) and None for a box line."""
     classes, values, shown, problems, polygons = [], [], [], [], []
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_text(path, "utf-8-sig")
     except FileNotFoundError:
         return classes, np.zeros((0, 4)), shown, problems, polygons  # no label file: no objects
     except (OSError, UnicodeDecodeError) as e:

@@ -4,13 +4,16 @@ the training-data check, and the `Detector` surface (`fit`, `detect`, `detect_da
 
 A model file is one ``torch.save`` of tensors and plain values, read back with
 ``torch.load(path, weights_only=True)``: ``format``, ``version``, ``detector`` (which kind
-wrote it), ``rcnn_version``, ``config`` (the full config as plain values), ``classes`` and
-the detector's own state.
+wrote it), ``rcnn_version``, ``config`` (the full config as plain values), ``classes``,
+the detector's own state and ``content_hash``: SHA-256 of everything else (`content_hash`),
+checked when the file is read, so one changed byte of a weight is an error, not other
+detections. (Files written before the hash are read without that check.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -22,7 +25,7 @@ import torch
 
 from rcnn import __version__
 from rcnn.boxes import batched_nms, box_area, clip_boxes
-from rcnn.cache import array_hash, atomic_write, image_hash, params_key
+from rcnn.cache import NotReadable, array_hash, atomic_write, check_readable, image_hash, params_key
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
@@ -242,11 +245,14 @@ def read_model(path) -> dict:
     raises `ModelError` naming the file."""
     path = Path(path)
     try:
+        check_readable(path)  # a FIFO or a device would block or never end
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"{path}: model file not found") from None
     except IsADirectoryError:
         raise ModelError(f"{path}: is a folder, not a model file") from None
+    except NotReadable as e:
+        raise ModelError(f"{path}: {'is a folder, not a model file' if e.errno == 21 else e}") from None
     except Exception as e:  # noqa: BLE001  torch raises many kinds for a bad file
         raise ModelError(f"{path}: not a readable rcnn model ({_load_error(e)})") from None
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
@@ -256,7 +262,36 @@ def read_model(path) -> dict:
             f"{path}: model format version {state.get('version')} (rcnn {state.get('rcnn_version')}); "
             f"this rcnn {__version__} reads version {MODEL_VERSION}: retrain the model"
         )
+    stored = state.pop("content_hash", None)
+    if stored is not None and stored != content_hash(state):
+        raise ModelError(f"{path}: damaged model file: its content does not match the hash stored in it")
     return state
+
+
+def content_hash(state) -> str:
+    """Hex SHA-256 of a model file's state: every tensor's dtype, shape and bytes and every
+    plain value, walked in a fixed order (dict keys sorted)."""
+    h = hashlib.sha256()
+
+    def walk(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            h.update(f"D{len(obj)}".encode())
+            for key in sorted(obj, key=repr):
+                h.update(f"K{key!r}".encode())
+                walk(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            h.update(f"{type(obj).__name__}{len(obj)}".encode())
+            for item in obj:
+                walk(item)
+        else:
+            h.update(f"V{type(obj).__name__}:{obj!r}".encode())
+
+    walk(state)
+    return h.hexdigest()
 
 
 def _load_error(e: Exception) -> str:
@@ -414,7 +449,7 @@ class Detector(ABC):
     def state_dict(self) -> dict:
         """The fitted model as tensors and plain values (see the module docstring)."""
         self._check_fitted()
-        return {
+        state = {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
             "detector": self.kind,
@@ -423,6 +458,7 @@ class Detector(ABC):
             "classes": list(self.classes_),
             **self._state(),
         }
+        return {**state, "content_hash": content_hash(state)}
 
     def save(self, path) -> Path:
         """Write the model to `path` atomically (a temporary file, then a rename)."""
@@ -454,8 +490,9 @@ class Detector(ABC):
             model._from_state(state, path)
         except DeviceError:
             raise  # the file is fine; this machine lacks the device
-        except (KeyError, TypeError, ValueError, ConfigError) as e:
-            raise ModelError(f"{path}: damaged model file ({type(e).__name__}: {e})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, ConfigError) as e:
+            text = str(e).splitlines()[0][:200] if str(e) else ""  # load_state_dict's are long
+            raise ModelError(f"{path}: damaged model file ({type(e).__name__}: {text})") from None
         return model
 
     @abstractmethod

@@ -93,7 +93,8 @@ class LocalizerConfig(CommonConfig):
         require(self, "weights", is_weights(self.weights), WEIGHTS_EXPECTED)
         require(self, "pool", self.pool >= 1, "an integer >= 1")
         require(self, "input_size", self.input_size >= 32, "an integer >= 32")
-        for name in ("epochs", "lr_step", "seed"):
+        require(self, "epochs", self.epochs >= 1, "an integer >= 1 (0 would write an untrained model)")
+        for name in ("lr_step", "seed"):
             require(self, name, getattr(self, name) >= 0, "an integer >= 0")
         for name in ("batch_size", "checkpoint_every"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
@@ -362,6 +363,7 @@ class _Trainer(Trainer):
 
     title = "localiser"
     terms = ("presence", "class", "box")
+    frozen_setting = "frozen"
 
     def __init__(self, config: LocalizerConfig, net: LocalizerNet, images, targets, settings, checkpoint, device):
         super().__init__(config, checkpoint, device)

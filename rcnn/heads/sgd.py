@@ -15,8 +15,9 @@ from torch import nn
 
 from rcnn.config import require
 from rcnn.errors import TrainingDiverged
+from rcnn.progress import notice
 
-__all__ = ["SGDConfig", "check_weights", "train_step"]
+__all__ = ["SGDConfig", "check_weights", "freeze", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,21 @@ class SGDConfig:
         require(self, "momentum", 0 <= self.momentum < 1, "a number in [0, 1)")
         require(self, "weight_decay", self.weight_decay >= 0, "a number >= 0")
         require(self, "clip_grad_norm", 0 <= self.clip_grad_norm < math.inf, "a number >= 0 (0: no clipping)")
+
+
+def freeze(net: nn.Module, prefixes, what: str = "frozen") -> None:
+    """Set ``requires_grad`` of `net`'s parameters: False for names starting with one of
+    `prefixes`, True for the rest. A prefix that matches no parameter is surely a mistake (a
+    typo, or another backbone's names): each gets a one-line note naming `what` (the setting)."""
+    prefixes = tuple(prefixes)
+    names = [name for name, _ in net.named_parameters()]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            layers = list(dict.fromkeys(".".join(n.split(".")[:2]) + "." for n in names))
+            shown = ", ".join(layers[:4]) + (f", ... {layers[-1]}" if len(layers) > 4 else "")
+            notice(f"note: {what} prefix {prefix!r} matches no layer, so it freezes nothing (layers: {shown})")
+    for name, p in net.named_parameters():
+        p.requires_grad_(not name.startswith(prefixes))
 
 
 def _show(losses: Mapping[str, torch.Tensor | float]) -> str:

@@ -155,6 +155,7 @@ class Finetuner(Trainer):
 
     title = "R-CNN fine-tuning"
     terms = ("accuracy",)
+    frozen_setting = "finetune.frozen"
     unit = "crop"
 
     def __init__(

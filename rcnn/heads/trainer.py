@@ -30,7 +30,7 @@ from torch import nn
 
 from rcnn.cache import atomic_write
 from rcnn.errors import ModelError
-from rcnn.heads.sgd import check_weights, train_step
+from rcnn.heads.sgd import check_weights, freeze, train_step
 from rcnn.progress import notice, progress
 
 __all__ = ["Checkpoint", "Trainer", "freeze_batch_norm"]
@@ -114,6 +114,7 @@ class Trainer(ABC):
     title = "network"  # in the progress bar, notices and errors
     terms: tuple[str, ...] = ()  # the entries `loss` gives besides the total, kept in `history_`
     unit = "img"  # what `batch` returns a sequence of, for the progress bar
+    frozen_setting = "train.frozen"  # the setting `config.frozen` comes from, named in a note
 
     def __init__(self, config, checkpoint: str | os.PathLike | None = None, device="cpu"):
         self.config = config
@@ -182,8 +183,7 @@ class Trainer(ABC):
         cfg = self.config
         for m in modules.values():
             m.to(self.device)
-        for name, p in trunk.named_parameters():
-            p.requires_grad_(not name.startswith(tuple(cfg.frozen)))
+        freeze(trunk, cfg.frozen, self.frozen_setting)
         optimizer = self._optimizer(modules, trunk)
         checkpoint = Checkpoint(self.checkpoint, self.meta(), self.title)
         self.history_ = {k: [] for k in ("loss", *self.terms)}

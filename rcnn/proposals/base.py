@@ -59,6 +59,9 @@ class Proposer(ABC):
     method: ClassVar[str]
     config_class: ClassVar[type]
     version: ClassVar[int]
+    # the parameter that caps the number of boxes, when the cap is applied last (the first k
+    # of a larger cap's boxes are then exactly this proposer's with cap k), else None
+    prefix_param: ClassVar[str | None] = None
 
     def __init__(self, config: ProposerConfig | None = None, **params):
         if config is None:

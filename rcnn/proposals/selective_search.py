@@ -155,6 +155,7 @@ class SelectiveSearch(Proposer):
     method = "selective_search"
     config_class = SelectiveSearchConfig
     version = VERSION
+    prefix_param = "max_boxes"  # `finish_boxes` caps last: 500 boxes are the first 500 of 2000
 
     def params(self) -> dict:
         """Everything that determines the boxes (cache key material), OpenCV's version and ours too."""

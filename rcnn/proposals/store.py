@@ -4,7 +4,10 @@ Layout (`rcnn.cache.ImageStore`): ``ROOT/<method>-<params key>/params.json`` and
 ``<image content hash>.npz`` per image holding ``boxes`` (``float32 [N, 4]``) and ``seconds``
 (time to propose). Files are written atomically, so a killed run leaves whole files only and
 a re-run computes just what is missing; a damaged entry is reported and recomputed; changed
-parameters give a new folder. Work runs in joblib worker processes, or on a Dask cluster
+parameters give a new folder. Where the proposer caps its ranked boxes last
+(`Proposer.prefix_param`), an image already proposed under ROOT with the same settings and a
+larger cap (or none) is not proposed again: the first `max_boxes` of those boxes are stored
+(so `rcnn train`'s 500 boxes reuse `rcnn propose`'s 2000). Work runs in joblib worker processes, or on a Dask cluster
 through joblib's Dask backend. Concurrent runs on one cache share the work: each image is
 locked while it is proposed, and a run waits for the images another run holds.
 """
@@ -25,7 +28,7 @@ from rcnn.cache import ImageStore
 from rcnn.cluster import dask_client, remote_path
 from rcnn.datasets.images import read_image
 from rcnn.errors import DatasetError, RcnnError
-from rcnn.progress import progress
+from rcnn.progress import notice, progress
 from rcnn.proposals.registry import make_proposer
 
 DASK_TIMEOUT = 30  # seconds to reach a Dask scheduler (`rcnn.cluster.dask_client`)
@@ -143,7 +146,8 @@ class ProposalStore:
         """Propose for every sample not cached yet. `workers`: processes (None: all cores;
         1: in this process); `dask`: a scheduler address to run on instead (the cache must be
         on storage every worker sees: `rcnn.cluster.dask_client` checks it). Returns counts
-        (``images``, ``computed``, ``cached``, ``by_another_run``: stored by a concurrent run
+        (``images``, ``computed``, ``cached``, ``reused``: the first boxes of a larger cap's
+        entries, ``by_another_run``: stored by a concurrent run
         while this one ran, ``damaged``: unreadable entries recomputed),
         ``seconds`` and ``images_per_second``."""
         import joblib
@@ -154,11 +158,20 @@ class ProposalStore:
         damaged = len(self.store.damaged)
         params_json = self._params_json()
         where = remote_path if dask else str  # a worker's working directory is not ours
-        todo = {}
+        todo, reused, larger = {}, {}, self._larger_stores()
         for sample in dataset:
             out = str(self.path(sample))
-            if out not in todo and not self.store.has(sample.image_path, require=ENTRY):
+            if out in todo or out in reused or self.store.has(sample.image_path, require=ENTRY):
+                continue
+            donor = self._reuse(sample.image_path, larger)
+            if donor is not None:
+                reused[out] = donor
+            else:
                 todo[out] = where(sample.image_path)
+        if reused:
+            folders = ", ".join(sorted({str(f) for f in reused.values()}))
+            n = self.proposer.params()[self.proposer.prefix_param]
+            notice(f"proposals: {len(reused)} image(s) take the first {n} of the ranked boxes cached in {folders}")
         jobs = [joblib.delayed(_propose_file)(params_json, image, where(self.folder)) for image in todo.values()]
         start, shared = time.perf_counter(), 0
         if jobs:
@@ -182,13 +195,52 @@ class ProposalStore:
         return {
             "images": len(dataset),
             "computed": len(jobs) - shared,
-            "cached": len(dataset) - len(jobs),
+            "cached": len(dataset) - len(jobs) - len(reused),
+            "reused": len(reused),
             "by_another_run": shared,
             "damaged": len(self.store.damaged) - damaged,
             "seconds": seconds,
             "images_per_second": len(jobs) / seconds if jobs and seconds > 0 else None,
             "folder": str(self.folder),
         }
+
+    def _larger_stores(self) -> list[ImageStore]:
+        """The stores under `root` whose proposer differs from this one only by a larger cap
+        (or none) on a `Proposer.prefix_param`: their first boxes are this proposer's."""
+        name = self.proposer.prefix_param
+        mine = json.loads(self._params_json())  # as params.json holds them (tuples as lists)
+        n = mine.get(name) if name else None
+        if not n:
+            return []
+        rest = {k: v for k, v in mine.items() if k != name}
+        found = []
+        for params_file in sorted(self.root.glob(f"{self.proposer.method}-*/params.json")):
+            if params_file.parent == self.folder:
+                continue
+            try:
+                theirs = json.loads(params_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            cap = theirs.get(name) if isinstance(theirs, dict) else None
+            if (
+                isinstance(cap, int)
+                and (cap == 0 or cap > n)
+                and {k: v for k, v in theirs.items() if k != name} == rest
+            ):
+                found.append(ImageStore(params_file.parent, theirs))
+        return found
+
+    def _reuse(self, image_path, larger: list[ImageStore]) -> Path | None:
+        """Store the first `max_boxes` of an entry of one of the `larger` stores, if one has
+        the image; returns that store's folder (None: none has it)."""
+        n = self.proposer.params()[self.proposer.prefix_param] if larger else 0
+        for donor in larger:
+            entry = donor.read(image_path, require=ENTRY) if donor.has(image_path, require=ENTRY) else None
+            if entry is not None:
+                boxes = entry["boxes"].astype(np.float32, copy=False).reshape(-1, 4)[:n]
+                self.store.write(image_path, boxes=boxes, seconds=np.float64(entry["seconds"]))
+                return donor.folder
+        return None
 
     def _run(self, jobs, workers, dask, images=()):
         """Results of joblib `jobs` in order, as they finish: in-process, loky or Dask (after

@@ -79,4 +79,4 @@ def test_seconds_and_table():
     ds = Dataset(["a"], [sample("x", [[0, 0, 10, 10]], [1]), sample("y", [], [])])
     report = proposal_recall(ds, {"x": [[0, 0, 10, 10]], "y": []}, ks=[10], seconds={"x": 1.0, "y": 3.0})
     assert report["seconds_per_image"] == 2.0 and report["images"] == 2
-    assert "2.000 s/img" in format_report(report)
+    assert "proposing took 2.000 s/img (the time stored with the proposals)" in format_report(report)

@@ -47,14 +47,46 @@ def test_compute_load_resume_and_invalidate(tmp_path):
 
     other = ProposalStore(tmp_path / "cache", make_proposer(**{**PROPOSER, "max_boxes": 7}))
     assert other.folder != store.folder
-    assert other.compute(ds, workers=1)["computed"] == 4
+    stats = other.compute(ds, workers=1)  # the first 7 of the cached (uncapped: 2000) ranked lists
+    assert (stats["computed"], stats["reused"], stats["cached"]) == (0, 4, 0)
     assert len(other.load(ds[0])) <= 7
     np.testing.assert_array_equal(other.load(ds[0]), boxes[:7])
+    fresh = ProposalStore(tmp_path / "fresh", make_proposer(**{**PROPOSER, "max_boxes": 7}))
+    assert fresh.compute(ds, workers=1)["computed"] == 4  # what proposing with the cap gives
+    for sample in ds:
+        np.testing.assert_array_equal(other.load(sample), fresh.load(sample))
+    assert other.compute(ds, workers=1)["cached"] == 4
+    # a larger cap, or other settings, are proposed anew
+    larger = ProposalStore(tmp_path / "cache", make_proposer(**{**PROPOSER, "max_boxes": 3000}))
+    assert larger.compute(ds, workers=1)["computed"] == 4
+    seeded = ProposalStore(tmp_path / "cache", make_proposer(**{**PROPOSER, "max_boxes": 7, "min_size": 12}))
+    assert seeded.compute(ds, workers=1)["computed"] == 4
 
     with pytest.raises(RcnnError, match="expected one proposal folder"):
         ProposalStore.open(tmp_path / "cache")
     reopened = ProposalStore.open(tmp_path / "cache", key=other.folder.name.split("-")[-1][:6])
     np.testing.assert_array_equal(reopened.load(ds[0]), other.load(ds[0]))
+
+
+def test_sliding_windows_are_not_taken_from_a_larger_list(tmp_path):
+    ds = make_images(tmp_path / "images", 2)
+    ProposalStore(tmp_path / "cache", SlidingWindows(max_boxes=50)).compute(ds, workers=1)
+    stats = ProposalStore(tmp_path / "cache", SlidingWindows(max_boxes=20)).compute(ds, workers=1)
+    assert (stats["computed"], stats["reused"]) == (2, 0)  # a smaller count changes the stride
+
+
+def test_training_defaults_reuse_what_propose_caches_by_default():
+    """`rcnn propose` (2000 boxes) then `rcnn train` (500): one setting apart, the cap."""
+    from argparse import Namespace
+
+    from rcnn.commands.propose import proposer_from_args
+    from rcnn.detectors import load_config
+
+    options = dict(method=None, max_boxes=None, min_size=None, mode=None, longest_side=None, config=None)
+    cli = proposer_from_args(Namespace(**options)).params()
+    train = make_proposer(load_config(None, {}).proposals).params()
+    assert (cli["max_boxes"], train["max_boxes"]) == (2000, 500)
+    assert {k: v for k, v in cli.items() if k != "max_boxes"} == {k: v for k, v in train.items() if k != "max_boxes"}
 
 
 def test_key_follows_content_not_file_name(tmp_path):
