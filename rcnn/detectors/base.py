@@ -26,6 +26,7 @@ from rcnn.cache import array_hash, atomic_write, image_hash, params_key
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
+from rcnn.detectors.trace import Trace
 from rcnn.errors import ConfigError, DatasetError, DeviceError, ModelError
 from rcnn.evaluation.recall import proposal_recall
 from rcnn.progress import notice, progress
@@ -282,7 +283,7 @@ def check_classes(classes) -> list[str]:
 
 class Detector(ABC):
     """The surface every detector has. Subclasses set `kind` and `config_class`, and write
-    `fit`, `detect`, `_state` (their part of the model file) and `_from_state`.
+    `fit`, `trace` (`detect` is its last stage), `_state` (their part of the model file) and `_from_state`.
 
     ``config``: the detector's config; fitted: ``classes_`` (label ``i + 1`` is
     ``classes_[i]``) and ``fit_stats_`` (counts and seconds per stage).
@@ -462,9 +463,16 @@ class Detector(ABC):
     def fit(self, dataset: Dataset) -> Detector:
         """Train every stage on `dataset`; returns self (fitted: ``classes_``, ``fit_stats_``)."""
 
-    @abstractmethod
     def detect(self, image, proposals=None, timings: dict | None = None) -> Detections:
-        """Detections on one image (a path or ``uint8 [H, W, 3]`` RGB array)."""
+        """Detections on one image (a path or ``uint8 [H, W, 3]`` RGB array): the last stage
+        of `trace`. `proposals` ``float32 [N, 4]`` replace the detector's own (where it has
+        any); `timings`, when given, gets the seconds of each stage added."""
+        return self.trace(image, proposals=proposals, timings=timings).detections
+
+    @abstractmethod
+    def trace(self, image, proposals=None, timings: dict | None = None) -> Trace:
+        """Every stage of a detection on one image (a path or ``uint8 [H, W, 3]`` RGB array)
+        as plain data (`rcnn.detectors.trace.Trace`); arguments as `detect`."""
 
     @abstractmethod
     def _state(self) -> dict:
