@@ -358,7 +358,7 @@ def _proposal_stages(page: _Page, model, trace, gt_boxes, top: int) -> None:
     page.section(
         "Proposals",
         f"{source} gave the boxes"
-        + (f"; the first {cap} are scored" if cap else " scored")
+        + (f"; the first {cap} are scored" if cap else ", all scored")
         + f": **{n}** here"
         + _holding(proposals, gt_boxes, ", holding")
         + f". Left: the first {min(top, n)} (the proposer's own ranking); right: how many of all of them cover "
