@@ -307,12 +307,13 @@ class RCNN(Detector):
         return clean_candidates(boxes, scores[rows, cols], cols.astype(np.int64) + 1, image_size)
 
     def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None, max_boxes: int | None = None
     ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``, by the config's
         `test_rule`. With `use_cache`, proposals and their features come from (and go to) the
-        caches under `cache_dir`, so re-fitted heads are scored in seconds; without, every
-        image runs through `detect` (or `candidates`)."""
+        caches under `cache_dir`, so re-fitted heads are scored in seconds, and `max_boxes`
+        scores only each image's first that many proposals (a smaller budget, from the same
+        cache entries); without, every image runs through `detect` (or `candidates`)."""
         if not use_cache:
             return super().detect_dataset(dataset, use_cache=False, timings=timings)
         self._check_fitted()
@@ -320,9 +321,9 @@ class RCNN(Detector):
         regions = self.dataset_features(dataset)
         for sample in dataset:
             boxes = regions.boxes(sample)
-            out[sample.id] = self.predict(
-                boxes, regions.features(sample, boxes), (sample.height, sample.width), timings, self.set_rule
-            )
+            features = regions.features(sample, boxes)[:max_boxes]
+            size = (sample.height, sample.width)
+            out[sample.id] = self.predict(boxes[:max_boxes], features, size, timings, self.set_rule)
         return self.select_over_set(out, timings) if self.set_rule else out
 
     # -- the model file ---------------------------------------------------------------------
