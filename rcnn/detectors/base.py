@@ -22,12 +22,12 @@ import torch
 
 from rcnn import __version__
 from rcnn.boxes import batched_nms, box_area, clip_boxes
-from rcnn.cache import array_hash, atomic_write, image_hash, params_key
+from rcnn.cache import ImageStore, array_hash, atomic_write, image_hash, params_key
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.detectors.trace import Trace
-from rcnn.errors import ConfigError, DatasetError, DeviceError, ModelError
+from rcnn.errors import ConfigError, DatasetError, DeviceError, ImageError, ModelError
 from rcnn.evaluation.recall import proposal_recall
 from rcnn.progress import notice, progress
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
@@ -50,6 +50,7 @@ __all__ = [
     "training_key",
 ]
 
+PART = ("boxes", "scores", "labels")  # the arrays of an image's entry in `Detector.detect_dataset`'s parts
 MODEL_FORMAT = "rcnn-model"
 MODEL_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -356,11 +357,22 @@ class Detector(ABC):
         return store
 
     def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+        self,
+        dataset: Dataset,
+        use_cache: bool = True,
+        timings: dict | None = None,
+        parts: ImageStore | None = None,
+        skip_bad: bool = False,
     ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``, by the config's
         `test_rule` (`CommonConfig`); with `use_cache`, proposals come from (and go to) the
-        cache under `cache_dir` (unless the detector `learns_proposals`)."""
+        cache under `cache_dir` (unless the detector `learns_proposals`).
+
+        `parts`: a store of each image's result (`detect`'s, or `candidates` under the set
+        rule; arrays `PART`): an image found there is not run again, and each new one is
+        written as soon as it is found, so an interrupted run resumes (``rcnn detect``).
+        `skip_bad`: an unreadable image (`ImageError`) is left out with a notice instead of
+        raising."""
         self._check_fitted()
         store = None
         if use_cache and not self.learns_proposals:
@@ -369,8 +381,21 @@ class Detector(ABC):
         run = self.candidates if self.set_rule else self.detect
         out = {}
         for sample in progress(dataset.samples, desc="detect"):
-            proposals = None if store is None else store.load(sample)
-            out[sample.id] = run(read_image(sample.image_path), proposals=proposals, timings=timings)
+            try:
+                entry = None if parts is None else parts.read(sample.image_path, require=PART)
+                if entry is not None:
+                    out[sample.id] = Detections(entry["boxes"], entry["scores"], entry["labels"])
+                    continue
+                proposals = None if store is None else store.load(sample)
+                d = run(read_image(sample.image_path), proposals=proposals, timings=timings)
+            except ImageError as e:
+                if not skip_bad:
+                    raise
+                notice(f"skipped {e}")
+                continue
+            if parts is not None:
+                parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+            out[sample.id] = d
         return self.select_over_set(out, timings) if self.set_rule else out
 
     @property

@@ -398,11 +398,19 @@ class Localizer(Detector):
         return self._detections(p["presence"][0], p["class_probs"][0], p["boxes"][0], image.shape[:2], True)
 
     def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+        self,
+        dataset: Dataset,
+        use_cache: bool = True,
+        timings: dict | None = None,
+        parts=None,
+        skip_bad: bool = False,
     ) -> dict[str, Detections]:
         """Detections for every sample, in batches, by the config's `test_rule` (``rcnn``:
         every image's box whatever its presence, then `select_over_set`); no proposals are
-        computed (`use_cache` has nothing to cache)."""
+        computed (`use_cache` has nothing to cache). With `parts` or `skip_bad` image by
+        image, as `Detector.detect_dataset`."""
+        if parts is not None or skip_bad:
+            return super().detect_dataset(dataset, False, timings, parts, skip_bad)
         self._check_fitted()
         out = {}
         samples = dataset.samples

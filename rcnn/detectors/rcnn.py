@@ -307,15 +307,22 @@ class RCNN(Detector):
         return clean_candidates(boxes, scores[rows, cols], cols.astype(np.int64) + 1, image_size)
 
     def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None, max_boxes: int | None = None
+        self,
+        dataset: Dataset,
+        use_cache: bool = True,
+        timings: dict | None = None,
+        parts=None,
+        skip_bad: bool = False,
+        max_boxes: int | None = None,
     ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``, by the config's
         `test_rule`. With `use_cache`, proposals and their features come from (and go to) the
         caches under `cache_dir`, so re-fitted heads are scored in seconds, and `max_boxes`
         scores only each image's first that many proposals (a smaller budget, from the same
-        cache entries); without, every image runs through `detect` (or `candidates`)."""
-        if not use_cache:
-            return super().detect_dataset(dataset, use_cache=False, timings=timings)
+        cache entries); without, every image runs through `detect` (or `candidates`), with
+        `parts` and `skip_bad` as `Detector.detect_dataset`'s."""
+        if not use_cache or parts is not None or skip_bad:
+            return super().detect_dataset(dataset, use_cache, timings, parts, skip_bad)
         self._check_fitted()
         out = {}
         regions = self.dataset_features(dataset)
