@@ -45,6 +45,7 @@ from rcnn.detectors import RCNN, DetectorConfig, build_detector, load_config, lo
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
 from rcnn.heads.roi_trainer import RoITrainConfig, train_settings  # noqa: E402
+from rcnn.progress import log_to_stderr  # noqa: E402
 from rcnn.reports.report import run_record, save_figure  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
@@ -76,6 +77,7 @@ def parse_args(name: str, doc: str | None = None, argv=None) -> argparse.Namespa
     )
     args = parser.parse_args(argv)
     args.name = name
+    log_to_stderr()  # the library's messages (plans, choices, damaged caches) as the rcnn command shows them
     return args
 
 

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.errors import ImageError
-from rcnn.progress import notice
 
 __all__ = [
     "file_hash",
@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 FAULT_ENV = "RCNN_FAULT_WRITE"  # tests only: see `_fault`
+
+log = logging.getLogger(__name__)
 
 
 def file_hash(path, length: int = 16) -> str:
@@ -163,7 +165,7 @@ class ImageStore:
 
     An entry is named ``<image content hash>.npz``, or ``<image hash>-<extra>.npz`` when it
     also depends on something per image (`extra`, e.g. `array_hash` of boxes). `read` gives
-    None for a missing entry; a damaged one is reported (`rcnn.progress.notice`), deleted,
+    None for a missing entry; a damaged one is reported (a warning on this module's logger), deleted,
     counted in `damaged` and read as missing, so the caller recomputes it.
     """
 
@@ -188,7 +190,7 @@ class ImageStore:
                 raise Damaged(f"{path}: lacks {', '.join(sorted(set(require) - entry.keys()))}")
         except Damaged as e:
             self.damaged.append(str(path))
-            notice(f"damaged cache entry, recomputing it ({e})")
+            log.warning(f"damaged cache entry, recomputing it ({e})")
             path.unlink(missing_ok=True)
             return None if repair is None else repair()
         return entry
@@ -206,7 +208,7 @@ class ImageStore:
                 raise zipfile.BadZipFile(f"lacks {', '.join(sorted(set(require) - names))}")
         except (OSError, zipfile.BadZipFile) as e:
             self.damaged.append(str(path))
-            notice(f"damaged cache entry, recomputing it ({path}: {e})")
+            log.warning(f"damaged cache entry, recomputing it ({path}: {e})")
             path.unlink(missing_ok=True)
             return False
         return True

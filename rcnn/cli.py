@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     from rcnn import progress
 
     args = build_parser().parse_args(argv)
+    progress.log_to_stderr()  # the library's log messages, one `rcnn: ...` line each
     quiet, progress.QUIET = (
         progress.QUIET,
         progress.QUIET or args.quiet,

@@ -7,6 +7,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
+from rcnn.progress import log_to_stderr  # noqa: E402
+
+log_to_stderr()  # the library's messages on stderr, as the `rcnn` command shows them
+
 # A tiny R-CNN that trains in seconds: sliding windows, random resnet18 weights, 32 px crops,
 # one global pool, no fine-tuning.
 TINY_RCNN = {

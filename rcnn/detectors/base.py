@@ -11,6 +11,7 @@ the detector's own state.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,7 @@ from rcnn.datasets.images import read_image
 from rcnn.detectors.trace import Trace
 from rcnn.errors import ConfigError, DatasetError, DeviceError, ImageError, ModelError
 from rcnn.evaluation.recall import proposal_recall
-from rcnn.progress import notice, progress
+from rcnn.progress import progress
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
 from rcnn.proposals.advice import scale_advice
 
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 PART = ("boxes", "scores", "labels")  # the arrays of an image's entry in `Detector.detect_dataset`'s parts
+log = logging.getLogger(__name__)
 MODEL_FORMAT = "rcnn-model"
 MODEL_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -342,14 +344,14 @@ class Detector(ABC):
         start = time.perf_counter()
         advice = scale_advice(dataset, self.config.proposals)
         for line in advice:
-            notice(line)
+            log.info(line)
         store = self.proposal_store()
         store.compute(dataset, workers=self.config.workers or None, dask=self.dask)
         k = int(getattr(self.config.proposals, "max_boxes", 0)) or 100000
         overall = proposal_recall(dataset, store.load, ks=[k])["overall"][0]
         recall = {name: overall[name] for name in ("boxes_per_image", "recall@0.5", "recall@0.7", "ar")}
         if recall["recall@0.5"] is not None:
-            notice(
+            log.info(
                 f"proposals cover the training objects: recall@0.5 {recall['recall@0.5']:.3f}, "
                 f"recall@0.7 {recall['recall@0.7']:.3f} with {recall['boxes_per_image']:.0f} boxes per image"
             )
@@ -391,7 +393,7 @@ class Detector(ABC):
             except ImageError as e:
                 if not skip_bad:
                     raise
-                notice(f"skipped {e}")
+                log.warning(f"skipped {e}")
                 continue
             if parts is not None:
                 parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)

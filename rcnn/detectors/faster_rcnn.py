@@ -34,6 +34,7 @@ ranked boxes (the ``rpn`` proposer, `rcnn.proposals.rpn`, caches them for any ex
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -72,7 +73,6 @@ from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, im
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig
 from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data, train_settings
-from rcnn.progress import notice
 from rcnn.proposals import rpn as rpn_proposals
 
 __all__ = [
@@ -86,6 +86,7 @@ __all__ = [
     "choose_anchor_sizes",
 ]
 
+log = logging.getLogger(__name__)
 LOSSES = ("rpn_objectness", "rpn_box", "classifier", "box")
 TEST_ONLY = ("pre_nms_top_n_test", "post_nms_top_n_test")  # [rpn] settings training never reads
 
@@ -439,7 +440,7 @@ class FasterRCNN(Detector):
         if not c.anchors.sizes:
             count = len(c.backbone.levels) if c.backbone.fpn else None
             sizes, line = choose_anchor_sizes(dataset, c.scale, c.max_size, count)
-            notice(line)
+            log.info(line)
             self.config = c = replace(c, anchors=replace(c.anchors, sizes=sizes))
             stats["anchor_sizes_chosen"] = True
         stats["anchor_sizes"] = list(c.anchors.sizes)

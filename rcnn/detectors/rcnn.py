@@ -14,6 +14,7 @@ reproducible from their source (fine-tuned), and the heads' state dicts.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,11 @@ from rcnn.features.store import DatasetFeatures, FeatureStore
 from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
 from rcnn.heads.data import LazySequence
 from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
-from rcnn.progress import notice
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer
 
 __all__ = ["DetectorConfig", "RCNN"]
 
+log = logging.getLogger(__name__)
 CLASSIFIERS = ("svm", "softmax")
 
 
@@ -209,7 +210,7 @@ class RCNN(Detector):
             parts.append(f"fine-tuning {c.finetune.iterations} iterations x {c.finetune.batch_size} crops")
         if feature_crops:
             parts.append(f"{feature_crops} crops for features")
-        notice(
+        log.info(
             f"plan: {'; '.join(parts)}; the CNN runs {rate:.0f} crops/s here, so about "
             f"{_duration(plan['estimated_seconds'])} for the CNN stages (less for what is cached)"
         )
