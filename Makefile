@@ -2,6 +2,9 @@
 # Both create .venv and install everything on first use.
 
 PYTHON ?= python3
+# OpenMP threads sleep while they wait (the `rcnn` command sets this too; see rcnn/cli.py):
+# for the tests, the experiments and the benchmarks, which load torch themselves.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV   := .venv
 PY     := $(VENV)/bin/python
 RCNN   := $(VENV)/bin/rcnn

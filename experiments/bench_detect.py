@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import rcnn  # noqa: F401  before torch: its OMP_WAIT_POLICY=PASSIVE default must be set when torch loads
 from rcnn.datasets import read_image
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.datasets.voc import read_voc_folder

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import rcnn  # noqa: F401  before torch: its OMP_WAIT_POLICY=PASSIVE default must be set when torch loads
 from rcnn.datasets import read_image
 from rcnn.features import FeatureExtractor, set_threads, warp_normalized
 from rcnn.features.extractor import freeze_for_inference

@@ -45,6 +45,7 @@ from rcnn.detectors import RCNN, DetectorConfig, build_detector, load_config, lo
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
 from rcnn.heads.roi_trainer import RoITrainConfig, fit_to_data, train_settings  # noqa: E402
+from rcnn.progress import log_to_stderr  # noqa: E402
 from rcnn.reports.report import run_record, save_figure  # noqa: E402
 
 CONFIGS = ROOT / "experiments" / "configs"
@@ -76,6 +77,7 @@ def parse_args(name: str, doc: str | None = None, argv=None) -> argparse.Namespa
     )
     args = parser.parse_args(argv)
     args.name = name
+    log_to_stderr()  # the library's messages (plans, choices, damaged caches) as the rcnn command shows them
     return args
 
 
@@ -200,7 +202,6 @@ class TestSet:
         (Selective Search's time does not depend on `boxes`), features (the cached extraction's
         time scaled to the boxes used) and heads + NMS (measured here). `test_rule` (None: the
         config's, or ``threshold`` when a `score_threshold` is given) as in `CommonConfig`."""
-        model = copy.copy(self.model)
         if test_rule is None and score_threshold is not None:
             test_rule = "threshold"
         changes = {
@@ -212,18 +213,15 @@ class TestSet:
             )
             if v is not None
         }
-        model.config = replace(self.model.config, **changes)
-        detections, timings, secs = {}, {}, {"proposals": [], "features": []}
+        model = copy.copy(self.model)  # the same fitted heads; the config of this call
+        model.config = replace(self.model.config, proposals=self.params, **changes)
+        timings, secs = {}, {"proposals": [], "features": []}
+        detections = model.detect_dataset(self.test, timings=timings, max_boxes=boxes)
         for s in self.test:
-            all_boxes = self.boxes[s.id]
-            n = len(all_boxes) if boxes is None else min(boxes, len(all_boxes))
-            feats = self.regions.features(s, all_boxes)[:n]
-            detections[s.id] = model.predict(all_boxes[:n], feats, (s.height, s.width), timings, model.set_rule)
+            n = len(self.boxes[s.id][:boxes])
             p, f = self.seconds[s.id]
             secs["proposals"].append(p)
-            secs["features"].append(None if f is None else f * n / max(len(all_boxes), 1))
-        if model.set_rule:
-            detections = model.select_over_set(detections, timings)
+            secs["features"].append(None if f is None else f * n / max(len(self.boxes[s.id]), 1))
         voc = evaluate_voc(self.test, detections, 0.5)
         voc07 = evaluate_voc(self.test, detections, 0.5, use_07_metric=True)
         coco = evaluate_coco(self.test, detections)
@@ -343,7 +341,7 @@ class Report:
         self.start = time.perf_counter()
 
     def write(self) -> Path:
-        from rcnn.reports.report import _clean
+        from rcnn.reports.report import json_safe
 
         meta = run_record()
         meta["seconds"] = time.perf_counter() - self.start
@@ -370,7 +368,7 @@ class Report:
             "```",
             "",
         ]
-        write_text(self.out / "results.json", json.dumps(_clean({**self.results, "meta": meta}), indent=1) + "\n")
+        write_text(self.out / "results.json", json.dumps(json_safe({**self.results, "meta": meta}), indent=1) + "\n")
         write_text(self.out / "report.md", "\n".join(lines))
         print(f"wrote {self.out / 'report.md'} ({meta['seconds']:.0f} s)")
         return self.out / "report.md"

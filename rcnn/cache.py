@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -26,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from rcnn.errors import ImageError
-from rcnn.progress import notice
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 FAULT_ENV = "RCNN_FAULT_WRITE"  # tests only: see `_fault`
+
+log = logging.getLogger(__name__)
 
 
 MAX_FILE_BYTES = 4 << 30  # no input file (image, annotations, model) is read past 4 GiB
@@ -211,7 +213,7 @@ class ImageStore:
 
     An entry is named ``<image content hash>.npz``, or ``<image hash>-<extra>.npz`` when it
     also depends on something per image (`extra`, e.g. `array_hash` of boxes). `read` gives
-    None for a missing entry; a damaged one is reported (`rcnn.progress.notice`), deleted,
+    None for a missing entry; a damaged one is reported (a warning on this module's logger), deleted,
     counted in `damaged` and read as missing, so the caller recomputes it.
     """
 
@@ -236,7 +238,7 @@ class ImageStore:
                 raise Damaged(f"{path}: lacks {', '.join(sorted(set(require) - entry.keys()))}")
         except Damaged as e:
             self.damaged.append(str(path))
-            notice(f"damaged cache entry, recomputing it ({e})")
+            log.warning(f"damaged cache entry, recomputing it ({e})")
             path.unlink(missing_ok=True)
             return None if repair is None else repair()
         return entry
@@ -254,7 +256,7 @@ class ImageStore:
                 raise zipfile.BadZipFile(f"lacks {', '.join(sorted(set(require) - names))}")
         except (OSError, zipfile.BadZipFile) as e:
             self.damaged.append(str(path))
-            notice(f"damaged cache entry, recomputing it ({path}: {e})")
+            log.warning(f"damaged cache entry, recomputing it ({path}: {e})")
             path.unlink(missing_ok=True)
             return False
         return True

@@ -7,14 +7,18 @@ work (a full disk), is printed as one line and exits 1.
 
 Process-wide settings belong here, at the entry point: torch's intra-op threads are set to
 the CPUs this process may use, and OpenCV to one thread (its own threads would compete with
-torch's and with the proposal workers, which run one image per core). (``OMP_WAIT_POLICY=PASSIVE`` must be set before torch loads,
-so `import rcnn` sets it: see rcnn/__init__.py.)
+torch's and with the proposal workers, which run one image per core); OpenMP's threads sleep
+instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets
+it, before torch loads: on a busy 2-core CPU torch's default busy-wait made 2-thread CNN
+inference 5 to 50 times slower, experiments/bench_features.py). The library itself changes
+no environment variable.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rcnn import __version__
@@ -35,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads: before any command imports it
     from rcnn import progress
 
     args = build_parser().parse_args(argv)
+    progress.log_to_stderr()  # the library's log messages, one `rcnn: ...` line each
     quiet, progress.QUIET = (
         progress.QUIET,
         progress.QUIET or args.quiet,

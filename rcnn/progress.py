@@ -6,10 +6,17 @@ it prints plain lines to stderr instead: one when a stage starts, one every `LOG
 seconds with done/total, the rate and the bar's postfix (e.g. the loss), and one when it
 ends. A stage over within `LOG_DEFER` seconds gets its end line only. ``rcnn --quiet``
 (`QUIET`) silences both.
+
+Messages that are not progress (a damaged cache entry recomputed, a skipped image, what was
+chosen from the data) go through `logging`, one logger per module (``rcnn.cache``,
+``rcnn.detectors.base``, ...): a library user routes or silences them there (warnings reach
+stderr by Python's default; the rest needs a handler). The `rcnn` command installs
+`log_to_stderr`: every message one ``rcnn: ...`` line on stderr, shown even with ``--quiet``.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -109,7 +116,21 @@ class LogProgress:
         return False
 
 
-def notice(message: str) -> None:
-    """One line on stderr for something the user should know that is not an error (a damaged
-    cache entry recomputed, a skipped image); shown even with `--quiet`."""
-    tqdm.write(f"rcnn: {message}", file=sys.stderr)
+class StderrLines(logging.Handler):
+    """Each record as one line ``rcnn: message`` on stderr (through tqdm: a progress bar on
+    the terminal is redrawn below it, not torn)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(f"rcnn: {record.getMessage()}", file=sys.stderr)
+        except Exception:  # noqa: BLE001  logging's rule: a handler never raises
+            self.handleError(record)
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Show the ``rcnn`` loggers' messages from `level` up as the `rcnn` command does
+    (`StderrLines`); calling it again changes nothing but the level."""
+    logger = logging.getLogger("rcnn")
+    if not any(isinstance(h, StderrLines) for h in logger.handlers):
+        logger.addHandler(StderrLines())
+    logger.setLevel(level)

@@ -1,9 +1,15 @@
-"""Shared test set-up. Import rcnn before torch in every test: it sets OMP_WAIT_POLICY=PASSIVE
-(see rcnn/__init__.py)."""
+"""Shared test set-up. OMP_WAIT_POLICY=PASSIVE before any test loads torch, as the `rcnn`
+command sets it (see rcnn/cli.py): busy-waiting OpenMP threads slow a shared CPU down."""
 
-import pytest
+import os
 
-import rcnn  # noqa: F401
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+from rcnn.progress import log_to_stderr  # noqa: E402
+
+log_to_stderr()  # the library's messages on stderr, as the `rcnn` command shows them
 
 
 def pytest_collection_modifyitems(items):

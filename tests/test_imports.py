@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "rcnn"
 FRONT_ENDS = ("rcnn.cli", "rcnn.commands")
@@ -161,3 +163,37 @@ def test_the_library_does_not_import_its_front_ends_or_experiments():
             elif not front_end and (target in FRONT_ENDS or target.startswith(tuple(f + "." for f in FRONT_ENDS))):
                 bad.append(f"{name} imports {target}")
     assert not bad, "; ".join(bad)
+
+
+@pytest.mark.slow  # three fresh interpreters loading torch: about 10 s, far more on a loaded machine
+def test_importing_rcnn_leaves_the_environment_alone_and_the_command_sets_openmp_passive(tmp_path):
+    """`import rcnn` (torch included) sets no OMP_WAIT_POLICY (OpenCV and torch set variables
+    of their own on import); the `rcnn` command sets ``OMP_WAIT_POLICY=PASSIVE`` before torch
+    loads (and keeps a value the environment gives)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "import rcnn, rcnn.detectors\n"
+        "assert 'torch' in sys.modules and 'OMP_WAIT_POLICY' not in os.environ, 'import rcnn set OMP_WAIT_POLICY'\n"
+    )
+    command = (
+        "import os, sys\n"
+        "from rcnn.cli import main\n"
+        "assert 'torch' not in sys.modules\n"
+        f"main(['--quiet', 'data', 'check', {str(tmp_path / 'nowhere')!r}])\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def run(source, **extra):
+        return subprocess.run(
+            [sys.executable, "-c", source], env={**env, **extra}, capture_output=True, text=True, check=True
+        )
+
+    run(code)
+    assert run(command).stdout.splitlines()[-1] == "PASSIVE"
+    assert run(command, OMP_WAIT_POLICY="ACTIVE").stdout.splitlines()[-1] == "ACTIVE"

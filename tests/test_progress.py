@@ -3,12 +3,17 @@ rate, its end); nothing with --quiet."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
+import numpy as np
+
 from rcnn import progress as progress_module
+from rcnn.cache import ImageStore
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.progress import LogProgress
+from rcnn.reports.draw import save_image
 
 
 def test_log_lines_say_start_progress_and_end(capsys):
@@ -71,3 +76,25 @@ def test_a_train_run_redirected_to_a_file_shows_its_stages(tmp_path, tiny_rcnn_s
     assert "\r" not in text
     assert "rcnn: proposals cover the training objects: recall@0.5 " in text
     assert "rcnn: plan: 6 images, " in text and "crops for features; the CNN runs " in text
+
+
+def test_library_messages_go_through_named_loggers_a_user_can_silence(tmp_path, caplog, capsys):
+    image = tmp_path / "a.png"
+    save_image(image, np.full((8, 8, 3), 200, np.uint8))
+    store = ImageStore(tmp_path / "store", {"k": 1})
+    store.write(image, boxes=np.zeros((1, 4), np.float32))
+    store.path(image).write_bytes(b"x" * 10)  # damaged: reported, deleted, read as missing
+    with caplog.at_level(logging.INFO, logger="rcnn"):
+        assert store.read(image) is None
+    (record,) = [r for r in caplog.records if r.name.startswith("rcnn")]
+    assert record.name == "rcnn.cache" and record.levelno == logging.WARNING
+    assert "damaged cache entry" in record.getMessage()
+    assert "rcnn: damaged cache entry" in capsys.readouterr().err  # the command's handler (tests/conftest.py)
+    store.write(image, boxes=np.zeros((1, 4), np.float32))
+    store.path(image).write_bytes(b"x" * 10)
+    logging.getLogger("rcnn").setLevel(logging.ERROR)  # a library user silencing it
+    try:
+        assert store.read(image) is None
+    finally:
+        progress_module.log_to_stderr()
+    assert capsys.readouterr().err == ""

@@ -104,8 +104,6 @@ def run(args) -> int:
     from rcnn.datasets.coco import write_detections
     from rcnn.datasets.loader import dataset_kind
     from rcnn.detectors import load_model
-    from rcnn.errors import ImageError
-    from rcnn.progress import notice, progress
     from rcnn.reports.draw import draw_detections, save_image
 
     output_file(args.out)
@@ -121,7 +119,8 @@ def run(args) -> int:
         report_skipped(dataset)
     else:
         dataset = images_as_dataset(src, model.classes_)
-    set_rule = annotated and model.set_rule
+        model = with_test_rule(model, "threshold" if model.set_rule else None)  # plain images: detect's threshold
+    set_rule = model.set_rule
     out = Path(args.out)
     model_key = file_hash(args.model)
     kind = f"-candidates{model.config.top_per_class}" if set_rule else ""  # what an entry holds
@@ -129,30 +128,12 @@ def run(args) -> int:
         out.parent / f".{out.name}.parts" / (model_key + kind),
         {"model": str(args.model), "model_hash": model_key, "entries": kind.lstrip("-") or "detections"},
     )
-    found, skipped, resumed = {}, [], 0
-    remote = {}  # on the cluster: image path -> None (stored) or the ImageError's message
+    remote = {}  # on the cluster: image path -> None (stored) or the ImageError's message (met again here)
     if args.dask:
         remote = detect_on_cluster(args.dask, args.model, model_key, args.device, dataset, parts, set_rule)
-    for sample in progress(dataset.samples, desc="detect"):
-        try:
-            entry = parts.read(sample.image_path, require=ENTRY)
-            if remote.get(str(sample.image_path)) is not None:
-                raise ImageError(sample.image_path, remote[str(sample.image_path)])
-            if entry is None:
-                image = read_image(sample.image_path)
-                d = model.candidates(image) if set_rule else model.detect(image)
-                parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
-            else:
-                d = Detections(entry["boxes"], entry["scores"], entry["labels"])
-                resumed += str(sample.image_path) not in remote
-        except ImageError as e:
-            if not args.skip_bad:
-                raise
-            skipped.append(sample.id)
-            notice(f"skipped {e}")
-            continue
-        found[sample.id] = d
-    detections = model.select_over_set(found) if set_rule else found
+    resumed = sum(str(s.image_path) not in remote and _stored(parts, s.image_path) for s in dataset)
+    detections = model.detect_dataset(dataset, use_cache=False, parts=parts, skip_bad=args.skip_bad)
+    skipped = [s.id for s in dataset if s.id not in detections]
     if args.draw:
         min_score = model.draw_threshold if args.draw_min_score is None else args.draw_min_score
         drawn = [s for s in dataset.samples if s.id in detections][: args.draw_limit or None]
@@ -179,6 +160,16 @@ def run(args) -> int:
 
 
 ENTRY = ("boxes", "scores", "labels")
+
+
+def _stored(parts, image_path) -> bool:
+    """Whether `parts` holds an entry of the image (an unreadable image has none)."""
+    from rcnn.errors import ImageError
+
+    try:
+        return parts.has(image_path, require=ENTRY)
+    except ImageError:
+        return False
 
 
 def detect_on_cluster(address: str, model_path, model_key: str, device, dataset, parts, candidates: bool) -> dict:

@@ -35,13 +35,13 @@ DASK_STAGES = {
 def use_dask(model, address) -> None:
     """Send `model`'s per-image stages to the Dask scheduler at `address` (None: none), and
     say which stages go there."""
-    from rcnn.progress import notice
+    import logging
 
     if not address:
         return
     model.dask = address
     stages = DASK_STAGES.get(model.kind, f"a {model.kind} has no per-image cached stage: nothing runs on the cluster")
-    notice(f"--dask {address}: {stages}")
+    logging.getLogger(__name__).info(f"--dask {address}: {stages}")
 
 
 def add_config_options(parser) -> None:

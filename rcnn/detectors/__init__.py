@@ -1,6 +1,7 @@
 """The detectors, peers built from the same stages: `RCNN` (Girshick et al. 2014),
 `FastRCNN` (Girshick 2015), `FasterRCNN` (Ren et al. 2015), and what
-they share (`rcnn.detectors.base`: common settings, the model file, post-processing).
+they share (`rcnn.detectors.base`: common settings, the model file, post-processing;
+`rcnn.detectors.trace`: a detection's stages as plain data, what `Detector.trace` returns).
 
 Which detector a config builds is its ``detector`` field (``"rcnn"`` by default);
 `load_config` reads a TOML file into that detector's config, `build_detector` makes an
@@ -15,6 +16,7 @@ from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.detectors.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
+from rcnn.detectors.trace import Trace
 from rcnn.errors import ConfigError, ModelError
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "RCNNConfig",
     "CommonConfig",
     "Detector",
+    "Trace",
     "build_detector",
     "check_trainable",
     "load_config",

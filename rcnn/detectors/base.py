@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -25,13 +26,14 @@ import torch
 
 from rcnn import __version__
 from rcnn.boxes import batched_nms, box_area, clip_boxes
-from rcnn.cache import NotReadable, array_hash, atomic_write, check_readable, image_hash, params_key
+from rcnn.cache import ImageStore, NotReadable, array_hash, atomic_write, check_readable, image_hash, params_key
 from rcnn.config import from_dict, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
-from rcnn.errors import ConfigError, DatasetError, DeviceError, ModelError
+from rcnn.detectors.trace import Trace
+from rcnn.errors import ConfigError, DatasetError, DeviceError, ImageError, ModelError
 from rcnn.evaluation.recall import proposal_recall
-from rcnn.progress import notice, progress
+from rcnn.progress import progress
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer, proposals_config
 from rcnn.proposals.advice import scale_advice
 
@@ -52,6 +54,8 @@ __all__ = [
     "training_key",
 ]
 
+PART = ("boxes", "scores", "labels")  # the arrays of an image's entry in `Detector.detect_dataset`'s parts
+log = logging.getLogger(__name__)
 MODEL_FORMAT = "rcnn-model"
 MODEL_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -317,7 +321,7 @@ def check_classes(classes) -> list[str]:
 
 class Detector(ABC):
     """The surface every detector has. Subclasses set `kind` and `config_class`, and write
-    `fit`, `detect`, `_state` (their part of the model file) and `_from_state`.
+    `fit`, `trace` (`detect` is its last stage), `_state` (their part of the model file) and `_from_state`.
 
     ``config``: the detector's config; fitted: ``classes_`` (label ``i + 1`` is
     ``classes_[i]``) and ``fit_stats_`` (counts and seconds per stage).
@@ -375,14 +379,14 @@ class Detector(ABC):
         start = time.perf_counter()
         advice = scale_advice(dataset, self.config.proposals)
         for line in advice:
-            notice(line)
+            log.info(line)
         store = self.proposal_store()
         store.compute(dataset, workers=self.config.workers or None, dask=self.dask)
         k = int(getattr(self.config.proposals, "max_boxes", 0)) or 100000
         overall = proposal_recall(dataset, store.load, ks=[k])["overall"][0]
         recall = {name: overall[name] for name in ("boxes_per_image", "recall@0.5", "recall@0.7", "ar")}
         if recall["recall@0.5"] is not None:
-            notice(
+            log.info(
                 f"proposals cover the training objects: recall@0.5 {recall['recall@0.5']:.3f}, "
                 f"recall@0.7 {recall['recall@0.7']:.3f} with {recall['boxes_per_image']:.0f} boxes per image"
             )
@@ -390,11 +394,22 @@ class Detector(ABC):
         return store
 
     def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+        self,
+        dataset: Dataset,
+        use_cache: bool = True,
+        timings: dict | None = None,
+        parts: ImageStore | None = None,
+        skip_bad: bool = False,
     ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``, by the config's
         `test_rule` (`CommonConfig`); with `use_cache`, proposals come from (and go to) the
-        cache under `cache_dir` (unless the detector `learns_proposals`)."""
+        cache under `cache_dir` (unless the detector `learns_proposals`).
+
+        `parts`: a store of each image's result (`detect`'s, or `candidates` under the set
+        rule; arrays `PART`): an image found there is not run again, and each new one is
+        written as soon as it is found, so an interrupted run resumes (``rcnn detect``).
+        `skip_bad`: an unreadable image (`ImageError`) is left out with a notice instead of
+        raising."""
         self._check_fitted()
         store = None
         if use_cache and not self.learns_proposals:
@@ -403,8 +418,21 @@ class Detector(ABC):
         run = self.candidates if self.set_rule else self.detect
         out = {}
         for sample in progress(dataset.samples, desc="detect"):
-            proposals = None if store is None else store.load(sample)
-            out[sample.id] = run(read_image(sample.image_path), proposals=proposals, timings=timings)
+            try:
+                entry = None if parts is None else parts.read(sample.image_path, require=PART)
+                if entry is not None:
+                    out[sample.id] = Detections(entry["boxes"], entry["scores"], entry["labels"])
+                    continue
+                proposals = None if store is None else store.load(sample)
+                d = run(read_image(sample.image_path), proposals=proposals, timings=timings)
+            except ImageError as e:
+                if not skip_bad:
+                    raise
+                log.warning(f"skipped {e}")
+                continue
+            if parts is not None:
+                parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+            out[sample.id] = d
         return self.select_over_set(out, timings) if self.set_rule else out
 
     @property
@@ -499,9 +527,16 @@ class Detector(ABC):
     def fit(self, dataset: Dataset) -> Detector:
         """Train every stage on `dataset`; returns self (fitted: ``classes_``, ``fit_stats_``)."""
 
-    @abstractmethod
     def detect(self, image, proposals=None, timings: dict | None = None) -> Detections:
-        """Detections on one image (a path or ``uint8 [H, W, 3]`` RGB array)."""
+        """Detections on one image (a path or ``uint8 [H, W, 3]`` RGB array): the last stage
+        of `trace`. `proposals` ``float32 [N, 4]`` replace the detector's own (where it has
+        any); `timings`, when given, gets the seconds of each stage added."""
+        return self.trace(image, proposals=proposals, timings=timings).detections
+
+    @abstractmethod
+    def trace(self, image, proposals=None, timings: dict | None = None) -> Trace:
+        """Every stage of a detection on one image (a path or ``uint8 [H, W, 3]`` RGB array)
+        as plain data (`rcnn.detectors.trace.Trace`); arguments as `detect`."""
 
     @abstractmethod
     def _state(self) -> dict:

@@ -4,7 +4,7 @@ Training (`FastRCNN.fit`): proposals for every image (the same `ProposalStore` c
 R-CNN) -> the stride-16 trunk (`rcnn.features.roi.build_trunk`) and a `FastRCNNHead`
 trained together on mini-batches of images x sampled RoIs (`FastRCNNTrainer`, checkpointed
 under ``cache_dir/fast_rcnn/``) -> optionally linear SVMs on the fc7 features (``classifier =
-"svm"``, the paper's Table 8). Detection (`FastRCNN.detect`): the image rescaled as in
+"svm"``, the paper's Table 8). Detection (`FastRCNN.trace`, whose last stage is `detect`'s): the image rescaled as in
 training -> the trunk once -> RoI pooling of the top `test_proposals` boxes -> the fc layers
 (optionally by truncated SVD, `svd_rank`) -> softmax scores (or SVM margins) and
 class-specific box deltas -> score threshold -> `rcnn.detectors.base.postprocess`.
@@ -39,6 +39,7 @@ from rcnn.detectors.base import (
     top_candidates,
     training_key,
 )
+from rcnn.detectors.trace import Pooled, Stage, Trace, summarize_map, threshold_stages
 from rcnn.features.extractor import freeze_for_inference, set_threads
 from rcnn.features.roi import BackboneConfig, RoIConfig, RoIPooler, build_trunk, image_tensor, rescale
 from rcnn.heads.fast_rcnn import (
@@ -241,44 +242,91 @@ class FastRCNN(Detector):
 
     def _network(self, image: np.ndarray, boxes: np.ndarray):
         """``(fc features [N, D], probabilities [N, C + 1], deltas [N, C, 4])`` of `boxes` on
-        `image`, as numpy arrays."""
+        `image`, as numpy arrays, then ``map`` (`_feature_map`'s), ``factor`` and the pooled
+        blocks ``[N, C', s, s]`` (tensors)."""
         with torch.inference_mode():
             fmap, factor = self._feature_map(image)
             rois = torch.from_numpy(np.ascontiguousarray(boxes * factor, np.float32)).to(self.device_)
-            feats = self.net_head_.features(self.pooler_(fmap, [rois]))
+            pooled = self.pooler_(fmap, [rois])
+            feats = self.net_head_.features(pooled)
             probs = torch.softmax(self.net_head_.cls_score(feats), dim=1)
             deltas = self.net_head_.bbox_pred(feats).view(len(boxes), -1, 4)
-        return feats.cpu().numpy(), probs.cpu().numpy(), deltas.cpu().numpy()
+        return feats.cpu().numpy(), probs.cpu().numpy(), deltas.cpu().numpy(), fmap, factor, pooled
 
-    def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
-        """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
+    def trace(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Trace:
+        """Every stage on one image (a path or ``uint8 [H, W, 3]`` RGB array), as plain data
+        (`rcnn.detectors.trace.Trace`): the proposals scored, the one stride-16 map, the
+        best-scoring proposal's pooled block, every proposal's class scores, the boxes
+        reaching the score threshold before and after the head's box deltas, and the
+        detections after NMS (`detect`'s).
 
         `proposals` ``float32 [N, 4]`` replaces the configured proposer (the first
         `test_proposals` are used); `timings`, when given, is filled with seconds spent in
         ``proposals, network`` (trunk, RoI pooling, head) and ``nms`` (decoding, threshold,
         NMS), added to.
         """
-        return self._detect(image, proposals, timings, candidates=False)
+        self._check_fitted()
+        c, image, proposals, proposer = self.config, *self._proposals(image, proposals, timings)
+        parts = {
+            "image_size": tuple(image.shape[:2]),
+            "proposals": proposals,
+            "proposer": proposer,
+            "score_name": "probability" if self.svm_ is None else "SVM margin",
+            "threshold": c.min_score,
+        }
+        if len(proposals) == 0:
+            return Trace(stages=(Stage("nms", Detections()),), **parts)
+        with timed(timings, "network"):
+            scores, deltas, fmap, factor, pooled = self._scores(image, proposals)
+            k = int(scores.max(1).argmax())
+            parts.update(
+                feature_map=summarize_map(fmap, factor),
+                pooled=Pooled(k, pooled[k].float().cpu().numpy(), c.roi.mode),
+                scores=scores,
+            )
+        with timed(timings, "nms"):
+            rows, cols = best_per_class(scores, c.min_score)
+            boxes = self._regress(proposals, deltas, rows, cols)
+            labels = cols.astype(np.int64) + 1
+            final = postprocess(boxes, scores[rows, cols], labels, image.shape[:2], c.nms_threshold, c.max_detections)
+        return Trace(stages=(*threshold_stages(proposals, scores, rows, cols, boxes), Stage("nms", final)), **parts)
 
     def candidates(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
         """Each class's best `top_per_class` boxes on one image, no threshold, no NMS (what
         ``test_rule = "rcnn"`` chooses from over a set); arguments as `detect`."""
-        return self._detect(image, proposals, timings, candidates=True)
+        self._check_fitted()
+        c, image, proposals, _ = self.config, *self._proposals(image, proposals, timings)
+        if len(proposals) == 0:
+            return Detections()
+        with timed(timings, "network"):
+            scores, deltas, *_ = self._scores(image, proposals)
+        with timed(timings, "nms"):  # every box when NMS comes first, else each class's best top_per_class
+            rows, cols = best_per_class(scores, -np.inf, None if c.candidate_nms else c.top_per_class)
+            boxes = self._regress(proposals, deltas, rows, cols)
+            labels = cols.astype(np.int64) + 1
+            return top_candidates(clean_candidates(boxes, scores[rows, cols], labels, image.shape[:2]), c)
 
-    def _test_proposals(self, image: np.ndarray, proposals=None) -> np.ndarray:
-        """The boxes scored on `image`, ``float32 [N, 4]``: the first `test_proposals` of
-        `proposals` (None: the configured proposer's)."""
-        if proposals is None:
-            proposals = make_proposer(self.config.proposals)(image)
-        return np.asarray(proposals, np.float32).reshape(-1, 4)[: self.config.test_proposals]
+    def _proposals(self, image, proposals, timings) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(image uint8 [H, W, 3], boxes float32 [N, 4], what gave them)``: `image` (a path
+        or the array) and the boxes scored on it, the first `test_proposals` of `proposals`
+        (None: the configured proposer's)."""
+        if not isinstance(image, np.ndarray):
+            image = read_image(image)
+        proposer = "given" if proposals is not None else self.config.proposals.method
+        with timed(timings, "proposals"):
+            if proposals is None:
+                proposals = make_proposer(self.config.proposals)(image)
+            proposals = np.asarray(proposals, np.float32).reshape(-1, 4)[: self.config.test_proposals]
+        return image, proposals, proposer
 
-    def _scores(self, image: np.ndarray, proposals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores [N, C], deltas [N, C, 4])`` of `proposals` on `image`: the C object
-        classes' softmax probabilities (or SVM margins, ``classifier = "svm"``) and the head's
-        class-specific box deltas."""
-        feats, probs, deltas = self._network(image, proposals)
+    def _scores(self, image: np.ndarray, proposals: np.ndarray):
+        """``(scores [N, C], deltas [N, C, 4], map, factor, pooled)`` of `proposals` on
+        `image`: the C object classes' softmax probabilities (or SVM margins, ``classifier =
+        "svm"``), the head's class-specific box deltas, and `_network`'s map, factor and
+        pooled blocks."""
+        feats, probs, deltas, *rest = self._network(image, proposals)
         scores = probs[:, 1:] if self.svm_ is None else np.asarray(self.svm_.decision_function(feats), np.float32)
-        return scores, deltas
+        return scores, deltas, *rest
 
     def _regress(self, proposals: np.ndarray, deltas: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """The boxes ``float32 [K, 4]`` of proposals `rows` for classes `cols` (0-based object
@@ -287,28 +335,6 @@ class FastRCNN(Detector):
         if self.config.box_regression and len(rows):
             boxes = np.asarray(self.coder_.decode(boxes, deltas[rows, cols]), np.float32)
         return boxes
-
-    def _detect(self, image, proposals, timings, candidates: bool) -> Detections:
-        self._check_fitted()
-        c = self.config
-        if not isinstance(image, np.ndarray):
-            image = read_image(image)
-        with timed(timings, "proposals"):
-            proposals = self._test_proposals(image, proposals)
-        if len(proposals) == 0:
-            return Detections()
-        with timed(timings, "network"):
-            scores, deltas = self._scores(image, proposals)
-        with timed(timings, "nms"):
-            if candidates:  # every box when NMS comes first, else each class's best top_per_class
-                rows, cols = best_per_class(scores, -np.inf, None if c.candidate_nms else c.top_per_class)
-            else:
-                rows, cols = best_per_class(scores, c.min_score)
-            boxes = self._regress(proposals, deltas, rows, cols)
-            labels = cols.astype(np.int64) + 1
-            if candidates:
-                return top_candidates(clean_candidates(boxes, scores[rows, cols], labels, image.shape[:2]), c)
-            return postprocess(boxes, scores[rows, cols], labels, image.shape[:2], c.nms_threshold, c.max_detections)
 
     # -- the model file ---------------------------------------------------------------------
 

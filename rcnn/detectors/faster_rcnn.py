@@ -34,6 +34,7 @@ ranked boxes (the ``rpn`` proposer, `rcnn.proposals.rpn`, caches them for any ex
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -47,7 +48,7 @@ from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.poolers import initLevelMapper
 
@@ -64,6 +65,7 @@ from rcnn.detectors.base import (
     timed,
     training_key,
 )
+from rcnn.detectors.trace import Anchors, Pooled, Stage, Trace, summarize_map, threshold_stages
 from rcnn.errors import ModelError
 from rcnn.features.extractor import freeze_for_inference, set_threads
 from rcnn.features.pyramid import PYRAMID_TAPS, STRIDES, build_pyramid_trunk
@@ -71,7 +73,6 @@ from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, im
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig
 from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data, train_settings
-from rcnn.progress import notice
 from rcnn.proposals import rpn as rpn_proposals
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "choose_anchor_sizes",
 ]
 
+log = logging.getLogger(__name__)
 LOSSES = ("rpn_objectness", "rpn_box", "classifier", "box")
 TEST_ONLY = ("pre_nms_top_n_test", "post_nms_top_n_test")  # [rpn] settings training never reads
 
@@ -438,7 +440,7 @@ class FasterRCNN(Detector):
         if not c.anchors.sizes:
             count = len(c.backbone.levels) if c.backbone.fpn else None
             sizes, line = choose_anchor_sizes(dataset, c.scale, c.max_size, count)
-            notice(line)
+            log.info(line)
             self.config = c = replace(c, anchors=replace(c.anchors, sizes=sizes))
             stats["anchor_sizes_chosen"] = True
         stats["anchor_sizes"] = list(c.anchors.sizes)
@@ -498,69 +500,136 @@ class FasterRCNN(Detector):
         with torch.inference_mode():
             _, fmap, size, factor = self._map(image, timings)
             with timed(timings, "rpn"):
-                boxes = self._rpn(fmap, size, max_boxes, nms_threshold)[0]
+                boxes = self._propose(self.rpn_with(max_boxes, nms_threshold), fmap, size)[0][0]
         return (boxes.cpu().numpy() / factor).astype(np.float32).reshape(-1, 4)
 
-    def _rpn(
-        self, fmap: torch.Tensor, size, max_boxes: int | None = None, nms_threshold: float | None = None
-    ) -> list[torch.Tensor]:
-        rpn = self.net_.rpn
+    def rpn_with(self, max_boxes: int | None = None, nms_threshold: float | None = None) -> RegionProposalNetwork:
+        """The RPN detection runs: ``net_.rpn``, or with `max_boxes` (the count kept after
+        its NMS; the count before it raised to at least as many) or `nms_threshold` another
+        torchvision `RegionProposalNetwork` built with those test-time settings, sharing the
+        anchor generator and the head (no weight is copied)."""
+        rpn, r = self.net_.rpn, self.config.rpn
         if max_boxes is None and nms_threshold is None:
-            return rpn(_image_list(fmap, size), _features(fmap))[0]
-        saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n), rpn.nms_thresh
-        if max_boxes is not None:
-            rpn._post_nms_top_n["testing"] = int(max_boxes)
-            rpn._pre_nms_top_n["testing"] = max(int(max_boxes), saved[0]["testing"])
-        if nms_threshold is not None:
-            rpn.nms_thresh = float(nms_threshold)
+            return rpn
+        post = r.post_nms_top_n_test if max_boxes is None else int(max_boxes)
+        pre = r.pre_nms_top_n_test if max_boxes is None else max(int(max_boxes), r.pre_nms_top_n_test)
+        return RegionProposalNetwork(
+            rpn.anchor_generator,
+            rpn.head,
+            r.fg_iou,
+            r.bg_iou,
+            r.batch_size_per_image,
+            r.positive_fraction,
+            pre_nms_top_n={"training": r.pre_nms_top_n_train, "testing": pre},
+            post_nms_top_n={"training": r.post_nms_top_n_train, "testing": post},
+            nms_thresh=r.nms_threshold if nms_threshold is None else float(nms_threshold),
+            score_thresh=r.score_threshold,
+        ).eval()
+
+    def _propose(self, rpn, fmap, size, watch: bool = False) -> tuple[list[torch.Tensor], Anchors | None]:
+        """``([proposals [N, 4]]`` in the rescaled image's pixels, best first, ``anchors)``:
+        `rpn` on `fmap` (`_trunk`'s) of an image rescaled to ``size = (h, w)``; with `watch`,
+        what its head and anchor generator gave (forward hooks: nothing is computed twice)
+        as the stride-16 level's `Anchors`, else None. Call under inference mode."""
+        seen = {}
+        hooks = []
+        if watch:
+            hooks = [
+                rpn.head.register_forward_hook(lambda m, i, out: seen.update(head=out)),
+                rpn.anchor_generator.register_forward_hook(lambda m, i, out: seen.update(anchors=out[0])),
+            ]
         try:
-            return rpn(_image_list(fmap, size), _features(fmap))[0]
+            rois = rpn(_image_list(fmap, size), _features(fmap))[0]
         finally:
-            rpn._pre_nms_top_n, rpn._post_nms_top_n, rpn.nms_thresh = saved
+            for hook in hooks:
+                hook.remove()
+        if not watch:
+            return rois, None
+        maps = _features(fmap)
+        levels = list(maps)
+        index = levels.index("1") if isinstance(fmap, dict) else 0  # the stride-16 level
+        per_cell = rpn.anchor_generator.num_anchors_per_location()
+        counts = [m.shape[-2] * m.shape[-1] * per_cell[i] for i, m in enumerate(maps.values())]
+        h, w = list(maps.values())[index].shape[-2:]
+        boxes = seen["anchors"][sum(counts[:index]) : sum(counts[: index + 1])].cpu().numpy().reshape(h, w, -1, 4)
+        c = self.config
+        anchors = Anchors(
+            boxes=boxes.astype(np.float32),
+            objectness=torch.sigmoid(seen["head"][0][index][0]).cpu().numpy().astype(np.float32),
+            sizes=anchor_groups(c.anchors.sizes, len(levels))[index],
+            ratios=tuple(float(r) for r in c.anchors.ratios),
+            total=int(len(seen["anchors"])),
+            pre_nms_top_n=int(rpn.pre_nms_top_n()),
+            post_nms_top_n=int(rpn.post_nms_top_n()),
+            nms_threshold=float(rpn.nms_thresh),
+            score_threshold=float(rpn.score_thresh),
+        )
+        return rois, anchors
 
     def _head(self, fmap: torch.Tensor, size, rois: list[torch.Tensor], factor: float):
         """The RoI head on `rois` (one ``[N, 4]`` tensor in the rescaled image's pixels) over
-        `fmap` (or the pyramid's maps, `_features`; of an image rescaled to ``size = (h, w)`` by `factor`): ``(boxes float32 [N, C,
-        4]`` in the image's own pixels, each proposal moved by each class's deltas, ``class
-        probabilities [N, C])``, background dropped; call under inference mode."""
+        `fmap` (or the pyramid's maps, `_features`; of an image rescaled to ``size = (h, w)``
+        by `factor`): ``(boxes float32 [N, C, 4]`` in the image's own pixels, each proposal
+        moved by each class's deltas, ``class probabilities [N, C]``, background dropped,
+        ``pooled [N, C', s, s])`` (a tensor); call under inference mode."""
         heads = self.net_.roi_heads
         pooled = heads.box_roi_pool(_features(fmap), rois, [tuple(size)])
         logits, regression = heads.box_predictor(heads.box_head(pooled))
         boxes = heads.box_coder.decode(regression, rois)[:, 1:]
         scores = torch.softmax(logits, -1)[:, 1:]
-        return boxes.cpu().numpy() / factor, scores.cpu().numpy()
+        return boxes.cpu().numpy() / factor, scores.cpu().numpy(), pooled
 
-    def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
-        """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
+    def _summary(self, fmap, factor: float):
+        """The trace's `FeatureMap` of `fmap` (`_trunk`'s): the stride-16 map, or the
+        pyramid's stride-16 level with every level listed."""
+        if not isinstance(fmap, dict):
+            return summarize_map(fmap, factor, STRIDE)
+        maps = _features(fmap)
+        levels = [(k, STRIDES[k], *(int(n) for n in m.shape[1:])) for k, m in maps.items()]
+        return summarize_map(fmap["1"], factor, STRIDES["1"], levels)
+
+    def trace(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Trace:
+        """Every stage on one image (a path or ``uint8 [H, W, 3]`` RGB array), as plain data
+        (`rcnn.detectors.trace.Trace`): the feature map, the RPN's anchors and objectness on
+        its stride-16 level, its proposals (`propose`'s), the best-scoring proposal's pooled
+        block, every proposal's class probabilities, the boxes reaching the score threshold
+        before and after the head's box deltas, and the detections after NMS (`detect`'s).
 
         `proposals` ``float32 [N, 4]`` (image pixels), when given, replace the RPN's (the RoI
-        head then scores them as Fast R-CNN would). `timings`, when given, is filled with
-        seconds spent in ``trunk``, ``rpn``, ``head`` (RoI pooling, fc layers, decoding) and
-        ``nms`` (threshold, per-class NMS, the cap), added to.
+        head then scores them as Fast R-CNN would; the trace has no anchors). `timings`, when
+        given, is filled with seconds spent in ``trunk``, ``rpn``, ``head`` (RoI pooling, fc
+        layers, decoding) and ``nms`` (threshold, per-class NMS, the cap), added to.
         """
         c = self.config
         with torch.inference_mode():
             image, fmap, size, factor = self._map(image, timings)
+            parts = {
+                "image_size": tuple(image.shape[:2]),
+                "feature_map": self._summary(fmap, factor),
+                "score_name": "probability",
+                "threshold": c.min_score,
+                "proposer": "rpn" if proposals is None else "given",
+            }
             with timed(timings, "rpn"):
                 if proposals is None:
-                    rois = self._rpn(fmap, size)
+                    rois, parts["anchors"] = self._propose(self.net_.rpn, fmap, size, watch=True)
                 else:
                     given = np.asarray(proposals, np.float32).reshape(-1, 4) * factor
                     rois = [torch.from_numpy(np.ascontiguousarray(given)).to(self.device_)]
+            parts["proposals"] = (rois[0].cpu().numpy() / factor).astype(np.float32).reshape(-1, 4)
             if len(rois[0]) == 0:
-                return Detections()
+                return Trace(stages=(Stage("nms", Detections()),), **parts)
             with timed(timings, "head"):
-                boxes, scores = self._head(fmap, size, rois, factor)
+                boxes, scores, pooled = self._head(fmap, size, rois, factor)
+                k = int(scores.max(1).argmax())
+                parts.update(scores=scores, pooled=Pooled(k, pooled[k].float().cpu().numpy(), c.roi.mode))
         with timed(timings, "nms"):
             rows, cols = np.nonzero(scores >= c.min_score)
-            return postprocess(
-                boxes[rows, cols],
-                scores[rows, cols],
-                cols.astype(np.int64) + 1,
-                image.shape[:2],
-                c.nms_threshold,
-                c.max_detections,
-            )
+            moved = boxes[rows, cols]
+            labels = cols.astype(np.int64) + 1
+            final = postprocess(moved, scores[rows, cols], labels, image.shape[:2], c.nms_threshold, c.max_detections)
+        stages = (*threshold_stages(parts["proposals"], scores, rows, cols, moved), Stage("nms", final))
+        return Trace(stages=stages, **parts)
 
     # -- the model file ---------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ Training minimises ``BCE(presence) + CE(class) + lambda * box_loss(box)``, where
 ``box_loss`` is smooth L1 (``beta`` 0.1, in normalised units) or L2, summed over the four
 coordinates; the class and box terms are averaged over the images that hold an object only
 (an empty image has no class and no box to learn). An image with several objects is taught
-its largest (the localiser can give one box). Detection (`Localizer.detect`): one box when
-the presence reaches the score threshold (default 0.5), with score ``presence * class
-probability``; none otherwise. No proposals, no NMS: that is what R-CNN adds.
+its largest (the localiser can give one box). Detection (`Localizer.trace`, whose last stage
+is `detect`'s): one box when the presence reaches the score threshold (default 0.5), with
+score ``presence * class probability``; none otherwise. No proposals, no NMS: that is what R-CNN adds.
 
 Everything random takes `seed` (head init, batch order, flips), so a CPU run is repeatable
 bit for bit. Checkpoints (every `checkpoint_every` epochs, atomically written, under
@@ -36,6 +36,7 @@ from rcnn.config import require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.detectors.base import CommonConfig, Detector, check_trainable, resolve_device, timed, training_key
+from rcnn.detectors.trace import Stage, Trace
 from rcnn.errors import ModelError
 from rcnn.features.backbones import ARCHITECTURES, WEIGHTS_EXPECTED, build_backbone, is_weights
 from rcnn.features.warp import normalize
@@ -284,15 +285,29 @@ class Localizer(Detector):
             box[None], np.array([presence * class_probs[label]], np.float32), np.array([label + 1], np.int64)
         )
 
-    def detect(self, image, proposals=None, timings: dict | None = None) -> Detections:
-        """At most one detection on `image` (a path or ``uint8 [H, W, 3]`` RGB): the box, when
-        the presence reaches the threshold, labelled with the likeliest class and scored
-        ``presence * class probability``. `proposals` are not used (there are none)."""
+    def trace(self, image, proposals=None, timings: dict | None = None) -> Trace:
+        """Its one look at `image` (a path or ``uint8 [H, W, 3]`` RGB), as plain data
+        (`rcnn.detectors.trace.Trace`): the heads' outputs (``presence``, ``class_probs
+        [C]``, ``box [4]`` in the image's pixels), the ``box`` stage (the box clipped,
+        labelled with the likeliest class and scored ``presence * class probability``,
+        whatever the presence) and the detection (`detect`'s: that box when the presence
+        reaches the threshold). No proposals, no NMS; `proposals` are not used."""
         if not isinstance(image, np.ndarray):
             image = read_image(image)
         with timed(timings, "cnn"):
             p = self.predict([image])
-        return self._detections(p["presence"][0], p["class_probs"][0], p["boxes"][0], image.shape[:2])
+        presence, probs, box = p["presence"][0], p["class_probs"][0], p["boxes"][0]
+        final = self._detections(presence, probs, box, image.shape[:2])
+        return Trace(
+            image_size=tuple(image.shape[:2]),
+            stages=(
+                Stage("box", self._detections(presence, probs, box, image.shape[:2], True)),
+                Stage("presence", final),
+            ),
+            score_name="presence",
+            threshold=self.config.presence_threshold,
+            outputs={"presence": float(presence), "class_probs": probs, "box": box},
+        )
 
     def candidates(self, image, proposals=None, timings: dict | None = None) -> Detections:
         """The one box on `image` whatever its presence (what ``test_rule = "rcnn"`` chooses
@@ -304,11 +319,19 @@ class Localizer(Detector):
         return self._detections(p["presence"][0], p["class_probs"][0], p["boxes"][0], image.shape[:2], True)
 
     def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+        self,
+        dataset: Dataset,
+        use_cache: bool = True,
+        timings: dict | None = None,
+        parts=None,
+        skip_bad: bool = False,
     ) -> dict[str, Detections]:
         """Detections for every sample, in batches, by the config's `test_rule` (``rcnn``:
         every image's box whatever its presence, then `select_over_set`); no proposals are
-        computed (`use_cache` has nothing to cache)."""
+        computed (`use_cache` has nothing to cache). With `parts` or `skip_bad` image by
+        image, as `Detector.detect_dataset`."""
+        if parts is not None or skip_bad:
+            return super().detect_dataset(dataset, False, timings, parts, skip_bad)
         self._check_fitted()
         out = {}
         samples = dataset.samples

@@ -3,9 +3,9 @@
 Training (`RCNN.fit`): proposals for every image (cached, parallel) -> optional fine-tuning
 of the CNN with a softmax head on warped crops -> CNN features of every proposal and ground
 truth box (cached) -> per-class linear SVMs with hard negative mining -> per-class ridge box
-regression. Detection (`RCNN.detect`): proposals -> warped crops -> features -> scores
-``[N, C]`` -> class-specific box regression -> clip -> score threshold -> per-class NMS ->
-the best `max_detections`.
+regression. Detection (`RCNN.trace`, whose last stage is `detect`'s): proposals -> warped crops ->
+features -> scores ``[N, C]`` -> score threshold -> class-specific box regression -> clip ->
+per-class NMS -> the best `max_detections`.
 
 A model is one file of tensors and plain values (``torch.load(path, weights_only=True)``):
 format and version, the full config, class names, the backbone weights when they are not
@@ -14,6 +14,7 @@ reproducible from their source (fine-tuned), and the heads' state dicts.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +35,18 @@ from rcnn.detectors.base import (
     timed,
     training_key,
 )
+from rcnn.detectors.trace import Crops, Stage, Trace, threshold_stages
 from rcnn.errors import ModelError
 from rcnn.features.extractor import FeatureConfig, FeatureExtractor
 from rcnn.features.store import DatasetFeatures, FeatureStore
 from rcnn.heads import BoxRegressor, ImageData, RegressionConfig, SVMConfig, SVMHead
 from rcnn.heads.data import LazySequence
 from rcnn.heads.softmax import FinetuneConfig, FinetuneImage, Finetuner, SoftmaxHead
-from rcnn.progress import notice
 from rcnn.proposals import ProposalsConfig, ProposalStore, SelectiveSearchConfig, make_proposer
 
 __all__ = ["DetectorConfig", "RCNN"]
 
+log = logging.getLogger(__name__)
 CLASSIFIERS = ("svm", "softmax")
 
 
@@ -208,7 +210,7 @@ class RCNN(Detector):
             parts.append(f"fine-tuning {c.finetune.iterations} iterations x {c.finetune.batch_size} crops")
         if feature_crops:
             parts.append(f"{feature_crops} crops for features")
-        notice(
+        log.info(
             f"plan: {'; '.join(parts)}; the CNN runs {rate:.0f} crops/s here, so about "
             f"{_duration(plan['estimated_seconds'])} for the CNN stages (less for what is cached)"
         )
@@ -216,31 +218,74 @@ class RCNN(Detector):
 
     # -- detection --------------------------------------------------------------------------
 
-    def detect(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
-        """Detections on one image: a path or ``uint8 [H, W, 3]`` RGB array.
+    def trace(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Trace:
+        """Every stage on one image (a path or ``uint8 [H, W, 3]`` RGB array), as plain data
+        (`rcnn.detectors.trace.Trace`): the proposals, how each is warped (``crops``), every
+        proposal's class scores, the boxes reaching the score threshold before and after box
+        regression, and the detections after NMS (`detect`'s).
 
         `proposals` ``float32 [N, 4]`` replaces the configured proposer; `timings`, when given,
         is filled with seconds spent in ``proposals, warp, cnn, heads, nms`` (added to).
         """
-        return self._detect(image, proposals, timings, candidates=False)
+        self._check_fitted()
+        c, image, proposals, proposer = self.config, *self._proposals(image, proposals, timings)
+        fc = self.extractor_.config
+        parts = {
+            "image_size": tuple(image.shape[:2]),
+            "proposals": proposals,
+            "proposer": proposer,
+            "crops": Crops(fc.crop_size, fc.padding, fc.backbone, self.extractor_.feature_dim),
+            "score_name": "SVM margin" if c.classifier == "svm" else "probability",
+            "threshold": c.min_score,
+        }
+        if len(proposals) == 0:
+            return Trace(stages=(Stage("nms", Detections()),), **parts)
+        feats = self.extractor_.extract(image, proposals, timings)
+        scores, stages = self._stages(proposals, feats, image.shape[:2], timings)
+        return Trace(stages=stages, scores=scores, **parts)
 
     def candidates(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Detections:
         """Each class's best `top_per_class` boxes on one image, no threshold, no NMS (what
         ``test_rule = "rcnn"`` chooses from over a set); arguments as `detect`."""
-        return self._detect(image, proposals, timings, candidates=True)
-
-    def _detect(self, image, proposals, timings, candidates: bool) -> Detections:
         self._check_fitted()
+        image, proposals, _ = self._proposals(image, proposals, timings)
+        if len(proposals) == 0:
+            return Detections()
+        feats = self.extractor_.extract(image, proposals, timings)
+        return self.predict(proposals, feats, image.shape[:2], timings, candidates=True)
+
+    def _proposals(self, image, proposals, timings) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(image uint8 [H, W, 3], proposals float32 [N, 4], what gave them)`` for `image`
+        (a path or the array): `proposals` when given, else the configured proposer's."""
         if not isinstance(image, np.ndarray):
             image = read_image(image)
+        proposer = "given" if proposals is not None else self.config.proposals.method
         with timed(timings, "proposals"):
             if proposals is None:
                 proposals = make_proposer(self.config.proposals)(image)
             proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
-        if len(proposals) == 0:
-            return Detections()
-        feats = self.extractor_.extract(image, proposals, timings)
-        return self.predict(proposals, feats, image.shape[:2], timings, candidates=candidates)
+        return image, proposals, proposer
+
+    def _scored(self, proposals: np.ndarray, features: np.ndarray, min_score: float, top: int | None, timings):
+        """``(scores [N, C], rows, cols, boxes [K, 4])``: every proposal's class scores, the
+        (proposal, 0-based class) pairs reaching `min_score` (with `top`, each class's best
+        `top` only) and their boxes moved by their class's regressor (as proposed without)."""
+        with timed(timings, "heads"):
+            scores = np.asarray(self.classifier_.decision_function(features), np.float32)  # [N, C]
+            rows, cols = best_per_class(scores, min_score, top)
+            boxes = np.asarray(proposals, np.float32).reshape(-1, 4)[rows]
+            if self.regressor_ is not None and len(rows):
+                boxes = self.regressor_.predict(features[rows], boxes, cols.astype(np.int64) + 1)
+        return scores, rows, cols, boxes
+
+    def _stages(self, proposals: np.ndarray, features: np.ndarray, image_size, timings) -> tuple[np.ndarray, tuple]:
+        """``(scores [N, C], stages)``: the threshold, regression and NMS stages (`Trace`)."""
+        c = self.config
+        scores, rows, cols, boxes = self._scored(proposals, features, c.min_score, None, timings)
+        labels = cols.astype(np.int64) + 1
+        with timed(timings, "nms"):
+            final = postprocess(boxes, scores[rows, cols], labels, image_size, c.nms_threshold, c.max_detections)
+        return scores, (*threshold_stages(proposals, scores, rows, cols, boxes), Stage("nms", final))
 
     def predict(
         self,
@@ -252,42 +297,41 @@ class RCNN(Detector):
     ) -> Detections:
         """Detections from proposals ``[N, 4]`` and their features ``[N, D]`` on an image of
         ``image_size = (height, width)``: scores, class-specific regression, clipping, the
-        score threshold, per-class NMS and the cap on detections. With `candidates`: each
-        class's best `top_per_class` boxes instead, no threshold, no NMS (`candidates`)."""
+        score threshold, per-class NMS and the cap on detections (the last stage of `trace`).
+        With `candidates`: each class's best `top_per_class` boxes instead, no threshold, no
+        NMS (`candidates`)."""
         self._check_fitted()
-        c = self.config
-        with timed(timings, "heads"):
-            scores = np.asarray(self.classifier_.decision_function(features), np.float32)  # [N, C]
-            if candidates:
-                rows, cols = best_per_class(scores, -np.inf, c.top_per_class)
-            else:
-                rows, cols = best_per_class(scores, c.min_score)
-            labels = cols.astype(np.int64) + 1
-            boxes = np.asarray(proposals, np.float32).reshape(-1, 4)[rows]
-            if self.regressor_ is not None and len(rows):
-                boxes = self.regressor_.predict(features[rows], boxes, labels)
-        if candidates:
-            return clean_candidates(boxes, scores[rows, cols], labels, image_size)
-        with timed(timings, "nms"):
-            return postprocess(boxes, scores[rows, cols], labels, image_size, c.nms_threshold, c.max_detections)
+        proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
+        if not candidates:
+            return self._stages(proposals, features, image_size, timings)[1][-1].detections
+        scores, rows, cols, boxes = self._scored(proposals, features, -np.inf, self.config.top_per_class, timings)
+        return clean_candidates(boxes, scores[rows, cols], cols.astype(np.int64) + 1, image_size)
 
     def detect_dataset(
-        self, dataset: Dataset, use_cache: bool = True, timings: dict | None = None
+        self,
+        dataset: Dataset,
+        use_cache: bool = True,
+        timings: dict | None = None,
+        parts=None,
+        skip_bad: bool = False,
+        max_boxes: int | None = None,
     ) -> dict[str, Detections]:
         """Detections for every sample, ``{sample id: Detections}``, by the config's
         `test_rule`. With `use_cache`, proposals and their features come from (and go to) the
-        caches under `cache_dir`, so re-fitted heads are scored in seconds; without, every
-        image runs through `detect` (or `candidates`)."""
-        if not use_cache:
-            return super().detect_dataset(dataset, use_cache=False, timings=timings)
+        caches under `cache_dir`, so re-fitted heads are scored in seconds, and `max_boxes`
+        scores only each image's first that many proposals (a smaller budget, from the same
+        cache entries); without, every image runs through `detect` (or `candidates`), with
+        `parts` and `skip_bad` as `Detector.detect_dataset`'s."""
+        if not use_cache or parts is not None or skip_bad:
+            return super().detect_dataset(dataset, use_cache, timings, parts, skip_bad)
         self._check_fitted()
         out = {}
         regions = self.dataset_features(dataset)
         for sample in dataset:
             boxes = regions.boxes(sample)
-            out[sample.id] = self.predict(
-                boxes, regions.features(sample, boxes), (sample.height, sample.width), timings, self.set_rule
-            )
+            features = regions.features(sample, boxes)[:max_boxes]
+            size = (sample.height, sample.width)
+            out[sample.id] = self.predict(boxes[:max_boxes], features, size, timings, self.set_rule)
         return self.select_over_set(out, timings) if self.set_rule else out
 
     # -- the model file ---------------------------------------------------------------------

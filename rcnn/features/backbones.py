@@ -179,7 +179,7 @@ def _from_torchvision(name, model):
         try:
             state = weights.get_state_dict(progress=False)  # URLError/OSError offline, caught by the caller
         finally:
-            log.info("%s", said.getvalue().strip())
+            log.debug("%s", said.getvalue().strip())
     load_weights(name, model, state, f"torchvision {weights}")
     return f"torchvision:{weights}"
 
@@ -273,13 +273,13 @@ def build_backbone(
             except ModelError as e:
                 if choice == "file":
                     raise  # the user named this file: a bad file is an error, not a fall-through
-                log.info("%s: %s weights unavailable: %s", name, choice, e)
+                log.debug("%s: %s weights unavailable: %s", name, choice, e)
             except Exception as e:  # noqa: BLE001  offline torchvision: URLError, OSError, ...
-                log.info("%s: %s weights unavailable (%s: %s)", name, choice, type(e).__name__, e)
+                log.debug("%s: %s weights unavailable (%s: %s)", name, choice, type(e).__name__, e)
         if source is None:
             source = f"random:seed={seed}"
             log.warning("%s: no pretrained weights found (offline?); using random weights, seed %d", name, seed)
-    log.info("%s backbone: %d-d features, weights %s", name, dim, source)
+    log.debug("%s backbone: %d-d features, weights %s", name, dim, source)
     return model.eval(), dim, source
 
 

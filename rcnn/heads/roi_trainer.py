@@ -16,6 +16,7 @@ losses of a batch of examples).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from abc import abstractmethod
@@ -33,7 +34,6 @@ from rcnn.features.roi import choose_scale, image_tensor, rescale
 from rcnn.heads.augment import adjust_colour, crop_boxes, crop_image, draw_colour, draw_crop, draw_scale
 from rcnn.heads.sgd import SGDConfig
 from rcnn.heads.trainer import Trainer
-from rcnn.progress import notice
 
 __all__ = [
     "FROZEN_STEM",
@@ -45,6 +45,8 @@ __all__ = [
     "flip_boxes",
     "train_settings",
 ]
+
+log = logging.getLogger(__name__)
 
 
 DETECTIONS_PER_OBJECT = 3  # detections kept per image at least this x the most training objects in one image
@@ -160,12 +162,12 @@ def fit_to_data(config, dataset):
     if not scale:
         scale, chosen_max, line = choose_scale(dataset)
         max_size = max_size or chosen_max
-        notice(line)
+        log.info(line)
     elif not max_size:
         max_size = round(scale * 5 / 3)
     train = config.train.for_images(len(dataset))
     if train is not config.train:
-        notice(
+        log.info(
             f"schedule: {train.iterations} iterations ({config.train.epochs:g} epochs of {len(dataset)} images, "
             f"{train.images_per_batch} per batch), the rate x{train.lr_gamma:g} after {train.lr_step}"
         )
@@ -179,7 +181,7 @@ def fit_to_data(config, dataset):
         n = PROPOSALS_PER_OBJECT * most
         changes["rpn"] = replace(rpn, post_nms_top_n_test=n, pre_nms_top_n_test=max(rpn.pre_nms_top_n_test, 2 * n))
     if changes:
-        notice(
+        log.info(
             f"test-time caps raised for up to {most} training objects per image: "
             + ", ".join(f"{k} {v if k != 'rpn' else v.post_nms_top_n_test}" for k, v in changes.items())
         )

@@ -5,6 +5,7 @@ line (`TrainingDiverged`) instead of saving a model of NaNs."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ from torch import nn
 
 from rcnn.config import require
 from rcnn.errors import TrainingDiverged
-from rcnn.progress import notice
 
 __all__ = ["SGDConfig", "check_weights", "freeze", "train_step"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def freeze(net: nn.Module, prefixes, what: str = "frozen") -> None:
         if not any(name.startswith(prefix) for name in names):
             layers = list(dict.fromkeys(".".join(n.split(".")[:2]) + "." for n in names))
             shown = ", ".join(layers[:4]) + (f", ... {layers[-1]}" if len(layers) > 4 else "")
-            notice(f"note: {what} prefix {prefix!r} matches no layer, so it freezes nothing (layers: {shown})")
+            log.warning(f"note: {what} prefix {prefix!r} matches no layer, so it freezes nothing (layers: {shown})")
     for name, p in net.named_parameters():
         p.requires_grad_(not name.startswith(prefixes))
 

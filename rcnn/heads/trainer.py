@@ -19,6 +19,7 @@ inputs of iteration `it`, drawn outside the torch seed) and `loss(batch)` (``{"l
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
@@ -31,9 +32,11 @@ from torch import nn
 from rcnn.cache import atomic_write
 from rcnn.errors import ModelError
 from rcnn.heads.sgd import check_weights, freeze, train_step
-from rcnn.progress import notice, progress
+from rcnn.progress import progress
 
 __all__ = ["Checkpoint", "Trainer", "freeze_batch_norm"]
+
+log = logging.getLogger(__name__)
 
 
 def freeze_batch_norm(module: nn.Module) -> None:
@@ -79,10 +82,10 @@ class Checkpoint:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  truncated or foreign files of every kind
-            notice(f"{path}: unreadable {self.title} checkpoint ({type(e).__name__}), starting over")
+            log.warning(f"{path}: unreadable {self.title} checkpoint ({type(e).__name__}), starting over")
             return 0
         if not isinstance(state, dict) or "meta" not in state:
-            notice(f"{path}: not a {self.title} checkpoint, starting over")
+            log.warning(f"{path}: not a {self.title} checkpoint, starting over")
             return 0
         if state["meta"] != self.meta:
             raise ModelError(f"{path}: checkpoint of another {self.title} setup; delete it or choose another path")
@@ -94,7 +97,7 @@ class Checkpoint:
             loaded = {k: [float(x) for x in state["history"][k]] for k in history}
             iteration = int(state["iteration"])
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            notice(f"{path}: damaged {self.title} checkpoint ({type(e).__name__}), starting over")
+            log.warning(f"{path}: damaged {self.title} checkpoint ({type(e).__name__}), starting over")
             for name, m in modules.items():
                 m.load_state_dict(initial[name])
             return 0

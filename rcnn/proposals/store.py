@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -28,8 +29,10 @@ from rcnn.cache import ImageStore
 from rcnn.cluster import dask_client, remote_path
 from rcnn.datasets.images import read_image
 from rcnn.errors import DatasetError, RcnnError
-from rcnn.progress import notice, progress
+from rcnn.progress import progress
 from rcnn.proposals.registry import make_proposer
+
+log = logging.getLogger(__name__)
 
 DASK_TIMEOUT = 30  # seconds to reach a Dask scheduler (`rcnn.cluster.dask_client`)
 ENTRY = ("boxes", "seconds")
@@ -171,7 +174,7 @@ class ProposalStore:
         if reused:
             folders = ", ".join(sorted({str(f) for f in reused.values()}))
             n = self.proposer.params()[self.proposer.prefix_param]
-            notice(f"proposals: {len(reused)} image(s) take the first {n} of the ranked boxes cached in {folders}")
+            log.info(f"proposals: {len(reused)} image(s) take the first {n} of the ranked boxes cached in {folders}")
         jobs = [joblib.delayed(_propose_file)(params_json, image, where(self.folder)) for image in todo.values()]
         start, shared = time.perf_counter(), 0
         if jobs:

@@ -51,7 +51,7 @@ from rcnn.evaluation.coco import STAT_NAMES, has_masks
 from rcnn.progress import progress
 from rcnn.reports.draw import draw_detections, save_image
 
-__all__ = ["build_report", "report_model", "run_record"]
+__all__ = ["build_report", "json_safe", "report_model", "run_record"]
 
 PACKAGES = ("rcnn", "torch", "torchvision", "numpy", "opencv-contrib-python", "scikit-learn", "matplotlib")
 ERROR_COLOURS = {"loc": "#4c72b0", "other": "#dd8452", "bg": "#55a868"}
@@ -97,14 +97,14 @@ def run_record() -> dict:
     }
 
 
-def _clean(x):
+def json_safe(x):
     """JSON-safe copy: NaN and inf become None, numpy scalars and arrays plain Python, paths str."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
+        return json_safe(x.tolist())
     if isinstance(x, Path):
         return str(x)
     if isinstance(x, np.generic):
@@ -347,7 +347,7 @@ def build_report(
         n_dets += np.bincount(d.labels, minlength=dataset.num_classes + 1)[1:]
     meta = run_record()
     meta["seconds"] = {**(timings or {}), "report_seconds": time.perf_counter() - start}
-    results = _clean(
+    results = json_safe(
         {
             "title": title,
             "images": len(dataset),

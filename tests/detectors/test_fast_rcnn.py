@@ -276,8 +276,7 @@ def test_svd_option_changes_little(fitted, synth):
     store.compute(synth[1].subset([sample.id]), workers=1)  # not left to another test to have done
     proposals = store.load(sample)
     image = read_image(sample.image_path)
-    _, p_full, _ = fitted._network(image, proposals)
-    _, p_svd, _ = svd._network(image, proposals)
+    p_full, p_svd = fitted.trace(image, proposals).scores, svd.trace(image, proposals).scores  # [N, C]
     assert svd.net_head_.fc[0][0].weight.shape[0] == 128
     assert np.abs(p_full - p_svd).mean() < 0.01
     assert (p_full.argmax(1) == p_svd.argmax(1)).mean() > 0.95

@@ -11,12 +11,12 @@ from test_faster_rcnn import FASTER  # the small Faster R-CNN of tests/test_fast
 from rcnn.datasets import read_image
 from rcnn.datasets.synthetic import make_synthetic
 from rcnn.detectors import FasterRCNN, build_detector, load_config, load_model
-from rcnn.detectors.faster_rcnn import _features, _image_list, _training_settings, build_network
+from rcnn.detectors.faster_rcnn import _image_list, _training_settings, build_network
 from rcnn.errors import ConfigError
 from rcnn.evaluation import evaluate_voc
 from rcnn.features.extractor import freeze_for_inference
 from rcnn.features.pyramid import PyramidTrunk
-from rcnn.reports.explain import FASTER_RCNN_PICTURES, explain, rpn_maps
+from rcnn.reports.explain import FASTER_RCNN_PICTURES, explain
 
 SLOW_FIXTURES = ("fitted",)  # trained to real accuracy: the tests that use it run in the slow tier (conftest.py)
 
@@ -166,14 +166,14 @@ def test_explain_draws_the_stride_16_level_of_a_pyramid(fitted, synth60, tmp_pat
     assert np.array_equal(result["proposals"], model.propose(image))
     d = model.detect(image)
     assert np.allclose(result["detections"].boxes, d.boxes) and np.array_equal(result["detections"].scores, d.scores)
-    with torch.inference_mode():
-        maps, size, _ = model._trunk(image)
-    anchors, objectness = rpn_maps(model, maps, size)
+    trace = result["trace"]
+    anchors, objectness = trace.anchors.boxes, trace.anchors.objectness
     assert objectness.shape == (3, 12, 12) and anchors.shape == (12, 12, 3, 4)  # the stride-16 level
+    assert trace.anchors.total == (24 * 24 + 12 * 12) * 3  # both levels' anchors
+    assert [level[:2] for level in trace.feature_map.levels] == [("0", 8), ("1", 16)]
     side = model.config.anchors.sizes[1]
     assert anchors[0, 0, 1, 2] - anchors[0, 0, 1, 0] == side and anchors[0, 1, 1, 0] - anchors[0, 0, 1, 0] == 16
     assert f"**{12 * 12 * 3} anchors**" in index and f"({side} px in the rescaled image)" in index
-    assert list(_features(maps)) == ["0", "1"]
 
 
 def test_a_model_file_saved_before_the_pyramid_existed_loads_as_the_single_map(tmp_path):

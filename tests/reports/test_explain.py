@@ -11,7 +11,7 @@ from rcnn.cli import main
 from rcnn.datasets import load_dataset
 from rcnn.datasets.images import read_image
 from rcnn.detectors import RCNN, Localizer, build_detector, load_config, load_model
-from rcnn.reports.explain import FAST_RCNN_PICTURES, FASTER_RCNN_PICTURES, RCNN_PICTURES, coverage, explain, rpn_maps
+from rcnn.reports.explain import FAST_RCNN_PICTURES, FASTER_RCNN_PICTURES, RCNN_PICTURES, coverage, explain
 
 # Fast and Faster R-CNN as tests/test_fast_rcnn.py and tests/test_faster_rcnn.py train them,
 # for fewer iterations (about 10 and 20 s here): enough for boxes and an objectness map that
@@ -189,10 +189,10 @@ def test_explain_shows_every_stage_of_a_fast_rcnn(fast, synth60, tmp_path):
     result = explain(fast, image, tmp_path / "page", sample.boxes, sample.labels)
     index = _check_page(result, FAST_RCNN_PICTURES, tmp_path / "page")
     # its stages, with the model's own numbers: the proposals it scores, its one map, its head
-    assert np.array_equal(result["proposals"], fast._test_proposals(image))
-    with torch.inference_mode():
-        fmap, _ = fast._feature_map(image)
-    c, h, w = fmap.shape[1:]
+    trace = fast.trace(image)
+    assert np.array_equal(result["proposals"], trace.proposals) and len(trace.proposals) <= fast.config.test_proposals
+    c, h, w = trace.feature_map.channels, trace.feature_map.rows, trace.feature_map.cols
+    assert trace.pooled.block.shape == (c, 7, 7)
     assert f"{c} channels x {h} x {w} cells" in index and (h, w) == (12, 12)
     assert "## 3. RoI pooling" in index and f"{c} x 7 x 7 = {c * 49} values" in index
     assert f"**{len(result['proposals'])}** here" in index
@@ -220,11 +220,11 @@ def test_explain_shows_every_stage_of_a_faster_rcnn(faster, synth60, tmp_path, c
     assert np.array_equal(result["proposals"], model.propose(image)) and len(result["proposals"])
     assert len(result["detections"]) and _same(result["detections"], model.detect(image))
     # the objectness map: one value per anchor at each cell of the stride-16 map, highest on an object
-    with torch.inference_mode():
-        fmap, size, factor = model._trunk(image)
-    anchors, objectness = rpn_maps(model, fmap, size)
+    trace = result["trace"]
+    anchors, objectness, factor = trace.anchors.boxes, trace.anchors.objectness, trace.feature_map.factor
     a, h, w = objectness.shape
-    assert (h, w) == tuple(fmap.shape[-2:]) == (12, 12) and a == len(model.config.anchors.sizes) * 3
+    assert (h, w) == (trace.feature_map.rows, trace.feature_map.cols) == (12, 12)
+    assert a == len(model.config.anchors.sizes) * 3 and trace.anchors.total == h * w * a
     assert anchors.shape == (h, w, a, 4) and f"**{h * w * a} anchors**" in index
     i, j = np.unravel_index(objectness.max(0).argmax(), (h, w))
     x, y = anchors[i, j].reshape(-1, 2, 2).mean(1).mean(0) / factor  # the anchors' common centre, image pixels
