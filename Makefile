@@ -50,7 +50,8 @@ tables: $(STAMP)
 bench-eval: $(STAMP)
 	$(PY) experiments/bench_eval.py
 
-# Experiments: experiments/configs/NAME.toml -> experiments/results/NAME/ (report.md, PNGs, results.json).
+# Experiments: experiments/configs/NAME.toml -> experiments/results/NAME/ (report.md, PNGs, results.json),
+# then the tables of README.md and docs/ from the results (experiments/tables.py).
 # Synthetic always, cards when ../shared/data/cards exists, or DATA=path instead of cards.
 # The order shares caches: ablations fits the models that svm-training, budget and
 # windows-vs-proposals reuse; family fits the Faster R-CNNs whose RPN boxes windows-vs-proposals
@@ -63,21 +64,26 @@ experiments: $(STAMP)
 
 experiment-proposals: $(STAMP)
 	$(PY) experiments/proposals.py $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 # The road to R-CNN: the localiser on every synthetic preset, then beside R-CNN (about 10 minutes).
 experiment-localization: $(STAMP)
 	$(PY) experiments/localization.py
+	$(PY) experiments/tables.py
 
 # The family on one backbone: R-CNN, Fast R-CNN, Faster R-CNN on synthetic and cards (cold caches: about an hour here).
 experiment-family: $(STAMP)
 	$(PY) experiments/family.py $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 # Every detector's defaults on synthetic, the small-dense preset, cards, raccoon (and DATA=): hours here.
 experiment-generalization: $(STAMP)
 	$(PY) experiments/generalization.py $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 experiment-%: $(STAMP)
 	$(PY) experiments/run.py $* $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 bench-proposals: $(STAMP)
 	$(PY) experiments/bench_proposals.py

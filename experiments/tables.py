@@ -46,8 +46,13 @@ def markdown(header: list[str], rows: list[list[str]], right_from: int = 1) -> s
 
 
 def family_table(dataset: str) -> str:
+    data = results("family")
+    if dataset not in data:
+        raise SystemExit(
+            f"experiments/results/family/results.json: no dataset {dataset!r} (it has {', '.join(datasets(data))})"
+        )
     rows = []
-    for r in results("family")[dataset]["rows"]:
+    for r in data[dataset]["rows"]:
         cpu = r["train_cpu_seconds"]
         train = f"{r['train_seconds']:.0f}" + (f" ({cpu:.0f})" if cpu is not None else "")
         test = (

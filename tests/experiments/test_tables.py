@@ -73,3 +73,9 @@ def test_no_path_of_one_machine():
     for path in files:
         found = re.findall(r"(?<![\w.])/(?:work|tmp|home|Users)/\S*", path.read_text())
         assert not found, f"{path.relative_to(ROOT)}: {found}"
+
+
+def test_a_dataset_missing_from_results_is_named(monkeypatch):
+    monkeypatch.setattr(tables, "results", lambda name, file="results.json": {"meta": {}, "mine": {"rows": []}})
+    with pytest.raises(SystemExit, match="family/results.json: no dataset 'cards' \\(it has mine\\)"):
+        tables.TABLES["family-cards"]()
