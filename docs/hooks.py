@@ -21,7 +21,7 @@ def on_files(files, config):
     for shared in SHARED:
         path = ROOT / shared
         for item in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if item.is_file():
+            if item.is_file() and "cache" not in item.relative_to(path).parts:  # results/**/cache/: ignored by git
                 uri = item.relative_to(ROOT).as_posix()
                 files.append(File(uri, str(ROOT), config["site_dir"], config["use_directory_urls"]))
     return files
