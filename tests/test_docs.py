@@ -1,4 +1,5 @@
-"""`make docs`: the site builds with `mkdocs build --strict` (no broken link, no missing page)."""
+"""`make docs`: the site builds with `mkdocs build --strict` (no broken link, no missing page).
+Slow (about 10 s: the tour notebook and the API reference are rendered); `make test-all` runs it."""
 
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     out = tmp_path / "site"
