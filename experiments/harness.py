@@ -322,7 +322,8 @@ def bar_plot(path: Path, panels: dict[str, dict[str, float]], ylabel: str) -> Pa
         for y, v in enumerate(values):
             if not np.isnan(v):
                 ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
-        ax.set(title=title, xlabel=ylabel, xlim=(0, 1.08))
+        # Room right of a bar at 1.0 for its label, inside the frame; ticks stop at 1.
+        ax.set(title=title, xlabel=ylabel, xlim=(0, 1.2), xticks=np.linspace(0, 1, 5))
         ax.tick_params(axis="y", labelsize=8)
     save_figure(fig, path, dpi=110)
     return path

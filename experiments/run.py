@@ -1,4 +1,5 @@
-"""Run one experiment by name: ``experiments/run.py NAME [--data PATH] [--only DATASETS]``.
+"""Run one experiment by name: ``experiments/run.py NAME [--data PATH] [--only DATASETS]``;
+``experiments/run.py NAME --replot`` draws an arms experiment's plot again from its results.json.
 
 ``windows-vs-proposals`` and ``budget`` have their own scripts; every other name is an arms
 experiment (`arms.py`) read from ``experiments/configs/NAME.toml``. `make experiment-NAME`
@@ -29,6 +30,9 @@ def main(argv=None) -> int:
         return 2
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log or a pipe as they come
     name, rest = argv[0], argv[1:]
+    if rest == ["--replot"] and name not in SCRIPTS:
+        arms.replot(harness.ROOT / "experiments" / "results" / name)
+        return 0
     script = SCRIPTS.get(name, arms)
     args = harness.parse_args(name, script.__doc__, rest)
     if not Path(args.config).is_file():

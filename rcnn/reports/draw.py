@@ -43,8 +43,9 @@ def draw_detections(
         font = 0.4 * max(scale, 0.8)
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
         ty = max(y1, th + base)
-        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), colour, -1)
-        cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
+        tx = max(0, min(x1, out.shape[1] - tw))  # the label stays inside the image at its right edge
+        cv2.rectangle(out, (tx, ty - th - base), (tx + tw, ty), colour, -1)
+        cv2.putText(out, text, (tx, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 

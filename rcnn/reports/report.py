@@ -202,7 +202,7 @@ def false_positives_figure(named_types: dict[str, np.ndarray]):
     against k (log scale), one panel per entry of `named_types` (``{title: types [F]}`` in
     decreasing score): a matplotlib ``Figure``."""
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     title = "Share (%) of each false-positive type among the top-k false positives (x: k, log scale)"
     fig, axes = _grid(len(named_types), title, bottom=0.8)
@@ -216,7 +216,11 @@ def false_positives_figure(named_types: dict[str, np.ndarray]):
         shares = error_shares(types) * 100
         ax.stackplot(k, shares.T, colors=[ERROR_COLOURS[ERROR_NAMES[t]] for t in ERROR_TYPES], step="post")
         ax.set_xscale("log")
+        # Labels at 1, 2 and 5 of each decade, none on the minor ticks: matplotlib labels every
+        # minor tick of a range under one decade (2x10^0, 3x10^0, ...), and they overlap.
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlim(1, max(len(types), 2))
     handles = [Patch(color=ERROR_COLOURS[ERROR_NAMES[t]], label=LEGEND[t]) for t in ERROR_TYPES]
     fig.legend(handles=handles, loc="lower center", ncols=3, fontsize=8)

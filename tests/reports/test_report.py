@@ -201,3 +201,24 @@ def test_report_scores_masks_when_there_are_masks(synth, tmp_path):
     expected = evaluate_coco(dataset, detections, "segm")
     assert results["segm"] == expected and 0.3 < results["segm"]["AP"] < 1
     assert "| (masks)" in (tmp_path / "masks" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("count", [2, 6, 40, 300])
+def test_false_positive_panels_tick_labels_do_not_overlap(count):
+    """The log k axis labels a range under one decade (6 false positives) as readably as a long one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from rcnn.reports.report import false_positives_figure
+
+    fig = false_positives_figure({"class": np.arange(count) % 3})
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    labels = [t for t in ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True) if t.get_text()]
+    lo, hi = ax.get_xlim()
+    boxes = sorted(
+        (t.get_window_extent(renderer) for t in labels if lo <= t.get_position()[0] <= hi), key=lambda b: b.x0
+    )
+    assert len(boxes) >= 2
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 <= right.x0, (left, right)
