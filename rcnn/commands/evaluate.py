@@ -49,6 +49,12 @@ def register(subparsers) -> None:
         " plus any the detections name); objects and detections of other classes are left out; classes without"
         " ground truth are scored n/a and left out of the means",
     )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out samples whose annotations are bad (each named with its reason, and counted), "
+        "with their detections",
+    )
     p.add_argument("--out", metavar="REPORT.json", help="write the numbers as JSON")
     p.set_defaults(func=run)
 
@@ -96,9 +102,11 @@ def _split_holding(gt, ids, total: int):
 
 def run(args) -> int:
     from rcnn.cache import write_text
+    from rcnn.commands.checks import output_file
     from rcnn.commands.data import parse_classes
+    from rcnn.commands.report import kept_records
+    from rcnn.commands.train import report_skipped
     from rcnn.datasets import load_dataset, read_detections
-    from rcnn.datasets.coco import load_results
     from rcnn.evaluation import evaluate_coco, evaluate_voc
     from rcnn.evaluation.voc import check_iou
 
@@ -111,9 +119,14 @@ def run(args) -> int:
     except ValueError:
         raise RcnnError(f"--iou must be in (0, 1], not {args.iou:g}") from None
     classes = parse_classes(args.classes)
+    if args.out:
+        output_file(args.out)  # before the work
     # Only the annotations are read: no image is opened, so image paths are not checked either.
-    dataset = load_dataset(args.gt, args.split, args.images, check_images=False, allow_outside_images=True)
-    records = load_results(args.detections)
+    dataset = load_dataset(
+        args.gt, args.split, args.images, args.skip_bad, check_images=False, allow_outside_images=True
+    )
+    report_skipped(dataset)
+    records = kept_records(args.detections, dataset)  # less the skipped samples' (said in one line)
     added, left_out = [], None
     if classes is None:
         dataset, added = _with_detected_classes(dataset, records)

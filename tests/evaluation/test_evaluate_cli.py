@@ -211,3 +211,35 @@ def test_detections_of_one_split_of_a_voc_root_name_that_split(tmp_path, capsys)
     assert "(give --split test)" in out
     code, out, _ = _run(["--gt", root, "--detections", tmp_path / "dets.json", "--split", "test"], capsys)
     assert code == 0 and "warning" not in out and "mAP" in out and "1.0000" in out
+
+
+def test_skip_bad_leaves_out_a_malformed_annotation_and_its_detections(tmp_path, case, capsys):
+    dataset, detections, gt_dataset = case
+    gt = voc_folder(tmp_path / "gt", gt_dataset)
+    detections = {f"im{k}": d for k, d in detections.items()}
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps(records(detections, str, lambda label: f"c{label}")))
+    bad = sorted(gt.glob("*.xml"))[0]
+    bad.write_text("<annotation><size>")  # truncated XML
+    code, out, err = _run(["--gt", gt, "--detections", dets], capsys)
+    assert code == 1 and bad.name in err and len(err.strip().splitlines()) == 1
+    code, out, err = _run(["--gt", gt, "--detections", dets, "--skip-bad", "--out", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    assert "skipped 1 bad sample(s):" in out and bad.name in out
+    left = len(detections[bad.stem])
+    assert f"note: {left} detection(s) of 1 skipped image(s) left out" in out
+    bad.unlink()  # the same as evaluating without that sample at all
+    rest = load_dataset(gt, classes=["c1", "c2", "c3", "c4"], check_images=False)
+    expected = evaluate_voc(rest, {k: d for k, d in detections.items() if k != bad.stem}).to_dict()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mAP"] == pytest.approx(expected["mAP"])
+
+
+def test_out_is_checked_before_the_work(tmp_path, case, capsys):
+    dataset, detections, gt_dataset = case
+    gt = voc_folder(tmp_path / "gt", gt_dataset)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps(records({f"im{k}": d for k, d in detections.items()}, str, lambda lab: f"c{lab}")))
+    (tmp_path / "folder").mkdir()
+    code, out, err = _run(["--gt", gt, "--detections", dets, "--out", tmp_path / "folder"], capsys)
+    assert code == 1 and "folder" in err and "mAP" not in out
