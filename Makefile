@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RCNN   := $(VENV)/bin/rcnn
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-all demo docs tables bench-eval bench-proposals bench-detect clean
+.PHONY: venv test test-slow test-all demo docs tables bench-eval bench-proposals bench-detect bench-gpu clean
 
 venv: $(STAMP)
 
@@ -96,6 +96,10 @@ experiment-%: $(STAMP)
 
 bench-proposals: $(STAMP)
 	$(PY) experiments/bench_proposals.py
+
+# Every detector on CUDA against the CPU (training and detection speed): run it where a GPU is.
+bench-gpu: $(STAMP)
+	$(PY) experiments/bench_gpu.py
 
 bench-detect: $(STAMP)
 	$(PY) experiments/bench_detect.py
