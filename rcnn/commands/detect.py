@@ -96,10 +96,11 @@ def run(args) -> int:
 
     from rcnn.cache import ImageStore, file_hash
     from rcnn.commands.train import report_skipped
-    from rcnn.datasets import Detections, load_dataset, read_image
+    from rcnn.datasets import load_dataset, read_image
     from rcnn.datasets.coco import write_detections
     from rcnn.datasets.loader import dataset_kind
     from rcnn.detectors import load_model
+    from rcnn.detectors.base import take
     from rcnn.errors import ImageError
     from rcnn.progress import notice, progress
     from rcnn.reports.draw import draw_detections, save_image
@@ -134,9 +135,9 @@ def run(args) -> int:
             if entry is None:
                 image = read_image(sample.image_path)
                 d = model.candidates(image) if set_rule else model.detect(image)
-                parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+                parts.write(sample.image_path, **entry_arrays(d))
             else:
-                d = Detections(entry["boxes"], entry["scores"], entry["labels"])
+                d = entry_detections(entry)
                 resumed += str(sample.image_path) not in remote
         except ImageError as e:
             if not args.skip_bad:
@@ -152,7 +153,7 @@ def run(args) -> int:
         for sample in drawn:
             d = detections[sample.id]
             shown = d.scores >= min_score
-            shown = Detections(d.boxes[shown], d.scores[shown], d.labels[shown])
+            shown = take(d, shown)
             picture = draw_detections(
                 read_image(sample.image_path), shown, model.classes_, sample.boxes if annotated else None
             )
@@ -172,6 +173,37 @@ def run(args) -> int:
 
 
 ENTRY = ("boxes", "scores", "labels")
+
+
+def entry_arrays(d) -> dict:
+    """`Detections` as the arrays of a stored entry: boxes, scores, labels and, with masks,
+    their RLEs (``mask_sizes int64 [K, 2]``, ``mask_lengths int64 [K]``, ``mask_counts uint8``:
+    the compressed counts strings one after another)."""
+    import numpy as np
+
+    arrays = {"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
+    if d.masks is not None:
+        counts = [bytes(m["counts"]) for m in d.masks]
+        arrays["mask_sizes"] = np.array([m["size"] for m in d.masks], np.int64).reshape(-1, 2)
+        arrays["mask_lengths"] = np.array([len(c) for c in counts], np.int64)
+        arrays["mask_counts"] = np.frombuffer(b"".join(counts), np.uint8)
+    return arrays
+
+
+def entry_detections(entry: dict):
+    """The `Detections` of a stored entry (`entry_arrays`)."""
+    import numpy as np
+
+    from rcnn.datasets import Detections
+
+    masks = None
+    if "mask_counts" in entry:
+        raw, ends = entry["mask_counts"].tobytes(), np.cumsum(entry["mask_lengths"])
+        masks = [
+            {"size": [int(v) for v in size], "counts": raw[end - n : end]}
+            for size, n, end in zip(entry["mask_sizes"], entry["mask_lengths"], ends)
+        ]
+    return Detections(entry["boxes"], entry["scores"], entry["labels"], masks)
 
 
 def detect_on_cluster(address: str, model_path, model_key: str, device, dataset, parts, candidates: bool) -> dict:
@@ -237,7 +269,7 @@ def _detect_task(model_path: str, model_key: str, device, image_path: str, folde
         model = _worker_model(model_path, model_key, device)
         image = read_image(image_path)
         d = model.candidates(image) if candidates else model.detect(image)
-        ImageStore(folder, params).write(image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+        ImageStore(folder, params).write(image_path, **entry_arrays(d))
     except ImageError as e:
         return "image", e.message
     except RcnnError as e:  # rcnn errors do not survive pickling between processes: send the text

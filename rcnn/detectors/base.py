@@ -45,6 +45,7 @@ __all__ = [
     "resolve_device",
     "set_thresholds",
     "suppress",
+    "take",
     "timed",
     "training_key",
 ]
@@ -159,7 +160,16 @@ def clean_candidates(boxes, scores, labels, image_size) -> Detections:
 def suppress(d: Detections, nms_threshold: float, max_detections: int) -> Detections:
     """Per-class NMS of `d` at `nms_threshold` (IoU), then its best `max_detections` by score."""
     keep = batched_nms(d.boxes, d.scores, d.labels, nms_threshold)[:max_detections]
-    return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+    return take(d, keep)
+
+
+def take(d: Detections, index) -> Detections:
+    """The detections of `d` at `index` (indices or a boolean mask), masks included when it has them."""
+    index = np.asarray(index)
+    masks = None
+    if d.masks is not None:
+        masks = [d.masks[i] for i in (np.flatnonzero(index) if index.dtype == bool else index)]
+    return Detections(d.boxes[index], d.scores[index], d.labels[index], masks)
 
 
 def best_per_class(scores: np.ndarray, min_score: float = -np.inf, top: int | None = None):
@@ -178,10 +188,8 @@ def top_candidates(d: Detections, config) -> Detections:
     reduced to each class's best ``config.top_per_class``, after per-class NMS at
     ``config.nms_threshold`` when ``config.candidate_nms``."""
     if config.candidate_nms:
-        keep = batched_nms(d.boxes, d.scores, d.labels, config.nms_threshold)
-        d = Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
-    keep = best_per_label(d.scores, d.labels, config.top_per_class)
-    return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+        d = take(d, batched_nms(d.boxes, d.scores, d.labels, config.nms_threshold))
+    return take(d, best_per_label(d.scores, d.labels, config.top_per_class))
 
 
 def best_per_label(scores: np.ndarray, labels: np.ndarray, top: int) -> np.ndarray:
@@ -406,9 +414,7 @@ class Detector(ABC):
             out = {}
             for key, d in candidates.items():
                 ok = d.scores >= thresholds[d.labels - 1]
-                out[key] = suppress(
-                    Detections(d.boxes[ok], d.scores[ok], d.labels[ok]), c.nms_threshold, c.max_detections
-                )
+                out[key] = suppress(take(d, ok), c.nms_threshold, c.max_detections)
         return out
 
     def state_dict(self) -> dict:
