@@ -186,6 +186,13 @@ def test_training_data_without_masks_is_refused_in_one_line(tiny, tmp_path, caps
     boxes_only = Dataset(tiny.classes, [Sample(**{**vars(s), "masks": None}) for s in tiny.samples])
     with pytest.raises(DatasetError, match="has no mask, and mask_rcnn trains on masks"):
         MaskRCNN(config(tmp_path, **TINY)).fit(boxes_only)
+    # an image without objects needs no mask list, and a difficult object no mask
+    samples = [Sample(**vars(s)) for s in tiny.samples] + [Sample("empty", tiny[0].image_path, 96, 96, masks=None)]
+    hard = next(s for s in samples if len(s.labels))
+    hard.difficult = np.r_[True, np.zeros(len(hard.labels) - 1, bool)]
+    hard.masks = [None, *hard.masks[1:]]
+    one = {**TINY, "train": {**TINY["train"], "iterations": 1}}
+    assert len(MaskRCNN(config(tmp_path, **one)).fit(Dataset(tiny.classes, samples)).history_["mask"]) == 1
 
 
 def test_config_is_validated(tmp_path):

@@ -213,7 +213,10 @@ class _MaskTrainer(_Trainer):
         return {**super().meta(), "mask": to_dict(self.settings.mask)}
 
     def fit(self, dataset: Dataset, callback=None) -> _MaskTrainer:
-        self.masks = [[m for m, hard in zip(s.masks, s.difficult) if not hard] for s in dataset]
+        # an image without objects may have no mask list (None); difficult objects are left out, as their boxes
+        self.masks = [
+            [m for m, hard in zip(s.masks or [None] * len(s.labels), s.difficult) if not hard] for s in dataset
+        ]
         return super().fit(dataset, callback)
 
     def _target(self, i: int, view) -> dict[str, torch.Tensor]:
