@@ -32,9 +32,9 @@ from torchvision.ops import MultiScaleRoIAlign
 from rcnn.config import require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.masks import encode
-from rcnn.detectors import faster_rcnn
 from rcnn.detectors.base import resolve_device, timed
 from rcnn.detectors.faster_rcnn import LOSSES, FasterRCNN, FasterRCNNConfig, _features, _Trainer
+from rcnn.detectors.faster_rcnn import build_network as build_faster_network
 from rcnn.errors import DatasetError
 
 __all__ = ["MaskHeadConfig", "MaskRCNN", "MaskRCNNConfig", "build_network"]
@@ -77,11 +77,11 @@ class MaskRCNNConfig(FasterRCNNConfig):
 
 
 def build_network(config: MaskRCNNConfig, num_classes: int, weights: str | None = None):
-    """``(network, weights source)``: Faster R-CNN's network (`faster_rcnn.build_network`)
+    """``(network, weights source)``: Faster R-CNN's network (`rcnn.detectors.faster_rcnn.build_network`)
     with torchvision's mask branch on its RoI heads (14x14 `MultiScaleRoIAlign` over the box
     head's maps, `MaskRCNNHeads`, `MaskRCNNPredictor`); the branch's initial weights follow
     ``train.seed``."""
-    net, source = faster_rcnn.build_network(config, num_classes, weights)
+    net, source = build_faster_network(config, num_classes, weights)
     heads, layers = net.roi_heads, config.mask.layers
     box_pool = heads.box_roi_pool
     with torch.random.fork_rng(devices=[]):
