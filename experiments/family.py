@@ -32,6 +32,7 @@ from rcnn.config import load_toml, to_dict  # noqa: E402
 from rcnn.datasets.images import read_image  # noqa: E402
 from rcnn.detectors import DETECTORS, load_config  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
+from rcnn.evaluation.coco import has_masks  # noqa: E402
 from rcnn.proposals import make_proposer  # noqa: E402
 from rcnn.reports.report import save_figure  # noqa: E402
 
@@ -39,6 +40,7 @@ COLUMNS = [
     ("arm", "arm"),
     ("mAP50", "VOC mAP@0.5"),
     ("coco_AP", "COCO AP"),
+    ("mask_AP", "mask AP"),
     ("train_seconds", "train s", 0),
     ("train_cpu_seconds", "train CPU s", 0),
     ("proposals_seconds", "test s/img: proposals", 3),
@@ -114,7 +116,7 @@ def plot(path: Path, panels: dict[str, list[dict]]) -> None:
 
     fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False).ravel()
-    markers = {"rcnn": "s", "fast_rcnn": "o", "faster_rcnn": "^"}
+    markers = {"rcnn": "s", "fast_rcnn": "o", "faster_rcnn": "^", "mask_rcnn": "D"}
     for ax, (name, rows) in zip(axes, panels.items()):
         for r in rows:
             ax.plot(r["total_seconds"], r["mAP50"], markers.get(r["detector"], "x"), markersize=8, label=r["arm"])
@@ -164,6 +166,7 @@ def run(args) -> None:
             configs[arm["name"]] = to_dict(model.config)
             detections = model.detect_dataset(target.test)
             coco = evaluate_coco(target.test, detections)
+            segm = evaluate_coco(target.test, detections, "segm") if has_masks(target.test, detections) else None
             wall, cpu = train_seconds(fit, fits.get(arm.get("shares")))
             if model.learns_proposals:
                 proposals = 0.0
@@ -178,6 +181,7 @@ def run(args) -> None:
                 "detector": arm["detector"],
                 "mAP50": evaluate_voc(target.test, detections, 0.5).mAP,
                 "coco_AP": coco["AP"],
+                "mask_AP": None if segm is None else segm["AP"],
                 "train_seconds": wall,
                 "train_cpu_seconds": cpu,
                 "proposals_seconds": proposals,

@@ -100,10 +100,11 @@ def run(args) -> int:
     from rcnn.cache import ImageStore, file_hash
     from rcnn.commands.checks import output_file, output_folder
     from rcnn.commands.train import report_skipped
-    from rcnn.datasets import Detections, load_dataset, read_image
+    from rcnn.datasets import load_dataset, read_image
     from rcnn.datasets.coco import write_detections
     from rcnn.datasets.loader import dataset_kind
     from rcnn.detectors import load_model
+    from rcnn.detectors.base import take
     from rcnn.reports.draw import draw_detections, save_image
 
     output_file(args.out)
@@ -139,8 +140,7 @@ def run(args) -> int:
         drawn = [s for s in dataset.samples if s.id in detections][: args.draw_limit or None]
         for sample in drawn:
             d = detections[sample.id]
-            shown = d.scores >= min_score
-            shown = Detections(d.boxes[shown], d.scores[shown], d.labels[shown])
+            shown = take(d, d.scores >= min_score)
             picture = draw_detections(
                 read_image(sample.image_path), shown, model.classes_, sample.boxes if annotated else None
             )
@@ -227,6 +227,7 @@ def _detect_task(model_path: str, model_key: str, device, image_path: str, folde
 
     from rcnn.cache import ImageStore
     from rcnn.datasets import read_image
+    from rcnn.detectors.base import part_arrays
     from rcnn.errors import ImageError, RcnnError
     from rcnn.features.distributed import worker_threads
 
@@ -235,7 +236,7 @@ def _detect_task(model_path: str, model_key: str, device, image_path: str, folde
         model = _worker_model(model_path, model_key, device)
         image = read_image(image_path)
         d = model.candidates(image) if candidates else model.detect(image)
-        ImageStore(folder, params).write(image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+        ImageStore(folder, params).write(image_path, **part_arrays(d))
     except ImageError as e:
         return "image", e.message
     except RcnnError as e:  # rcnn errors do not survive pickling between processes: send the text

@@ -1,5 +1,5 @@
 """The detectors, peers built from the same stages: `RCNN` (Girshick et al. 2014),
-`FastRCNN` (Girshick 2015), `FasterRCNN` (Ren et al. 2015), and what
+`FastRCNN` (Girshick 2015), `FasterRCNN` (Ren et al. 2015), `MaskRCNN` (He et al. 2017), and what
 they share (`rcnn.detectors.base`: common settings, the model file, post-processing;
 `rcnn.detectors.trace`: a detection's stages as plain data, what `Detector.trace` returns).
 
@@ -15,6 +15,7 @@ from rcnn.detectors.base import CommonConfig, Detector, check_trainable, read_mo
 from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.detectors.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
+from rcnn.detectors.mask_rcnn import MaskRCNN, MaskRCNNConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
 from rcnn.detectors.trace import Trace
 from rcnn.errors import ConfigError, ModelError
@@ -27,6 +28,8 @@ __all__ = [
     "FasterRCNN",
     "FasterRCNNConfig",
     "Localizer",
+    "MaskRCNN",
+    "MaskRCNNConfig",
     "LocalizerConfig",
     "DetectorConfig",
     "RCNNConfig",
@@ -45,6 +48,7 @@ DETECTORS: dict[str, type[Detector]] = {
     FastRCNN.kind: FastRCNN,
     FasterRCNN.kind: FasterRCNN,
     Localizer.kind: Localizer,
+    MaskRCNN.kind: MaskRCNN,
 }
 
 

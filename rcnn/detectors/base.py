@@ -50,6 +50,7 @@ __all__ = [
     "resolve_device",
     "set_thresholds",
     "suppress",
+    "take",
     "timed",
     "training_key",
 ]
@@ -166,7 +167,16 @@ def clean_candidates(boxes, scores, labels, image_size) -> Detections:
 def suppress(d: Detections, nms_threshold: float, max_detections: int) -> Detections:
     """Per-class NMS of `d` at `nms_threshold` (IoU), then its best `max_detections` by score."""
     keep = batched_nms(d.boxes, d.scores, d.labels, nms_threshold)[:max_detections]
-    return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+    return take(d, keep)
+
+
+def take(d: Detections, index) -> Detections:
+    """The detections of `d` at `index` (indices or a boolean mask), masks included when it has them."""
+    index = np.asarray(index)
+    masks = None
+    if d.masks is not None:
+        masks = [d.masks[i] for i in (np.flatnonzero(index) if index.dtype == bool else index)]
+    return Detections(d.boxes[index], d.scores[index], d.labels[index], masks)
 
 
 def best_per_class(scores: np.ndarray, min_score: float = -np.inf, top: int | None = None):
@@ -185,10 +195,8 @@ def top_candidates(d: Detections, config) -> Detections:
     reduced to each class's best ``config.top_per_class``, after per-class NMS at
     ``config.nms_threshold`` when ``config.candidate_nms``."""
     if config.candidate_nms:
-        keep = batched_nms(d.boxes, d.scores, d.labels, config.nms_threshold)
-        d = Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
-    keep = best_per_label(d.scores, d.labels, config.top_per_class)
-    return Detections(d.boxes[keep], d.scores[keep], d.labels[keep])
+        d = take(d, batched_nms(d.boxes, d.scores, d.labels, config.nms_threshold))
+    return take(d, best_per_label(d.scores, d.labels, config.top_per_class))
 
 
 def best_per_label(scores: np.ndarray, labels: np.ndarray, top: int) -> np.ndarray:
@@ -421,7 +429,7 @@ class Detector(ABC):
             try:
                 entry = None if parts is None else parts.read(sample.image_path, require=PART)
                 if entry is not None:
-                    out[sample.id] = Detections(entry["boxes"], entry["scores"], entry["labels"])
+                    out[sample.id] = part_detections(entry)
                     continue
                 proposals = None if store is None else store.load(sample)
                 d = run(read_image(sample.image_path), proposals=proposals, timings=timings)
@@ -431,7 +439,7 @@ class Detector(ABC):
                 log.warning(f"skipped {e}")
                 continue
             if parts is not None:
-                parts.write(sample.image_path, boxes=d.boxes, scores=d.scores, labels=d.labels)
+                parts.write(sample.image_path, **part_arrays(d))
             out[sample.id] = d
         return self.select_over_set(out, timings) if self.set_rule else out
 
@@ -469,9 +477,7 @@ class Detector(ABC):
             out = {}
             for key, d in candidates.items():
                 ok = d.scores >= thresholds[d.labels - 1]
-                out[key] = suppress(
-                    Detections(d.boxes[ok], d.scores[ok], d.labels[ok]), c.nms_threshold, c.max_detections
-                )
+                out[key] = suppress(take(d, ok), c.nms_threshold, c.max_detections)
         return out
 
     def state_dict(self) -> dict:
@@ -545,3 +551,28 @@ class Detector(ABC):
     @abstractmethod
     def _from_state(self, state: dict, path) -> None:
         """Rebuild the fitted parts from a model file's `state` (`path` names it in errors)."""
+
+
+def part_arrays(d: Detections) -> dict:
+    """`Detections` as the arrays of a stored entry (`PART`, and with masks their RLEs:
+    ``mask_sizes int64 [K, 2]``, ``mask_lengths int64 [K]``, ``mask_counts uint8``, the
+    compressed counts strings one after another)."""
+    arrays = {"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
+    if d.masks is not None:
+        counts = [bytes(m["counts"]) for m in d.masks]
+        arrays["mask_sizes"] = np.array([m["size"] for m in d.masks], np.int64).reshape(-1, 2)
+        arrays["mask_lengths"] = np.array([len(c) for c in counts], np.int64)
+        arrays["mask_counts"] = np.frombuffer(b"".join(counts), np.uint8)
+    return arrays
+
+
+def part_detections(entry: dict) -> Detections:
+    """The `Detections` of a stored entry (`part_arrays`)."""
+    masks = None
+    if "mask_counts" in entry:
+        raw, ends = entry["mask_counts"].tobytes(), np.cumsum(entry["mask_lengths"])
+        masks = [
+            {"size": [int(v) for v in size], "counts": raw[end - n : end]}
+            for size, n, end in zip(entry["mask_sizes"], entry["mask_lengths"], ends)
+        ]
+    return Detections(entry["boxes"], entry["scores"], entry["labels"], masks)

@@ -240,7 +240,8 @@ class FasterRCNNConfig(CommonConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        require(self, "detector", self.detector == "faster_rcnn", '"faster_rcnn" for a Faster R-CNN config')
+        kind = type(self).__dataclass_fields__["detector"].default  # "faster_rcnn", or a subclass's own
+        require(self, "detector", self.detector == kind, f'"{kind}" for a {type(self).__name__}')
         check_image_size(self)
         if self.roi.mode != "align":
             raise FieldError("roi.mode", self.roi.mode, '"align" (Faster R-CNN pools with MultiScaleRoIAlign)')
@@ -424,9 +425,19 @@ class FasterRCNN(Detector):
         """Where training on `dataset` keeps its checkpoint: ``cache_dir/faster_rcnn/<key>.pt``,
         the key from the training settings (anchor sizes as chosen; not the test-time ones)
         and every image and annotation."""
-        c = self.config
-        params = {"faster_rcnn": _training_settings(c)}
-        return Path(c.cache_dir) / "faster_rcnn" / f"{training_key(params, dataset)}.pt"
+        params = {self.kind: self._training_settings(dataset)}
+        return Path(self.config.cache_dir) / self.kind / f"{training_key(params, dataset)}.pt"
+
+    def _training_settings(self, dataset: Dataset) -> dict:
+        """What a training run's checkpoint key holds besides the images and boxes."""
+        return _training_settings(self.config)
+
+    @staticmethod
+    def _network(config, num_classes: int, weights: str | None = None):
+        return build_network(config, num_classes, weights)
+
+    def _trainer(self, dataset: Dataset):
+        return _Trainer(self.net_, self.config, resolve_device(self.config.device), self.checkpoint_path(dataset))
 
     def fit(self, dataset: Dataset, callback=None) -> FasterRCNN:
         """Train on `dataset`; returns self. `callback(iteration, loss)` follows each step
@@ -445,10 +456,9 @@ class FasterRCNN(Detector):
             stats["anchor_sizes_chosen"] = True
         stats["anchor_sizes"] = list(c.anchors.sizes)
         stats["anchor_ratios"] = list(c.anchors.ratios)
-        device = resolve_device(c.device)
         start = time.perf_counter()
-        self.net_, self.weights_source_ = build_network(c, len(self.classes_))
-        trainer = _Trainer(self.net_, c, device, self.checkpoint_path(dataset)).fit(dataset, callback)
+        self.net_, self.weights_source_ = self._network(c, len(self.classes_))
+        trainer = self._trainer(dataset).fit(dataset, callback)
         self.history_ = trainer.history_
         stats["train_seconds"] = time.perf_counter() - start
         stats["resumed_from_iteration"] = trainer.resumed_from_
@@ -647,7 +657,7 @@ class FasterRCNN(Detector):
         if c.backbone.num_threads:
             set_threads(c.backbone.num_threads)
         # every weight is in the file: build the architecture without fetching weights
-        self.net_, _ = build_network(c, len(self.classes_), weights="random")
+        self.net_, _ = self._network(c, len(self.classes_), weights="random")
         try:
             self.net_.load_state_dict(state["net"])
         except RuntimeError as e:
@@ -669,11 +679,12 @@ class _Trainer(RoITrainer):
 
     title = "Faster R-CNN"
     terms = LOSSES
+    torch_losses = _TORCHVISION_LOSSES  # torchvision's names of `terms`, in order
 
     def __init__(self, net, config: FasterRCNNConfig, device: torch.device, checkpoint: Path | None):
         super().__init__(config.train, config.scale, config.max_size, checkpoint, device)
         self.net, self.settings = net, config
-        self.weights = dict.fromkeys(_TORCHVISION_LOSSES, 1.0)
+        self.weights = dict.fromkeys(self.torch_losses, 1.0)
         self.weights["loss_rpn_box_reg"] = config.rpn.box_loss_weight
 
     def meta(self) -> dict:
@@ -689,17 +700,20 @@ class _Trainer(RoITrainer):
     def _example(self, i: int, rng, cache: dict, stem):
         """``(x, (h, w), target)``: image `i` as `RoITrainer._view` gives it (rescaled, maybe
         flipped, cropped, colour-jittered), its size and its targets in its pixels."""
+        view = self._view(i, rng, cache, stem, self.targets[i][0])
+        return view.x, view.size, self._target(i, view)
+
+    def _target(self, i: int, view) -> dict[str, torch.Tensor]:
+        """Image `i`'s targets as torchvision's heads take them, in `view`'s pixels."""
         boxes, labels = self.targets[i]
-        view = self._view(i, rng, cache, stem, boxes)
         boxes, keep = view.place(boxes)
-        target = {
+        return {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).to(self.device),
             "labels": torch.from_numpy(labels[keep]).to(self.device),
         }
-        return view.x, view.size, target
 
     def _loss(self, batch: list, rest: nn.Module) -> dict[str, torch.Tensor]:
-        net, parts = self.net, {k: 0.0 for k in _TORCHVISION_LOSSES}
+        net, parts = self.net, {k: 0.0 for k in self.torch_losses}
         for x, size, target in batch:
             fmap = rest(x)  # the map, or the pyramid's dict of maps
             feats = _features(fmap)
@@ -709,7 +723,7 @@ class _Trainer(RoITrainer):
             for k, v in {**rpn_losses, **head_losses}.items():
                 parts[k] = parts[k] + v / len(batch)
         loss = sum(self.weights[k] * v for k, v in parts.items())
-        return {"loss": loss, **{name: parts[k] for name, k in zip(LOSSES, _TORCHVISION_LOSSES)}}
+        return {"loss": loss, **{name: parts[k] for name, k in zip(self.terms, self.torch_losses)}}
 
 
 # -- the RPN as a proposer (rcnn.proposals.rpn) --------------------------------------------------

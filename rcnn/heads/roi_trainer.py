@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from rcnn.config import require, to_dict
 from rcnn.datasets.images import read_image
+from rcnn.datasets.masks import decode as decode_masks
 from rcnn.features.roi import choose_scale, image_tensor, rescale
 from rcnn.heads.augment import adjust_colour, crop_boxes, crop_image, draw_colour, draw_crop, draw_scale
 from rcnn.heads.sgd import SGDConfig
@@ -216,6 +218,23 @@ class View(NamedTuple):
             boxes, keep = crop_boxes(boxes, self.window)
         boxes = boxes * self.factor
         return (flip_boxes(boxes, self.size[1]) if self.flip else boxes), keep
+
+    def place_masks(self, masks: list) -> np.ndarray:
+        """``uint8 [N, h, w]`` (0 / 1): `masks` (one COCO RLE per object, in the image file's
+        pixels; `rcnn.datasets.masks`) as they lie in this view, as `place` places boxes: cut to
+        the crop window, resized to the view's ``size`` (bilinear, then >= 1/2), maybe flipped.
+        Every mask is returned: index them with `place`'s ``keep``."""
+        h, w = self.size
+        if not masks:
+            return np.zeros((0, h, w), np.uint8)
+        full = decode_masks(list(masks))  # [H, W, N]
+        if self.window is not None:
+            full = crop_image(full, self.window)
+        out = np.empty((full.shape[2], h, w), np.uint8)
+        for k in range(full.shape[2]):
+            resized = cv2.resize(full[:, :, k].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+            out[k] = resized >= 0.5
+        return np.ascontiguousarray(out[:, :, ::-1]) if self.flip else out
 
 
 class RoITrainer(Trainer):

@@ -1,5 +1,5 @@
 """Drawing detections (and ground truth) on images, for `rcnn detect --draw`, reports and
-`rcnn explain`: labelled detections (`draw_detections`), plain outlines (`draw_boxes`), box
+`rcnn explain`: labelled detections (`draw_detections`, their masks filled: `fill_masks`), plain outlines (`draw_boxes`), box
 moves (`draw_moves`: before -> after, as regression moves them), a heat map over an image
 (`heat_overlay`), a caption strip (`caption`) and a grid of tiles (`image_grid`)."""
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from rcnn.cache import atomic_write
 from rcnn.datasets.core import Detections
+from rcnn.datasets.masks import decode
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -25,9 +26,12 @@ def draw_detections(
     image: np.ndarray, detections: Detections, classes, gt_boxes=None, scores: bool = True
 ) -> np.ndarray:
     """A copy of ``uint8 [H, W, 3]`` RGB `image` with each detection's box, class name and
-    score (unless not `scores`: ground truth, say) drawn; `gt_boxes` ``[G, 4]``, when given,
-    are drawn first as thin white boxes."""
+    score (unless not `scores`: ground truth, say) drawn, and its mask, when `detections` has
+    masks, as a translucent fill in the class's colour (`fill_masks`); `gt_boxes` ``[G, 4]``,
+    when given, are drawn first as thin white boxes."""
     out = np.ascontiguousarray(image).copy()
+    if detections.masks is not None:
+        out = fill_masks(out, detections.masks, detections.labels, np.argsort(detections.scores))
     scale = max(out.shape[:2]) / 500
     thick = max(1, round(2 * scale))
     for box in [] if gt_boxes is None else np.asarray(gt_boxes).reshape(-1, 4):
@@ -46,6 +50,24 @@ def draw_detections(
         tx = max(0, min(x1, out.shape[1] - tw))  # the label stays inside the image at its right edge
         cv2.rectangle(out, (tx, ty - th - base), (tx + tw, ty), colour, -1)
         cv2.putText(out, text, (tx, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def fill_masks(image: np.ndarray, masks, labels, order=None, alpha: float = 0.45) -> np.ndarray:
+    """A copy of `image` with each mask (a COCO RLE, `rcnn.datasets.masks`; None: skipped)
+    filled in its label's colour at opacity `alpha`, in `order` (later on top). A mask of
+    another size than the image (a shrunk picture) is resized to it (nearest pixel)."""
+    out = np.ascontiguousarray(image).copy()
+    h, w = out.shape[:2]
+    for i in range(len(masks)) if order is None else order:
+        if masks[i] is None:
+            continue
+        m = decode(masks[i])
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+        on = m.astype(bool)
+        colour = np.array(class_colour(int(labels[i])), np.float32)
+        out[on] = np.round(out[on] * (1 - alpha) + colour * alpha).astype(np.uint8)
     return out
 
 

@@ -249,7 +249,7 @@ def _shrunk(image: np.ndarray, boxes: list[np.ndarray]):
 
 def _draw(sample, dets: Detections, classes, path) -> str:
     image, (boxes, gt) = _shrunk(read_image(sample.image_path), [dets.boxes, sample.boxes])
-    save_image(path, draw_detections(image, Detections(boxes, dets.scores, dets.labels), classes, gt))
+    save_image(path, draw_detections(image, Detections(boxes, dets.scores, dets.labels, dets.masks), classes, gt))
     return path.name
 
 

@@ -25,6 +25,7 @@ TABLES = {
         "train": {"iterations": 3, "warmup": 0, "rois_per_image": 32, "frozen": FROZEN},
     },
     "faster_rcnn": {**ROI, "train": {"iterations": 3, "warmup": 0, "rois_per_image": 32, "frozen": FROZEN}},
+    "mask_rcnn": {**ROI, "train": {"iterations": 3, "warmup": 0, "rois_per_image": 32, "frozen": FROZEN}},
     "localizer": {"backbone": "resnet18", "weights": "random", "input_size": 32, "batch_size": 4, "epochs": 1},
 }
 
@@ -54,10 +55,12 @@ def images(tiny_trained):
 
 
 def _same(a, b) -> bool:
-    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("boxes", "scores", "labels"))
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("boxes", "scores", "labels")) and (
+        a.masks == b.masks
+    )
 
 
-@pytest.mark.parametrize("kind", ["rcnn", "fast_rcnn", "faster_rcnn", "localizer"])
+@pytest.mark.parametrize("kind", ["rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn", "localizer"])
 def test_detect_is_the_last_stage_of_the_trace(models, images, kind):
     model = models[kind]
     traces = [model.trace(image) for image in images]

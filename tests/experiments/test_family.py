@@ -54,6 +54,20 @@ iterations = 6
 rois_per_image = 16
 checkpoint_every = 100
 """
+MASK_BASE = """
+detector = "mask_rcnn"
+scale = 96
+max_size = 96
+[backbone]
+weights = "random"
+[head]
+fc = [32, 32]
+[mask]
+layers = [16]
+[train]
+iterations = 4
+rois_per_image = 16
+"""
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +76,7 @@ def setup(tmp_path_factory):
     make_synthetic(root / "tiny", images=12, seed=0, size=128, test_fraction=0.25)
     (root / "rcnn.toml").write_text(RCNN_BASE)
     (root / "fast.toml").write_text(FAST_BASE)
+    (root / "mask.toml").write_text(MASK_BASE)
     (root / "family.toml").write_text(f"""
 [experiment]
 title = "Tiny family"
@@ -71,6 +86,7 @@ cache = "{root / "cache"}"
 [experiment.bases.tiny]
 rcnn = "{root / "rcnn.toml"}"
 fast_rcnn = "{root / "fast.toml"}"
+mask_rcnn = "{root / "mask.toml"}"
 
 [[arms]]
 name = "R-CNN, SVMs"
@@ -89,6 +105,10 @@ detector = "fast_rcnn"
 test = {{svd_rank = 8}}
 
 [[arms]]
+name = "Mask R-CNN"
+detector = "mask_rcnn"
+
+[[arms]]
 name = "No such detector"
 detector = "no_such_kind"
 """)
@@ -105,13 +125,15 @@ def _run(root, monkeypatch) -> dict:
 def test_family_table_plot_shared_training_and_test_time_settings(setup, monkeypatch):
     first = _run(setup, monkeypatch)
     rows = {r["arm"]: r for r in first["rows"]}
-    assert list(rows) == ["R-CNN, SVMs", "R-CNN, softmax", "Fast R-CNN, SVD 8"]
+    assert list(rows) == ["R-CNN, SVMs", "R-CNN, softmax", "Fast R-CNN, SVD 8", "Mask R-CNN"]
     assert first["left_out"] == ["No such detector"]
     for name, r in rows.items():
         assert 0.0 <= r["mAP50"] <= 1.0 and -1.0 <= r["coco_AP"] <= 1.0, name
-        assert r["proposals_seconds"] > 0 and r["network_seconds"] > 0, name
+        assert r["network_seconds"] > 0 and (r["proposals_seconds"] > 0) == (name != "Mask R-CNN"), name
         assert r["total_seconds"] == pytest.approx(r["proposals_seconds"] + r["network_seconds"])
         assert r["train_seconds"] > 0, name
+        assert (r["mask_AP"] is not None) == (name == "Mask R-CNN"), name  # mask AP where there are masks
+    assert -1.0 <= rows["Mask R-CNN"]["mask_AP"] <= 1.0 and rows["Mask R-CNN"]["proposals_seconds"] == 0
     # the softmax arm read the SVM arm's fine-tuned network and features from the cache: its
     # training counts them at the SVM arm's cost, and it has no CPU time of its own to show
     assert rows["R-CNN, softmax"]["train_cpu_seconds"] is None

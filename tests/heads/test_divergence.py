@@ -108,6 +108,16 @@ DETECTORS = {
         "train.iterations=6",
         "train.lr=100000",
     ],
+    "mask_rcnn": [
+        "detector='mask_rcnn'",
+        "scale=96",
+        "max_size=96",
+        "backbone.weights='random'",
+        "head.fc=[32, 32]",
+        "mask.layers=[16]",
+        "train.iterations=6",
+        "train.lr=100000",
+    ],
     "localizer": [
         "detector='localizer'",
         "backbone='resnet18'",
@@ -131,8 +141,9 @@ def test_a_diverging_training_ends_in_one_line_and_no_model(kind, tiny_set, tmp_
     lines = [line for line in err.splitlines() if "error" in line]  # notices may come before it
     assert len(lines) == 1 and lines[0].startswith("rcnn train: error: "), err
     assert "training diverged at iteration" in lines[0] and "no model written" in lines[0]
-    if kind in ("fast_rcnn", "faster_rcnn"):  # each loss term is named
-        terms = ["classifier", "box", "rpn_objectness", "rpn_box"] if kind == "faster_rcnn" else ["cls", "box"]
+    if kind in ("fast_rcnn", "faster_rcnn", "mask_rcnn"):  # each loss term is named
+        terms = ["classifier", "box", "rpn_objectness", "rpn_box"] if kind != "fast_rcnn" else ["cls", "box"]
+        terms += ["mask"] if kind == "mask_rcnn" else []
         assert all(f"{t}=" in lines[0] for t in terms), lines[0]
     assert not out.exists()
 
