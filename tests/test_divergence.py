@@ -108,6 +108,14 @@ DETECTORS = {
         "train.iterations=6",
         "train.lr=100000",
     ],
+    "yolo": [
+        "detector='yolo'",
+        "scale=96",
+        "max_size=96",
+        "backbone.weights='random'",
+        "train.iterations=6",
+        "train.lr=100000",
+    ],
     "localizer": [
         "detector='localizer'",
         "backbone='resnet18'",

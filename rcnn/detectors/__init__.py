@@ -15,6 +15,7 @@ from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.detectors.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
+from rcnn.detectors.yolo import YOLO, YOLOConfig
 from rcnn.errors import ConfigError, ModelError
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "Localizer",
     "LocalizerConfig",
     "DetectorConfig",
+    "YOLO",
+    "YOLOConfig",
     "RCNNConfig",
     "CommonConfig",
     "Detector",
@@ -42,6 +45,7 @@ DETECTORS: dict[str, type[Detector]] = {
     FastRCNN.kind: FastRCNN,
     FasterRCNN.kind: FasterRCNN,
     Localizer.kind: Localizer,
+    YOLO.kind: YOLO,
 }
 
 
