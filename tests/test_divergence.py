@@ -116,6 +116,15 @@ DETECTORS = {
         "train.iterations=6",
         "train.lr=100000",
     ],
+    "ssd": [
+        "detector='ssd'",
+        "scale=96",
+        "max_size=96",
+        "backbone.weights='random'",
+        "train.iterations=6",
+        "train.lr=100000",
+        "train.clip_grad_norm=0",  # clipped, its normalised losses stay finite (dead ReLUs) for many steps
+    ],
     "localizer": [
         "detector='localizer'",
         "backbone='resnet18'",

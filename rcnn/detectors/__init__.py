@@ -15,6 +15,7 @@ from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.detectors.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
+from rcnn.detectors.ssd import SSD, SSDConfig
 from rcnn.detectors.yolo import YOLO, YOLOConfig
 from rcnn.errors import ConfigError, ModelError
 
@@ -28,6 +29,8 @@ __all__ = [
     "Localizer",
     "LocalizerConfig",
     "DetectorConfig",
+    "SSD",
+    "SSDConfig",
     "YOLO",
     "YOLOConfig",
     "RCNNConfig",
@@ -46,6 +49,7 @@ DETECTORS: dict[str, type[Detector]] = {
     FasterRCNN.kind: FasterRCNN,
     Localizer.kind: Localizer,
     YOLO.kind: YOLO,
+    SSD.kind: SSD,
 }
 
 
