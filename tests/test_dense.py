@@ -15,9 +15,13 @@ from rcnn.detectors.yolo import decode_grid, yolo_loss
 from rcnn.errors import ConfigError, ModelError
 from rcnn.evaluation import evaluate_voc
 
-KINDS = ["yolo", "ssd"]
+KINDS = ["yolo", "ssd", "centernet"]
 # each kind's fit on synth60 (45 train images of 192 px) and the mAP@0.5 it must reach on its 15 test images
-FIT = {"yolo": ({"train": {"iterations": 150}}, 0.5), "ssd": ({"train": {"iterations": 150}}, 0.3)}
+FIT = {
+    "yolo": ({"train": {"iterations": 150}}, 0.5),
+    "ssd": ({"train": {"iterations": 150}}, 0.3),
+    "centernet": ({"train": {"iterations": 150}}, 0.5),
+}
 
 
 def config(tmp_path, kind, *changes):
@@ -110,6 +114,54 @@ def test_ssd_has_default_boxes_at_every_cell_of_every_map_and_mines_three_negati
     assert terms["box"].item() == pytest.approx(theirs["bbox_regression"].item(), rel=1e-5)
 
 
+# -- CenterNet's heatmaps, loss and peaks ------------------------------------------------------------
+
+
+def test_centernet_splats_a_gaussian_at_each_centre_and_its_loss_is_the_papers():
+    from rcnn.detectors.centernet import centernet_loss, gaussian_radius, heatmap_targets
+
+    # CornerNet's code (kept by CenterNet's): the third root, (b3 + sqrt(b3^2 - 4 a3 c3)) / 2 with
+    # a3 = 4 x 0.7, b3 = -2 x 0.7 x 20, c3 = -0.3 x 100 for a 10 x 10 box, is the smallest
+    assert gaussian_radius(10, 10, 0.7) == pytest.approx((-28 + math.sqrt(28**2 + 4 * 2.8 * 30)) / 2, rel=1e-9)
+    box = torch.tensor([[16.0, 24.0, 96.0, 88.0]])  # centre (56, 56) px: cell (7, 7) of a stride-8 map, offset 0
+    heat, (rows, cols), sizes, offsets = heatmap_targets(box, torch.tensor([2]), (3, 16, 16))
+    assert (int(rows[0]), int(cols[0])) == (7, 7) and heat[1, 7, 7] == 1 and heat[1].max() == 1
+    assert heat[0].sum() == 0 and heat[2].sum() == 0 and (heat[1] == 1).sum() == 1
+    assert torch.allclose(sizes, torch.tensor([[10.0, 8.0]])) and torch.allclose(offsets, torch.zeros(1, 2))
+    # a prediction equal to the targets: size and offset terms 0; the focal loss is the paper's sum
+    logits = torch.logit(heat.clamp(1e-4, 1 - 1e-4))
+    size, offset = torch.zeros(2, 16, 16), torch.zeros(2, 16, 16)
+    size[:, 7, 7] = torch.tensor([10.0, 8.0])
+    terms = centernet_loss((logits, size, offset), box, torch.tensor([2]))
+    assert terms["size"].item() == 0 and terms["offset"].item() == 0
+    p, y = heat.clamp(1e-4, 1 - 1e-4), heat
+    focal = -((1 - p) ** 2 * torch.log(p))[y == 1].sum() - ((1 - y) ** 4 * p**2 * torch.log(1 - p))[y < 1].sum()
+    assert terms["heatmap"].item() == pytest.approx(focal.item(), rel=1e-5)
+    flat = centernet_loss((torch.full((3, 16, 16), -2.19), size, offset), box, torch.tensor([2]))
+    assert terms["heatmap"].item() < flat["heatmap"].item() / 10  # the right answer costs far less
+    size[:, 7, 7] = torch.tensor([12.0, 8.0])  # 2 cells too wide: 0.1 x 2 added
+    assert centernet_loss((logits, size, offset), box, torch.tensor([2]))["loss"].item() == pytest.approx(
+        terms["loss"].item() + 0.2, rel=1e-5
+    )
+
+
+def test_centernet_peaks_are_3x3_maxima_and_no_nms_follows(tmp_path):
+    from rcnn.detectors import CenterNet
+
+    model = CenterNet(config(tmp_path, "centernet", {"score_threshold": 0.3}))
+    logits = torch.full((2, 8, 8), -10.0)
+    logits[0, 2, 2], logits[0, 2, 3] = 2.0, 1.0  # neighbours: only the higher is a peak
+    logits[0, 2, 5] = 1.5  # two cells away: a peak of its own, although its box overlaps the first
+    logits[1, 6, 6] = 0.0  # class 2, probability 0.5
+    size = torch.full((2, 8, 8), 2.0)
+    offset = torch.full((2, 8, 8), 0.5)
+    boxes, scores, labels = model._decode((logits, size, offset), (64, 64))
+    assert labels.tolist() == [1, 1, 2]
+    assert torch.allclose(scores, torch.sigmoid(torch.tensor([2.0, 1.5, 0.0])))
+    assert torch.allclose(boxes[0], torch.tensor([12.0, 12.0, 28.0, 28.0]))  # centre (2.5 x 8), 2 x 8 px wide
+    assert model.config.nms_threshold == 1.0
+
+
 # -- every dense detector ----------------------------------------------------------------------------
 
 
@@ -125,6 +177,15 @@ def test_fit_reaches_its_stated_accuracy(kind, synth60, tmp_path):
     assert evaluate_voc(test, model.detect_dataset(test)).mAP >= floor
 
 
+def _tensors(out) -> list:
+    """Every tensor in a head's raw outputs (tuples, lists and dicts of them), in order."""
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for part in out for t in _tensors(part)]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_gives_identical_detections(kind, tiny, tmp_path):
     model = build_detector(config(tmp_path, kind, SMALL, {"score_threshold": 0.0})).fit(tiny)  # 4 steps: keep all
@@ -132,8 +193,10 @@ def test_save_load_gives_identical_detections(kind, tiny, tmp_path):
     loaded = load_model(path)
     assert type(loaded) is type(model) and loaded.classes_ == model.classes_
     for sample in tiny.samples[:3]:
+        raw_a, raw_b = model.raw(sample.image_path)[1], loaded.raw(sample.image_path)[1]
+        flat_a, flat_b = _tensors(raw_a), _tensors(raw_b)
+        assert len(flat_a) >= 3 and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))
         a, b = model.detect(sample.image_path), loaded.detect(sample.image_path)
-        assert len(a.boxes) > 0
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.scores, b.scores)
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -190,6 +253,8 @@ def _resume_equals_whole(kind, tiny, tmp_path, small):
         ("ssd", {"max_ratio": 0.05}, "max_ratio"),
         ("ssd", {"ratios": [0]}, "ratios"),
         ("ssd", {"iou_threshold": 0}, "iou_threshold"),
+        ("centernet", {"min_overlap": 1}, "min_overlap"),
+        ("centernet", {"alpha": -1}, "alpha"),
     ],
 )
 def test_config_is_validated(kind, change, field):

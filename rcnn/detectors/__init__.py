@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from rcnn.config import from_dict, load_toml, merge
 from rcnn.detectors.base import CommonConfig, Detector, check_trainable, read_model
+from rcnn.detectors.centernet import CenterNet, CenterNetConfig
 from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.detectors.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
@@ -34,6 +35,8 @@ __all__ = [
     "YOLO",
     "YOLOConfig",
     "RCNNConfig",
+    "CenterNet",
+    "CenterNetConfig",
     "CommonConfig",
     "Detector",
     "build_detector",
@@ -50,6 +53,7 @@ DETECTORS: dict[str, type[Detector]] = {
     Localizer.kind: Localizer,
     YOLO.kind: YOLO,
     SSD.kind: SSD,
+    CenterNet.kind: CenterNet,
 }
 
 
