@@ -2,6 +2,7 @@
 real accuracy (slow), the model file, seeded and resumable training, the config's checks.
 Real computations on small synthetic sets, on the CPU. Divergence: tests/test_divergence.py."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -160,6 +161,11 @@ def test_centernet_peaks_are_3x3_maxima_and_no_nms_follows(tmp_path):
     assert torch.allclose(scores, torch.sigmoid(torch.tensor([2.0, 1.5, 0.0])))
     assert torch.allclose(boxes[0], torch.tensor([12.0, 12.0, 28.0, 28.0]))  # centre (2.5 x 8), 2 x 8 px wide
     assert model.config.nms_threshold == 1.0
+    # with no score threshold (the test rule's candidates) still only the peaks
+    model.config = dataclasses.replace(model.config, score_threshold=0.0)
+    _, scores, labels = model._decode((logits, size, offset), (64, 64))
+    assert scores[:3].tolist() == pytest.approx(torch.sigmoid(torch.tensor([2.0, 1.5, 0.0])).tolist())
+    assert not torch.isclose(scores, torch.sigmoid(torch.tensor(1.0))).any()  # the neighbour is never a box
 
 
 # -- every dense detector ----------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class CenterNet(DenseDetector):
         logits, sizes, offsets = out
         heat = torch.sigmoid(logits)
         peaks = heat == nn.functional.max_pool2d(heat[None], 3, stride=1, padding=1)[0]
-        scores = torch.where(peaks, heat, torch.zeros_like(heat)).flatten()
+        scores = torch.where(peaks, heat, torch.full_like(heat, -1.0)).flatten()  # -1: not a peak, never kept
         top = torch.topk(scores, min(self.config.max_detections, len(scores)))
         keep = top.values >= self.config.min_score
         index = top.indices[keep]
