@@ -50,8 +50,9 @@ __all__ = ["DenseConfig", "DenseDetector", "DenseNet", "DenseTrainConfig"]
 class DenseTrainConfig(RoITrainConfig):
     """A dense detector's ``[train]`` table: Fast and Faster R-CNN's
     (`rcnn.heads.roi_trainer.RoITrainConfig`: 20 epochs, the step at 14, warm-up, the
-    gradient clipped to norm 10, blocks 0-10 frozen, flips) at `lr` 0.005 (0.01 sent YOLO's
-    summed squared errors into saturated sigmoids on the synthetic set); ``rois_per_image``,
+    gradient clipped to norm 10, blocks 0-10 frozen, flips) at `lr` 0.005 (measured on the synthetic
+    set; 0.01, before YOLO's confidences started at a prior, sent its summed squared errors into
+    saturated sigmoids); ``rois_per_image``,
     ``fg_fraction`` and ``fg_iou`` are not read (no RoIs)."""
 
     lr: float = 0.005
