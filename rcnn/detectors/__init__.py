@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from rcnn.config import from_dict, load_toml, merge
 from rcnn.detectors.base import CommonConfig, Detector, check_trainable, read_model
+from rcnn.detectors.centernet import CenterNet, CenterNetConfig
 from rcnn.detectors.fast_rcnn import FastRCNN, FastRCNNConfig
 from rcnn.detectors.faster_rcnn import FasterRCNN, FasterRCNNConfig
 from rcnn.detectors.localizer import Localizer, LocalizerConfig
 from rcnn.detectors.mask_rcnn import MaskRCNN, MaskRCNNConfig
 from rcnn.detectors.rcnn import RCNN, DetectorConfig
+from rcnn.detectors.ssd import SSD, SSDConfig
 from rcnn.detectors.trace import Trace
+from rcnn.detectors.yolo import YOLO, YOLOConfig
 from rcnn.errors import ConfigError, ModelError
 
 __all__ = [
@@ -32,7 +35,13 @@ __all__ = [
     "MaskRCNNConfig",
     "LocalizerConfig",
     "DetectorConfig",
+    "SSD",
+    "SSDConfig",
+    "YOLO",
+    "YOLOConfig",
     "RCNNConfig",
+    "CenterNet",
+    "CenterNetConfig",
     "CommonConfig",
     "Detector",
     "Trace",
@@ -49,6 +58,9 @@ DETECTORS: dict[str, type[Detector]] = {
     FasterRCNN.kind: FasterRCNN,
     Localizer.kind: Localizer,
     MaskRCNN.kind: MaskRCNN,
+    YOLO.kind: YOLO,
+    SSD.kind: SSD,
+    CenterNet.kind: CenterNet,
 }
 
 

@@ -118,6 +118,32 @@ DETECTORS = {
         "train.iterations=6",
         "train.lr=100000",
     ],
+    "yolo": [
+        "detector='yolo'",
+        "scale=96",
+        "max_size=96",
+        "backbone.weights='random'",
+        "train.iterations=6",
+        "train.lr=100000",
+    ],
+    "ssd": [
+        "detector='ssd'",
+        "scale=96",
+        "max_size=96",
+        "backbone.weights='random'",
+        "train.iterations=6",
+        "train.lr=100000",
+        "train.clip_grad_norm=0",  # clipped, its normalised losses stay finite (dead ReLUs) for many steps
+    ],
+    "centernet": [
+        "detector='centernet'",
+        "scale=96",
+        "max_size=96",
+        "backbone.weights='random'",
+        "train.iterations=6",
+        "train.lr=100000",
+        "train.clip_grad_norm=0",
+    ],
     "localizer": [
         "detector='localizer'",
         "backbone='resnet18'",

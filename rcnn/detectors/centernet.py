@@ -1,0 +1,175 @@
+"""Objects as Points (Zhou et al., 2019, "CenterNet") on the project's trunk: every object is
+the peak of its class's heatmap at its centre, with its size and the centre's sub-cell offset
+regressed there.
+
+The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk, a
+4x4 transposed convolution of stride 2 (the paper's upsampling of ResNet's map, here one step)
+to a stride-8 map, and three heads of a 3x3 convolution, a ReLU and a 1x1 convolution: a
+heatmap per class (sigmoid; its bias starts at -2.19, the paper's), the size ``(w, h)`` and
+the offset ``(dx, dy)``, both in cells of the stride-8 map.
+
+Training (`centernet_loss`): each object splats a Gaussian on its class's heatmap around the
+cell of its centre (radius from CornerNet's rule, `gaussian_radius`: corners within it keep an
+IoU of `min_overlap` with the box; sigma = (2 radius + 1) / 6, the maximum where two overlap);
+the heatmap's loss is the paper's focal loss (alpha 2, beta 4) over every cell, divided by the
+number of objects; size (x `size_weight`, 0.1) and offset (x 1) are L1 at the objects' centre
+cells only. Detection: peaks are the cells equal to the 3x3 max-pool of their heatmap (the
+paper's replacement for NMS: ``nms_threshold = 1`` leaves the boxes as they are), the best
+`max_detections` of them, each box centred at its cell plus offset, sized by its size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rcnn.config import require
+from rcnn.detectors.dense import DenseConfig, DenseDetector
+
+__all__ = ["CenterNet", "CenterNetConfig", "centernet_loss", "gaussian_radius"]
+
+STRIDE = 8  # the output map's stride: the trunk's 16, upsampled once
+HEAT_PRIOR = 0.1  # the heatmap's start: bias -2.19, the paper's
+
+
+@dataclass(frozen=True)
+class CenterNetConfig(DenseConfig):
+    """A CenterNet config (``detector = "centernet"``): the dense settings (`DenseConfig`)
+    and `hidden` (channels of the upsampled map and the heads), `alpha` and `beta` (the focal
+    loss's, 2 and 4), `size_weight` (0.1), `min_overlap` (CornerNet's radius rule, 0.7).
+    `nms_threshold` is 1 (no NMS: peaks are 3x3 maxima)."""
+
+    detector: str = "centernet"
+    hidden: int = 64
+    alpha: float = 2.0
+    beta: float = 4.0
+    size_weight: float = 0.1
+    min_overlap: float = 0.7
+    nms_threshold: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "detector", self.detector == "centernet", '"centernet" for a CenterNet config')
+        require(self, "hidden", self.hidden >= 1, "an integer >= 1")
+        for name in ("alpha", "beta", "size_weight"):
+            require(self, name, getattr(self, name) >= 0, "a number >= 0")
+        require(self, "min_overlap", 0 < self.min_overlap < 1, "an IoU in (0, 1)")
+
+
+def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
+    """CornerNet's radius for a box of `height` x `width` (cells): the smallest of the three
+    cases' roots, so that a box whose corners move that far keeps IoU >= `min_overlap`."""
+    b1 = height + width
+    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + math.sqrt(b1**2 - 4 * c1)) / 2
+    b2 = 2 * (height + width)
+    c2 = (1 - min_overlap) * width * height
+    r2 = (b2 + math.sqrt(b2**2 - 16 * c2)) / 2
+    a3 = 4 * min_overlap
+    b3 = -2 * min_overlap * (height + width)
+    c3 = (min_overlap - 1) * width * height
+    r3 = (b3 + math.sqrt(b3**2 - 4 * a3 * c3)) / 2
+    return min(r1, r2, r3)
+
+
+def heatmap_targets(boxes, labels, shape, min_overlap: float = 0.7):
+    """``(heatmaps [C, h, w], centre cells (rows [G], cols [G]), sizes [G, 2], offsets [G, 2])``
+    of objects `boxes` ``[G, 4]`` (pixels) with `labels` ``[G]`` in ``1..C`` on a stride-8 map
+    of ``shape = (C, h, w)``; sizes ``(w, h)`` and offsets in cells."""
+    heat = torch.zeros(shape, dtype=boxes.dtype, device=boxes.device)
+    centre = torch.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], 1) / (2 * STRIDE)
+    cell = centre.floor()
+    cols = cell[:, 0].clamp(0, shape[2] - 1).long()
+    rows = cell[:, 1].clamp(0, shape[1] - 1).long()
+    sizes = (boxes[:, 2:] - boxes[:, :2]) / STRIDE
+    ys = torch.arange(shape[1], dtype=boxes.dtype, device=boxes.device).view(-1, 1)
+    xs = torch.arange(shape[2], dtype=boxes.dtype, device=boxes.device).view(1, -1)
+    for k in range(len(boxes)):
+        r = max(0, int(gaussian_radius(float(sizes[k, 1]), float(sizes[k, 0]), min_overlap)))
+        sigma = (2 * r + 1) / 6
+        dy, dx = ys - rows[k], xs - cols[k]
+        g = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2)) * ((dx.abs() <= r) & (dy.abs() <= r))
+        c = int(labels[k]) - 1
+        heat[c] = torch.maximum(heat[c], g)
+    return heat, (rows, cols), sizes, centre - torch.stack([cols, rows], 1).to(centre.dtype)
+
+
+def centernet_loss(out, boxes, labels, alpha=2.0, beta=4.0, size_weight=0.1, min_overlap=0.7):
+    """One image's loss (see the module docstring): `out` = ``(heatmap logits [C, h, w], sizes
+    [2, h, w], offsets [2, h, w])`` of the stride-8 map, the objects' `boxes` ``[G, 4]``
+    (pixels) and `labels` ``[G]`` in ``1..C``. ``{"loss", "heatmap", "size", "offset"}``."""
+    logits, size, offset = out
+    heat, (rows, cols), sizes, offsets = heatmap_targets(boxes, labels, logits.shape, min_overlap)
+    p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    pos = heat == 1
+    pos_loss = -((1 - p) ** alpha * torch.log(p))[pos].sum()
+    neg_loss = -((1 - heat) ** beta * p**alpha * torch.log(1 - p))[~pos].sum()
+    n = max(1, len(boxes))
+    focal = (pos_loss + neg_loss) / n
+    size_l1 = (size[:, rows, cols].T - sizes).abs().sum() / n
+    offset_l1 = (offset[:, rows, cols].T - offsets).abs().sum() / n
+    total = focal + size_weight * size_l1 + offset_l1
+    return {"loss": total, "heatmap": focal, "size": size_l1, "offset": offset_l1}
+
+
+def _branch(hidden: int, out: int, bias: float | None = None) -> nn.Sequential:
+    last = nn.Conv2d(hidden, out, 1)
+    if bias is not None:
+        nn.init.constant_(last.bias, bias)
+    return nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True), last)
+
+
+class CenterNetHead(nn.Module):
+    """The trunk's map ``[1, C_map, h, w]`` -> ``(heatmap logits [C, 2h, 2w], sizes [2, 2h,
+    2w], offsets [2, 2h, 2w])`` at stride 8."""
+
+    def __init__(self, channels: int, hidden: int, num_classes: int):
+        super().__init__()
+        self.up = nn.Sequential(nn.ConvTranspose2d(channels, hidden, 4, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.heatmap = _branch(hidden, num_classes, math.log(HEAT_PRIOR / (1 - HEAT_PRIOR)))
+        self.size = _branch(hidden, 2)
+        self.offset = _branch(hidden, 2)
+
+    def forward(self, fmap: torch.Tensor):
+        x = self.up(fmap)
+        return self.heatmap(x)[0], self.size(x)[0], self.offset(x)[0]
+
+
+class CenterNet(DenseDetector):
+    """Objects as Points on the project's trunk: ``CenterNet(config).fit(dataset)``, then
+    ``detect(image)`` or ``detect_dataset(ds)`` (see the module docstring and `DenseDetector`)."""
+
+    kind = "centernet"
+    config_class = CenterNetConfig
+    title = "CenterNet"
+    terms = ("heatmap", "size", "offset")
+
+    def _head(self, channels: int, num_classes: int) -> nn.Module:
+        return CenterNetHead(channels, self.config.hidden, num_classes)
+
+    def _forward(self, head: nn.Module, fmap: torch.Tensor):
+        return head(fmap)
+
+    def _loss(self, out, boxes, labels, size):
+        c = self.config
+        return centernet_loss(out, boxes, labels, c.alpha, c.beta, c.size_weight, c.min_overlap)
+
+    def _decode(self, out, size):
+        logits, sizes, offsets = out
+        heat = torch.sigmoid(logits)
+        peaks = heat == nn.functional.max_pool2d(heat[None], 3, stride=1, padding=1)[0]
+        scores = torch.where(peaks, heat, torch.full_like(heat, -1.0)).flatten()  # -1: not a peak, never kept
+        top = torch.topk(scores, min(self.config.max_detections, len(scores)))
+        keep = top.values >= self.config.min_score
+        index = top.indices[keep]
+        w = heat.shape[2]
+        label, cell = index // (heat.shape[1] * w), index % (heat.shape[1] * w)
+        row, col = cell // w, cell % w
+        cx = (col + offsets[0, row, col]) * STRIDE
+        cy = (row + offsets[1, row, col]) * STRIDE
+        half_w, half_h = sizes[0, row, col] * STRIDE / 2, sizes[1, row, col] * STRIDE / 2
+        boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1)
+        return boxes, top.values[keep], label + 1
