@@ -116,7 +116,15 @@ def plot(path: Path, panels: dict[str, list[dict]]) -> None:
 
     fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False).ravel()
-    markers = {"rcnn": "s", "fast_rcnn": "o", "faster_rcnn": "^", "mask_rcnn": "X", "yolo": "D", "ssd": "v", "centernet": "P"}
+    markers = {
+        "rcnn": "s",
+        "fast_rcnn": "o",
+        "faster_rcnn": "^",
+        "mask_rcnn": "X",
+        "yolo": "D",
+        "ssd": "v",
+        "centernet": "P",
+    }
     for ax, (name, rows) in zip(axes, panels.items()):
         for r in rows:
             ax.plot(r["total_seconds"], r["mAP50"], markers.get(r["detector"], "x"), markersize=8, label=r["arm"])
