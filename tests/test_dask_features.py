@@ -138,6 +138,7 @@ def test_relative_cache_dir_and_workers_elsewhere(cluster, synth, tmp_path, monk
         client.close()
 
 
+@pytest.mark.slow  # end to end: seconds of training in child processes
 def test_cli_train_report_and_detect_on_a_cluster_equal_local(cluster, synth, tmp_path, tiny_rcnn_set_args, capsys):
     address = cluster.scheduler_address
     for name, extra in (("local", []), ("remote", ["--dask", address])):

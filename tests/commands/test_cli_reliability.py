@@ -171,6 +171,7 @@ def test_concurrent_propose_runs_share_the_work(trained, tmp_path):
         assert len(store.load(s)) > 0
 
 
+@pytest.mark.slow  # end to end: seconds of training in child processes
 def test_workers_exit_when_their_parent_is_killed(trained, tmp_path):
     data = trained / "synth"
     proc = subprocess.Popen(

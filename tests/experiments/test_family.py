@@ -122,6 +122,7 @@ def _run(root, monkeypatch) -> dict:
     return json.loads((root / "out" / "results.json").read_text())["tiny"]
 
 
+@pytest.mark.slow  # end to end: seconds of training in child processes
 def test_family_table_plot_shared_training_and_test_time_settings(setup, monkeypatch):
     first = _run(setup, monkeypatch)
     rows = {r["arm"]: r for r in first["rows"]}

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -54,6 +55,7 @@ def test_end_of_curves_is_the_last_recall_and_precision_of_each_class():
     }
 
 
+@pytest.mark.slow  # end to end: seconds of training in child processes
 def test_every_arm_is_trained_apart_scored_and_cached(tmp_path):
     data = tmp_path / "tiny"
     make_synthetic(data, images=8, seed=1, size=96, test_fraction=0.25)

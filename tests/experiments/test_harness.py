@@ -154,6 +154,7 @@ def _finite_fraction(x) -> bool:
 # -- arms (run.py's default) ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: seconds of training in child processes
 def test_arms_experiment_end_to_end_and_warm_rerun_from_the_model_cache(tiny, monkeypatch):
     root, data, overrides = tiny
     config = root / "tiny-arms.toml"
@@ -252,6 +253,7 @@ def test_budget_runner(tiny, monkeypatch):
     assert "NMS threshold (IoU):" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # end to end: seconds of training in child processes
 def test_windows_vs_proposals_runner(tiny, monkeypatch):
     root, data, overrides = tiny
     out = root / "windows"

@@ -13,6 +13,8 @@ from rcnn.datasets.images import read_image
 from rcnn.detectors import RCNN, Localizer, build_detector, load_config, load_model
 from rcnn.reports.explain import FAST_RCNN_PICTURES, FASTER_RCNN_PICTURES, RCNN_PICTURES, coverage, explain
 
+SLOW_FIXTURES = ("fast", "faster")  # Fast and Faster R-CNN trained for pictures: the slow tier (conftest.py)
+
 # Fast and Faster R-CNN as tests/test_fast_rcnn.py and tests/test_faster_rcnn.py train them,
 # for fewer iterations (about 10 and 20 s here): enough for boxes and an objectness map that
 # finds the objects; the pages show what they do, right or wrong.
