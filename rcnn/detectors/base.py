@@ -576,3 +576,28 @@ def part_detections(entry: dict) -> Detections:
             for size, n, end in zip(entry["mask_sizes"], entry["mask_lengths"], ends)
         ]
     return Detections(entry["boxes"], entry["scores"], entry["labels"], masks)
+
+
+def net_state(detector) -> dict:
+    """The model-file state of a detector with one network (`net_`, `weights_source_`,
+    `history_`): Faster R-CNN's and the dense detectors'."""
+    return {
+        "weights_source": detector.weights_source_,
+        "net": {k: v.detach().cpu().clone() for k, v in detector.net_.state_dict().items()},
+        "history": {k: [float(x) for x in v] for k, v in getattr(detector, "history_", {}).items()},
+    }
+
+
+def restore_net(detector, net, state: dict) -> None:
+    """`net` (the architecture, built for the detector's classes) with the weights of `state`
+    (`net_state`'s) as the detector's `net_`, with its `weights_source_` and `history_`; a
+    network that does not fit raises `ValueError` (the model file's loader names the file)."""
+    try:
+        net.load_state_dict(state["net"])
+    except RuntimeError as e:
+        raise ValueError(
+            f"the network does not fit this config and its {len(detector.classes_)} classes: {str(e).splitlines()[0]}"
+        ) from None
+    detector.net_ = net
+    detector.weights_source_ = str(state["weights_source"])
+    detector.history_ = {k: list(v) for k, v in (state.get("history") or {}).items()}

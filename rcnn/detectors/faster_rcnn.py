@@ -59,9 +59,11 @@ from rcnn.detectors.base import (
     CommonConfig,
     Detector,
     check_trainable,
+    net_state,
     postprocess,
     read_model,
     resolve_device,
+    restore_net,
     timed,
     training_key,
 )
@@ -644,11 +646,7 @@ class FasterRCNN(Detector):
     # -- the model file ---------------------------------------------------------------------
 
     def _state(self) -> dict:
-        return {
-            "weights_source": self.weights_source_,
-            "net": {k: v.detach().cpu().clone() for k, v in self.net_.state_dict().items()},
-            "history": {k: [float(x) for x in v] for k, v in getattr(self, "history_", {}).items()},
-        }
+        return net_state(self)
 
     def _from_state(self, state: dict, path) -> None:
         c = self.config
@@ -657,15 +655,7 @@ class FasterRCNN(Detector):
         if c.backbone.num_threads:
             set_threads(c.backbone.num_threads)
         # every weight is in the file: build the architecture without fetching weights
-        self.net_, _ = self._network(c, len(self.classes_), weights="random")
-        try:
-            self.net_.load_state_dict(state["net"])
-        except RuntimeError as e:
-            raise ValueError(
-                f"the network does not fit this config and its {len(self.classes_)} classes: {str(e).splitlines()[0]}"
-            ) from None
-        self.weights_source_ = str(state["weights_source"])
-        self.history_ = {k: list(v) for k, v in (state.get("history") or {}).items()}
+        restore_net(self, self._network(c, len(self.classes_), weights="random")[0], state)
         self._prepare()
 
 
