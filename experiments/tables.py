@@ -100,66 +100,61 @@ def generalization() -> str:
     return markdown(header, rows)
 
 
+def by_dataset(data: dict, first: str, keys, columns: list[str], cells) -> str:
+    """A table with a row per key of `keys` and, per dataset of `data`, `columns` (each
+    headed ``"{dataset} {column}"`` for the first, as is for the rest): `cells(dataset, key)`
+    gives a row's cells, None for blanks."""
+    names = datasets(data)
+    header = [first]
+    for n in names:
+        header += [f"{n} {columns[0]}", *columns[1:]]
+    rows = []
+    for key in keys(data[names[0]]):
+        row = [key]
+        for n in names:
+            row += cells(n, key) or [""] * len(columns)
+        rows.append(row)
+    return markdown(header, rows)
+
+
 def arms(name: str) -> str:
     """An arms experiment (experiments/run.py): one row per arm, mAP@0.5 and COCO AP per dataset."""
     data = results(name)
-    names = datasets(data)
-    header = ["arm"]
-    for n in names:
-        header += [f"{n} mAP@0.5", "COCO AP"]
-    rows = []
-    for arm in data[names[0]]:
-        row = [arm]
-        for n in names:
-            m = data[n].get(arm, {}).get("metrics")
-            row += [f3(m["mAP50"]), f3(m["coco_AP"])] if m else ["", ""]
-        rows.append(row)
-    return markdown(header, rows)
+
+    def cells(n, arm):
+        m = data[n].get(arm, {}).get("metrics")
+        return [f3(m["mAP50"]), f3(m["coco_AP"])] if m else None
+
+    return by_dataset(data, "arm", list, ["mAP@0.5", "COCO AP"], cells)
 
 
 def budget() -> str:
     data = results("budget")
-    names = datasets(data)
-    header = ["k"]
-    for n in names:
-        header += [f"{n} mAP@0.5", "boxes/img", "s/img"]
-    rows = []
-    for k in data[names[0]]["budgets"]:
-        row = [k]
-        for n in names:
-            b = data[n]["budgets"].get(k)
-            row += (
-                [f3(b["mAP50"]), f"{b['boxes_per_image']:.0f}", f"{b['seconds_per_image']:.2f}"] if b else ["", "", ""]
-            )
-        rows.append(row)
-    return markdown(header, rows)
+
+    def cells(n, k):
+        b = data[n]["budgets"].get(k)
+        return [f3(b["mAP50"]), f"{b['boxes_per_image']:.0f}", f"{b['seconds_per_image']:.2f}"] if b else None
+
+    return by_dataset(data, "k", lambda d: d["budgets"], ["mAP@0.5", "boxes/img", "s/img"], cells)
 
 
 def budget_nms() -> str:
     data = results("budget")
-    names = datasets(data)
-    header = ["NMS IoU", *(f"{n} mAP@0.5" for n in names)]
-    rows = [
-        [t, *(f3(data[n]["nms"][t]["mAP50"]) if t in data[n]["nms"] else "" for n in names)]
-        for t in data[names[0]]["nms"]
-    ]
-    return markdown(header, rows)
+
+    def cells(n, t):
+        return [f3(data[n]["nms"][t]["mAP50"]) if t in data[n]["nms"] else ""]
+
+    return by_dataset(data, "NMS IoU", lambda d: d["nms"], ["mAP@0.5"], cells)
 
 
 def budget_test_rule() -> str:
     data = results("budget")
-    names = datasets(data)
-    header = ["test rule"]
-    for n in names:
-        header += [f"{n} mAP@0.5", "COCO AP", "PR ends at recall"]
-    rows = []
-    for rule in data[names[0]]["test_rules"]:
-        row = [rule]
-        for n in names:
-            r = data[n]["test_rules"][rule]
-            row += [f3(r["mAP50"]), f3(r["coco_AP"]), f3(r["pr_end_recall"])]
-        rows.append(row)
-    return markdown(header, rows)
+
+    def cells(n, rule):
+        r = data[n]["test_rules"][rule]
+        return [f3(r["mAP50"]), f3(r["coco_AP"]), f3(r["pr_end_recall"])]
+
+    return by_dataset(data, "test rule", lambda d: d["test_rules"], ["mAP@0.5", "COCO AP", "PR ends at recall"], cells)
 
 
 def windows_vs_proposals() -> str:
