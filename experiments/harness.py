@@ -140,10 +140,11 @@ def fit_or_load(config, train: Dataset) -> tuple:
     process's CPU time, all its threads; worker processes not counted), and ``path``, the
     cached model file."""
     ids = sorted(s.id for s in train)
-    if isinstance(getattr(config, "train", None), RoITrainConfig):
+    roi = isinstance(getattr(config, "train", None), RoITrainConfig)
+    if roi:
         config = fit_to_data(config, train)  # what the config leaves to the data (image size, length) is in the key
     fitted = {k: v for k, v in to_dict(config).items() if k not in config.TEST_TIME}
-    if isinstance(getattr(config, "train", None), RoITrainConfig):  # augmentation off: the key it had before
+    if roi:  # augmentation off: the key it had before
         fitted["train"] = train_settings(config.train)
     key = params_key({"config": fitted, "ids": ids, "n": len(train), "rcnn": __version__}, 16)
     folder = Path(config.cache_dir) / "models"
