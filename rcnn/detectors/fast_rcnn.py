@@ -52,6 +52,7 @@ from rcnn.heads.fast_rcnn import (
     compress_head,
 )
 from rcnn.heads.roi_trainer import check_image_size, fit_to_data, train_settings
+from rcnn.heads.data import ImageData
 from rcnn.heads.svm import SVMConfig, SVMHead
 from rcnn.progress import progress
 from rcnn.proposals import make_proposer
@@ -186,25 +187,17 @@ class FastRCNN(Detector):
         )
 
     def _fit_svms(self, dataset: Dataset, images) -> SVMHead:
-        """Linear SVMs on the fc7 features of every training image's proposals and ground truth."""
-        cache: dict[int, tuple] = {}
+        """Linear SVMs on the fc7 features of every training image's proposals and ground truth
+        (computed once, kept in memory for the SVMs' passes)."""
         n_props = self.config.train.train_proposals
-
-        def image_data(i: int):
-            if i not in cache:
-                im = images[i]
-                boxes = np.concatenate(
-                    [np.asarray(im.proposals, np.float32)[:n_props], np.asarray(im.gt_boxes, np.float32)]
-                )
-                feats = self._network(read_image(im.image_path), boxes)[0]
-                cache[i] = (feats, boxes)
-            feats, boxes = cache[i]
-            im = images[i]
-            return feats, boxes, im.gt_boxes, im.gt_labels, im.gt_difficult
-
-        for i in progress(range(len(images)), desc="fc7 features for SVMs"):
-            image_data(i)
-        return SVMHead(len(self.classes_), self.config.svm).fit(image_data, len(images))
+        data = []
+        for im in progress(images, desc="fc7 features for SVMs"):
+            boxes = np.concatenate(
+                [np.asarray(im.proposals, np.float32)[:n_props], np.asarray(im.gt_boxes, np.float32).reshape(-1, 4)]
+            )
+            feats = self._network(read_image(im.image_path), boxes)[0]
+            data.append(ImageData(feats, boxes, im.gt_boxes, im.gt_labels, im.gt_difficult))
+        return SVMHead(len(self.classes_), self.config.svm).fit(data)
 
     def _prepare_detection(self) -> None:
         self._prepare()
