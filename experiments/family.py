@@ -12,6 +12,11 @@ trained network and features this one reuses: their time is counted in this arm'
 too). Arms whose detector kind or base config is missing are left out with a line saying so.
 
     .venv/bin/python experiments/family.py [--only synthetic,cards]     # make experiment-family
+    .venv/bin/python experiments/family.py --arm YOLO --arm SSD  # these arms again, the others' rows kept
+
+With ``--arm`` only the arms named run; every other arm's row, fit and config come from the
+results.json already there (each row says the commit it was measured at), so one arm can be
+measured again without the hours the whole family takes on a CPU.
     .venv/bin/python experiments/family.py --replot     # family.png again from results.json
 """
 
@@ -145,10 +150,29 @@ def plot(path: Path, panels: dict[str, list[dict]]) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def earlier_results(args, arms: list[dict]) -> dict:
+    """``{dataset: results}`` of the results.json in ``args.out`` when ``--arm`` names the
+    arms to run again (the others are kept from it), else empty; an unknown arm name is an error."""
+    if not args.arms:
+        return {}
+    if args.only:
+        raise SystemExit("--arm runs on every dataset (the kept rows of the others would be lost): leave out --only")
+    names = {a["name"] for a in arms}
+    unknown = set(args.arms) - names
+    if unknown:
+        raise SystemExit(
+            f"--arm: no arm {', '.join(sorted(unknown))} in {args.config} (arms: {'; '.join(a['name'] for a in arms)})"
+        )
+    path = Path(args.out) / "results.json"
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "meta"} if path.is_file() else {}
+
+
 def run(args) -> None:
     spec = load_toml(args.config)
     exp, arms = spec["experiment"], spec["arms"]
     report = Report(args, exp["title"], exp.get("intro", ""))
+    before = earlier_results(args, arms)
+    commit = harness.run_record()["git_commit"]
     panels, results = {}, {}
     for target in targets(args):
         print(f"== family on {target.name}")
@@ -156,7 +180,16 @@ def run(args) -> None:
         cache = f"{exp['cache']}/{target.name}"
         samples = timed_samples(target.test, int(exp["timed_images"]))
         rows, fits, configs, skipped, ss_seconds = [], {}, {}, [], {}
+        kept = before.get(target.name, {})
         for arm in arms:
+            if args.arms and arm["name"] not in args.arms:
+                row = next((r for r in kept.get("rows", []) if r["arm"] == arm["name"]), None)
+                if row is not None:
+                    rows.append({"commit": kept.get("commit"), **row})
+                    fits[arm["name"]] = kept["fits"].get(arm["name"])
+                    configs[arm["name"]] = kept["configs"].get(arm["name"])
+                    print(f"-- {arm['name']}: kept from {Path(args.out) / 'results.json'}")
+                continue
             base = CONFIGS / bases.get(arm["detector"], "-")  # an absolute path stays as it is
             if arm["detector"] not in DETECTORS or not base.is_file():
                 skipped.append(arm["name"])
@@ -196,6 +229,7 @@ def run(args) -> None:
                 "network_seconds": network,
                 "total_seconds": proposals + network,
                 "fit_from_cache": fit["from_cache"],
+                "commit": commit,
             }
             rows.append(row)
             print(
@@ -220,6 +254,12 @@ def run(args) -> None:
             f"{os.cpu_count()} CPUs; the fastest arm takes {fastest:.3f} s per image.",
             "",
         ]
+        commits = sorted({str(r.get("commit")) for r in rows})
+        if len(commits) > 1:
+            report.lines += [
+                f"Rows measured at {len(commits)} commits ({', '.join(commits)}): each row's is in results.json.",
+                "",
+            ]
         if skipped:
             report.lines += ["Left out (no such detector yet, or no base config): " + ", ".join(skipped) + ".", ""]
     if panels:
@@ -248,7 +288,16 @@ def main(argv=None) -> int:
     if (argv if argv is not None else sys.argv[1:]) == ["--replot"]:
         replot()
         return 0
-    return harness.script_main("family", __doc__, run, argv)
+
+    def arms_option(parser):
+        parser.add_argument(
+            "--arm",
+            dest="arms",
+            action="append",
+            help="an arm to run again (repeatable); the other arms' rows are kept from results.json",
+        )
+
+    return harness.script_main("family", __doc__, run, argv, arms_option)
 
 
 if __name__ == "__main__":

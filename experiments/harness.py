@@ -64,7 +64,8 @@ class Target:
     base: Path
 
 
-def parse_args(name: str, doc: str | None = None, argv=None) -> argparse.Namespace:
+def parse_args(name: str, doc: str | None = None, argv=None, extra=None) -> argparse.Namespace:
+    """The options every experiment takes, and those `extra(parser)` adds."""
     parser = argparse.ArgumentParser(prog=f"experiments {name}", description=doc)
     parser.add_argument("--config", default=str(CONFIGS / f"{name}.toml"), help="experiment TOML file")
     parser.add_argument("--out", default=str(RESULTS / name), help="results folder")
@@ -75,6 +76,8 @@ def parse_args(name: str, doc: str | None = None, argv=None) -> argparse.Namespa
     parser.add_argument(
         "--only", help="comma-separated dataset names to run (synthetic, cards, or --data's folder name)"
     )
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     args.name = name
     log_to_stderr()  # the library's messages (plans, choices, damaged caches) as the rcnn command shows them
@@ -384,11 +387,11 @@ def base_summary(target: Target) -> str:
     )
 
 
-def script_main(name: str, doc: str | None, run, argv=None) -> int:
+def script_main(name: str, doc: str | None, run, argv=None, extra=None) -> int:
     """The entry point of an experiment with a script of its own: parse the arguments, make
     the paths given from the caller's folder absolute, line-buffer stdout (progress reaches a
     log as it comes), then `run(args)` from the repository root."""
-    args = parse_args(name, doc, argv)
+    args = parse_args(name, doc, argv, extra)
     for option in ("config", "out", "data", "base_config"):
         if getattr(args, option):
             setattr(args, option, os.path.abspath(getattr(args, option)))

@@ -192,3 +192,11 @@ def test_test_time_settings_share_the_fitted_model_and_others_are_refused(setup,
         family.main(
             ["--config", str(config), "--out", str(tmp_path / "out"), "--data", str(setup / "tiny"), "--only", "tiny"]
         )
+
+
+def test_arm_names_an_arm_of_the_config_and_keeps_every_dataset(setup, tmp_path):
+    args = ["--config", str(setup / "family.toml"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="no arm Bogus"):
+        family.main([*args, "--arm", "Bogus"])
+    with pytest.raises(SystemExit, match="leave out --only"):
+        family.main([*args, "--arm", "Mask R-CNN", "--only", "tiny"])
