@@ -8,7 +8,10 @@ pixels) ``B x (x, y, w, h, confidence)`` and the cell's ``C`` class probabilitie
 ``x, y`` (sigmoid) place a box's centre inside its cell, ``w, h`` (sigmoid) are shares of the
 image's width and height, the confidence (sigmoid) is the box's IoU with the object it claims.
 The paper's fully connected layers, which fix the input to 448 x 448 and the grid to 7 x 7,
-are replaced by that convolution, so any image size works; the rest is the paper's.
+are replaced by that convolution (dropout 0.5 after it, as after the paper's first one), so
+any image size works; the rest is the paper's, its augmentation as far as the stem cache allows:
+random scaling of up to 20 % (`train.scale_jitter`), flips; not its translations and colour
+changes, which would run the frozen stem on every image every time.
 
 The loss (`yolo_loss`, Eq. 3 of the paper, summed over the image): an object belongs to the
 cell holding its centre (two centres in one cell: the smaller object); of that cell's B
@@ -25,14 +28,14 @@ with lambda_coord 5 and lambda_noobj 0.5. Detection: each box's class-specific s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torchvision.ops import box_iou
 
 from rcnn.config import require
-from rcnn.detectors.dense import DenseConfig, DenseDetector
+from rcnn.detectors.dense import DenseConfig, DenseDetector, DenseTrainConfig
 
 __all__ = ["YOLO", "YOLOConfig", "yolo_loss"]
 
@@ -45,7 +48,10 @@ class YOLOConfig(DenseConfig):
     """A YOLO config (``detector = "yolo"``): the dense settings (`DenseConfig`) and
     `boxes_per_cell` (B, the paper's 2), `stride` (a grid cell's side in pixels: 16, the
     trunk's map, or 32, one more stride-2 convolution), `hidden` (channels of the 3x3
-    convolution), `lambda_coord` and `lambda_noobj` (the loss's weights, 5 and 0.5)."""
+    convolution), `lambda_coord` and `lambda_noobj` (the loss's weights, 5 and 0.5), `dropout`
+    (after the 3x3 convolution, the paper's 0.5 after its first fully connected layer). Training
+    draws each image's size from +-20 % of `scale` (``train.scale_jitter = 0.2``, the paper's
+    random scaling of up to 20 %)."""
 
     detector: str = "yolo"
     boxes_per_cell: int = 2
@@ -53,6 +59,8 @@ class YOLOConfig(DenseConfig):
     hidden: int = 256
     lambda_coord: float = 5.0
     lambda_noobj: float = 0.5
+    dropout: float = 0.5
+    train: DenseTrainConfig = field(default_factory=lambda: DenseTrainConfig(scale_jitter=0.2))
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,6 +70,7 @@ class YOLOConfig(DenseConfig):
         require(self, "hidden", self.hidden >= 1, "an integer >= 1")
         for name in ("lambda_coord", "lambda_noobj"):
             require(self, name, getattr(self, name) >= 0, "a number >= 0")
+        require(self, "dropout", 0 <= self.dropout < 1, "a probability in [0, 1)")
 
 
 def decode_grid(boxes: torch.Tensor, stride: int, size) -> torch.Tensor:
@@ -144,7 +153,10 @@ class YOLO(DenseDetector):
         with torch.no_grad():  # confidences start at CONFIDENCE_PRIOR: no_object's first steps do not crush them
             out.bias[4 : 5 * c.boxes_per_cell : 5] = math.log(CONFIDENCE_PRIOR / (1 - CONFIDENCE_PRIOR))
         return nn.Sequential(
-            nn.Conv2d(channels, c.hidden, 3, stride=c.stride // TRUNK_STRIDE, padding=1), nn.LeakyReLU(0.1), out
+            nn.Conv2d(channels, c.hidden, 3, stride=c.stride // TRUNK_STRIDE, padding=1),
+            nn.LeakyReLU(0.1),
+            nn.Dropout(c.dropout),
+            out,
         )
 
     def _forward(self, head: nn.Module, fmap: torch.Tensor):

@@ -83,7 +83,9 @@ class RoITrainConfig(SGDConfig):
     centre, then rescaled as a whole image is (a zoom); boxes and proposals are clipped to it
     and those whose centre falls outside dropped (no crop when 10 tries find no window).
     `photometric`: strength s in [0, 1] of a colour jitter, brightness, contrast and
-    saturation factors each uniform in [1 - s, 1 + s]. A cropped or jittered image is new
+    saturation factors each uniform in [1 - s, 1 + s]. `scale_jitter` j: when `scales` is empty,
+    `fit_to_data` sets it to the five sides ``scale x (1 - j, 1 - j/2, 1, 1 + j/2, 1 + j)`` (a
+    relative form that carries to any image size; YOLO's and CenterNet's random scaling). A cropped or jittered image is new
     every time: the frozen stem runs on it each time (not cached), so training is slower."""
 
     iterations: int = 0
@@ -103,12 +105,14 @@ class RoITrainConfig(SGDConfig):
     scales: tuple[int, ...] = ()
     photometric: float = 0.0
     crop: float = 0.0
+    scale_jitter: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
         require(self, "scales", all(s >= 32 for s in self.scales), "a list of integers >= 32 (pixels; empty: scale)")
         require(self, "photometric", 0 <= self.photometric <= 1, "a number in [0, 1] (0: no colour jitter)")
         require(self, "crop", 0 <= self.crop <= 1, "a probability in [0, 1] (0: no crops)")
+        require(self, "scale_jitter", 0 <= self.scale_jitter < 1, "a share in [0, 1) (0: no scale jitter)")
         for name in ("images_per_batch", "rois_per_image"):
             require(self, name, getattr(self, name) >= 1, "an integer >= 1")
         require(self, "fg_fraction", 0 < self.fg_fraction <= 1, "a number in (0, 1]")
@@ -128,7 +132,12 @@ class RoITrainConfig(SGDConfig):
         return replace(self, iterations=max(1, math.ceil(self.epochs * per_epoch)), lr_step=step)
 
 
-AUGMENT_OFF = {"scales": [], "photometric": 0.0, "crop": 0.0}  # `RoITrainConfig`'s augmentation, off
+AUGMENT_OFF = {
+    "scales": [],
+    "photometric": 0.0,
+    "crop": 0.0,
+    "scale_jitter": 0.0,
+}  # `RoITrainConfig`'s augmentation, off
 
 
 def train_settings(config: RoITrainConfig) -> dict:
@@ -173,6 +182,10 @@ def fit_to_data(config, dataset):
             f"schedule: {train.iterations} iterations ({config.train.epochs:g} epochs of {len(dataset)} images, "
             f"{train.images_per_batch} per batch), the rate x{train.lr_gamma:g} after {train.lr_step}"
         )
+    if train.scale_jitter and not train.scales:
+        j = train.scale_jitter
+        train = replace(train, scales=tuple(max(32, round(scale * (1 + f * j))) for f in (-1, -0.5, 0, 0.5, 1)))
+        log.info(f"scale jitter: training images' shortest side drawn from {', '.join(map(str, train.scales))} px")
     config = replace(config, scale=scale, max_size=max(max_size, scale), train=train)
     most = max((len(s.boxes) for s in dataset), default=0)
     changes = {}
