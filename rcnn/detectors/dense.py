@@ -8,7 +8,8 @@ of two parts, ``net_.trunk`` (``[1, 3, H, W] -> [1, C, H/16, W/16]``) and ``net_
 detector's own layers, applied by its `_forward`), each detector supplying `_head` (the new
 layers, built under ``train.seed``), `_forward` (head outputs from the trunk's map),
 `_loss` (``{"loss": total, **terms}`` of one image), `_decode` (candidate boxes, scores,
-labels) and `_grids` (its maps cell by cell, and how many boxes it scored, for the trace). Training is the loop Fast and Faster R-CNN share (`rcnn.heads.roi_trainer.RoITrainer`:
+labels) and `_grids` (its maps cell by cell, and how many boxes it scored, for the trace).
+Training is the loop Fast and Faster R-CNN share (`rcnn.heads.roi_trainer.RoITrainer`:
 the frozen stem run once per image and flip, warm-up, guarded steps, checkpoints under
 ``cache_dir/<kind>/``); images are sized as theirs (`rescale`: shortest side `scale`, longest
 at most `max_size`, both chosen from the data when 0, `fit_to_data`); detections go through

@@ -41,8 +41,8 @@ from rcnn.errors import DatasetError
 __all__ = ["MaskHeadConfig", "MaskRCNN", "MaskRCNNConfig", "build_network"]
 
 MASK_POOL = 14  # the RoI-aligned features the mask head sees: 14 x 14 (the paper's, torchvision's)
-PASTE_CHUNK = 32
-MASKS_TRACED = 8  # the best detections whose m x m mask probabilities the trace keeps  # masks pasted into the image at a time (each a float [H, W])
+PASTE_CHUNK = 32  # masks pasted into the image at a time (each a float [H, W])
+MASKS_TRACED = 8  # the best detections whose m x m mask probabilities the trace keeps
 
 
 @dataclass(frozen=True)
