@@ -575,7 +575,7 @@ def _grid_stages(page: _Page, model, trace) -> None:
         if g.boxes is not None:
             b = g.boxes.shape[2]
             text += f", **{b} {g.boxes_name} boxes per cell** ({rows * cols * b} boxes)"
-        maps.append(f"- {text}; heat: {g.heat_name}, highest {g.heat.max():.2f}")
+        maps.append(f"{len(maps) + 1}. {text}; heat: {g.heat_name}, highest {g.heat.max():.2f}")
     page.section(
         "The dense grid",
         f"No proposals: the image, rescaled to {rw} x {rh} px (x{g0.factor:.2f}), goes through the trunk "
@@ -584,7 +584,7 @@ def _grid_stages(page: _Page, model, trace) -> None:
         "",
         *maps,
         "",
-        "The picture, one tile per line above: its heat in each cell (black 0, yellow 1) and the cells' edges"
+        "The picture, one tile per line above (numbered alike): its heat in each cell (black 0, yellow 1) and the cells' edges"
         + (
             f"; on a map with boxes per cell, the best-scoring box of each of its {HOT_CELLS} hottest cells "
             "(that cell outlined in white)"
@@ -595,7 +595,7 @@ def _grid_stages(page: _Page, model, trace) -> None:
         + ".",
     )
     tiles = []
-    for g in grids:
+    for n, g in enumerate(grids, 1):
         rows, cols = g.shape
         side = g.stride / g.factor * f
         heat = heat_overlay(big, _cell_heat(page, g.heat, g), vmax=1.0)
@@ -607,7 +607,7 @@ def _grid_stages(page: _Page, model, trace) -> None:
                 out = draw_boxes(out, g.boxes[i, j, k] * f, (80, 255, 80))
         if g.peaks is not None:
             out = _circles(out, g, f)
-        tiles.append(caption(out, f"stride {g.stride}: {rows} x {cols}, max {g.heat.max():.2f}"))
+        tiles.append(caption(out, f"{n}: stride {g.stride}, {rows} x {cols}, max {g.heat.max():.2f}"))
     page.picture("grid.png", image_grid(tiles, min(len(tiles), 2)), "each map's heat over the image")
 
     boxed = [g for g in grids if g.boxes is not None]

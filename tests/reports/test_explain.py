@@ -276,7 +276,8 @@ def test_explain_shows_yolos_grid(tiny_models, trained, tmp_path):
     trace = result["trace"]
     confidence, scores = trace.grids
     (h, w), b = confidence.shape, model.config.boxes_per_cell
-    assert f"stride 32 px: **{h} x {w} cells**, **{b} predicted boxes per cell** ({h * w * b} boxes)" in index
+    assert f"1. stride 32 px: **{h} x {w} cells**, **{b} predicted boxes per cell** ({h * w * b} boxes)" in index
+    assert f"2. stride 32 px: **{h} x {w} cells**; heat: best confidence x class probability" in index
     assert f"**{h * w * b} boxes scored** on this image ({h * w * b} grid boxes)" in index
     assert "best box confidence" in index and "best confidence x class probability" in index
     assert "## 1. The dense grid" in index and "## 2. One cell's boxes" in index
@@ -306,7 +307,7 @@ def test_explain_shows_centernets_heatmap_and_peaks(tiny_models, trained, tmp_pa
     index = _check_page(result, PEAK_PICTURES, tmp_path / "centernet")
     (grid,) = result["trace"].grids
     (h, w), c = grid.shape, len(model.classes_)
-    assert f"stride 8 px: **{h} x {w} cells**; heat: class heatmap" in index
+    assert f"1. stride 8 px: **{h} x {w} cells**; heat: class heatmap" in index
     assert f"({h * w * c} heatmap cells x classes)" in index
     assert "## 2. Peaks and the boxes grown from them" in index and f"**{len(grid.peaks)}** here" in index
     assert "no NMS (`nms_threshold = 1`)" in index
