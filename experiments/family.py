@@ -1,7 +1,9 @@
 """The family on one backbone: R-CNN, Fast R-CNN and Faster R-CNN trained and tested on the same
 data (synthetic, cards) with the same proposals and evaluation: VOC mAP@0.5, COCO AP, training
-seconds (wall and CPU), test seconds per image split into proposals and network, and a plot of
-mAP against test seconds per image (log x), one point per arm.
+seconds (wall and CPU), test seconds per image split into proposals and network, the boxes each
+arm scores per image (``boxes_scored``: every step's, e.g. Faster R-CNN's anchors and proposals,
+from the detectors' traces over the timed images; ``boxes_scored_steps`` step by step), and a
+plot of mAP against test seconds per image (log x), one point per arm.
 
 Config ``experiments/configs/family.toml``: ``[experiment]`` ``timed_images`` (test images
 timed per arm), ``cache`` (one cache folder per dataset below it), ``bases.DATASET.KIND``
@@ -46,6 +48,7 @@ COLUMNS = [
     ("mAP50", "VOC mAP@0.5"),
     ("coco_AP", "COCO AP"),
     ("mask_AP", "mask AP"),
+    ("boxes_scored", "boxes scored/img", 0),
     ("train_seconds", "train s", 0),
     ("train_cpu_seconds", "train CPU s", 0),
     ("proposals_seconds", "test s/img: proposals", 3),
@@ -89,17 +92,22 @@ def proposal_seconds(config, samples) -> float:
     return (time.perf_counter() - start) / len(samples)
 
 
-def network_seconds(model, samples) -> float:
+def network_seconds(model, samples) -> tuple[float, dict[str, float]]:
     """Seconds per image of `detect` after the proposals (read from the cache), over
-    `samples`, after one warm-up image."""
+    `samples`, after one warm-up image, timed through its `trace` (whose last stage `detect`
+    returns); and the boxes it scored per image, each step's mean over `samples`
+    (`Trace.scored`: e.g. Faster R-CNN's ``anchors`` and ``proposals``, YOLO's ``grid boxes``)."""
     store = None if model.learns_proposals else model.proposal_store()
     images = [read_image(s.image_path) for s in samples]
     boxes = [None if store is None else store.load(s) for s in samples]
     model.detect(images[0], proposals=boxes[0])
+    counts = []
     start = time.perf_counter()
     for image, b in zip(images, boxes):
-        model.detect(image, proposals=b)
-    return (time.perf_counter() - start) / len(images)
+        counts.append(model.trace(image, proposals=b).scored)
+    seconds = (time.perf_counter() - start) / len(images)
+    steps = dict.fromkeys(k for c in counts for k in c)
+    return seconds, {k: sum(c.get(k, 0) for c in counts) / len(counts) for k in steps}
 
 
 def train_seconds(fit: dict, shared: dict | None) -> tuple[float, float | None]:
@@ -216,7 +224,7 @@ def run(args) -> None:
                 if key not in ss_seconds:
                     ss_seconds[key] = proposal_seconds(config, samples)
                 proposals = ss_seconds[key]
-            network = network_seconds(model, samples)
+            network, scored = network_seconds(model, samples)
             row = {
                 "arm": arm["name"],
                 "detector": arm["detector"],
@@ -228,6 +236,8 @@ def run(args) -> None:
                 "proposals_seconds": proposals,
                 "network_seconds": network,
                 "total_seconds": proposals + network,
+                "boxes_scored": sum(scored.values()),
+                "boxes_scored_steps": scored,
                 "fit_from_cache": fit["from_cache"],
                 "commit": commit,
             }
@@ -251,7 +261,11 @@ def run(args) -> None:
             "",
             *table(rows, COLUMNS),
             f"Test seconds over the first {len(samples)} test images, one process on this machine's "
-            f"{os.cpu_count()} CPUs; the fastest arm takes {fastest:.3f} s per image.",
+            f"{os.cpu_count()} CPUs; the fastest arm takes {fastest:.3f} s per image. Boxes scored per image: "
+            "every box a step of the detector scores, over the same images, as its trace counts them "
+            "(the proposals R-CNN and Fast R-CNN score; Faster and Mask R-CNN's anchors and then proposals; "
+            "YOLO's grid boxes, SSD's default boxes, CenterNet's heatmap cells x classes; step by step in "
+            "results.json).",
             "",
         ]
         commits = sorted({str(r.get("commit")) for r in rows})

@@ -23,11 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from rcnn.config import require
-from rcnn.detectors.dense import DenseConfig, DenseDetector
+from rcnn.detectors.dense import DenseConfig, DenseDetector, numpy32
+from rcnn.detectors.trace import Grid
 
 __all__ = ["CenterNet", "CenterNetConfig", "centernet_loss", "gaussian_radius"]
 
@@ -157,9 +159,10 @@ class CenterNet(DenseDetector):
         c = self.config
         return centernet_loss(out, boxes, labels, c.alpha, c.beta, c.size_weight, c.min_overlap)
 
-    def _decode(self, out, size):
-        logits, sizes, offsets = out
-        heat = torch.sigmoid(logits)
+    def _peaks(self, heat: torch.Tensor):
+        """The peaks kept of class heatmaps `heat` ``[C, h, w]`` (probabilities): cells equal to
+        their 3x3 max-pool, the best `max_detections`, those under ``min_score`` dropped, best
+        first: ``(scores [K], labels [K] in 0..C-1, rows [K], cols [K])``."""
         peaks = heat == nn.functional.max_pool2d(heat[None], 3, stride=1, padding=1)[0]
         scores = torch.where(peaks, heat, torch.full_like(heat, -1.0)).flatten()  # -1: not a peak, never kept
         top = torch.topk(scores, min(self.config.max_detections, len(scores)))
@@ -167,9 +170,23 @@ class CenterNet(DenseDetector):
         index = top.indices[keep]
         w = heat.shape[2]
         label, cell = index // (heat.shape[1] * w), index % (heat.shape[1] * w)
-        row, col = cell // w, cell % w
+        return top.values[keep], label, cell // w, cell % w
+
+    def _decode(self, out, size):
+        logits, sizes, offsets = out
+        scores, label, row, col = self._peaks(torch.sigmoid(logits))
         cx = (col + offsets[0, row, col]) * STRIDE
         cy = (row + offsets[1, row, col]) * STRIDE
         half_w, half_h = sizes[0, row, col] * STRIDE / 2, sizes[1, row, col] * STRIDE / 2
         boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1)
-        return boxes, top.values[keep], label + 1
+        return boxes, scores, label + 1
+
+    def _grids(self, out, size, factor):
+        """The stride-8 map: the class heatmaps' highest value in each cell, and the peaks kept
+        (``(row, col)``, in the order of the boxes grown from them); ``heatmap cells x
+        classes``: every value of the heatmaps."""
+        heat = torch.sigmoid(out[0])
+        _, _, row, col = self._peaks(heat)
+        peaks = torch.stack([row, col], 1).cpu().numpy().astype(np.int64).reshape(-1, 2)
+        grid = Grid(STRIDE, factor, numpy32(heat.amax(0)), "class heatmap, the highest over the classes", peaks=peaks)
+        return (grid,), {"heatmap cells x classes": int(heat.numel())}

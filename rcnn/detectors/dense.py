@@ -7,8 +7,9 @@ table are not read). `DenseDetector`: ``fit`` / ``detect`` / the model file arou
 of two parts, ``net_.trunk`` (``[1, 3, H, W] -> [1, C, H/16, W/16]``) and ``net_.head`` (the
 detector's own layers, applied by its `_forward`), each detector supplying `_head` (the new
 layers, built under ``train.seed``), `_forward` (head outputs from the trunk's map),
-`_loss` (``{"loss": total, **terms}`` of one image) and `_decode` (candidate boxes, scores,
-labels). Training is the loop Fast and Faster R-CNN share (`rcnn.heads.roi_trainer.RoITrainer`:
+`_loss` (``{"loss": total, **terms}`` of one image), `_decode` (candidate boxes, scores,
+labels) and `_grids` (its maps cell by cell, and how many boxes it scored, for the trace).
+Training is the loop Fast and Faster R-CNN share (`rcnn.heads.roi_trainer.RoITrainer`:
 the frozen stem run once per image and flip, warm-up, guarded steps, checkpoints under
 ``cache_dir/<kind>/``); images are sized as theirs (`rescale`: shortest side `scale`, longest
 at most `max_size`, both chosen from the data when 0, `fit_to_data`); detections go through
@@ -40,13 +41,18 @@ from rcnn.detectors.base import (
     timed,
     training_key,
 )
-from rcnn.detectors.trace import Stage, Trace
+from rcnn.detectors.trace import Grid, Stage, Trace
 from rcnn.errors import ModelError
 from rcnn.features.extractor import freeze_for_inference, set_threads
 from rcnn.features.roi import BackboneConfig, build_trunk, image_tensor, rescale
 from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data, train_settings
 
-__all__ = ["DenseConfig", "DenseDetector", "DenseNet", "DenseTrainConfig"]
+__all__ = ["DenseConfig", "DenseDetector", "DenseNet", "DenseTrainConfig", "numpy32"]
+
+
+def numpy32(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a ``float32`` numpy array (on the CPU)."""
+    return t.detach().float().cpu().numpy().astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,12 @@ class DenseDetector(Detector):
     def _decode(self, out, size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidates ``(boxes [K, 4], scores [K], labels [K] in 1..C)`` from raw outputs on an
         image of ``size = (h, w)`` (its pixels), scores at least ``config.min_score``."""
+
+    @abstractmethod
+    def _grids(self, out, size, factor: float) -> tuple[tuple[Grid, ...], dict[str, int]]:
+        """The trace's view of raw outputs `out` on an image rescaled by `factor` to ``size =
+        (h, w)``: its maps (`rcnn.detectors.trace.Grid`, boxes in the image's own pixels) and
+        ``{what: count}``, the boxes it scored (`Trace.scored`), from the outputs' shapes."""
 
     # -- no external proposals -------------------------------------------------------------------
     def proposal_store(self):
@@ -214,7 +226,8 @@ class DenseDetector(Detector):
         """Every stage on one image (a path or ``uint8 [H, W, 3]`` RGB) as plain data
         (`rcnn.detectors.trace.Trace`): the head's decoded boxes reaching the score threshold
         (``regression``: every position of the map scores its boxes, no proposals), then after
-        per-class NMS and the cap (``nms``, `detect`'s). `proposals` are not used."""
+        per-class NMS and the cap (``nms``, `detect`'s); the detector's maps cell by cell
+        (``grids``) and the count of boxes it scored (``scored``). `proposals` are not used."""
         c = self.config
         image, out, size, factor = self.raw(image, timings)
         with timed(timings, "nms"):
@@ -222,12 +235,16 @@ class DenseDetector(Detector):
                 boxes, scores, labels = self._decode(out, size)
             boxes, scores, labels = boxes.cpu().numpy() / factor, scores.cpu().numpy(), labels.cpu().numpy()
             final = postprocess(boxes, scores, labels, image.shape[:2], c.nms_threshold, c.max_detections)
-        scored = Detections(boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64))
+        with timed(timings, "head"), torch.inference_mode():
+            grids, scored = self._grids(out, size, factor)
+        candidates = Detections(boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64))
         return Trace(
             image_size=tuple(image.shape[:2]),
-            stages=(Stage("regression", scored), Stage("nms", final)),
+            stages=(Stage("regression", candidates), Stage("nms", final)),
             proposer="none (dense)",
             threshold=c.min_score,
+            grids=grids,
+            scored=scored,
         )
 
     # -- the model file --------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from rcnn.detectors.base import (
 from rcnn.detectors.trace import Pooled, Stage, Trace, summarize_map, threshold_stages
 from rcnn.features.extractor import freeze_for_inference, set_threads
 from rcnn.features.roi import BackboneConfig, RoIConfig, RoIPooler, build_trunk, image_tensor, rescale
+from rcnn.heads.data import ImageData
 from rcnn.heads.fast_rcnn import (
     BOX_STDS,
     FastRCNNHead,
@@ -52,7 +53,6 @@ from rcnn.heads.fast_rcnn import (
     compress_head,
 )
 from rcnn.heads.roi_trainer import check_image_size, fit_to_data, train_settings
-from rcnn.heads.data import ImageData
 from rcnn.heads.svm import SVMConfig, SVMHead
 from rcnn.progress import progress
 from rcnn.proposals import make_proposer
@@ -266,6 +266,7 @@ class FastRCNN(Detector):
             "proposer": proposer,
             "score_name": "probability" if self.svm_ is None else "SVM margin",
             "threshold": c.min_score,
+            "scored": {"proposals": len(proposals)},
         }
         if len(proposals) == 0:
             return Trace(stages=(Stage("nms", Detections()),), **parts)

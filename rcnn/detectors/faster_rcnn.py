@@ -629,6 +629,8 @@ class FasterRCNN(Detector):
                     given = np.asarray(proposals, np.float32).reshape(-1, 4) * factor
                     rois = [torch.from_numpy(np.ascontiguousarray(given)).to(self.device_)]
             parts["proposals"] = (rois[0].cpu().numpy() / factor).astype(np.float32).reshape(-1, 4)
+            anchors = {"anchors": parts["anchors"].total} if proposals is None else {}
+            parts["scored"] = {**anchors, "proposals": len(parts["proposals"])}
             if len(rois[0]) == 0:
                 return Trace(stages=(Stage("nms", Detections()),), **parts)
             with timed(timings, "head"):

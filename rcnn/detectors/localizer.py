@@ -307,6 +307,7 @@ class Localizer(Detector):
             score_name="presence",
             threshold=self.config.presence_threshold,
             outputs={"presence": float(presence), "class_probs": probs, "box": box},
+            scored={"box": 1},
         )
 
     def candidates(self, image, proposals=None, timings: dict | None = None) -> Detections:

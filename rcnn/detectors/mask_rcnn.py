@@ -35,13 +35,14 @@ from rcnn.datasets.masks import encode
 from rcnn.detectors.base import resolve_device, timed
 from rcnn.detectors.faster_rcnn import LOSSES, FasterRCNN, FasterRCNNConfig, _features, _Trainer
 from rcnn.detectors.faster_rcnn import build_network as build_faster_network
-from rcnn.detectors.trace import Stage, Trace
+from rcnn.detectors.trace import MaskProbs, Stage, Trace
 from rcnn.errors import DatasetError
 
 __all__ = ["MaskHeadConfig", "MaskRCNN", "MaskRCNNConfig", "build_network"]
 
 MASK_POOL = 14  # the RoI-aligned features the mask head sees: 14 x 14 (the paper's, torchvision's)
 PASTE_CHUNK = 32  # masks pasted into the image at a time (each a float [H, W])
+MASKS_TRACED = 8  # the best detections whose m x m mask probabilities the trace keeps
 
 
 @dataclass(frozen=True)
@@ -162,13 +163,17 @@ class MaskRCNN(FasterRCNN):
 
     def trace(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Trace:
         """Faster R-CNN's stages (`FasterRCNN.trace`), the final one (`detect`'s) with each
-        detection's mask: a COCO RLE of the image's size (`Detections.masks`); `timings`
-        adds ``mask``."""
+        detection's mask: a COCO RLE of the image's size (`Detections.masks`), and the mask
+        head's m x m probabilities of the best `MASKS_TRACED` detections (``masks``,
+        `rcnn.detectors.trace.MaskProbs`); `timings` adds ``mask``."""
         t = super().trace(image, proposals, timings)
         if self._boxes_only:
             return t
         last = t.stages[-1]
-        return replace(t, stages=(*t.stages[:-1], Stage(last.name, self._with_masks(last.detections, timings))))
+        d, probs = self._masks(last.detections, timings)
+        index = np.argsort(-d.scores, kind="stable")[:MASKS_TRACED].astype(np.int64)
+        traced = MaskProbs(index, probs[index], self.config.mask_threshold)
+        return replace(t, stages=(*t.stages[:-1], Stage(last.name, d)), masks=traced)
 
     def candidates(self, image, proposals=None, timings: dict | None = None) -> Detections:
         """Faster R-CNN's candidates for the set's test rule, each with its mask (computed
@@ -178,14 +183,16 @@ class MaskRCNN(FasterRCNN):
             d = super().candidates(image, proposals, timings)
         finally:
             self._boxes_only = False
-        return self._with_masks(d, timings)
+        return self._masks(d, timings)[0]
 
-    def _with_masks(self, d: Detections, timings: dict | None) -> Detections:
-        """`d` (detections on the image `_map` saw last) with a mask each."""
+    def _masks(self, d: Detections, timings: dict | None) -> tuple[Detections, np.ndarray]:
+        """`d` (detections on the image `_map` saw last) with a mask each, and the mask
+        head's probabilities of their class ``float32 [K, 28, 28]`` before pasting."""
         (height, width), fmap, size, factor = self._last_map
         with timed(timings, "mask"), torch.inference_mode():
             if len(d) == 0:
-                return Detections(d.boxes, d.scores, d.labels, [])
+                empty = np.zeros((0, 2 * MASK_POOL, 2 * MASK_POOL), np.float32)
+                return Detections(d.boxes, d.scores, d.labels, []), empty
             heads = self.net_.roi_heads
             boxes = torch.from_numpy(d.boxes).to(self.device_)
             labels = torch.from_numpy(d.labels).to(self.device_)
@@ -196,7 +203,7 @@ class MaskRCNN(FasterRCNN):
                 pasted = paste_masks_in_image(probs[k : k + PASTE_CHUNK], boxes[k : k + PASTE_CHUNK], (height, width))
                 cut = (pasted[:, 0] >= self.config.mask_threshold).cpu().numpy()
                 masks += [encode(m) for m in cut]
-        return Detections(d.boxes, d.scores, d.labels, masks)
+        return Detections(d.boxes, d.scores, d.labels, masks), probs[:, 0].float().cpu().numpy().astype(np.float32)
 
 
 class _MaskTrainer(_Trainer):

@@ -237,6 +237,7 @@ class RCNN(Detector):
             "crops": Crops(fc.crop_size, fc.padding, fc.backbone, self.extractor_.feature_dim),
             "score_name": "SVM margin" if c.classifier == "svm" else "probability",
             "threshold": c.min_score,
+            "scored": {"proposals": len(proposals)},
         }
         if len(proposals) == 0:
             return Trace(stages=(Stage("nms", Detections()),), **parts)

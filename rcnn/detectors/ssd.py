@@ -32,10 +32,12 @@ from torchvision.models.detection.ssd import SSDHead
 from torchvision.ops import box_iou
 
 from rcnn.config import require
-from rcnn.detectors.dense import DenseConfig, DenseDetector
+from rcnn.detectors.dense import DenseConfig, DenseDetector, numpy32
+from rcnn.detectors.trace import Grid
 
 __all__ = ["SSD", "SSDConfig"]
 
+TRUNK_STRIDE = 16  # the first map's; each extra block halves it
 NEGATIVES_PER_POSITIVE = 3  # the paper's hard negative mining
 EXTRA_CHANNELS = (128, 256)  # an extra block's 1x1 and 3x3 convolutions
 
@@ -166,3 +168,32 @@ class SSD(DenseDetector):
         scores = torch.softmax(head["cls_logits"][0], -1)[:, 1:]
         box, label = torch.nonzero(scores >= self.config.min_score, as_tuple=True)
         return boxes[box], scores[box, label], label + 1
+
+    def _grids(self, out, size, factor):
+        """One `Grid` per map (strides 16, 32, ...): each cell's default boxes (image pixels)
+        with their best class probability, the cell's heat the highest of them; ``default
+        boxes``: every map's, as the head scored them (torchvision's order: map, row, column, box)."""
+        ssd = self.net_.head
+        head, maps = out
+        anchors = self.default_boxes(ssd, maps, size) / factor
+        best = torch.softmax(head["cls_logits"][0], -1)[:, 1:].amax(-1)  # [A]
+        grids, start = [], 0
+        for k, (m, b) in enumerate(zip(maps, ssd.anchor_generator.num_anchors_per_location())):
+            h, w = m.shape[-2:]
+            end = start + h * w * b
+            scores = best[start:end].view(h, w, b)
+            boxes = anchors[start:end].view(h, w, b, 4)
+            heat = "best class probability over its default boxes"
+            grids.append(
+                Grid(
+                    TRUNK_STRIDE * 2**k,
+                    factor,
+                    numpy32(scores.amax(-1)),
+                    heat,
+                    numpy32(boxes),
+                    numpy32(scores),
+                    "default",
+                )
+            )
+            start = end
+        return tuple(grids), {"default boxes": int(len(anchors))}

@@ -15,7 +15,18 @@ import numpy as np
 
 from rcnn.datasets.core import Detections
 
-__all__ = ["Anchors", "Crops", "FeatureMap", "Pooled", "Stage", "Trace", "summarize_map", "threshold_stages"]
+__all__ = [
+    "Anchors",
+    "Crops",
+    "FeatureMap",
+    "Grid",
+    "MaskProbs",
+    "Pooled",
+    "Stage",
+    "Trace",
+    "summarize_map",
+    "threshold_stages",
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,46 @@ class Pooled:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """One map of a dense detector, cell by cell: ``rows x cols`` cells of `stride` px of the
+    image rescaled by `factor` (a cell is ``stride / factor`` px of the image). `heat` ``float32
+    [rows, cols]``: each cell's value, `heat_name` says which (YOLO's best box confidence, SSD's
+    best class probability over the cell's default boxes, CenterNet's heatmap, the highest
+    over the classes). `boxes` ``float32 [rows, cols, B, 4]`` in the image's pixels: each
+    cell's B boxes (`boxes_name` says which: YOLO's predicted, SSD's default), with
+    `box_scores` ``float32 [rows, cols, B]`` (YOLO: each box's confidence; SSD: each default
+    box's best class probability); None where the map has no boxes per cell. `peaks` ``int64
+    [K, 2]``: ``(row, col)`` of the cells kept as peaks (CenterNet: the 3x3 maxima kept, in
+    the order of the ``regression`` stage's boxes, one box grown from each); None: no peaks."""
+
+    stride: int
+    factor: float
+    heat: np.ndarray
+    heat_name: str
+    boxes: np.ndarray | None = None
+    box_scores: np.ndarray | None = None
+    boxes_name: str = ""
+    peaks: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)``."""
+        return tuple(int(n) for n in self.heat.shape)
+
+
+@dataclass(frozen=True)
+class MaskProbs:
+    """A mask head's output on the final detections: `probs` ``float32 [K, m, m]``, the m x m
+    mask probabilities (sigmoid of the logits) of their class, for the detections at `index`
+    ``int64 [K]`` (the best-scoring few, best first), before they are pasted into the image
+    (resized to the box) and cut at `threshold`."""
+
+    index: np.ndarray
+    probs: np.ndarray
+    threshold: float
+
+
+@dataclass(frozen=True)
 class Trace:
     """A detection on one image of `image_size` ``(height, width)``, stage by stage.
 
@@ -98,8 +149,12 @@ class Trace:
     the parts above, where the detector has them; `scores` ``float32 [N, C]``: every
     proposal's class scores (`score_name` says what a score is) and `threshold` the score a
     box needs; `outputs`: a detector's own head outputs (a localiser's ``presence``,
-    ``class_probs [C]``, ``box [4]``); `stages`: the boxes after each step, the last the
-    final detections (`detections`)."""
+    ``class_probs [C]``, ``box [4]``); `grids`: a dense detector's maps (`Grid`, finest
+    first); `masks`: Mask R-CNN's mask probabilities (`MaskProbs`); `scored`: how many boxes
+    each step scores on this image, counted from what it computed, in order (``anchors`` and
+    ``proposals`` for Faster R-CNN, ``proposals`` for Fast R-CNN and R-CNN, a dense detector's
+    ``grid boxes``, ``default boxes`` or ``heatmap cells x classes``, a localiser's ``box``);
+    `stages`: the boxes after each step, the last the final detections (`detections`)."""
 
     image_size: tuple[int, int]
     stages: tuple[Stage, ...]
@@ -113,6 +168,14 @@ class Trace:
     score_name: str = "score"
     threshold: float = -np.inf
     outputs: dict = field(default_factory=dict)
+    grids: tuple[Grid, ...] = ()
+    masks: MaskProbs | None = None
+    scored: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def boxes_scored(self) -> int:
+        """Every box any step scored on this image: the sum of `scored`."""
+        return int(sum(self.scored.values()))
 
     @property
     def detections(self) -> Detections:

@@ -35,7 +35,8 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from rcnn.config import require
-from rcnn.detectors.dense import DenseConfig, DenseDetector, DenseTrainConfig
+from rcnn.detectors.dense import DenseConfig, DenseDetector, DenseTrainConfig, numpy32
+from rcnn.detectors.trace import Grid
 
 __all__ = ["YOLO", "YOLOConfig", "yolo_loss"]
 
@@ -177,3 +178,17 @@ class YOLO(DenseDetector):
         scores = conf[..., None] * probs[:, :, None, :]  # [h, w, B, C]
         cell, label = torch.nonzero(scores.flatten(0, 2) >= self.config.min_score, as_tuple=True)
         return boxes.flatten(0, 2)[cell], scores.flatten(0, 2)[cell, label], label + 1
+
+    def _grids(self, out, size, factor):
+        """Two views of the ``S_h x S_w`` grid: each cell's best box confidence with its B
+        predicted boxes (image pixels) and their confidences, and each cell's best class-specific
+        score (confidence x class probability); ``grid boxes``: ``S_h x S_w x B``."""
+        pred, conf, probs = out
+        s = self.config.stride
+        boxes = decode_grid(pred, s, size) / factor  # [h, w, B, 4]
+        best = (conf[..., None] * probs[:, :, None, :]).amax((2, 3))
+        grids = (
+            Grid(s, factor, numpy32(conf.amax(-1)), "best box confidence", numpy32(boxes), numpy32(conf), "predicted"),
+            Grid(s, factor, numpy32(best), "best confidence x class probability"),
+        )
+        return grids, {"grid boxes": int(conf.numel())}

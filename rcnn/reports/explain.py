@@ -26,6 +26,18 @@ model's `trace(image)` returns (`rcnn.detectors.trace.Trace`), whose last stage 
   suppression, and what is left after it);
 - a localiser's head outputs (no proposals): its three heads' answers and ``box.png``, and
   which stages it skips.
+- a dense detector's maps (`Trace.grids`; YOLO, SSD, CenterNet: no proposals):
+  ``grid.png`` (one tile per map: its heat in each cell over the image, the cells' edges, and
+  on a map with boxes per cell the best box of its hottest cells: YOLO's best box confidence
+  and its confidence x class probability on the ``S_h x S_w`` grid, SSD's best class
+  probability over each cell's default boxes on each of its maps), with how many boxes each
+  map scores (B per cell, the grid, the stride; `Trace.scored`); ``cell_boxes.png`` (the boxes
+  of the hottest cell of each map: YOLO's B predicted boxes, SSD's default boxes) or
+  ``peaks.png`` (CenterNet: the class heatmap's peaks kept, circled, and the boxes grown
+  from them); then ``nms.png`` (the boxes reaching the threshold, and after NMS);
+- a mask head (`Trace.masks`, Mask R-CNN, after Faster R-CNN's stages): ``mask_probs.png``
+  (the 28 x 28 mask probabilities of the best detections) and ``masks.png`` (their masks
+  pasted into the image, as `detect` returns them).
 
 Every page ends with ``detections.png``: the final detections beside the ground truth (when
 known). The pictures come from `rcnn.reports.draw`.
@@ -75,6 +87,10 @@ FASTER_RCNN_PICTURES = [
     "roi_pooling.png",
     *HEAD_PICTURES,
 ]
+MASK_RCNN_PICTURES = [*FASTER_RCNN_PICTURES[:-1], "mask_probs.png", "masks.png", "detections.png"]
+GRID_PICTURES = ["grid.png", "cell_boxes.png", "nms.png", "detections.png"]  # a map with boxes per cell: YOLO, SSD
+PEAK_PICTURES = ["grid.png", "peaks.png", "nms.png", "detections.png"]  # a heatmap and its peaks: CenterNet
+HOT_CELLS = 5  # the hottest cells of a map whose best box `grid.png` draws
 
 
 def coverage(boxes, image_size) -> np.ndarray:
@@ -177,6 +193,8 @@ def explain(
         _proposal_stages(page, model, trace, gt_boxes, top)
     elif "presence" in trace.outputs:
         _localizer_stages(page, model, trace)
+    elif trace.grids:
+        _grid_stages(page, model, trace)
     else:
         page.text(
             f"The trace of this {type(model).__name__} holds no proposals, anchors or head outputs this page knows: "
@@ -191,6 +209,10 @@ def explain(
             if trace.pooled is not None:
                 _roi_pooling(page, model, trace)
             _head_stages(page, model, trace)
+    elif trace.grids and trace.stage("regression") is not None:
+        _nms(page, model, trace.stage("regression"), trace.detections, "Every box of the maps reaching the threshold")
+    if trace.masks is not None:
+        _mask_stages(page, model, trace)
     _final(model, image, trace.detections, page, gt_boxes, gt_labels)
     proposals = np.zeros((0, 4), np.float32) if trace.proposals is None else trace.proposals
     return {
@@ -333,11 +355,23 @@ def _head_stages(page: _Page, model, trace) -> None:
     moved = draw_moves(big, before.boxes[pick] * f, after.boxes[pick] * f)
     page.picture("regression.png", moved, "boxes before and after regression")
 
+    _nms(page, model, after, detections, "The moved boxes")
+
+
+def _nms(page: _Page, model, after: Detections, detections: Detections, what: str) -> None:
+    """``nms.png``: the candidates `after` (the boxes reaching the threshold, `what` says
+    which) before non-maximum suppression, and the `detections` left after it and the cap."""
+    c, big, f = model.config, page.big, page.f
+    none = c.nms_threshold >= 1
     page.section(
         "Non-maximum suppression",
-        f"{len(after)} candidates overlap heavily (left); per class, NMS at IoU {c.nms_threshold:g} keeps the "
-        f"best-scoring box of each overlapping group and the best {c.max_detections} overall: {len(detections)} "
-        "are left (right).",
+        f"{what}: {len(after)} candidates (left); "
+        + (
+            f"per class, NMS at IoU {c.nms_threshold:g} keeps the best-scoring box of each overlapping group"
+            if not none
+            else "no NMS (`nms_threshold = 1`): boxes are only clipped to the image"
+        )
+        + f" and the best {c.max_detections} overall are kept: {len(detections)} are left (right).",
     )
     left = caption(draw_boxes(big, after.boxes * f, (255, 200, 0), 1), f"before NMS: {len(after)}")
     right = caption(
@@ -492,6 +526,180 @@ def _localizer_stages(page: _Page, model, trace) -> None:
         caption(draw_boxes(big, box[None] * f, (255, 64, 64)), f"its box, whatever the presence ({presence:.2f})"),
         "the regressed box",
     )
+
+
+def _grid_lines(image: np.ndarray, rows: int, cols: int, cell: float, colour=(200, 200, 200)) -> np.ndarray:
+    """`image` with the lines between ``rows x cols`` cells of `cell` px (none when under 6 px)."""
+    if cell < 6:
+        return image
+    out = np.ascontiguousarray(image).copy()
+    h, w = out.shape[:2]
+    for j in range(1, cols):
+        x = int(round(j * cell))
+        if x < w:
+            out[:, x] = (out[:, x] * 0.4 + np.array(colour) * 0.6).astype(np.uint8)
+    for i in range(1, rows):
+        y = int(round(i * cell))
+        if y < h:
+            out[y] = (out[y] * 0.4 + np.array(colour) * 0.6).astype(np.uint8)
+    return out
+
+
+def _hot_cells(heat: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """The `n` cells ``(row, col)`` of highest `heat`, hottest first."""
+    order = np.argsort(-heat.ravel(), kind="stable")[:n]
+    return [tuple(int(v) for v in np.unravel_index(k, heat.shape)) for k in order]
+
+
+def _cell_box(g, i: int, j: int, f: float) -> np.ndarray:
+    """Cell ``(i, j)`` of grid `g` as a box on the page's picture (enlarged `f` times)."""
+    side = g.stride / g.factor * f
+    return np.array([j, i, j + 1, i + 1], np.float32) * side
+
+
+def _grid_stages(page: _Page, model, trace) -> None:
+    """A dense detector's maps (`Trace.grids`): each map's heat over the image with its cells
+    (``grid.png``; with boxes per cell, the best box of the hottest cells), the boxes of one
+    cell on each map that has them (``cell_boxes.png``), and the peaks kept with the boxes
+    grown from them (``peaks.png``)."""
+    grids, big, f = trace.grids, page.big, page.f
+    g0 = grids[0]
+    rh, rw = (round(side * g0.factor) for side in page.image.shape[:2])
+    counts = ", ".join(f"{n} {what}" for what, n in trace.scored.items())
+    n_maps = len({(g.stride, g.shape) for g in grids})  # YOLO: two views of one map
+    its = "its map" if n_maps == 1 else f"its {n_maps} maps"
+    maps = []
+    for g in grids:
+        rows, cols = g.shape
+        text = f"stride {g.stride} px: **{rows} x {cols} cells**"
+        if g.boxes is not None:
+            b = g.boxes.shape[2]
+            text += f", **{b} {g.boxes_name} boxes per cell** ({rows * cols * b} boxes)"
+        maps.append(f"{len(maps) + 1}. {text}; heat: {g.heat_name}, highest {g.heat.max():.2f}")
+    page.section(
+        "The dense grid",
+        f"No proposals: the image, rescaled to {rw} x {rh} px (x{g0.factor:.2f}), goes through the trunk "
+        f"({_backbone(model)}) once, and every cell of {its} scores boxes "
+        f"in that one pass: **{trace.boxes_scored} boxes scored** on this image ({counts}).",
+        "",
+        *maps,
+        "",
+        "The picture, one tile per line above (numbered alike): its heat in each cell (black 0, yellow 1) and the cells' edges"
+        + (
+            f"; on a map with boxes per cell, the best-scoring box of each of its {HOT_CELLS} hottest cells "
+            "(that cell outlined in white)"
+            if any(g.boxes is not None for g in grids)
+            else ""
+        )
+        + ("; the peaks kept, circled" if any(g.peaks is not None for g in grids) else "")
+        + ".",
+    )
+    tiles = []
+    for n, g in enumerate(grids, 1):
+        rows, cols = g.shape
+        side = g.stride / g.factor * f
+        heat = heat_overlay(big, _cell_heat(page, g.heat, g), vmax=1.0)
+        out = _grid_lines(heat, rows, cols, side)
+        if g.boxes is not None:
+            for i, j in _hot_cells(g.heat, HOT_CELLS):
+                k = int(g.box_scores[i, j].argmax())
+                out = draw_boxes(out, _cell_box(g, i, j, f), (255, 255, 255), 1)
+                out = draw_boxes(out, g.boxes[i, j, k] * f, (80, 255, 80))
+        if g.peaks is not None:
+            out = _circles(out, g, f)
+        tiles.append(caption(out, f"{n}: stride {g.stride}, {rows} x {cols}, max {g.heat.max():.2f}"))
+    page.picture("grid.png", image_grid(tiles, min(len(tiles), 2)), "each map's heat over the image")
+
+    boxed = [g for g in grids if g.boxes is not None]
+    if boxed:
+        per_cell = ", ".join(str(g.boxes.shape[2]) for g in boxed)
+        page.section(
+            "One cell's boxes",
+            f"Each cell scores the same number of boxes ({per_cell} per cell on "
+            + ("its map" if len(boxed) == 1 else f"its {len(boxed)} maps")
+            + f"; {boxed[0].boxes_name}). The picture: the hottest cell of each map (white) and its boxes, "
+            "one colour each, in the image's pixels.",
+        )
+        tiles = []
+        for g in boxed:
+            (i, j), b = _hot_cells(g.heat, 1)[0], g.boxes.shape[2]
+            out = draw_boxes(big, _cell_box(g, i, j, f), (255, 255, 255))
+            for k in range(b):
+                out = draw_boxes(out, g.boxes[i, j, k] * f, class_colour(k + 1), 1)
+            tiles.append(caption(out, f"stride {g.stride}, cell ({i}, {j}): {b} {g.boxes_name} boxes"))
+        page.picture("cell_boxes.png", image_grid(tiles, min(len(tiles), 2)), "the boxes of one cell on each map")
+
+    peaked = [g for g in grids if g.peaks is not None]
+    if peaked:
+        grown = trace.stage("regression")
+        g = peaked[0]
+        n = min(len(g.peaks), 20)
+        page.section(
+            "Peaks and the boxes grown from them",
+            f"A peak is a cell equal to the 3 x 3 maximum of its class's heatmap; the best ones reaching the score "
+            f"threshold {trace.threshold:g} are kept: **{len(g.peaks)}** here, each the centre of one box, sized by "
+            f"the size regressed there and shifted by the offset. The picture: the peaks (circled) over the heat "
+            f"and the boxes grown from the {n} best, in their class's colour.",
+        )
+        out = _circles(heat_overlay(big, _cell_heat(page, g.heat, g), vmax=1.0), g, f)
+        if grown is not None and n:
+            out = draw_detections(out, _scaled_detections(_first(grown, n), f), model.classes_)
+        page.picture("peaks.png", caption(out, f"{len(g.peaks)} peaks, {n} boxes drawn"), "peaks and their boxes")
+
+
+def _first(d: Detections, n: int) -> Detections:
+    """The first `n` of `d`."""
+    return Detections(d.boxes[:n], d.scores[:n], d.labels[:n])
+
+
+def _circles(image: np.ndarray, g, f: float) -> np.ndarray:
+    """`image` with grid `g`'s peaks circled at their cells' centres (the page's enlarged pixels)."""
+    import cv2
+
+    out = np.ascontiguousarray(image).copy()
+    side = g.stride / g.factor * f
+    for i, j in g.peaks:
+        centre = (int(round((j + 0.5) * side)), int(round((i + 0.5) * side)))
+        cv2.circle(out, centre, max(3, int(side / 2)), (80, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _mask_stages(page: _Page, model, trace) -> None:
+    """The mask head (`Trace.masks`): the m x m probabilities of the best detections
+    (``mask_probs.png``) and the final masks pasted into the image (``masks.png``)."""
+    m, d, big, f = trace.masks, trace.detections, page.big, page.f
+    k, side = len(m.index), m.probs.shape[-1]
+    filled = sum(_area(mask) > 0 for mask in d.masks or [])
+    page.section(
+        "The mask head",
+        f"Each final detection's box is RoI-aligned from the map and goes through the mask head (convolutions, then "
+        f"a 2x up-convolution): **{side} x {side} mask logits per class**, of which its class's are kept and "
+        f"turned into probabilities (sigmoid). The picture: those of the {k} best detections (black 0, yellow 1), "
+        "each over its box's shape whatever the box's size.",
+    )
+    zoom = max(1, 112 // side)
+    tiles = []
+    for n, i in enumerate(m.index):
+        tile = heat_overlay(np.zeros((side, side, 3), np.uint8), m.probs[n], 1.0, vmax=1.0)
+        label = int(d.labels[i])
+        tile = np.kron(tile, np.ones((zoom, zoom, 1), np.uint8))
+        tiles.append(caption(tile, f"{model.classes_[label - 1]} {d.scores[i]:.2f}"))
+    page.picture("mask_probs.png", image_grid(tiles, 8), "the mask head's probabilities of the best detections")
+    page.section(
+        "Masks pasted into the image",
+        f"Each detection's {side} x {side} probabilities are resized to its box, pasted into the image and cut at "
+        f"{m.threshold:g}: one mask per detection ({len(d)}; {filled} with pixels), as `detect` returns them. "
+        f"The picture: the masks of the same {k} best detections, filled in their class's colour, with their boxes.",
+    )
+    best = Detections(d.boxes[m.index] * f, d.scores[m.index], d.labels[m.index], [d.masks[i] for i in m.index])
+    out = draw_detections(big, best, model.classes_)
+    page.picture("masks.png", caption(out, f"the {k} best of {len(d)} masks"), "the final masks over the image")
+
+
+def _area(mask) -> int:
+    from rcnn.datasets.masks import decode
+
+    return int(decode(mask).sum())
 
 
 def _scaled_detections(d: Detections, f: float) -> Detections:

@@ -161,3 +161,96 @@ def test_localizer_trace_holds_its_heads_and_one_box(models, images):
     box = trace.stage("box")
     assert len(box) == 1 and np.isclose(box.scores[0], presence * probs.max())
     assert len(trace.detections) == (presence >= model.config.presence_threshold)
+
+
+@pytest.mark.parametrize("kind", ["rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn", "localizer"])
+def test_scored_counts_the_boxes_each_step_scored(models, images, kind):
+    model, image = models[kind], images[0]
+    trace = model.trace(image)
+    if kind == "localizer":
+        assert trace.scored == {"box": 1}
+    elif kind in ("faster_rcnn", "mask_rcnn"):  # every anchor's objectness, then each proposal's classes
+        assert trace.scored == {"anchors": trace.anchors.total, "proposals": len(trace.proposals)}
+        assert trace.anchors.total > len(trace.proposals) > 0
+        given = model.trace(image, proposals=trace.proposals[:5])  # given boxes: no anchors scored
+        assert given.scored == {"proposals": 5}
+    else:
+        assert trace.scored == {"proposals": len(trace.proposals)} == {"proposals": len(trace.scores)}
+    assert trace.boxes_scored == sum(trace.scored.values())
+
+
+def test_yolo_trace_holds_its_grid(models, images):
+    model = models["yolo"]
+    c = model.config
+    trace = max((model.trace(image) for image in images), key=lambda t: len(t.stage("regression")))
+    confidence, scores = trace.grids
+    h, w = confidence.shape
+    B = c.boxes_per_cell
+    rescaled = [round(side * confidence.factor) for side in trace.image_size]
+    assert (h, w) == tuple(-(-side // c.stride) for side in rescaled) and confidence.stride == c.stride == 32
+    assert confidence.boxes.shape == (h, w, B, 4) and confidence.box_scores.shape == (h, w, B)
+    assert np.array_equal(confidence.heat, confidence.box_scores.max(-1)) and confidence.boxes_name == "predicted"
+    assert scores.shape == (h, w) and scores.boxes is None and (scores.heat <= confidence.heat + 1e-6).all()
+    assert trace.scored == {"grid boxes": h * w * B}
+    # the candidates are the grid's boxes whose class-specific score reaches the threshold
+    candidates = trace.stage("regression")
+    assert np.isin(candidates.boxes.view("V16"), confidence.boxes.reshape(-1, 4).view("V16")).all()
+    if len(candidates):
+        assert np.isclose(candidates.scores.max(), scores.heat.max())
+    assert (scores.heat < trace.threshold).all() or len(candidates)
+
+
+def test_ssd_trace_holds_its_default_boxes_map_by_map(models, images):
+    model, image = models["ssd"], images[0]
+    trace = model.trace(image)
+    with torch.inference_mode():
+        _, (_, maps), size, factor = model.raw(image)
+        anchors = model.default_boxes(model.net_.head, maps, size).numpy() / factor
+    assert len(trace.grids) == model.config.extra_layers + 1 == len(maps)
+    assert [g.stride for g in trace.grids] == [16, 32, 64, 128]
+    assert [g.shape for g in trace.grids] == [tuple(m.shape[-2:]) for m in maps]
+    per_map = [g.boxes.reshape(-1, 4) for g in trace.grids]
+    assert np.allclose(np.concatenate(per_map), anchors, atol=1e-4)
+    assert trace.scored == {"default boxes": len(anchors)} == {"default boxes": sum(len(b) for b in per_map)}
+    for g in trace.grids:
+        b = g.boxes.shape[2]
+        assert g.boxes_name == "default" and np.array_equal(g.heat, g.box_scores.max(-1)) and b == 2 + 2 * 2
+    best = max(g.heat.max() for g in trace.grids)
+    candidates = trace.stage("regression")
+    assert (len(candidates) and np.isclose(candidates.scores.max(), best)) or best < trace.threshold
+
+
+def test_centernet_trace_holds_its_heatmap_and_peaks(models, images):
+    model = models["centernet"]
+    trace = max((model.trace(image) for image in images), key=lambda t: len(t.stage("regression")))
+    (grid,) = trace.grids
+    h, w = grid.shape
+    assert grid.stride == 8 and grid.boxes is None
+    assert trace.scored == {"heatmap cells x classes": h * w * len(model.classes_)}
+    candidates = trace.stage("regression")
+    assert len(grid.peaks) == len(candidates) > 0
+    rows, cols = grid.peaks.T
+    # a peak's score is its class's heat there, at most the highest over the classes, and a 3x3 maximum
+    assert (grid.heat[rows, cols] >= candidates.scores - 1e-6).all()
+    padded = np.pad(grid.heat, 1, constant_values=-1)
+    around = np.stack([padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    assert np.isclose(grid.heat[rows, cols], around.max(0)[rows, cols]).any()
+
+
+def test_mask_rcnn_trace_holds_the_mask_heads_probabilities(models, images):
+    model = models["mask_rcnn"]
+    trace = max((model.trace(image) for image in images), key=lambda t: len(t.detections))
+    d, m = trace.detections, trace.masks
+    assert len(d) > 0 and len(m.index) == min(len(d), 8) and m.probs.shape == (len(m.index), 28, 28)
+    assert np.array_equal(d.scores[m.index], np.sort(d.scores)[::-1][: len(m.index)])
+    assert ((m.probs >= 0) & (m.probs <= 1)).all() and m.threshold == model.config.mask_threshold
+    # the pasted mask of the best detection is its 28 x 28 probabilities cut at the threshold, inside its box
+    from rcnn.datasets.masks import decode
+
+    best = int(m.index[0])
+    pasted = decode(d.masks[best]).astype(bool)
+    x1, y1, x2, y2 = d.boxes[best]
+    ys, xs = np.nonzero(pasted)
+    assert (m.probs[0] >= m.threshold).any() == pasted.any()
+    if pasted.any():
+        assert xs.min() >= np.floor(x1) - 1 and xs.max() <= np.ceil(x2) + 1 and ys.min() >= np.floor(y1) - 1

