@@ -61,10 +61,14 @@ class DenseTrainConfig(RoITrainConfig):
     (`rcnn.heads.roi_trainer.RoITrainConfig`: 20 epochs, the step at 14, warm-up, the
     gradient clipped to norm 10, blocks 0-10 frozen, flips) at `lr` 0.005 (measured on the synthetic
     set; 0.01, before YOLO's confidences started at a prior, sent its summed squared errors into
-    saturated sigmoids); ``rois_per_image``,
+    saturated sigmoids) and with random scaling: each training image's shortest side drawn from
+    ``scale x (0.8 ... 1.2)`` (``scale_jitter = 0.2``; the single-shot papers' own augmentation, YOLO's
+    "random scaling of up to 20 %", SSD's zooms, CenterNet's random scales, as far as the cached
+    frozen stem allows: no crops or colour changes by default); ``rois_per_image``,
     ``fg_fraction`` and ``fg_iou`` are not read (no RoIs)."""
 
     lr: float = 0.005
+    scale_jitter: float = 0.2
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ image's width and height, the confidence (sigmoid) is the box's IoU with the obj
 The paper's fully connected layers, which fix the input to 448 x 448 and the grid to 7 x 7,
 are replaced by that convolution (dropout 0.5 after it, as after the paper's first one), so
 any image size works; the rest is the paper's, its augmentation as far as the stem cache allows:
-random scaling of up to 20 % (`train.scale_jitter`), flips; not its translations and colour
-changes, which would run the frozen stem on every image every time.
+random scaling of up to 20 % (`train.scale_jitter`, every dense detector's) and flips; not its
+translations and colour changes, which would run the frozen stem on every image every time.
 
 The loss (`yolo_loss`, Eq. 3 of the paper, summed over the image): an object belongs to the
 cell holding its centre (two centres in one cell: the smaller object); of that cell's B
@@ -28,14 +28,14 @@ with lambda_coord 5 and lambda_noobj 0.5. Detection: each box's class-specific s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.ops import box_iou
 
 from rcnn.config import require
-from rcnn.detectors.dense import DenseConfig, DenseDetector, DenseTrainConfig, numpy32
+from rcnn.detectors.dense import DenseConfig, DenseDetector, numpy32
 from rcnn.detectors.trace import Grid
 
 __all__ = ["YOLO", "YOLOConfig", "yolo_loss"]
@@ -50,9 +50,7 @@ class YOLOConfig(DenseConfig):
     `boxes_per_cell` (B, the paper's 2), `stride` (a grid cell's side in pixels: 16, the
     trunk's map, or 32, one more stride-2 convolution), `hidden` (channels of the 3x3
     convolution), `lambda_coord` and `lambda_noobj` (the loss's weights, 5 and 0.5), `dropout`
-    (after the 3x3 convolution, the paper's 0.5 after its first fully connected layer). Training
-    draws each image's size from +-20 % of `scale` (``train.scale_jitter = 0.2``, the paper's
-    random scaling of up to 20 %)."""
+    (after the 3x3 convolution, the paper's 0.5 after its first fully connected layer)."""
 
     detector: str = "yolo"
     boxes_per_cell: int = 2
@@ -61,7 +59,6 @@ class YOLOConfig(DenseConfig):
     lambda_coord: float = 5.0
     lambda_noobj: float = 0.5
     dropout: float = 0.5
-    train: DenseTrainConfig = field(default_factory=lambda: DenseTrainConfig(scale_jitter=0.2))
 
     def __post_init__(self):
         super().__post_init__()
