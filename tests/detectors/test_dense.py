@@ -144,6 +144,14 @@ def test_centernet_splats_a_gaussian_at_each_centre_and_its_loss_is_the_papers()
     assert centernet_loss((logits, size, offset), box, torch.tensor([2]))["loss"].item() == pytest.approx(
         terms["loss"].item() + 0.2, rel=1e-5
     )
+    # in log space (the default): the head gives log(cells); 12 for 10 cells costs |log 1.2| at weight 1
+    log_size = torch.zeros(2, 16, 16)
+    log_size[:, 7, 7] = torch.tensor([10.0, 8.0]).log()
+    exact = centernet_loss((logits, log_size, offset), box, torch.tensor([2]), size_weight=1.0, log_size=True)
+    assert exact["size"].item() == pytest.approx(0.0, abs=1e-6)
+    log_size[0, 7, 7] = math.log(12.0)
+    wide = centernet_loss((logits, log_size, offset), box, torch.tensor([2]), size_weight=1.0, log_size=True)
+    assert wide["loss"].item() == pytest.approx(exact["loss"].item() + math.log(1.2), rel=1e-5)
 
 
 def test_centernet_peaks_are_3x3_maxima_and_no_nms_follows(tmp_path):
@@ -154,7 +162,7 @@ def test_centernet_peaks_are_3x3_maxima_and_no_nms_follows(tmp_path):
     logits[0, 2, 2], logits[0, 2, 3] = 2.0, 1.0  # neighbours: only the higher is a peak
     logits[0, 2, 5] = 1.5  # two cells away: a peak of its own, although its box overlaps the first
     logits[1, 6, 6] = 0.0  # class 2, probability 0.5
-    size = torch.full((2, 8, 8), 2.0)
+    size = torch.full((2, 8, 8), math.log(2.0))  # log space, the default: 2 cells
     offset = torch.full((2, 8, 8), 0.5)
     boxes, scores, labels = model._decode((logits, size, offset), (64, 64))
     assert labels.tolist() == [1, 1, 2]
