@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 RCNN   := $(VENV)/bin/rcnn
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-all demo docs tables bench-eval bench-proposals bench-detect bench-gpu clean
+.PHONY: venv test test-slow test-all demo docs tables bench-eval bench-proposals bench-detect bench-dense bench-gpu clean
 
 venv: $(STAMP)
 
@@ -103,6 +103,11 @@ bench-gpu: $(STAMP)
 
 bench-detect: $(STAMP)
 	$(PY) experiments/bench_detect.py
+
+# YOLO, SSD and CenterNet against Faster R-CNN at one input size, in the same run (trains small
+# models first, a few minutes; MODELS="faster=M.pt yolo=M.pt ..." times trained model files instead).
+bench-dense: $(STAMP)
+	$(PY) experiments/bench_dense.py $(if $(MODELS),--models $(MODELS))
 
 clean:
 	rm -rf data/synth data/demo data/cache cache
