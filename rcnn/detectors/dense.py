@@ -226,12 +226,17 @@ class DenseDetector(Detector):
                 out = self._forward(self.net_.head, fmap)
         return image, out, scaled.shape[:2], factor
 
-    def trace(self, image, proposals=None, timings: dict | None = None) -> Trace:
+    def detect(self, image, proposals=None, timings: dict | None = None) -> Detections:
+        """`trace`'s last stage, without the maps cell by cell that only pictures use."""
+        return self.trace(image, proposals, timings, grids=False).detections
+
+    def trace(self, image, proposals=None, timings: dict | None = None, grids: bool = True) -> Trace:
         """Every stage on one image (a path or ``uint8 [H, W, 3]`` RGB) as plain data
         (`rcnn.detectors.trace.Trace`): the head's decoded boxes reaching the score threshold
         (``regression``: every position of the map scores its boxes, no proposals), then after
         per-class NMS and the cap (``nms``, `detect`'s); the detector's maps cell by cell
-        (``grids``) and the count of boxes it scored (``scored``). `proposals` are not used."""
+        (``grids``, left out with ``grids=False``) and the count of boxes it scored
+        (``scored``). `proposals` are not used."""
         c = self.config
         image, out, size, factor = self.raw(image, timings)
         with timed(timings, "nms"):
@@ -240,14 +245,14 @@ class DenseDetector(Detector):
             boxes, scores, labels = boxes.cpu().numpy() / factor, scores.cpu().numpy(), labels.cpu().numpy()
             final = postprocess(boxes, scores, labels, image.shape[:2], c.nms_threshold, c.max_detections)
         with timed(timings, "head"), torch.inference_mode():
-            grids, scored = self._grids(out, size, factor)
+            maps, scored = self._grids(out, size, factor) if grids else ((), {})
         candidates = Detections(boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64))
         return Trace(
             image_size=tuple(image.shape[:2]),
             stages=(Stage("regression", candidates), Stage("nms", final)),
             proposer="none (dense)",
             threshold=c.min_score,
-            grids=grids,
+            grids=maps,
             scored=scored,
         )
 
