@@ -9,6 +9,14 @@ training -> the trunk once -> RoI pooling of the top `test_proposals` boxes -> t
 (optionally by truncated SVD, `svd_rank`) -> softmax scores (or SVM margins) and
 class-specific box deltas -> score threshold -> `rcnn.detectors.base.postprocess`.
 
+With ``[backbone] fpn = true`` (`rcnn.features.pyramid.PyramidBackboneConfig`, Faster R-CNN's
+table) the trunk is a feature pyramid (`rcnn.features.pyramid.PyramidTrunk`: torchvision's
+`FeaturePyramidNetwork` over MobileNetV2's stride-8 and stride-16 blocks, the image padded to
+a multiple of 32 px) and each RoI is pooled by torchvision's `MultiScaleRoIAlign` from the
+level its size maps to (`rcnn.features.pyramid.PyramidPooler`: under 224 px a side from
+stride 8); RoI align only, no stride-32 level (only an RPN would read it). The trace then
+holds the stride-16 level's map, every level listed.
+
 The model file holds the trunk's and the head's weights (and the SVMs), so it does not depend
 on where the initial weights came from.
 """
@@ -24,7 +32,7 @@ import numpy as np
 import torch
 
 from rcnn.boxes import BoxCoder
-from rcnn.config import require, to_dict
+from rcnn.config import FieldError, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
 from rcnn.datasets.images import read_image
 from rcnn.detectors.base import (
@@ -39,9 +47,10 @@ from rcnn.detectors.base import (
     top_candidates,
     training_key,
 )
-from rcnn.detectors.trace import Pooled, Stage, Trace, summarize_map, threshold_stages
+from rcnn.detectors.trace import Pooled, Stage, Trace, summarize_map, summarize_pyramid, threshold_stages
 from rcnn.features.extractor import freeze_for_inference, set_threads
-from rcnn.features.roi import BackboneConfig, RoIConfig, RoIPooler, build_trunk, image_tensor, rescale
+from rcnn.features.pyramid import PyramidBackboneConfig, PyramidPooler, backbone_settings, build_pyramid_trunk
+from rcnn.features.roi import RoIConfig, RoIPooler, build_trunk, image_tensor, rescale
 from rcnn.heads.data import ImageData
 from rcnn.heads.fast_rcnn import (
     BOX_STDS,
@@ -66,9 +75,11 @@ CLASSIFIERS = ("softmax", "svm")
 class FastRCNNConfig(CommonConfig):
     """A Fast R-CNN's config (``detector = "fast_rcnn"``). Besides the common settings:
 
-    `backbone` (``[backbone]``: the stride-16 trunk and its weights), `roi` (``[roi]``: pool
-    or align, output size), `head` (``[head]``: fc sizes, dropout), `train` (``[train]``:
-    SGD, sampling, flips, frozen layers, checkpoints, seed). Images are rescaled so their
+    `backbone` (``[backbone]``: the stride-16 trunk and its weights; ``fpn``: a feature
+    pyramid, whose levels RoI align reads by box size, `rcnn.features.pyramid`), `roi`
+    (``[roi]``: pool or align, output size; align only with ``fpn``), `head` (``[head]``: fc
+    sizes, dropout), `train` (``[train]``: SGD, sampling, flips, frozen layers, checkpoints,
+    seed). Images are rescaled so their
     shortest side is `scale` px, the longest at most `max_size` (training and test; 0: chosen
     from the training images by `rcnn.heads.roi_trainer.fit_to_data`, kept in the model). At test
     time the first `test_proposals` proposals are scored; `classifier` is ``softmax`` (the
@@ -81,7 +92,7 @@ class FastRCNNConfig(CommonConfig):
     detector: str = "fast_rcnn"
     TEST_TIME: ClassVar[tuple[str, ...]] = (*CommonConfig.TEST_TIME, "test_proposals", "svd_rank")
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    backbone: PyramidBackboneConfig = field(default_factory=PyramidBackboneConfig)
     roi: RoIConfig = field(default_factory=RoIConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -102,6 +113,12 @@ class FastRCNNConfig(CommonConfig):
         require(self, "test_proposals", self.test_proposals >= 1, "an integer >= 1")
         require(self, "classifier", self.classifier in CLASSIFIERS, f"one of {', '.join(CLASSIFIERS)}")
         require(self, "svd_rank", self.svd_rank >= 0, "an integer >= 0 (0: no truncated SVD)")
+        if self.backbone.fpn and self.roi.mode != "align":
+            raise FieldError("roi.mode", self.roi.mode, '"align" with a feature pyramid (MultiScaleRoIAlign)')
+        if self.backbone.fpn_pool:
+            raise FieldError(
+                "backbone.fpn_pool", True, "false (the stride-32 level is an RPN's; Fast R-CNN pools from 8 and 16)"
+            )
 
     @property
     def min_score(self) -> float:
@@ -133,7 +150,8 @@ class FastRCNN(Detector):
         c = self.config
         params = {
             "fast_rcnn": {
-                **{name: to_dict(getattr(c, name)) for name in ("backbone", "roi", "head")},
+                "backbone": backbone_settings(c.backbone),  # without the pyramid: the keys from before it
+                **{name: to_dict(getattr(c, name)) for name in ("roi", "head")},
                 "train": train_settings(c.train),
             },
             "scale": c.scale,
@@ -156,11 +174,11 @@ class FastRCNN(Detector):
         proposals = self.training_proposals(dataset, stats)
 
         start = time.perf_counter()
-        self.trunk_, self.channels_, self.weights_source_ = build_trunk(c.backbone)
+        self.trunk_, self.channels_, self.weights_source_ = self._build_trunk(c.backbone)
         self.head_ = self._new_head(num_classes)
         trainer = FastRCNNTrainer(
             c.train,
-            RoIPooler(c.roi),
+            self._pooler(),
             c.scale,
             c.max_size,
             checkpoint=self.checkpoint_path(dataset, proposals),
@@ -179,6 +197,22 @@ class FastRCNN(Detector):
             stats["svm_seconds"] = time.perf_counter() - start
         self.fit_stats_ = stats
         return self
+
+    def _build_trunk(self, backbone: PyramidBackboneConfig):
+        """``(trunk, channels, weights source)``: the stride-16 trunk (`build_trunk`) or, with
+        ``fpn``, the feature pyramid (`build_pyramid_trunk`; its new layers drawn from
+        ``train.seed``, as the head's), in eval mode on the CPU."""
+        if not backbone.fpn:
+            return build_trunk(backbone)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.train.seed)
+            trunk, source = build_pyramid_trunk(backbone, backbone.fpn_channels)
+        return trunk, trunk.out_channels, source
+
+    def _pooler(self) -> RoIPooler | PyramidPooler:
+        """What pools the RoIs: from the one map (`RoIPooler`) or the pyramid's levels (`PyramidPooler`)."""
+        c = self.config
+        return PyramidPooler(c.roi, c.backbone.levels) if c.backbone.fpn else RoIPooler(c.roi)
 
     def _new_head(self, num_classes: int) -> FastRCNNHead:
         c = self.config
@@ -207,7 +241,7 @@ class FastRCNN(Detector):
         truncated SVD when `svd_rank` > 0."""
         c = self.config
         self.device_ = resolve_device(c.device)
-        self.pooler_ = RoIPooler(c.roi)
+        self.pooler_ = self._pooler()
         self.coder_ = BoxCoder(stds=BOX_STDS)
         self.trunk_.eval()
         self.head_.eval()
@@ -216,8 +250,9 @@ class FastRCNN(Detector):
         self.net_head_ = head.to(self.device_).eval()
         self._frozen_trunk = None
 
-    def _run_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """The stride-16 map of a normalised image ``[1, 3, H, W]`` (under inference mode)."""
+    def _run_trunk(self, x: torch.Tensor):
+        """The stride-16 map of a normalised image ``[1, 3, H, W]`` (with ``fpn`` the pyramid's
+        dict of maps), under inference mode."""
         if self.device_.type != "cpu" or not self.config.backbone.torchscript:
             return self.trunk_(x.to(self.device_))
         if self._frozen_trunk is None:
@@ -226,9 +261,10 @@ class FastRCNN(Detector):
 
     # -- detection --------------------------------------------------------------------------
 
-    def _feature_map(self, image: np.ndarray) -> tuple[torch.Tensor, float]:
+    def _feature_map(self, image: np.ndarray):
         """``(map [1, C, h/16, w/16], factor)``: the stride-16 map of ``uint8 [H, W, 3]``
-        `image` rescaled as in training (by `factor`); call under inference mode."""
+        `image` rescaled as in training (by `factor`; with ``fpn`` the pyramid's dict of maps
+        in place of the map); call under inference mode."""
         c = self.config
         scaled, factor = rescale(image, c.scale, c.max_size)
         return self._run_trunk(image_tensor(scaled)), factor
@@ -248,7 +284,8 @@ class FastRCNN(Detector):
 
     def trace(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Trace:
         """Every stage on one image (a path or ``uint8 [H, W, 3]`` RGB array), as plain data
-        (`rcnn.detectors.trace.Trace`): the proposals scored, the one stride-16 map, the
+        (`rcnn.detectors.trace.Trace`): the proposals scored, the one stride-16 map (with
+        ``fpn`` the pyramid's stride-16 level, every level listed), the
         best-scoring proposal's pooled block, every proposal's class scores, the boxes
         reaching the score threshold before and after the head's box deltas, and the
         detections after NMS (`detect`'s).
@@ -274,7 +311,7 @@ class FastRCNN(Detector):
             scores, deltas, fmap, factor, pooled = self._scores(image, proposals)
             k = int(scores.max(1).argmax())
             parts.update(
-                feature_map=summarize_map(fmap, factor),
+                feature_map=summarize_pyramid(fmap, factor) if isinstance(fmap, dict) else summarize_map(fmap, factor),
                 pooled=Pooled(k, pooled[k].float().cpu().numpy(), c.roi.mode),
                 scores=scores,
             )
@@ -346,7 +383,7 @@ class FastRCNN(Detector):
         if c.backbone.num_threads:  # process-wide: only when the config names a number
             set_threads(c.backbone.num_threads)
         # every trunk weight is in the file: build the architecture without fetching weights
-        self.trunk_, self.channels_, _ = build_trunk(replace(c.backbone, weights="random"))
+        self.trunk_, self.channels_, _ = self._build_trunk(replace(c.backbone, weights="random"))
         self.weights_source_ = str(state["weights_source"])
         num_classes = len(self.classes_)
         self.head_ = self._new_head(num_classes)

@@ -8,9 +8,10 @@ ratios from the config; default sizes chosen from the training boxes), torchvisi
 `RegionProposalNetwork` and `RoIHeads`, `MultiScaleRoIAlign` over that one map, a
 fully connected head sized by ``[head] fc`` (`FastRCNNConvFCHead`) and `FastRCNNPredictor`.
 
-With ``[backbone] fpn = true`` (`FasterBackboneConfig`) the backbone is a feature pyramid
-(`rcnn.features.pyramid.PyramidTrunk`: torchvision's `FeaturePyramidNetwork` over MobileNetV2's
-stride-8 and stride-16 blocks, optionally a max-pooled stride-32 level) and the rest follows
+With ``[backbone] fpn = true`` (`rcnn.features.pyramid.PyramidBackboneConfig`, as Fast
+R-CNN's) the backbone is a feature pyramid (`rcnn.features.pyramid.PyramidTrunk`:
+torchvision's `FeaturePyramidNetwork` over MobileNetV2's stride-8 and stride-16 blocks,
+optionally a max-pooled stride-32 level) and the rest follows
 torchvision's FPN recipe: one anchor size per level (chosen: one octave per level, the
 smallest on the stride-8 map), the RPN's head shared by the levels, `MultiScaleRoIAlign`
 over levels "0" and "1" (each box from the level its size maps to). The trunk pads the image
@@ -50,7 +51,6 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import initLevelMapper
 
 from rcnn.config import FieldError, require, to_dict
 from rcnn.datasets.core import Dataset, Detections
@@ -67,11 +67,17 @@ from rcnn.detectors.base import (
     timed,
     training_key,
 )
-from rcnn.detectors.trace import Anchors, Pooled, Stage, Trace, summarize_map, threshold_stages
+from rcnn.detectors.trace import Anchors, Pooled, Stage, Trace, summarize_map, summarize_pyramid, threshold_stages
 from rcnn.errors import ModelError
 from rcnn.features.extractor import freeze_for_inference, set_threads
-from rcnn.features.pyramid import PYRAMID_TAPS, STRIDES, build_pyramid_trunk
-from rcnn.features.roi import STRIDE, BackboneConfig, RoIConfig, build_trunk, image_tensor, rescale
+from rcnn.features.pyramid import (
+    STRIDES,
+    PyramidBackboneConfig,
+    backbone_settings,
+    build_pyramid_trunk,
+    pyramid_roi_align,
+)
+from rcnn.features.roi import STRIDE, RoIConfig, build_trunk, image_tensor, rescale
 from rcnn.features.warp import IMAGENET_MEAN, IMAGENET_STD
 from rcnn.heads.fast_rcnn import BOX_STDS, HeadConfig
 from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data, train_settings
@@ -96,11 +102,8 @@ TEST_ONLY = ("pre_nms_top_n_test", "post_nms_top_n_test")  # [rpn] settings trai
 def _training_settings(c) -> dict:
     """The settings a training run depends on (its checkpoint's key and check): not the
     test-time ones (the RPN's test counts, score threshold, NMS, cap)."""
-    backbone = to_dict(c.backbone)
-    if not c.backbone.fpn:  # the single map: the keys of the runs trained before the pyramid existed
-        backbone = {k: v for k, v in backbone.items() if k not in PYRAMID_KEYS}
     return {
-        "backbone": backbone,
+        "backbone": backbone_settings(c.backbone),  # the single map: the keys of the runs before the pyramid
         "anchors": to_dict(c.anchors),
         "rpn": {k: v for k, v in to_dict(c.rpn).items() if k not in TEST_ONLY},
         "roi": to_dict(c.roi),
@@ -111,35 +114,11 @@ def _training_settings(c) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class FasterBackboneConfig(BackboneConfig):
-    """Faster R-CNN's ``[backbone]`` table: Fast R-CNN's (`rcnn.features.roi.BackboneConfig`:
-    the stride-16 trunk, its weights) and an optional feature pyramid. `fpn`: torchvision's
-    `FeaturePyramidNetwork` over MobileNetV2's blocks 6 (stride 8) and 13 (stride 16), each
-    level `fpn_channels` channels, `fpn_pool` adding a stride-32 level (torchvision's
-    `LastLevelMaxPool`, for the RPN only); anchors then one size per level (or as many per
-    level), the RPN's head shared by the levels, RoI align from levels "0" and "1"
-    (`rcnn.features.pyramid`). Off: the one stride-16 map."""
-
-    fpn: bool = False
-    fpn_channels: int = 128
-    fpn_pool: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self, "fpn_channels", self.fpn_channels >= 1, "an integer >= 1")
-        if self.fpn:
-            require(self, "name", self.name in PYRAMID_TAPS, f"one of {', '.join(PYRAMID_TAPS)} (fpn = true)")
-
-    @property
-    def levels(self) -> tuple[str, ...]:
-        """The keys of the trunk's maps, finest first: ``("0",)`` without the pyramid."""
-        if not self.fpn:
-            return ("0",)
-        return tuple(str(i) for i in range(len(PYRAMID_TAPS[self.name]))) + ("pool",) * self.fpn_pool
-
-
-PYRAMID_KEYS = ("fpn", "fpn_channels", "fpn_pool")
+# Faster R-CNN's ``[backbone]`` table: the stride-16 trunk and an optional feature pyramid
+# (`rcnn.features.pyramid.PyramidBackboneConfig`, shared with Fast R-CNN; with it, anchors one
+# size per level, or as many per level, the RPN's head shared by the levels, RoI align from
+# levels "0" and "1"); the name it had when Faster R-CNN alone had the pyramid.
+FasterBackboneConfig = PyramidBackboneConfig
 
 _TORCHVISION_LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
@@ -352,7 +331,8 @@ def build_network(config: FasterRCNNConfig, num_classes: int, weights: str | Non
             rpn_batch_size_per_image=c.rpn.batch_size_per_image,
             rpn_positive_fraction=c.rpn.positive_fraction,
             rpn_score_thresh=c.rpn.score_threshold,
-            box_roi_pool=MultiScaleRoIAlign(pooled, s, c.roi.sampling_ratio),
+            # the pyramid's levels at their strides (`pyramid_roi_align`); the one map's inferred by torchvision
+            box_roi_pool=(pyramid_roi_align if backbone.fpn else MultiScaleRoIAlign)(pooled, s, c.roi.sampling_ratio),
             box_head=FastRCNNConvFCHead((channels, s, s), [], list(c.head.fc)),
             box_predictor=FastRCNNPredictor(c.head.fc[-1], num_classes + 1),
             box_score_thresh=c.min_score,
@@ -364,13 +344,6 @@ def build_network(config: FasterRCNNConfig, num_classes: int, weights: str | Non
             box_positive_fraction=c.train.fg_fraction,
             bbox_reg_weights=tuple(1.0 / s_ for s_ in BOX_STDS),
         )
-    if backbone.fpn:
-        # the levels' scales from their strides, not inferred from the first image's map and true size
-        # (which padding can mislead on a small image); `_setup_scales` would cache them at the first call
-        pool = net.roi_heads.box_roi_pool
-        pool.scales = [1.0 / STRIDES[k] for k in pooled]
-        finest, coarsest = (int(math.log2(STRIDES[k])) for k in (pooled[0], pooled[-1]))
-        pool.map_levels = initLevelMapper(finest, coarsest, pool.canonical_scale, pool.canonical_level)
     return net.eval(), source
 
 
@@ -594,11 +567,7 @@ class FasterRCNN(Detector):
     def _summary(self, fmap, factor: float):
         """The trace's `FeatureMap` of `fmap` (`_trunk`'s): the stride-16 map, or the
         pyramid's stride-16 level with every level listed."""
-        if not isinstance(fmap, dict):
-            return summarize_map(fmap, factor, STRIDE)
-        maps = _features(fmap)
-        levels = [(k, STRIDES[k], *(int(n) for n in m.shape[1:])) for k, m in maps.items()]
-        return summarize_map(fmap["1"], factor, STRIDES["1"], levels)
+        return summarize_pyramid(fmap, factor) if isinstance(fmap, dict) else summarize_map(fmap, factor, STRIDE)
 
     def trace(self, image, proposals: np.ndarray | None = None, timings: dict | None = None) -> Trace:
         """Every stage on one image (a path or ``uint8 [H, W, 3]`` RGB array), as plain data

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rcnn.datasets.core import Detections
+from rcnn.features.pyramid import STRIDES
 
 __all__ = [
     "Anchors",
@@ -25,6 +26,7 @@ __all__ = [
     "Stage",
     "Trace",
     "summarize_map",
+    "summarize_pyramid",
     "threshold_stages",
 ]
 
@@ -204,3 +206,11 @@ def summarize_map(fmap, factor: float, stride: int = 16, levels=()) -> FeatureMa
     c, h, w = fmap.shape[1:]
     mean = fmap[0].float().mean(0).cpu().numpy().astype(np.float32)
     return FeatureMap(int(c), int(h), int(w), int(stride), float(factor), mean, tuple(levels))
+
+
+def summarize_pyramid(maps: dict, factor: float) -> FeatureMap:
+    """The `FeatureMap` of a feature pyramid's maps ``{level: [1, C, h, w]}``
+    (`rcnn.features.pyramid.PyramidTrunk`'s) of an image rescaled by `factor`: its stride-16
+    level ``"1"``, with every level listed (finest first)."""
+    levels = [(k, STRIDES[k], *(int(n) for n in maps[k].shape[1:])) for k in STRIDES if k in maps]
+    return summarize_map(maps["1"], factor, STRIDES["1"], levels)

@@ -1,4 +1,8 @@
-"""A feature pyramid (Lin et al., CVPR 2017) over the stride-16 trunk, for Faster R-CNN.
+"""A feature pyramid (Lin et al., CVPR 2017) over the stride-16 trunk, for Fast and Faster R-CNN.
+
+`PyramidBackboneConfig` is their ``[backbone]`` table: `rcnn.features.roi.BackboneConfig` and
+the pyramid's fields (`PYRAMID_KEYS`: off by default, and then left out of checkpoint keys by
+`backbone_settings`, so the single map's keys stay those of the runs before the pyramid).
 
 `PyramidTrunk` is MobileNetV2's ``features[:14]`` (the same layers and state-dict keys as
 `rcnn.features.roi.build_trunk`'s trunk, so frozen prefixes such as ``features.0.`` mean the
@@ -11,25 +15,86 @@ The trunk pads its input (an ImageNet-normalised image) with zeros on the right 
 to a multiple of `SIZE_DIVISIBLE` px, as torchvision's ``GeneralizedRCNNTransform`` does, so
 each level's map is exactly the padded size over its stride and the anchor generator, which
 infers a level's stride as ``padded size // map size``, gets 8, 16 (and 32).
+
+`pyramid_roi_align` is torchvision's `MultiScaleRoIAlign` over levels ``"0"`` and ``"1"`` with
+their scales fixed from `STRIDES` (not inferred from the first image), which pools each box
+from the level its size maps to (the FPN paper's Eqn. 1: ``floor(4 + log2(sqrt(w h) / 224))``
+clamped to the levels, so boxes under 224 px a side from stride 8, larger from stride 16);
+`PyramidPooler` is it with `rcnn.features.roi.RoIPooler`'s call.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+from torchvision.ops.poolers import initLevelMapper
 
+from rcnn.config import require, to_dict
 from rcnn.errors import ConfigError
 from rcnn.features.backbones import build_backbone
+from rcnn.features.roi import BackboneConfig, RoIConfig
 
-__all__ = ["PYRAMID_TAPS", "SIZE_DIVISIBLE", "STRIDES", "PyramidTrunk", "build_pyramid_trunk"]
+__all__ = [
+    "PYRAMID_KEYS",
+    "PYRAMID_TAPS",
+    "SIZE_DIVISIBLE",
+    "STRIDES",
+    "PyramidBackboneConfig",
+    "PyramidPooler",
+    "PyramidTrunk",
+    "backbone_settings",
+    "build_pyramid_trunk",
+    "pyramid_roi_align",
+]
 
 SIZE_DIVISIBLE = 32
 STRIDES = {"0": 8, "1": 16, "pool": 32}  # each level's stride, by its key
 PYRAMID_TAPS = {"mobilenet_v2": ((6, 32), (13, 96))}  # (block of ``features``, its channels): strides 8, 16
+PYRAMID_KEYS = ("fpn", "fpn_channels", "fpn_pool")  # `PyramidBackboneConfig`'s own fields
+
+
+@dataclass(frozen=True)
+class PyramidBackboneConfig(BackboneConfig):
+    """The ``[backbone]`` table of Fast and Faster R-CNN: `rcnn.features.roi.BackboneConfig`
+    (the stride-16 trunk, its weights) and an optional feature pyramid. `fpn`: torchvision's
+    `FeaturePyramidNetwork` over MobileNetV2's blocks 6 (stride 8) and 13 (stride 16), each
+    level `fpn_channels` channels, `fpn_pool` adding a max-pooled stride-32 level
+    (torchvision's `LastLevelMaxPool`, which only an RPN reads); RoIs are then pooled from
+    levels "0" and "1" by `pyramid_roi_align`. Off: the one stride-16 map."""
+
+    fpn: bool = False
+    fpn_channels: int = 128
+    fpn_pool: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self, "fpn_channels", self.fpn_channels >= 1, "an integer >= 1")
+        if self.fpn:
+            require(self, "name", self.name in PYRAMID_TAPS, f"one of {', '.join(PYRAMID_TAPS)} (fpn = true)")
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The keys of the trunk's maps, finest first: ``("0",)`` without the pyramid."""
+        if not self.fpn:
+            return ("0",)
+        return tuple(str(i) for i in range(len(PYRAMID_TAPS[self.name]))) + ("pool",) * self.fpn_pool
+
+
+def backbone_settings(config: PyramidBackboneConfig) -> dict:
+    """`config` as plain values for checkpoint keys (`to_dict`); without the pyramid its
+    fields (`PYRAMID_KEYS`) are left out, so the single map keeps the keys of the runs
+    trained before the pyramid existed."""
+    values = to_dict(config)
+    if not config.fpn:
+        values = {k: v for k, v in values.items() if k not in PYRAMID_KEYS}
+    return values
 
 
 class PyramidTrunk(nn.Module):
@@ -111,3 +176,41 @@ def build_pyramid_trunk(config, out_channels: int, pool: bool = False) -> tuple[
     taps, channels = zip(*PYRAMID_TAPS[config.name])
     trunk = PyramidTrunk(module.features[: taps[-1] + 1], taps, channels, out_channels, pool)
     return trunk.eval(), source
+
+
+def pyramid_roi_align(levels, output_size: int, sampling_ratio: int) -> MultiScaleRoIAlign:
+    """torchvision's `MultiScaleRoIAlign` over the pyramid's `levels` (keys of `STRIDES`,
+    finest first; ``"pool"`` is never pooled, torchvision's rule) to ``output_size x
+    output_size`` cells, with the levels' scales from their strides and the box-to-level
+    mapper set for them, rather than inferred from the first image's maps and size (which
+    the padding can mislead on a small image)."""
+    pooled = [k for k in levels if k != "pool"]
+    pool = MultiScaleRoIAlign(pooled, output_size, sampling_ratio)
+    pool.scales = [1.0 / STRIDES[k] for k in pooled]
+    finest, coarsest = (int(math.log2(STRIDES[k])) for k in (pooled[0], pooled[-1]))
+    pool.map_levels = initLevelMapper(finest, coarsest, pool.canonical_scale, pool.canonical_level)
+    return pool
+
+
+class PyramidPooler(nn.Module):
+    """Pools regions from a pyramid's maps, as `rcnn.features.roi.RoIPooler` from one map:
+    maps ``{"0": [1, C, H/8, W/8], "1": [1, C, H/16, W/16], ...}`` (`PyramidTrunk`'s) and
+    boxes (a list of ``float32 [K_i, 4]`` tensors, one per image, in image pixels) to
+    ``[K, C, output_size, output_size]`` in box order, each box from the level its size maps
+    to (`pyramid_roi_align`). RoI align only (`config.mode` must be ``"align"``)."""
+
+    def __init__(self, config: RoIConfig = RoIConfig(), levels=("0", "1")):
+        super().__init__()
+        if config.mode != "align":
+            raise ConfigError(f'roi.mode = "{config.mode}": a feature pyramid pools with RoI align only')
+        self.config = config
+        self.align = pyramid_roi_align(levels, config.output_size, config.sampling_ratio)
+
+    def level_of(self, boxes: torch.Tensor) -> torch.Tensor:
+        """``int64 [K]``: the index, in the pooled levels, of the level each box ``[K, 4]`` is pooled from."""
+        return self.align.map_levels([boxes])
+
+    def forward(self, maps: dict[str, torch.Tensor], boxes) -> torch.Tensor:
+        first = next(iter(maps.values()))
+        boxes = [b.to(first.dtype) for b in boxes]
+        return self.align(maps, boxes, [])  # the sizes only infer the scales, which are set

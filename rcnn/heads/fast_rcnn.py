@@ -25,6 +25,7 @@ from torch import nn
 
 from rcnn.boxes import BoxCoder
 from rcnn.config import require, to_dict
+from rcnn.features.pyramid import PyramidPooler
 from rcnn.features.roi import RoIPooler
 from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, View, train_settings
 from rcnn.heads.sampler import RoISampler
@@ -177,9 +178,10 @@ class TrainImage(NamedTuple):
 
 
 class FastRCNNTrainer(RoITrainer):
-    """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``) and a `FastRCNNHead`
-    together, in place (`rcnn.heads.roi_trainer.RoITrainer`): per image, RoIs drawn from its
-    proposals and ground truth by `RoISampler`, pooled by `pooler`; `fast_rcnn_loss`.
+    """Trains a trunk (``[1, 3, H, W] -> [1, C_map, H/16, W/16]``, or a feature pyramid's dict
+    of maps) and a `FastRCNNHead` together, in place (`rcnn.heads.roi_trainer.RoITrainer`):
+    per image, RoIs drawn from its proposals and ground truth by `RoISampler`, pooled by
+    `pooler` (`RoIPooler`, or `rcnn.features.pyramid.PyramidPooler` for a pyramid); `fast_rcnn_loss`.
     Fitted: `history_` (per iteration ``loss``, ``cls``, ``box``), `resumed_from_`, `seconds_`."""
 
     title = "Fast R-CNN"
@@ -188,7 +190,7 @@ class FastRCNNTrainer(RoITrainer):
     def __init__(
         self,
         config: TrainConfig,
-        pooler: RoIPooler,
+        pooler: RoIPooler | PyramidPooler,
         scale: int,
         max_size: int,
         checkpoint: str | os.PathLike | None = None,

@@ -10,8 +10,9 @@ model's `trace(image)` returns (`rcnn.detectors.trace.Trace`), whose last stage 
   best class and score);
 - proposals and one feature map (Fast R-CNN): ``proposals.png``, ``proposals_heat.png`` (the
   boxes its RoI head scores), ``feature_map.png`` (the one stride-16 map: the mean of its
-  channels in each cell, over the image), ``roi_pooling.png`` (the best-scoring proposal's
-  bins and the block pooled from them, the head's input);
+  channels in each cell, over the image; with a feature pyramid its stride-16 level),
+  ``roi_pooling.png`` (the best-scoring proposal's bins and the block pooled from them, the
+  head's input);
 - a feature map and anchors (Faster R-CNN): ``feature_map.png``, ``anchors.png`` (the anchors
   of one cell, the most object-like, and how many there are), ``objectness.png`` (the RPN's
   highest objectness over the anchors of each cell), ``proposals.png`` and
@@ -413,12 +414,27 @@ def _proposal_stages(page: _Page, model, trace, gt_boxes, top: int) -> None:
             + (" (This model's proposals are sliding windows already.)" if same else ""),
         )
         _outlines_and_heat(page, "windows", windows, top, (80, 160, 255), "sliding windows")
-    if trace.feature_map is not None:
+    fm = trace.feature_map
+    if fm is not None:
         tail = (
             "Every proposal's features come from its own region of this one map: one CNN run for the image where "
             f"R-CNN runs one per proposal ({n} here)."
         )
-        _feature_map(page, model, trace.feature_map, tail)
+        if fm.levels:  # a feature pyramid: the trace holds its stride-16 level
+            tail = (
+                f"{_pyramid(fm)}, each proposal pooled from the level its size maps to: one CNN run for the image "
+                f"where R-CNN runs one per proposal ({n} here); this page draws the stride-{fm.stride} level only."
+            )
+        _feature_map(page, model, fm, tail)
+
+
+def _pyramid(fm) -> str:
+    """The first words on a feature pyramid's levels (`FeatureMap.levels`)."""
+    shapes = ", ".join(f"{rows} x {cols}" for _, _, _, rows, cols in fm.levels)
+    return (
+        f"This model has a **feature pyramid** (`[backbone] fpn`): {len(fm.levels)} maps of {fm.channels} "
+        f"channels ({shapes} cells, strides {', '.join(str(stride) for _, stride, *_ in fm.levels)} px)"
+    )
 
 
 def _crops(page: _Page, model, trace, n_crops: int) -> None:
@@ -449,12 +465,10 @@ def _rpn_stages(page: _Page, model, trace, gt_boxes, top: int) -> None:
     fm, an, proposals = trace.feature_map, trace.anchors, trace.proposals
     big, f = page.big, page.f
     if fm.levels:  # a feature pyramid: the trace holds its stride-16 level
-        shapes = ", ".join(f"{rows} x {cols}" for _, _, _, rows, cols in fm.levels)
         tail = (
-            f"This model has a **feature pyramid** (`[backbone] fpn`): {len(fm.levels)} maps of {fm.channels} "
-            f"channels ({shapes} cells, strides {', '.join(str(stride) for _, stride, *_ in fm.levels)} px), "
-            "the RPN proposing from all of them and the RoI head pooling each proposal from the level its size "
-            f"maps to; this page draws the stride-{fm.stride} level only (this map, its anchors and objectness)."
+            f"{_pyramid(fm)}, the RPN proposing from all of them and the RoI head pooling each proposal from the "
+            f"level its size maps to; this page draws the stride-{fm.stride} level only (this map, its anchors and "
+            "objectness)."
         )
     else:
         tail = "The RPN proposes from this map and the RoI head scores its proposals on it: one CNN run for the image."

@@ -1,5 +1,6 @@
-"""`Detector.trace`: every detector kind's stages as plain data, `detect` its last stage, and
-Faster R-CNN's test-time RPN counts set through torchvision's constructor. Tiny real fits
+"""`Detector.trace`: every detector kind's stages as plain data (Fast R-CNN's with a feature
+pyramid too, ``fast_rcnn_fpn``), `detect` its last stage, and Faster R-CNN's test-time RPN
+counts set through torchvision's constructor. Tiny real fits
 (a few iterations) on a small synthetic set, on the CPU."""
 
 import numpy as np
@@ -25,6 +26,12 @@ TABLES = {
         "train": {"iterations": 3, "warmup": 0, "rois_per_image": 32, "frozen": FROZEN},
     },
     "faster_rcnn": {**ROI, "train": {"iterations": 3, "warmup": 0, "rois_per_image": 32, "frozen": FROZEN}},
+    "fast_rcnn_fpn": {  # Fast R-CNN with a feature pyramid
+        **ROI,
+        "backbone": {**ROI["backbone"], "fpn": True},
+        "proposals": {"method": "sliding_window", "max_boxes": 200},
+        "train": {"iterations": 3, "warmup": 0, "rois_per_image": 32, "frozen": FROZEN},
+    },
     "mask_rcnn": {**ROI, "train": {"iterations": 3, "warmup": 0, "rois_per_image": 32, "frozen": FROZEN}},
     "localizer": {"backbone": "resnet18", "weights": "random", "input_size": 32, "batch_size": 4, "epochs": 1},
     **{
@@ -39,8 +46,8 @@ TABLES = {
 
 @pytest.fixture(scope="module")
 def models(tiny_trained, tmp_path_factory):
-    """``{kind: fitted detector}`` for every kind: the session's tiny R-CNN, and Fast R-CNN,
-    Faster R-CNN and the localiser fitted for a few iterations on its training split."""
+    """``{kind: fitted detector}`` for every kind (and ``fast_rcnn_fpn``): the session's tiny
+    R-CNN, and the others fitted for a few iterations on its training split."""
     train = load_dataset(tiny_trained / "synth", split="train")
     cache = tmp_path_factory.mktemp("trace-cache")
     before = torch.get_num_threads()
@@ -48,7 +55,8 @@ def models(tiny_trained, tmp_path_factory):
     try:
         out = {"rcnn": RCNN.load(tiny_trained / "model.pt")}
         for kind, table in TABLES.items():
-            config = load_config(overrides=[table, {"detector": kind, "cache_dir": str(cache / kind)}])
+            detector = kind.removesuffix("_fpn")
+            config = load_config(overrides=[table, {"detector": detector, "cache_dir": str(cache / kind)}])
             out[kind] = build_detector(config).fit(train)
     finally:
         torch.set_num_threads(before)
@@ -68,7 +76,7 @@ def _same(a, b) -> bool:
 
 
 @pytest.mark.parametrize(
-    "kind", ["rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn", "localizer", "yolo", "ssd", "centernet"]
+    "kind", ["rcnn", "fast_rcnn", "fast_rcnn_fpn", "faster_rcnn", "mask_rcnn", "localizer", "yolo", "ssd", "centernet"]
 )
 def test_detect_is_the_last_stage_of_the_trace(models, images, kind):
     model = models[kind]
@@ -81,7 +89,7 @@ def test_detect_is_the_last_stage_of_the_trace(models, images, kind):
     assert any(len(t.detections) for t in traces) or kind in ("localizer", "yolo", "ssd", "centernet")
 
 
-@pytest.mark.parametrize("kind", ["rcnn", "fast_rcnn", "faster_rcnn"])
+@pytest.mark.parametrize("kind", ["rcnn", "fast_rcnn", "fast_rcnn_fpn", "faster_rcnn"])
 def test_region_stages_score_threshold_move_then_suppress(models, images, kind):
     model = models[kind]
     trace = max((model.trace(image) for image in images), key=lambda t: len(t.stage("threshold")))
@@ -102,6 +110,8 @@ def test_region_stages_score_threshold_move_then_suppress(models, images, kind):
         assert trace.pooled.index == int(trace.scores.max(1).argmax()) and trace.pooled.block.ndim == 3
         fm = trace.feature_map
         assert fm.stride == 16 and fm.mean.shape == (fm.rows, fm.cols) == (8, 8)
+        # a pyramid's trace holds its stride-16 level, every level listed
+        assert [level[:2] for level in fm.levels] == ([("0", 8), ("1", 16)] if kind.endswith("_fpn") else [])
 
 
 def test_given_proposals_replace_the_detectors_own(models, images):
@@ -163,7 +173,7 @@ def test_localizer_trace_holds_its_heads_and_one_box(models, images):
     assert len(trace.detections) == (presence >= model.config.presence_threshold)
 
 
-@pytest.mark.parametrize("kind", ["rcnn", "fast_rcnn", "faster_rcnn", "mask_rcnn", "localizer"])
+@pytest.mark.parametrize("kind", ["rcnn", "fast_rcnn", "fast_rcnn_fpn", "faster_rcnn", "mask_rcnn", "localizer"])
 def test_scored_counts_the_boxes_each_step_scored(models, images, kind):
     model, image = models[kind], images[0]
     trace = model.trace(image)
