@@ -19,6 +19,7 @@ process-wide. The `rcnn` command sets it once to the CPUs the process may use
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 import warnings
@@ -38,6 +39,7 @@ from rcnn.features.backbones import (
 )
 from rcnn.features.warp import warp_normalized
 
+log = logging.getLogger(__name__)
 __all__ = ["FeatureConfig", "FeatureExtractor", "set_threads"]
 
 
@@ -189,12 +191,18 @@ class FeatureExtractor:
 
 
 def freeze_for_inference(module: torch.nn.Module, example: torch.Tensor, memory_format) -> torch.jit.ScriptModule:
-    """A scripted (or traced), frozen, inference-optimised TorchScript copy of `module`."""
+    """A scripted (or traced), frozen, inference-optimised TorchScript copy of `module`; the
+    eager copy in eval mode (the same numbers, slower) where TorchScript can do neither, e.g.
+    when the module's source changed on disk after it was imported."""
     module = copy.deepcopy(module).eval().to(memory_format=memory_format)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but the fastest CPU path here
         try:
             scripted = torch.jit.script(module)  # seconds; tracing with its checks took 3x longer
         except Exception:  # noqa: BLE001  a module TorchScript cannot compile: trace it instead
-            scripted = torch.jit.trace(module, example, check_trace=False)
+            try:  # strict=False: a feature pyramid's dict of maps, whose keys never change
+                scripted = torch.jit.trace(module, example, check_trace=False, strict=False)
+            except Exception as error:  # noqa: BLE001
+                log.warning(f"TorchScript could not compile the trunk ({type(error).__name__}): it runs eagerly")
+                return module
         return torch.jit.optimize_for_inference(torch.jit.freeze(scripted))
