@@ -175,6 +175,16 @@ def windows_vs_proposals() -> str:
     return markdown(header, rows)
 
 
+def learned_windows() -> str:
+    """windows-vs-proposals' last section from the family's rows (experiments/windows_vs_proposals.py
+    `learned_section`, its heading left to the page)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from windows_vs_proposals import learned_section
+
+    lines = learned_section(results("family"), "experiments/results/family/results.json")
+    return "\n".join(lines[2:]).strip() + "\n"
+
+
 def proposals() -> str:
     """AR, recall@0.7 and boxes per image at each method's largest k."""
     data = results("proposals")
@@ -255,6 +265,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "budget-nms": budget_nms,
     "budget-test-rule": budget_test_rule,
     "windows-vs-proposals": windows_vs_proposals,
+    "learned-windows": learned_windows,
     "proposals": proposals,
     "proposals-bench": proposals_bench,
     "localization": localization,
