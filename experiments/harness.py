@@ -41,7 +41,7 @@ from rcnn.config import merge as merge_config  # noqa: E402
 from rcnn.config import to_dict  # noqa: E402
 from rcnn.datasets import load_dataset  # noqa: E402
 from rcnn.datasets.core import Dataset  # noqa: E402
-from rcnn.detectors import RCNN, DetectorConfig, build_detector, load_config, load_model  # noqa: E402
+from rcnn.detectors import RCNN, DetectorConfig, build_detector, detector_class, load_config, load_model  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 from rcnn.evaluation.recall import proposal_recall  # noqa: E402
 from rcnn.heads.roi_trainer import RoITrainConfig, fit_to_data, train_settings  # noqa: E402
@@ -144,8 +144,8 @@ def fit_or_load(config, train: Dataset) -> tuple:
     cached model file."""
     ids = sorted(s.id for s in train)
     roi = isinstance(getattr(config, "train", None), RoITrainConfig)
-    if roi:
-        config = fit_to_data(config, train)  # what the config leaves to the data (image size, length) is in the key
+    if roi:  # what the config leaves to the data (image size, length, a dense detector's own choices) is in the key
+        config = getattr(detector_class(config.detector), "fit_config", fit_to_data)(config, train)
     fitted = {k: v for k, v in to_dict(config).items() if k not in config.TEST_TIME}
     if roi:  # augmentation off: the key it had before
         fitted["train"] = train_settings(config.train)

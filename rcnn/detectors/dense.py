@@ -144,6 +144,12 @@ class DenseDetector(Detector):
         (h, w)``: its maps (`rcnn.detectors.trace.Grid`, boxes in the image's own pixels) and
         ``{what: count}``, the boxes it scored (`Trace.scored`), from the outputs' shapes."""
 
+    @classmethod
+    def fit_config(cls, config: DenseConfig, dataset: Dataset) -> DenseConfig:
+        """`config` with what it leaves to the data chosen from `dataset`: the image size and
+        the schedule (`fit_to_data`), then whatever the detector chooses itself."""
+        return fit_to_data(config, dataset)
+
     # -- no external proposals -------------------------------------------------------------------
     def proposal_store(self):
         raise ModelError(f"{self.title} scores a dense grid of boxes: it has no proposals")
@@ -177,7 +183,7 @@ class DenseDetector(Detector):
     def fit(self, dataset: Dataset, callback=None) -> DenseDetector:
         """Train on `dataset`; returns self. `callback(iteration, loss)` follows each step."""
         check_trainable(dataset)
-        self.config = c = fit_to_data(self.config, dataset)
+        self.config = c = self.fit_config(self.config, dataset)
         self.classes_ = list(dataset.classes)
         if c.backbone.num_threads:
             set_threads(c.backbone.num_threads)

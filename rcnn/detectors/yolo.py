@@ -27,9 +27,11 @@ with lambda_coord 5 and lambda_noobj 0.5. Detection: each box's class-specific s
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import box_iou
@@ -37,8 +39,11 @@ from torchvision.ops import box_iou
 from rcnn.config import require
 from rcnn.detectors.dense import DenseConfig, DenseDetector, numpy32
 from rcnn.detectors.trace import Grid
+from rcnn.features.roi import object_sides
 
-__all__ = ["YOLO", "YOLOConfig", "yolo_loss"]
+__all__ = ["YOLO", "YOLOConfig", "choose_stride", "yolo_loss"]
+
+log = logging.getLogger(__name__)
 
 TRUNK_STRIDE = 16
 CONFIDENCE_PRIOR = 0.01  # the confidences' start (the output bias); the paper starts from ImageNet-trained fc layers
@@ -48,13 +53,14 @@ CONFIDENCE_PRIOR = 0.01  # the confidences' start (the output bias); the paper s
 class YOLOConfig(DenseConfig):
     """A YOLO config (``detector = "yolo"``): the dense settings (`DenseConfig`) and
     `boxes_per_cell` (B, the paper's 2), `stride` (a grid cell's side in pixels: 16, the
-    trunk's map, or 32, one more stride-2 convolution), `hidden` (channels of the 3x3
+    trunk's map, or 32, one more stride-2 convolution; 0: chosen from the training objects,
+    `choose_stride`), `hidden` (channels of the 3x3
     convolution), `lambda_coord` and `lambda_noobj` (the loss's weights, 5 and 0.5), `dropout`
     (after the 3x3 convolution, the paper's 0.5 after its first fully connected layer)."""
 
     detector: str = "yolo"
     boxes_per_cell: int = 2
-    stride: int = 32
+    stride: int = 0
     hidden: int = 256
     lambda_coord: float = 5.0
     lambda_noobj: float = 0.5
@@ -64,11 +70,25 @@ class YOLOConfig(DenseConfig):
         super().__post_init__()
         require(self, "detector", self.detector == "yolo", '"yolo" for a YOLO config')
         require(self, "boxes_per_cell", self.boxes_per_cell >= 1, "an integer >= 1")
-        require(self, "stride", self.stride in (16, 32), "16 or 32 (pixels per grid cell)")
+        require(self, "stride", self.stride in (0, 16, 32), "16 or 32 (pixels per grid cell; 0: chosen from the data)")
         require(self, "hidden", self.hidden >= 1, "an integer >= 1")
         for name in ("lambda_coord", "lambda_noobj"):
             require(self, name, getattr(self, name) >= 0, "a number >= 0")
         require(self, "dropout", 0 <= self.dropout < 1, "a probability in [0, 1)")
+
+
+SMALL_FOR_CELLS = 2  # objects under this many 32 px cells (10th percentile) get 16 px cells
+
+
+def choose_stride(dataset, scale: int) -> tuple[int, str]:
+    """``(stride, line)``: 16 px cells when the 10th percentile of the training objects'
+    ``sqrt(w * h)`` at the shortest side `scale` is under `SMALL_FOR_CELLS` cells of 32 px
+    (one cell regresses one box of each of its objects, and small neighbours need more,
+    finer cells), else the paper's coarser 32."""
+    _, sides = object_sides(dataset)
+    small = float(np.percentile(sides, 10)) * scale if len(sides) else float("inf")
+    stride = 16 if small < SMALL_FOR_CELLS * 32 else 32
+    return stride, f"grid: {stride} px cells (the 10th percentile of the training objects is {small:.0f} px)"
 
 
 def decode_grid(boxes: torch.Tensor, stride: int, size) -> torch.Tensor:
@@ -144,6 +164,17 @@ class YOLO(DenseDetector):
     config_class = YOLOConfig
     title = "YOLO"
     terms = ("coord", "object", "no_object", "class")
+
+    @classmethod
+    def fit_config(cls, config: YOLOConfig, dataset) -> YOLOConfig:
+        """The dense detectors' choices (`DenseDetector.fit_config`), then the cells' size when
+        ``stride = 0`` (`choose_stride`)."""
+        config = super().fit_config(config, dataset)
+        if config.stride:
+            return config
+        stride, line = choose_stride(dataset, config.scale)
+        log.info(line)
+        return replace(config, stride=stride)
 
     def _head(self, channels: int, num_classes: int) -> nn.Module:
         c = self.config

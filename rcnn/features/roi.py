@@ -30,6 +30,7 @@ __all__ = [
     "RoIPooler",
     "build_trunk",
     "choose_scale",
+    "object_sides",
     "image_tensor",
     "rescale",
     "STRIDE",
@@ -101,24 +102,32 @@ SCALE_CAP = 600  # px: the shortest side chosen from the data is at most this (t
 SMALL_OBJECT = 48  # px: objects whose side falls under this (three cells of the stride-16 map) ask for upsampling
 
 
-def choose_scale(dataset) -> tuple[int, int, str]:
-    """``(scale, max_size, line)`` for images of `dataset` when a config leaves them to the
-    data (``scale = 0``): the median image's shortest side (photos keep about their own size,
-    at most `SCALE_CAP`), raised up to 2x when the 10th percentile of the objects'
-    ``sqrt(w * h)`` would be under `SMALL_OBJECT` px; ``max_size`` is ``scale x 5 / 3``
-    (torchvision's 1000 / 600); and a line saying so."""
+def object_sides(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(shortest sides [N] px, object sides [G])`` of `dataset`: each image's shortest side,
+    and each object's ``sqrt(w * h)`` per unit of its image's shortest side (x a scale: pixels
+    at that scale)."""
     short, sides = [], []
     for s in dataset:
         h, w = (s.height, s.width) if s.height and s.width else read_image(s.image_path).shape[:2]
         short.append(min(h, w))
         if len(s.boxes):
             wh = (s.boxes[:, 2:] - s.boxes[:, :2]).clip(min=1e-3)
-            sides.append(np.sqrt(wh[:, 0] * wh[:, 1]) / min(h, w))  # per unit of the shortest side
-    base = float(np.median(short)) if short else float(SCALE_CAP)
+            sides.append(np.sqrt(wh[:, 0] * wh[:, 1]) / min(h, w))
+    return np.asarray(short, np.float64), np.concatenate(sides) if sides else np.zeros(0)
+
+
+def choose_scale(dataset) -> tuple[int, int, str]:
+    """``(scale, max_size, line)`` for images of `dataset` when a config leaves them to the
+    data (``scale = 0``): the median image's shortest side (photos keep about their own size,
+    at most `SCALE_CAP`), raised up to 2x when the 10th percentile of the objects'
+    ``sqrt(w * h)`` would be under `SMALL_OBJECT` px; ``max_size`` is ``scale x 5 / 3``
+    (torchvision's 1000 / 600); and a line saying so."""
+    short, sides = object_sides(dataset)
+    base = float(np.median(short)) if len(short) else float(SCALE_CAP)
     scale = min(base, SCALE_CAP)
     why = "the median image's shortest side" if base <= SCALE_CAP else f"capped at {SCALE_CAP}"
-    if sides:
-        small = float(np.percentile(np.concatenate(sides), 10)) * scale
+    if len(sides):
+        small = float(np.percentile(sides, 10)) * scale
         if small < SMALL_OBJECT:
             up = min(2.0, SMALL_OBJECT / max(small, 1e-6))
             scale *= up

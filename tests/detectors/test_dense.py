@@ -87,6 +87,19 @@ def test_yolo_coordinates_are_weighted_by_lambda_coord_and_sizes_compared_by_squ
 # -- SSD's default boxes and its hard negative mining -------------------------------------------------
 
 
+def test_yolo_cells_are_chosen_from_the_training_objects_unless_given(tiny, tmp_path):
+    from rcnn.detectors.yolo import YOLO, choose_stride
+    from rcnn.features.roi import object_sides
+
+    _, sides = object_sides(tiny)
+    p10 = np.percentile(sides, 10)  # per unit of the shortest side
+    assert choose_stride(tiny, int(60 / p10))[0] == 16  # the 10th percentile at 60 px: under two 32 px cells
+    assert choose_stride(tiny, int(70 / p10))[0] == 32
+    fitted = YOLO.fit_config(config(tmp_path, "yolo", SMALL), tiny)
+    assert fitted.stride == choose_stride(tiny, 128)[0]
+    assert YOLO.fit_config(config(tmp_path, "yolo", SMALL, {"stride": 32}), tiny).stride == 32  # given: kept
+
+
 def test_ssd_has_default_boxes_at_every_cell_of_every_map_and_mines_three_negatives_per_positive(tmp_path):
     from rcnn.detectors import SSD
 
