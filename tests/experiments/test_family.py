@@ -72,6 +72,7 @@ YOLO_BASE = """
 detector = "yolo"
 scale = 96
 max_size = 96
+stride = 32
 [backbone]
 weights = "random"
 [train]

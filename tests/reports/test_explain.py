@@ -276,8 +276,11 @@ def test_explain_shows_yolos_grid(tiny_models, trained, tmp_path):
     trace = result["trace"]
     confidence, scores = trace.grids
     (h, w), b = confidence.shape, model.config.boxes_per_cell
-    assert f"1. stride 32 px: **{h} x {w} cells**, **{b} predicted boxes per cell** ({h * w * b} boxes)" in index
-    assert f"2. stride 32 px: **{h} x {w} cells**; heat: best confidence x class probability" in index
+    assert (
+        f"1. stride {confidence.stride} px: **{h} x {w} cells**, **{b} predicted boxes per cell** ({h * w * b} boxes)"
+        in index
+    )
+    assert f"2. stride {confidence.stride} px: **{h} x {w} cells**; heat: best confidence x class probability" in index
     assert f"**{h * w * b} boxes scored** on this image ({h * w * b} grid boxes)" in index
     assert "best box confidence" in index and "best confidence x class probability" in index
     assert "## 1. The dense grid" in index and "## 2. One cell's boxes" in index
