@@ -41,6 +41,7 @@ __all__ = [
     "CommonConfig",
     "Detector",
     "best_per_class",
+    "final_losses",
     "best_per_label",
     "check_trainable",
     "clean_candidates",
@@ -240,6 +241,12 @@ def check_trainable(dataset: Dataset, where=None) -> None:
             f"cannot train: no training object of class(es) {', '.join(map(repr, empty))}; "
             "add examples or leave the class out of the class list",
         )
+
+
+def final_losses(history: dict, last: int = 20) -> dict[str, float]:
+    """Each loss term's mean over the `last` iterations of a training `history` (``{term:
+    [value per iteration]}``), the terms with no values left out."""
+    return {k: float(np.mean(v[-last:])) for k, v in history.items() if v}
 
 
 def training_key(params: dict, dataset: Dataset) -> str:

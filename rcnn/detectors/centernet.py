@@ -199,12 +199,13 @@ class CenterNet(DenseDetector):
 
     def _decode(self, out, size):
         logits, sizes, offsets = out
-        if self.config.size_space == "log":
-            sizes = sizes.clamp(max=LOG_SIZE_CAP).exp()
         scores, label, row, col = self._peaks(torch.sigmoid(logits))
+        size = sizes[:, row, col]  # [2, K]: the peaks' only
+        if self.config.size_space == "log":
+            size = size.clamp(max=LOG_SIZE_CAP).exp()
         cx = (col + offsets[0, row, col]) * STRIDE
         cy = (row + offsets[1, row, col]) * STRIDE
-        half_w, half_h = sizes[0, row, col] * STRIDE / 2, sizes[1, row, col] * STRIDE / 2
+        half_w, half_h = size[0] * STRIDE / 2, size[1] * STRIDE / 2
         boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1)
         return boxes, scores, label + 1
 

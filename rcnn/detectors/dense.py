@@ -34,6 +34,7 @@ from rcnn.detectors.base import (
     CommonConfig,
     Detector,
     check_trainable,
+    final_losses,
     net_state,
     postprocess,
     resolve_device,
@@ -198,7 +199,7 @@ class DenseDetector(Detector):
             "iterations": c.train.iterations,
             "train_seconds": time.perf_counter() - start,
             "resumed_from_iteration": trainer.resumed_from_,
-            "final_losses": {k: float(np.mean(v[-20:])) for k, v in self.history_.items() if v},
+            "final_losses": final_losses(self.history_),
         }
         self._prepare()
         return self

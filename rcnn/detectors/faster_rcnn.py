@@ -59,6 +59,7 @@ from rcnn.detectors.base import (
     CommonConfig,
     Detector,
     check_trainable,
+    final_losses,
     net_state,
     postprocess,
     read_model,
@@ -439,7 +440,7 @@ class FasterRCNN(Detector):
         stats["resumed_from_iteration"] = trainer.resumed_from_
         trained = (c.train.iterations - trainer.resumed_from_) * c.train.images_per_batch
         stats["train_images_per_second"] = trained / trainer.seconds_ if trainer.seconds_ > 0 and trained else None
-        stats["final_losses"] = {k: float(np.mean(v[-20:])) for k, v in self.history_.items() if v}
+        stats["final_losses"] = final_losses(self.history_)
         self.fit_stats_ = stats
         self._prepare()
         return self
