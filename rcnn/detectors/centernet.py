@@ -2,10 +2,11 @@
 the peak of its class's heatmap at its centre, with its size and the centre's sub-cell offset
 regressed there.
 
-The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk, a
-4x4 transposed convolution of stride 2 (the paper's upsampling of ResNet's map, here one step)
-to a stride-8 map, and three heads of a 3x3 convolution, a ReLU and a 1x1 convolution: a
-heatmap per class (sigmoid; its bias starts at -2.19, the paper's), the size ``(w, h)`` and
+The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk and
+the backbone's pretrained stride-32 stage (``stage32``), back up by a 4x4 transposed
+convolution of stride 2 (the paper's upsampling of its stride-32 backbones) added to a 1x1
+projection of the trunk's map, and up once more to a stride-8 map; then three heads of a 3x3
+convolution, a ReLU and a 1x1 convolution: a heatmap per class (sigmoid; its bias starts at -2.19, the paper's), the size ``(w, h)`` and
 the offset ``(dx, dy)``, both in cells of the stride-8 map.
 
 Training (`centernet_loss`): each object splats a Gaussian on its class's heatmap around the
@@ -147,19 +148,37 @@ def _branch(hidden: int, out: int, bias: float | None = None) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True), last)
 
 
+def _up(channels: int, hidden: int) -> nn.Sequential:
+    """A 4x4 transposed convolution of stride 2 (the paper's upsampling) and a ReLU."""
+    return nn.Sequential(nn.ConvTranspose2d(channels, hidden, 4, stride=2, padding=1), nn.ReLU(inplace=True))
+
+
 class CenterNetHead(nn.Module):
     """The trunk's map ``[1, C_map, h, w]`` -> ``(heatmap logits [C, 2h, 2w], sizes [2, 2h,
-    2w], offsets [2, 2h, 2w])`` at stride 8."""
+    2w], offsets [2, 2h, 2w])`` at stride 8. With `stage32` (the backbone's pretrained
+    stride-32 stage and its channels) the map first goes down through it and back up, added to
+    a 1x1 projection of the trunk's map (a skip, as the paper's upsampling of its stride-32
+    backbones, so that a large object's centre sees all of it); without, the trunk's map is
+    upsampled alone."""
 
-    def __init__(self, channels: int, hidden: int, num_classes: int):
+    def __init__(self, channels: int, hidden: int, num_classes: int, stage32: tuple[nn.Module, int] | None = None):
         super().__init__()
-        self.up = nn.Sequential(nn.ConvTranspose2d(channels, hidden, 4, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.stage = None
+        if stage32 is not None:
+            self.stage, self.up32 = stage32[0], _up(stage32[1], hidden)
+            self.skip = nn.Conv2d(channels, hidden, 1)
+            channels = hidden
+        self.up = _up(channels, hidden)
         self.heatmap = _branch(hidden, num_classes, math.log(HEAT_PRIOR / (1 - HEAT_PRIOR)))
         self.size = _branch(hidden, 2)
         self.offset = _branch(hidden, 2)
 
     def forward(self, fmap: torch.Tensor):
-        x = self.up(fmap)
+        x = fmap
+        if self.stage is not None:
+            h, w = fmap.shape[-2:]
+            x = self.up32(self.stage(fmap))[..., :h, :w] + self.skip(fmap)
+        x = self.up(x)
         return self.heatmap(x)[0], self.size(x)[0], self.offset(x)[0]
 
 
@@ -172,8 +191,8 @@ class CenterNet(DenseDetector):
     title = "CenterNet"
     terms = ("heatmap", "size", "offset")
 
-    def _head(self, channels: int, num_classes: int) -> nn.Module:
-        return CenterNetHead(channels, self.config.hidden, num_classes)
+    def _head(self, channels: int, num_classes: int, stage32) -> nn.Module:
+        return CenterNetHead(channels, self.config.hidden, num_classes, stage32)
 
     def _forward(self, head: nn.Module, fmap: torch.Tensor):
         return head(fmap)

@@ -44,8 +44,9 @@ from rcnn.detectors.base import (
 )
 from rcnn.detectors.trace import Grid, Stage, Trace
 from rcnn.errors import ModelError
+from rcnn.features.backbones import build_backbone, cut_at_stride16, cut_stride32_stage
 from rcnn.features.extractor import freeze_for_inference, set_threads
-from rcnn.features.roi import BackboneConfig, build_trunk, image_tensor, rescale
+from rcnn.features.roi import BackboneConfig, image_tensor, rescale
 from rcnn.heads.roi_trainer import RoITrainConfig, RoITrainer, check_image_size, fit_to_data, train_settings
 
 __all__ = ["DenseConfig", "DenseDetector", "DenseNet", "DenseTrainConfig", "numpy32"]
@@ -77,13 +78,17 @@ class DenseConfig(CommonConfig):
     """A dense detector's config. Besides the common settings (its ``[proposals]`` table is
     not used): `backbone` (the stride-16 trunk and its weights, `rcnn.features.roi.BackboneConfig`),
     `train` (`DenseTrainConfig`), `scale` and
-    `max_size` (as Fast R-CNN's; 0: chosen from the training images). The score threshold
-    (None: 0.05, a probability) drops boxes before NMS at `nms_threshold`."""
+    `max_size` (as Fast R-CNN's; 0: chosen from the training images), `stage32` (the
+    backbone's own pretrained layers after the trunk, to stride 32: MobileNetV2's blocks 14-17,
+    `rcnn.features.backbones.cut_stride32_stage`, where a detector reads a stride-32 map: YOLO's
+    32 px cells, SSD's second map, CenterNet's upsampling path; false: new layers there). The
+    score threshold (None: 0.05, a probability) drops boxes before NMS at `nms_threshold`."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: DenseTrainConfig = field(default_factory=DenseTrainConfig)
     scale: int = 0
     max_size: int = 0
+    stage32: bool = True
     nms_threshold: float = 0.5
     candidate_nms: bool = True
 
@@ -121,8 +126,10 @@ class DenseDetector(Detector):
 
     # -- what a detector supplies ---------------------------------------------------------------
     @abstractmethod
-    def _head(self, channels: int, num_classes: int) -> nn.Module:
-        """The new layers on the trunk's ``channels``-channel map (drawn under ``train.seed``)."""
+    def _head(self, channels: int, num_classes: int, stage32: tuple[nn.Module, int] | None) -> nn.Module:
+        """The detector's layers on the trunk's ``channels``-channel map (the new ones drawn under
+        ``train.seed``); `stage32`: the backbone's pretrained stride-32 stage and its channels
+        (``config.stage32``), or None."""
 
     @abstractmethod
     def _forward(self, head: nn.Module, fmap: torch.Tensor):
@@ -174,11 +181,13 @@ class DenseDetector(Detector):
 
     def _build(self, num_classes: int, weights: str | None = None) -> tuple[DenseNet, str]:
         c = self.config
-        backbone = c.backbone if weights is None else replace(c.backbone, weights=weights)
-        trunk, channels, source = build_trunk(backbone)
+        b = c.backbone if weights is None else replace(c.backbone, weights=weights)
+        module, _, source = build_backbone(b.name, b.weights, b.weights_file, b.seed)
+        trunk, channels = cut_at_stride16(b.name, module)
+        stage32 = cut_stride32_stage(b.name, module) if c.stage32 else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.train.seed)
-            head = self._head(channels, num_classes)
+            head = self._head(channels, num_classes, stage32)
         return DenseNet(trunk, head).eval(), source
 
     def fit(self, dataset: Dataset, callback=None) -> DenseDetector:

@@ -2,9 +2,11 @@
 from torchvision's SSD parts.
 
 The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk;
-`extra_layers` blocks (a 1x1 convolution to 128 channels, a 3x3 stride-2 convolution to 256,
-each with a ReLU, as torchvision's SSDlite extras) halve it again and again, so the maps run
-at strides 16, 32, 64, ... A `torchvision.models.detection.ssd.SSD` holds the rest:
+`extra_layers` more maps halve it again and again, so the maps run at strides 16, 32, 64, ...:
+the first of them the backbone's own pretrained stride-32 stage (``stage32``; the paper's
+VGG16 keeps its pretrained layers to stride 16 and fc7 for its first maps), the others extra
+blocks (a 1x1 convolution to 128 channels, a 3x3 stride-2 convolution to 256, each with a ReLU,
+as torchvision's SSDlite extras). A `torchvision.models.detection.ssd.SSD` holds the rest:
 `DefaultBoxGenerator` (at every cell of every map, boxes of scale ``s_k`` (spread evenly from
 `min_ratio` to `max_ratio` of the image, the paper's rule), the paper's extra square of scale
 ``sqrt(s_k s_k+1)``, and each of `ratios` and their inverses; the scales are shares of the
@@ -45,7 +47,8 @@ EXTRA_CHANNELS = (128, 256)  # an extra block's 1x1 and 3x3 convolutions
 @dataclass(frozen=True)
 class SSDConfig(DenseConfig):
     """An SSD config (``detector = "ssd"``): the dense settings (`DenseConfig`) and
-    `extra_layers` (stride-2 blocks after the trunk: maps at strides 16, 32, ...), default boxes
+    `extra_layers` (maps after the trunk's: strides 32, 64, ...; the first is the backbone's
+    stride-32 stage with ``stage32``, the others stride-2 blocks), default boxes
     from `min_ratio` to `max_ratio` of the image (`DefaultBoxGenerator`), `ratios` (width /
     height, each with its inverse, on every map), matching at IoU `iou_threshold`."""
 
@@ -67,25 +70,32 @@ class SSDConfig(DenseConfig):
 
 
 class Extras(nn.Module):
-    """The trunk's map ``[1, C, h, w]`` -> a list of maps: it, then each extra block's output
-    (256 channels, half the size of the one before)."""
+    """The trunk's map ``[1, C, h, w]`` -> a list of `maps` maps: it, then (with `stage32`, the
+    backbone's pretrained stride-32 stage and its channels) the stage's output, then each extra
+    block's (256 channels), each half the size of the one before."""
 
-    def __init__(self, channels: int, blocks: int):
+    def __init__(self, channels: int, maps: int, stage32: tuple[nn.Module, int] | None = None):
         super().__init__()
         a, b = EXTRA_CHANNELS
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(channels if i == 0 else b, a, 1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(a, b, 3, stride=2, padding=1),
-                nn.ReLU(inplace=True),
+        self.stage, self.out_channels = None, [channels]
+        if stage32 is not None and maps > 1:
+            self.stage = stage32[0]
+            self.out_channels.append(stage32[1])
+        blocks = []
+        while len(self.out_channels) < maps:
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(self.out_channels[-1], a, 1),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(a, b, 3, stride=2, padding=1),
+                    nn.ReLU(inplace=True),
+                )
             )
-            for i in range(blocks)
-        )
-        self.out_channels = [channels] + [b] * blocks
+            self.out_channels.append(b)
+        self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = [x]
+        maps = [x] if self.stage is None else [x, self.stage(x)]
         for block in self.blocks:
             maps.append(block(maps[-1]))
         return maps
@@ -124,9 +134,9 @@ class SSD(DenseDetector):
     title = "SSD"
     terms = ("box", "classification")
 
-    def _head(self, channels: int, num_classes: int) -> nn.Module:
+    def _head(self, channels: int, num_classes: int, stage32) -> nn.Module:
         c = self.config
-        extras = Extras(channels, c.extra_layers)
+        extras = Extras(channels, 1 + c.extra_layers, stage32)
         maps = len(extras.out_channels)
         boxes = DefaultBoxGenerator([list(c.ratios)] * maps, c.min_ratio, c.max_ratio)
         head = SSDHead(extras.out_channels, boxes.num_anchors_per_location(), num_classes + 1)

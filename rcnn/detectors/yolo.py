@@ -2,7 +2,8 @@
 trunk: the localiser's one-box regression grown to a grid.
 
 The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk
-and one 3x3 convolution (stride 2 when ``stride = 32``) with the paper's leaky ReLU (0.1);
+(with ``stride = 32``, then the backbone's pretrained stride-32 stage, or a stride-2
+convolution without it) and one 3x3 convolution with the paper's leaky ReLU (0.1);
 a 1x1 convolution then gives each cell of the ``S_h x S_w`` grid (one cell per `stride`
 pixels) ``B x (x, y, w, h, confidence)`` and the cell's ``C`` class probabilities (softmax).
 ``x, y`` (sigmoid) place a box's centre inside its cell, ``w, h`` (sigmoid) are shares of the
@@ -53,7 +54,7 @@ CONFIDENCE_PRIOR = 0.01  # the confidences' start (the output bias); the paper s
 class YOLOConfig(DenseConfig):
     """A YOLO config (``detector = "yolo"``): the dense settings (`DenseConfig`) and
     `boxes_per_cell` (B, the paper's 2), `stride` (a grid cell's side in pixels: 16, the
-    trunk's map, or 32, one more stride-2 convolution; 0: chosen from the training objects,
+    trunk's map, or 32, the backbone's stride-32 stage (`stage32`); 0: chosen from the training objects,
     `choose_stride`), `hidden` (channels of the 3x3
     convolution), `lambda_coord` and `lambda_noobj` (the loss's weights, 5 and 0.5), `dropout`
     (after the 3x3 convolution; the paper has 0.5 after its first fully connected layer, but on
@@ -178,17 +179,19 @@ class YOLO(DenseDetector):
         log.info(line)
         return replace(config, stride=stride)
 
-    def _head(self, channels: int, num_classes: int) -> nn.Module:
+    def _head(self, channels: int, num_classes: int, stage32) -> nn.Module:
+        """For 32 px cells the backbone's pretrained stride-32 stage (`stage32`; without it the
+        3x3 convolution has stride 2), then the 3x3 convolution, the leaky ReLU, dropout and the
+        1x1 output."""
         c = self.config
         out = nn.Conv2d(c.hidden, c.boxes_per_cell * 5 + num_classes, 1)
         with torch.no_grad():  # confidences start at CONFIDENCE_PRIOR: no_object's first steps do not crush them
             out.bias[4 : 5 * c.boxes_per_cell : 5] = math.log(CONFIDENCE_PRIOR / (1 - CONFIDENCE_PRIOR))
-        return nn.Sequential(
-            nn.Conv2d(channels, c.hidden, 3, stride=c.stride // TRUNK_STRIDE, padding=1),
-            nn.LeakyReLU(0.1),
-            nn.Dropout(c.dropout),
-            out,
-        )
+        stride, layers = c.stride // TRUNK_STRIDE, []
+        if stride == 2 and stage32 is not None:
+            layers, (channels, stride) = [stage32[0]], (stage32[1], 1)
+        conv = nn.Conv2d(channels, c.hidden, 3, stride=stride, padding=1)
+        return nn.Sequential(*layers, conv, nn.LeakyReLU(0.1), nn.Dropout(c.dropout), out)
 
     def _forward(self, head: nn.Module, fmap: torch.Tensor):
         """``(boxes [h, w, B, 4] (x, y, w, h) in [0, 1], confidence [h, w, B], class

@@ -56,6 +56,7 @@ __all__ = [
     "WEIGHT_SOURCES",
     "build_backbone",
     "cut_at_stride16",
+    "cut_stride32_stage",
     "head_prefixes",
     "load_weights",
     "weights_hash",
@@ -286,6 +287,7 @@ def build_backbone(
 # -- the stride-16 cut (Fast R-CNN's shared feature map) -------------------------------------------
 
 STRIDE16_CHANNELS = {"vgg16": 512, "resnet18": 256, "resnet50": 1024, "mobilenet_v2": 96}
+STRIDE32_CHANNELS = {"vgg16": 512, "resnet18": 512, "resnet50": 2048, "mobilenet_v2": 320}
 
 
 class _ResNetC4(nn.Module):
@@ -326,3 +328,31 @@ def cut_at_stride16(name: str, module: nn.Module) -> tuple[nn.Module, int]:
     else:
         trunk = _Features(module.features[:14] if name == "mobilenet_v2" else module.features[:30])
     return trunk.eval(), STRIDE16_CHANNELS[name]
+
+
+class _Stage(nn.Module):
+    """Layers that follow the stride-16 cut, under the names they have in the torchvision
+    model (``features.14.*``, ``layer4.*``), so their pretrained state-dict keys carry over."""
+
+    def __init__(self, name: str, layers: nn.Module):
+        super().__init__()
+        self.layer_name = name
+        self.add_module(name, layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.layer_name)(x)
+
+
+def cut_stride32_stage(name: str, module: nn.Module) -> tuple[nn.Module, int]:
+    """The pretrained layers of a `build_backbone` module after `cut_at_stride16`'s, to stride 32,
+    and their channels: MobileNetV2 blocks 14-17 (``features[14:18]``, 320; not the 1x1
+    convolution to 1280 that feeds its classifier), ResNet18/50 ``layer4`` (512/2048), VGG16's
+    last max pool (512). ``[B, C16, h, w] -> [B, C32, ~h/2, ~w/2]``; shared with `module`."""
+    _check_name(name)
+    if name not in STRIDE32_CHANNELS:
+        raise ConfigError(f"no stride-32 stage for {name}; one of {', '.join(STRIDE32_CHANNELS)}")
+    if name.startswith("resnet"):
+        stage = _Stage("layer4", module.layer4)
+    else:
+        stage = _Stage("features", module.features[14:18] if name == "mobilenet_v2" else module.features[30:])
+    return stage.eval(), STRIDE32_CHANNELS[name]

