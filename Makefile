@@ -67,7 +67,7 @@ bench-eval: $(STAMP)
 # and proposals reuse.
 EXPERIMENTS := ablations svm-training budget warp family windows-vs-proposals proposals localization
 
-.PHONY: experiments experiment-proposals experiment-localization experiment-family experiment-generalization
+.PHONY: experiments experiment-proposals experiment-localization experiment-family experiment-generalization experiment-augmentation
 experiments: $(STAMP)
 	for e in $(EXPERIMENTS); do $(MAKE) --no-print-directory experiment-$$e || exit 1; done
 
@@ -83,6 +83,11 @@ experiment-localization: $(STAMP)
 # The family on one backbone: R-CNN, Fast R-CNN, Faster R-CNN on synthetic and cards (cold caches: about an hour here).
 experiment-family: $(STAMP)
 	$(PY) experiments/family.py $(if $(DATA),--data $(DATA))
+	$(PY) experiments/tables.py
+
+# One arm per data augmentation strategy (scale jitter, random crops, colour jitter, all three) on Fast R-CNN.
+experiment-augmentation: $(STAMP)
+	$(PY) experiments/family.py --config experiments/configs/augmentation.toml --out experiments/results/augmentation $(if $(DATA),--data $(DATA))
 	$(PY) experiments/tables.py
 
 # Every detector's defaults on synthetic, the small-dense preset, cards, raccoon (and DATA=): hours here.

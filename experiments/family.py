@@ -7,7 +7,8 @@ plot of mAP against test seconds per image (log x), one point per arm.
 
 Config ``experiments/configs/family.toml``: ``[experiment]`` ``timed_images`` (test images
 timed per arm), ``cache`` (one cache folder per dataset below it), ``bases.DATASET.KIND``
-(the base config file of each detector kind per dataset); ``[[arms]]``: ``name``,
+(the base config file of each detector kind per dataset), optional ``notes`` (the report's
+closing paragraph) and ``papers = false`` (no table of the papers' figures); ``[[arms]]``: ``name``,
 ``detector`` (kind), ``overrides`` (merged into the base), optional ``test`` (settings changed
 on the fitted model at test time, e.g. ``svd_rank``) and ``shares`` (an earlier arm whose
 trained network and features this one reuses: their time is counted in this arm's training
@@ -20,6 +21,9 @@ With ``--arm`` only the arms named run; every other arm's row, fit and config co
 results.json already there (each row says the commit it was measured at), so one arm can be
 measured again without the hours the whole family takes on a CPU.
     .venv/bin/python experiments/family.py --replot     # family.png again from results.json
+
+Other experiments in the same form run with ``--config FILE --out FOLDER`` (``make
+experiment-augmentation``: experiments/configs/augmentation.toml).
 """
 
 from __future__ import annotations
@@ -72,6 +76,15 @@ on a CPU; not comparable in scale with the rows above, only in their ratios):
 | Selective Search + Fast R-CNN, proposals included | 66.9 | | 1.83 (1.51 of it proposals) | Faster R-CNN paper, Tables 2 and 5 |
 | Faster R-CNN (RPN, 300 proposals) | 69.9 | | 0.198, proposals included | Faster R-CNN paper, Tables 3 and 5 |
 """
+
+
+NOTES = (
+    "Training seconds exclude the proposals of the training set (computed once per dataset, "
+    "shared by the Selective Search arms). The softmax arm reuses the SVM arm's fine-tuned network "
+    "and features: their wall time is counted in both rows, and its CPU column is left empty. "
+    "The SVD arm is the RoI align arm's trained network with its fully connected layers truncated "
+    "at test time: no training of its own."
+)
 
 
 def shown(path: Path) -> str:
@@ -279,15 +292,7 @@ def run(args) -> None:
     if panels:
         plot(report.out / "family.png", panels)
         report.lines += ["![VOC mAP@0.5 against test seconds per image, one point per arm](family.png)", ""]
-    report.lines += [
-        "Training seconds exclude the proposals of the training set (computed once per dataset, "
-        "shared by the Selective Search arms). The softmax arm reuses the SVM arm's fine-tuned network "
-        "and features: their wall time is counted in both rows, and its CPU column is left empty. "
-        "The SVD arm is the RoI align arm's trained network with its fully connected layers truncated "
-        "at test time: no training of its own.",
-        "",
-        PAPERS,
-    ]
+    report.lines += [exp.get("notes", NOTES), ""] + [PAPERS] * exp.get("papers", True)
     report.results = results
     report.write()
 

@@ -40,7 +40,7 @@ from rcnn.detectors import load_config  # noqa: E402
 from rcnn.evaluation import evaluate_coco, evaluate_voc  # noqa: E402
 
 RACCOON = CARDS.parent / "raccoon"
-DETECTOR_NAMES = {"rcnn", "fast_rcnn", "faster_rcnn", "localizer"}  # --only may name these too
+DETECTOR_NAMES = {"rcnn", "fast_rcnn", "faster_rcnn", "localizer", "yolo", "ssd", "centernet"}  # --only names these too
 DENSE = harness.ROOT / "data" / "dense"
 
 COLUMNS = [
@@ -133,7 +133,7 @@ def train_arm(kind: str, target: str, cache: str, result: str, data: str | None,
 
 
 def training_steps(config, n: int) -> int | None:
-    """SGD steps the network took: Fast and Faster R-CNN's iterations, R-CNN's fine-tuning
+    """SGD steps the network took: Fast and Faster R-CNN's and the dense detectors' iterations, R-CNN's fine-tuning
     iterations, the localiser's batches over all its epochs."""
     if hasattr(config, "train"):
         return config.train.iterations
@@ -142,10 +142,6 @@ def training_steps(config, n: int) -> int | None:
     if hasattr(config, "epochs"):
         return config.epochs * -(-n // config.batch_size)
     return None
-
-
-def __init__(self, only=None, data=None):
-    self.only, self.data = only, data
 
 
 def run_arm(kind: str, target: Target, cache: Path, data: str | None, overrides: dict | None = None) -> dict:

@@ -85,8 +85,9 @@ class RoITrainConfig(SGDConfig):
     `photometric`: strength s in [0, 1] of a colour jitter, brightness, contrast and
     saturation factors each uniform in [1 - s, 1 + s]. `scale_jitter` j: when `scales` is empty,
     `fit_to_data` sets it to the five sides ``scale x (1 - j, 1 - j/2, 1, 1 + j/2, 1 + j)`` (a
-    relative form that carries to any image size; YOLO's and CenterNet's random scaling). A cropped or jittered image is new
-    every time: the frozen stem runs on it each time (not cached), so training is slower."""
+    relative form that carries to any image size; YOLO's and CenterNet's random scaling), the
+    longest side's cap `max_size` scaled alike. A cropped or colour-jittered image is new every
+    time: the frozen stem runs on it each time (not cached), so training is slower."""
 
     iterations: int = 0
     epochs: float = 20.0
@@ -316,6 +317,14 @@ class RoITrainer(Trainer):
         x, size, factor = self._image(i, flip, cache, stem, scale, crop, colour)
         return View(x, size, factor, flip, window)
 
+    def _longest(self, scale: int) -> int:
+        """The longest side allowed at shortest side `scale`: `max_size`, scaled with it under
+        ``scale_jitter`` (a relative jitter moves both sides, so an image at the cap still
+        changes size; explicit `scales` keep the one cap, as Fast R-CNN's multi-scale training)."""
+        if not self.config.scale_jitter or scale == self.scale:
+            return self.max_size
+        return max(scale, round(self.max_size * scale / self.scale))
+
     def _image(
         self,
         i: int,
@@ -333,12 +342,13 @@ class RoITrainer(Trainer):
         ``(window, the image as read)``: that window of it is rescaled instead; `colour`:
         factors for `rcnn.heads.augment.adjust_colour`, applied last. Neither is cached."""
         scale = scale or self.scale
+        limit = self._longest(scale)
         if crop is not None:
             window, original = crop
-            image, factor = rescale(crop_image(original, window), scale, self.max_size)
+            image, factor = rescale(crop_image(original, window), scale, limit)
         else:
             if (i, scale) not in cache:
-                cache[i, scale] = rescale(read_image(self.paths[i]), scale, self.max_size)
+                cache[i, scale] = rescale(read_image(self.paths[i]), scale, limit)
             image, factor = cache[i, scale]
         if flip:
             image = image[:, ::-1]

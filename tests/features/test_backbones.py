@@ -137,7 +137,9 @@ def test_pool_grid_loads_deep_sort_weights():
     torch.testing.assert_close(module.state_dict(), plain.state_dict())
 
 
-@pytest.mark.parametrize(("name", "c16", "c32"), [("mobilenet_v2", 96, 320), ("resnet18", 256, 512), ("vgg16", 512, 512)])
+@pytest.mark.parametrize(
+    ("name", "c16", "c32"), [("mobilenet_v2", 96, 320), ("resnet18", 256, 512), ("vgg16", 512, 512)]
+)
 def test_the_stride32_stage_continues_the_stride16_cut_with_the_same_layers(name, c16, c32):
     model, _, _ = build_backbone(name, "random", seed=3)
     trunk, channels = cut_at_stride16(name, model)

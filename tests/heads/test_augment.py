@@ -189,6 +189,24 @@ def test_scale_jitter_draws_from_its_list_and_boxes_follow_the_factor(picture):
     assert seen == {120, 180, 240}
 
 
+def test_relative_scale_jitter_moves_the_longest_sides_cap_with_the_shortest(picture):
+    # 120 x 200 px at scale 120 with max_size 160: the cap binds (factor 0.8, 96 x 160)
+    sizes = {}
+    for scales, jitter in (((96, 120, 144), 0.2), ((96, 120, 144), 0.0)):
+        trainer = FastRCNNTrainer(
+            TrainConfig(
+                iterations=1, images_per_batch=1, rois_per_image=8, flip=False, scales=scales, scale_jitter=jitter
+            ),
+            RoIPooler(),
+            scale=120,
+            max_size=160,
+        )
+        trainer._prepare([TrainImage(picture, PROPOSALS, GT, np.array([1, 2]))])
+        sizes[jitter] = {tuple(trainer.batch(it, {})[0][0].shape[-2:]) for it in range(12)}
+    assert sizes[0.2] == {(77, 128), (96, 160), (115, 192)}  # the cap x 0.8, x 1, x 1.2: every size differs
+    assert sizes[0.0] == {(96, 160)}  # explicit scales under one cap: at this image's cap all three are one size
+
+
 def test_the_stem_cache_keys_on_scale_and_is_skipped_for_crops_and_colour(picture):
     stem = nn.AvgPool2d(2)  # any frozen module
     trainer = fast_trainer([picture], scales=(160, 240), images_per_batch=1)
