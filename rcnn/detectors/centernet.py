@@ -3,10 +3,11 @@ the peak of its class's heatmap at its centre, with its size and the centre's su
 regressed there.
 
 The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk and
-the backbone's pretrained stride-32 stage (``stage32``), back up by a 4x4 transposed
-convolution of stride 2 (the paper's upsampling of its stride-32 backbones) added to a 1x1
-projection of the trunk's map, and up once more to a stride-8 map; then three heads of a 3x3
-convolution, a ReLU and a 1x1 convolution: a heatmap per class (sigmoid; its bias starts at -2.19, the paper's), the size ``(w, h)`` and
+a 4x4 transposed convolution of stride 2 (the paper's upsampling, here one step) to a stride-8
+map (with ``stage32 = true``, off by default, the map first goes through the backbone's
+pretrained stride-32 stage and back up, added to a 1x1 projection of the trunk's map, as the
+paper upsamples its stride-32 backbones); then three heads of a 3x3 convolution, a ReLU and a
+1x1 convolution: a heatmap per class (sigmoid; its bias starts at -2.19, the paper's), the size ``(w, h)`` and
 the offset ``(dx, dy)``, both in cells of the stride-8 map.
 
 Training (`centernet_loss`): each object splats a Gaussian on its class's heatmap around the

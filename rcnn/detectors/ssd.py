@@ -3,20 +3,20 @@ from torchvision's SSD parts.
 
 The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk;
 `extra_layers` more maps halve it again and again, so the maps run at strides 16, 32, 64, ...:
-the first of them the backbone's own pretrained stride-32 stage (``stage32``; the paper's
-VGG16 keeps its pretrained layers to stride 16 and fc7 for its first maps), the others extra
-blocks (a 1x1 convolution to 128 channels, a 3x3 stride-2 convolution to 256, each with a ReLU,
-as torchvision's SSDlite extras). A `torchvision.models.detection.ssd.SSD` holds the rest:
-`DefaultBoxGenerator` (at every cell of every map, boxes of scale ``s_k`` (spread evenly from
-`min_ratio` to `max_ratio` of the image, the paper's rule), the paper's extra square of scale
-``sqrt(s_k s_k+1)``, and each of `ratios` and their inverses; the scales are shares of the
-image's width and of its height), `SSDHead` (3x3 convolutions giving each default box ``C + 1``
-class logits and four deltas), its `SSDMatcher` (each default box to the object it overlaps
-with IoU >= `iou_threshold`, each object to its best box) and its box coder. The loss
-(`ssd_loss`, torchvision's `compute_loss` with a deterministic choice among equal losses):
-smooth L1 on the matched boxes' deltas, cross-entropy on the matched boxes and on the hardest
-negatives, three per positive (hard negative mining 3:1), both divided by the number of
-positives.
+extra blocks (a 1x1 convolution to 128 channels, a 3x3 stride-2 convolution to 256, each with a
+ReLU, as torchvision's SSDlite extras), the first of them optionally the backbone's own
+pretrained stride-32 stage (``stage32 = true``, as the paper's VGG16 keeps its pretrained layers
+to fc7 for its first maps; off by default: on cards it scored 0.732 against 0.851 without). A
+`torchvision.models.detection.ssd.SSD` holds the rest: `DefaultBoxGenerator` (at every cell of
+every map, boxes of scale ``s_k`` (spread evenly from `min_ratio` to `max_ratio` of the image,
+the paper's rule), the paper's extra square of scale ``sqrt(s_k s_k+1)``, and each of `ratios`
+and their inverses; the scales are shares of the image's width and of its height), `SSDHead`
+(3x3 convolutions giving each default box ``C + 1`` class logits and four deltas), its
+`SSDMatcher` (each default box to the object it overlaps with IoU >= `iou_threshold`, each
+object to its best box) and its box coder. The loss (`ssd_loss`, torchvision's `compute_loss`
+with a deterministic choice among equal losses): smooth L1 on the matched boxes' deltas,
+cross-entropy on the matched boxes and on the hardest negatives, three per positive (hard
+negative mining 3:1), both divided by the number of positives.
 Detection: softmax class probabilities of every default box, its deltas decoded, then
 per-class NMS (`postprocess`).
 """
@@ -47,8 +47,8 @@ EXTRA_CHANNELS = (128, 256)  # an extra block's 1x1 and 3x3 convolutions
 @dataclass(frozen=True)
 class SSDConfig(DenseConfig):
     """An SSD config (``detector = "ssd"``): the dense settings (`DenseConfig`) and
-    `extra_layers` (maps after the trunk's: strides 32, 64, ...; the first is the backbone's
-    stride-32 stage with ``stage32``, the others stride-2 blocks), default boxes
+    `extra_layers` (maps after the trunk's: strides 32, 64, ...; with ``stage32``, off by
+    default, the first is the backbone's stride-32 stage; the others stride-2 blocks), default boxes
     from `min_ratio` to `max_ratio` of the image (`DefaultBoxGenerator`), `ratios` (width /
     height, each with its inverse, on every map), matching at IoU `iou_threshold`."""
 

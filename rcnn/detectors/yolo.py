@@ -2,8 +2,8 @@
 trunk: the localiser's one-box regression grown to a grid.
 
 The image (sized as Fast R-CNN's, `rcnn.detectors.dense`) goes through the stride-16 trunk
-(with ``stride = 32``, then the backbone's pretrained stride-32 stage, or a stride-2
-convolution without it) and one 3x3 convolution with the paper's leaky ReLU (0.1);
+and one 3x3 convolution (stride 2 when ``stride = 32``; with ``stage32 = true``, off by default,
+the backbone's pretrained stride-32 stage before it instead) with the paper's leaky ReLU (0.1);
 a 1x1 convolution then gives each cell of the ``S_h x S_w`` grid (one cell per `stride`
 pixels) ``B x (x, y, w, h, confidence)`` and the cell's ``C`` class probabilities (softmax).
 ``x, y`` (sigmoid) place a box's centre inside its cell, ``w, h`` (sigmoid) are shares of the
@@ -54,7 +54,7 @@ CONFIDENCE_PRIOR = 0.01  # the confidences' start (the output bias); the paper s
 class YOLOConfig(DenseConfig):
     """A YOLO config (``detector = "yolo"``): the dense settings (`DenseConfig`) and
     `boxes_per_cell` (B, the paper's 2), `stride` (a grid cell's side in pixels: 16, the
-    trunk's map, or 32, the backbone's stride-32 stage (`stage32`); 0: chosen from the training objects,
+    trunk's map, or 32, one more stride-2 convolution or the stride-32 stage; 0: chosen from the training objects,
     `choose_stride`), `hidden` (channels of the 3x3
     convolution), `lambda_coord` and `lambda_noobj` (the loss's weights, 5 and 0.5), `dropout`
     (after the 3x3 convolution; the paper has 0.5 after its first fully connected layer, but on

