@@ -128,6 +128,21 @@ def arms(name: str) -> str:
     return by_dataset(data, "arm", list, ["mAP@0.5", "COCO AP"], cells)
 
 
+def augmentation() -> str:
+    """One row per augmentation arm (experiments/configs/augmentation.toml, run by family.py):
+    mAP@0.5, COCO AP and training seconds per dataset."""
+    data = results("augmentation")
+
+    def cells(n, arm):
+        r = next((r for r in data[n]["rows"] if r["arm"] == arm), None)
+        return [f3(r["mAP50"]), f3(r["coco_AP"]), f"{r['train_seconds']:.0f}"] if r else None
+
+    def arms_of(entry):
+        return [r["arm"] for r in entry["rows"]]
+
+    return by_dataset(data, "arm", arms_of, ["mAP@0.5", "COCO AP", "train s"], cells)
+
+
 def budget() -> str:
     data = results("budget")
 
@@ -262,6 +277,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "svm-training": lambda: arms("svm-training"),
     "warp": lambda: arms("warp"),
     "budget": budget,
+    "augmentation": augmentation,
     "budget-nms": budget_nms,
     "budget-test-rule": budget_test_rule,
     "windows-vs-proposals": windows_vs_proposals,

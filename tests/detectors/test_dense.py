@@ -19,7 +19,10 @@ from rcnn.evaluation import evaluate_voc
 KINDS = ["yolo", "ssd", "centernet"]
 # each kind's fit on synth60 (45 train images of 192 px) and the mAP@0.5 it must reach on its 15 test images
 FIT = {
-    "yolo": ({"train": {"iterations": 150}}, 0.5),
+    # YOLO's summed squared loss learns slowest on 150 steps: its jitter's five sizes under one 192 px cap (so
+    # only 0.8x, 0.9x and 1x; jittered up to 1.2x, with the cap scaled, 0.25 here; its 20-epoch default on the
+    # synthetic set, where the cap does not bind: 0.969, the family)
+    "yolo": ({"train": {"iterations": 150, "scale_jitter": 0.0, "scales": [154, 173, 192, 211, 230]}}, 0.5),
     "ssd": ({"train": {"iterations": 150}}, 0.3),
     "centernet": ({"train": {"iterations": 150}}, 0.5),
 }
