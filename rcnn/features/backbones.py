@@ -41,6 +41,7 @@ import importlib.resources
 import io
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -330,19 +331,6 @@ def cut_at_stride16(name: str, module: nn.Module) -> tuple[nn.Module, int]:
     return trunk.eval(), STRIDE16_CHANNELS[name]
 
 
-class _Stage(nn.Module):
-    """Layers that follow the stride-16 cut, under the names they have in the torchvision
-    model (``features.14.*``, ``layer4.*``), so their pretrained state-dict keys carry over."""
-
-    def __init__(self, name: str, layers: nn.Module):
-        super().__init__()
-        self.layer_name = name
-        self.add_module(name, layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.layer_name)(x)
-
-
 def cut_stride32_stage(name: str, module: nn.Module) -> tuple[nn.Module, int]:
     """The pretrained layers of a `build_backbone` module after `cut_at_stride16`'s, to stride 32,
     and their channels: MobileNetV2 blocks 14-17 (``features[14:18]``, 320; not the 1x1
@@ -352,7 +340,8 @@ def cut_stride32_stage(name: str, module: nn.Module) -> tuple[nn.Module, int]:
     if name not in STRIDE32_CHANNELS:
         raise ConfigError(f"no stride-32 stage for {name}; one of {', '.join(STRIDE32_CHANNELS)}")
     if name.startswith("resnet"):
-        stage = _Stage("layer4", module.layer4)
+        key, layers = "layer4", module.layer4
     else:
-        stage = _Stage("features", module.features[14:18] if name == "mobilenet_v2" else module.features[30:])
+        key, layers = "features", module.features[14:18] if name == "mobilenet_v2" else module.features[30:]
+    stage = nn.Sequential(OrderedDict([(key, layers)]))  # keys under torchvision's names: features.14.*, layer4.*
     return stage.eval(), STRIDE32_CHANNELS[name]
